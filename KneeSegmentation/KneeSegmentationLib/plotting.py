@@ -1,0 +1,71 @@
+"""Live training chart in a Slicer plot view: loss, validation loss and validation Dice per epoch.
+
+The history is a ``vtkMRMLTableNode`` (columns epoch, loss, val_loss, val_dice); each metric is a
+``vtkMRMLPlotSeriesNode`` over that table; a ``vtkMRMLPlotChartNode`` holds the series. Adding an
+epoch appends a row and marks the table modified, so any plot view showing the chart redraws.
+The nodes are part of the scene (saved with it), named after the run.
+"""
+
+import math
+
+import slicer
+import vtk
+
+COLUMNS = ("epoch", "loss", "val_loss", "val_dice")
+SERIES = (  # column, legend, colour
+    ("loss", "Training loss", (0.85, 0.33, 0.10)),
+    ("val_loss", "Validation loss", (0.93, 0.69, 0.13)),
+    ("val_dice", "Validation Dice", (0.00, 0.45, 0.74)),
+)
+
+
+class TrainingPlot:
+    def __init__(self, scene, name="KneeSegmentation training"):
+        self.scene = scene
+        self.tableNode = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{name} history")
+        table = self.tableNode.GetTable()
+        for column in COLUMNS:
+            array = vtk.vtkDoubleArray()
+            array.SetName(column)
+            table.AddColumn(array)
+        self.seriesNodes = []
+        self.chartNode = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{name} chart")
+        self.chartNode.SetTitle(name)
+        self.chartNode.SetXAxisTitle("Epoch")
+        self.chartNode.SetYAxisTitle("Loss / Dice")
+        self.chartNode.SetLegendVisibility(True)
+        for column, legend, color in SERIES:
+            series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", legend)
+            series.SetAndObserveTableNodeID(self.tableNode.GetID())
+            series.SetXColumnName("epoch")
+            series.SetYColumnName(column)
+            series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+            series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
+            series.SetColor(*color)
+            self.chartNode.AddAndObservePlotSeriesNodeID(series.GetID())
+            self.seriesNodes.append(series)
+
+    @property
+    def numberOfEpochs(self) -> int:
+        return self.tableNode.GetTable().GetNumberOfRows()
+
+    def addEpoch(self, epoch, logs: dict) -> None:
+        """Append one row; a metric missing from ``logs`` is stored as NaN (a gap in the plot)."""
+        table = self.tableNode.GetTable()
+        values = {"epoch": float(epoch)}
+        for column in COLUMNS[1:]:
+            try:
+                values[column] = float(logs.get(column))
+            except (TypeError, ValueError):
+                values[column] = math.nan
+        for column in COLUMNS:
+            table.GetColumnByName(column).InsertNextValue(values[column])
+        table.Modified()
+        self.tableNode.Modified()
+
+    def column(self, name) -> list:
+        array = self.tableNode.GetTable().GetColumnByName(name)
+        return [array.GetValue(i) for i in range(array.GetNumberOfTuples())]
+
+    def nodes(self) -> list:
+        return [self.tableNode, self.chartNode] + self.seriesNodes

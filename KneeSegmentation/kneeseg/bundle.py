@@ -1,0 +1,182 @@
+"""Model bundles: a folder (or a zip of one) with the Keras weights, optional ONNX graph and a card.
+
+``card.json`` says everything needed to use the model and judge it: format version, labels (name,
+value, colour, SNOMED CT code), slice planes, input size, window, normalisation, preprocessing,
+training data provenance with licences, measured metrics, and the SHA-256 of every weight file,
+verified at load. Weights are a ``.keras`` file that loads with ``safe_mode=True`` (no Lambda
+layers, no pickle).
+"""
+
+import hashlib
+import json
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import BundleError
+from .labels import labels_from_json
+
+FORMAT = "kneeseg-bundle"
+FORMAT_VERSION = 1
+CARD_NAME = "card.json"
+KERAS_NAME = "model.keras"
+ONNX_NAME = "model.onnx"
+DEFAULT_BUNDLE_NAME = "knee-bones-default"
+
+
+def sha256_of(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def default_bundle_path() -> Path:
+    """The model shipped in the module's Resources (``KneeSegmentation/Resources/Models``)."""
+    return Path(__file__).resolve().parents[1] / "Resources" / "Models" / DEFAULT_BUNDLE_NAME
+
+
+@dataclass
+class Bundle:
+    """A verified bundle on disk: its folder and card."""
+
+    folder: Path
+    card: dict
+
+    @property
+    def labels(self):
+        return labels_from_json(self.card["labels"])
+
+    @property
+    def keras_path(self) -> Path:
+        return self.folder / self.card["weights"][KERAS_NAME]["file"]
+
+    @property
+    def onnx_path(self):
+        entry = self.card["weights"].get(ONNX_NAME)
+        return None if entry is None else self.folder / entry["file"]
+
+    def load_keras_model(self):
+        import keras
+
+        return keras.models.load_model(self.keras_path, compile=False, safe_mode=True)
+
+
+def _extract_zip(path: Path) -> Path:
+    """Unpack a zipped bundle into a temporary folder (removed at interpreter exit)."""
+    import atexit
+
+    target = Path(tempfile.mkdtemp(prefix="kneeseg-bundle-"))
+    atexit.register(shutil.rmtree, target, True)
+    try:
+        with zipfile.ZipFile(path) as z:
+            for member in z.namelist():
+                if member.startswith("/") or ".." in Path(member).parts:
+                    raise BundleError(f"unsafe path {member!r} in zip", path)
+            z.extractall(target)
+    except zipfile.BadZipFile:
+        raise BundleError("not a valid zip file", path) from None
+    cards = list(target.rglob(CARD_NAME))
+    if len(cards) != 1:
+        raise BundleError(f"a bundle zip must hold exactly one {CARD_NAME}", path)
+    return cards[0].parent
+
+
+def read_card(path) -> dict:
+    """Read and check a card without verifying the weights (fast; for display)."""
+    path = Path(path)
+    card_path = path / CARD_NAME if path.is_dir() else path
+    if not card_path.exists():
+        raise BundleError(f"no {CARD_NAME} found (is this a model bundle?)", path)
+    try:
+        card = json.loads(card_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{CARD_NAME} is not valid JSON ({exc})", card_path) from None
+    if not isinstance(card, dict) or card.get("format") != FORMAT:
+        raise BundleError(f"{CARD_NAME} is not a {FORMAT} card", card_path)
+    version = card.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(f"unknown bundle format version {version!r} (this kneeseg reads version "
+                          f"{FORMAT_VERSION}; update kneeseg or re-export the bundle)", card_path)
+    for key in ("labels", "model", "preprocessing", "weights"):
+        if key not in card:
+            raise BundleError(f"{CARD_NAME} lacks the required entry {key!r}", card_path)
+    return card
+
+
+def load_bundle(path=None) -> Bundle:
+    """Open a bundle folder or zip (default: the shipped model) and verify every weight checksum."""
+    path = Path(path) if path is not None else default_bundle_path()
+    if not path.exists():
+        raise BundleError("model bundle not found", path)
+    folder = _extract_zip(path) if path.is_file() and zipfile.is_zipfile(path) else path
+    if folder.is_file():
+        raise BundleError("not a model bundle (expected a folder or a .zip holding card.json)", path)
+    card = read_card(folder)
+    for entry in card["weights"].values():
+        weight_path = folder / entry["file"]
+        if not weight_path.exists():
+            raise BundleError(f"weight file {entry['file']} is missing", path)
+        actual = sha256_of(weight_path)
+        if actual != entry["sha256"]:
+            raise BundleError(f"checksum mismatch for {entry['file']} (card says {entry['sha256'][:12]}..., "
+                              f"file is {actual[:12]}...): the bundle is corrupt or was modified", path)
+    return Bundle(folder, card)
+
+
+def save_bundle(folder, model, card: dict, onnx_path=None, extra_files=()) -> Path:
+    """Write ``model`` and ``card`` (checksums filled in) as a bundle folder, atomically.
+
+    The bundle is assembled in a temporary sibling folder and renamed into place, so an interrupted
+    save never leaves a half-written bundle. An existing bundle at ``folder`` is replaced.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        model.save(staging / KERAS_NAME)
+        weights = {KERAS_NAME: {"file": KERAS_NAME, "sha256": sha256_of(staging / KERAS_NAME)}}
+        if onnx_path is not None:
+            shutil.copyfile(onnx_path, staging / ONNX_NAME)
+            weights[ONNX_NAME] = {"file": ONNX_NAME, "sha256": sha256_of(staging / ONNX_NAME)}
+        for extra in extra_files:
+            shutil.copyfile(extra, staging / Path(extra).name)
+        card = {"format": FORMAT, "format_version": FORMAT_VERSION, **card, "weights": weights}
+        (staging / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n")
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}-old")
+            shutil.rmtree(old, ignore_errors=True)
+            folder.rename(old)
+            staging.rename(folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def update_card(folder, **entries) -> dict:
+    """Merge ``entries`` into a bundle's card (e.g. measured metrics after evaluation), atomically."""
+    folder = Path(folder)
+    card = read_card(folder)
+    card.update(entries)
+    tmp = folder / f".{CARD_NAME}.tmp"
+    tmp.write_text(json.dumps(card, indent=2) + "\n")
+    tmp.replace(folder / CARD_NAME)
+    return card
+
+
+def zip_bundle(folder, zip_path) -> Path:
+    """Pack a bundle folder into a zip (one folder inside, named after the bundle)."""
+    folder, zip_path = Path(folder), Path(zip_path)
+    tmp = zip_path.with_name(f".{zip_path.name}.tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(folder.iterdir()):
+            if f.is_file():
+                z.write(f, f"{folder.name}/{f.name}")
+    tmp.replace(zip_path)
+    return zip_path

@@ -1,0 +1,386 @@
+"""The ``kneeseg`` command line: segment, train, evaluate, info, synth, overlay.
+
+Exit codes: 0 success, 2 bad input (a one-line message naming the problem and the file),
+1 internal error, 130 cancelled. ``--progress json`` prints one JSON object per line for programs
+(the Slicer panel); ``--progress bar`` (default) a bar on stderr for people.
+"""
+
+import argparse
+import csv
+import json
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+from . import __version__
+from .errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK, Cancelled, InputError
+from .progress import Progress
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # usage errors are bad input too, with the same exit code
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
+def _add_progress(p):
+    p.add_argument("--progress", choices=Progress.MODES, default="bar",
+                   help="bar: a progress bar on stderr (default); json: one JSON object per line on stdout; none")
+
+
+def _add_device(p):
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="where the network runs (default: a GPU when one is visible)")
+
+
+def build_parser():
+    parser = _ArgumentParser(prog="kneeseg", description="Knee bone segmentation in MRI (femur, tibia, fibula, "
+                             "patella) with a U-Net.")
+    parser.add_argument("--version", action="version", version=f"kneeseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_ArgumentParser)
+
+    p = sub.add_parser("segment", help="segment one volume or a cohort",
+                       description="Segment knee bones. INPUT: a volume file (NRRD, NIfTI, MHA/MHD, ...), a "
+                       "DICOM series folder, a folder of volumes, a glob pattern, or a CSV with a 'path' column.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("-o", "--output", required=True,
+                   help="label map file for one input (e.g. out.nrrd); an output folder for several")
+    p.add_argument("--model", help="model bundle folder or zip (default: the shipped model)")
+    p.add_argument("--seg-nrrd", help="also write a Slicer segmentation (.seg.nrrd) [single input]")
+    p.add_argument("--confidence", help="also write the per-voxel confidence (max probability) [single input]")
+    p.add_argument("--volumes-json", help="also write bone volumes in mL as JSON [single input]")
+    p.add_argument("--overlay", help="also write an overlay PNG sheet [single input]")
+    p.add_argument("--n4", action=argparse.BooleanOptionalAction, default=None,
+                   help="N4 bias field correction before segmenting (default: as the bundle says)")
+    p.add_argument("--planes", help="comma-separated slice planes to fuse (default: the bundle's)")
+    p.add_argument("--centre", default="auto", help="knee centre: auto, model, intensity, image, or 'x,y,z' in LPS mm")
+    p.add_argument("--backend", choices=("auto", "keras", "onnx"), default="auto",
+                   help="inference engine (auto: ONNX Runtime when the bundle has a graph and it is installed)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--no-postprocess", action="store_true", help="skip largest-component and hole filling")
+    p.add_argument("--summary", help="cohort: summary CSV of bone volumes (default OUTPUT/summary.csv)")
+    p.add_argument("--overwrite", action="store_true", help="cohort: redo cases whose output exists")
+    p.add_argument("--scheduler", help="cohort: a Dask scheduler address (e.g. tcp://host:8786) to spread cases")
+    _add_device(p)
+    _add_progress(p)
+
+    p = sub.add_parser("train", help="train a model bundle",
+                       description="Train a U-Net and write a model bundle. Data: --synthetic CACHE (images "
+                       "synthesised from real label maps, see 'kneeseg synth prepare') or --data DIR|CSV (your "
+                       "image/label pairs: DIR/images + DIR/labels with matching names, or a CSV image,label[,subject]).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--synthetic", help="label-map cache folder (from 'kneeseg synth prepare')")
+    src.add_argument("--data", help="folder or CSV of image/label pairs")
+    p.add_argument("-o", "--output", required=True, help="bundle folder to write")
+    p.add_argument("--work", help="work folder for checkpoints/history (default OUTPUT.work); rerun to resume")
+    p.add_argument("--dims", type=int, choices=(2, 3), default=2)
+    p.add_argument("--output-mode", choices=("separate", "merged"), default="separate")
+    p.add_argument("--filters", "--width", dest="filters", type=int, default=32)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--planes", default="sagittal,coronal,axial")
+    p.add_argument("--window-mm", type=float, default=160.0)
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--steps-per-epoch", type=int, default=100)
+    p.add_argument("--validation-steps", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--patience", type=int, default=9)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--final-learning-rate", type=float, default=1e-4)
+    p.add_argument("--loss", choices=("dice", "fbeta", "ce", "dice+ce"), default="dice")
+    p.add_argument("--beta", type=float, default=1.0)
+    p.add_argument("--class-weights", help="comma-separated weights per bone (femur,tibia,fibula,patella)")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="threads preparing batches")
+    p.add_argument("--name", default="knee-bones")
+    p.add_argument("--real2d", help="also measure Dice on real labelled sagittal slices (.npz) for the card")
+    p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True,
+                   help="export an ONNX graph into the bundle when tf2onnx is installed (default on)")
+    _add_device(p)
+    _add_progress(p)
+
+    p = sub.add_parser("evaluate", help="measure a model on labelled data",
+                       description="Score a bundle: --pairs (labelled volumes: Dice, IoU, precision, recall, "
+                       "accuracy, ASSD, HD95), --real2d (real labelled sagittal slices), --synthetic (held-out "
+                       "synthetic label maps).")
+    p.add_argument("--model", help="bundle (default: the shipped model)")
+    p.add_argument("--pairs", help="folder or CSV of image/label pairs")
+    p.add_argument("--real2d", help="real labelled sagittal slices (.npz)")
+    p.add_argument("--synthetic", help="label-map cache folder; scores the bundle's held-out test subjects")
+    p.add_argument("--synthetic-cases", type=int, default=6)
+    p.add_argument("--report", help="write the full results as JSON here")
+    p.add_argument("--update-card", action="store_true", help="store the summary in the bundle card's metrics")
+    _add_device(p)
+    _add_progress(p)
+
+    p = sub.add_parser("info", help="show a model bundle's card")
+    p.add_argument("model", nargs="?", help="bundle (default: the shipped model)")
+    p.add_argument("--json", action="store_true", help="print the card as JSON")
+
+    p = sub.add_parser("synth", help="synthetic training data from real label maps")
+    synth_sub = p.add_subparsers(dest="synth_command", required=True, parser_class=_ArgumentParser)
+    q = synth_sub.add_parser("prepare", help="build the label-map cache used for training")
+    q.add_argument("source", help="folder of label maps (e.g. ../shared/data/labelmaps)")
+    q.add_argument("cache", help="cache folder to write")
+    q = synth_sub.add_parser("sheet", help="write a PNG sheet of synthetic training images")
+    q.add_argument("cache")
+    q.add_argument("output", help="PNG path")
+    q.add_argument("-n", type=int, default=16)
+    q.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("overlay", help="write an overlay PNG of a volume and a label map")
+    p.add_argument("image")
+    p.add_argument("labelmap")
+    p.add_argument("output")
+    p.add_argument("--model", help="bundle whose labels name the colours (default: the shipped model)")
+    return parser
+
+
+def _configure_device(device):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
+def _parse_centre(text):
+    if text in ("auto", "model", "intensity", "image"):
+        return text
+    try:
+        point = [float(v) for v in text.split(",")]
+    except ValueError:
+        point = []
+    if len(point) != 3:
+        raise InputError(f"--centre must be auto, model, intensity, image or 'x,y,z', not {text!r}")
+    return point
+
+
+def _planes(text):
+    from .geometry import PLANES
+
+    planes = tuple(p.strip() for p in text.split(",") if p.strip())
+    bad = [p for p in planes if p not in PLANES]
+    if bad or not planes:
+        raise InputError(f"--planes takes a comma-separated subset of {','.join(PLANES)}, not {text!r}")
+    return planes
+
+
+# --- segment ----------------------------------------------------------------------------------------
+
+
+def cmd_segment(args, progress):
+    from .cohort import expand_inputs, run_cohort
+
+    options = _segment_options(args)
+    inputs = expand_inputs(args.inputs)
+    if len(inputs) == 1 and not Path(args.output).is_dir() and not args.output.endswith(os.sep):
+        result = segment_file(inputs[0], args.output, args.model, options, progress, args.seg_nrrd,
+                              args.confidence, args.volumes_json, args.overlay)
+        progress.done(f"wrote {args.output}", result)
+        return EXIT_OK
+    if args.seg_nrrd or args.confidence or args.volumes_json or args.overlay:
+        raise InputError("--seg-nrrd/--confidence/--volumes-json/--overlay apply to a single input; a cohort "
+                         "writes them per case into the output folder")
+    summary = run_cohort(inputs, args.output, args.model, options, progress, summary=args.summary,
+                         overwrite=args.overwrite, scheduler=args.scheduler)
+    progress.done(f"{summary['done']} done, {summary['skipped']} skipped, {summary['failed']} failed", summary)
+    return EXIT_OK if summary["failed"] == 0 else EXIT_BAD_INPUT
+
+
+def _segment_options(args):
+    from .infer import SegmentOptions
+
+    return SegmentOptions(planes=_planes(args.planes) if args.planes else None, n4=args.n4,
+                          centre=_parse_centre(args.centre), batch_size=args.batch_size,
+                          postprocess=not args.no_postprocess, confidence=bool(args.confidence),
+                          backend=args.backend)
+
+
+def segment_file(input_path, output, model, options, progress=None, seg_nrrd=None, confidence=None,
+                 volumes_json=None, overlay=None, bundle=None, predictor=None):
+    """Read, segment and write one case; returns the JSON-able result."""
+    from . import io
+    from .bundle import load_bundle
+    from .infer import segment
+
+    bundle = bundle or load_bundle(model)
+    if progress is not None:
+        progress("read", 0.01, f"reading {input_path}")
+    image = io.read_volume(input_path)
+    result = segment(image, bundle, options, progress=progress, predictor=predictor)
+    if progress is not None:
+        progress("write", 0.95, f"writing {output}")
+    io.write_labelmap(result.labelmap, output)
+    outputs = {"labelmap": str(output)}
+    if seg_nrrd:
+        io.write_seg_nrrd(result.labelmap, seg_nrrd, result.labels)
+        outputs["seg_nrrd"] = str(seg_nrrd)
+    if confidence and result.confidence is not None:
+        io.write_image(result.confidence, confidence)
+        outputs["confidence"] = str(confidence)
+    if volumes_json:
+        _write_json(volumes_json, result.volumes_ml)
+        outputs["volumes_json"] = str(volumes_json)
+    if overlay:
+        from .overlay import overlay_sheet
+
+        overlay_sheet(image, result.labelmap, result.labels, overlay, title=f"{Path(input_path).name}: kneeseg")
+        outputs["overlay"] = str(overlay)
+    return {**outputs, "volumes_ml": result.volumes_ml, "centre_lps_mm": list(result.centre),
+            "timings_s": {k: round(v, 3) for k, v in result.timings.items()}}
+
+
+def _write_json(path, obj):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
+# --- train ------------------------------------------------------------------------------------------
+
+
+def cmd_train(args, progress):
+    from .training_data import train_bundle
+    from .train import TrainConfig
+
+    weights = None
+    if args.class_weights:
+        try:
+            weights = tuple(float(w) for w in args.class_weights.split(","))
+        except ValueError:
+            raise InputError(f"--class-weights takes comma-separated numbers, not {args.class_weights!r}") from None
+    config = TrainConfig(dims=args.dims, output=args.output_mode, filters=args.filters, depth=args.depth,
+                         input_size=args.input_size, planes=_planes(args.planes), window_mm=args.window_mm,
+                         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+                         validation_steps=args.validation_steps, batch_size=args.batch_size, patience=args.patience,
+                         learning_rate=args.learning_rate, final_learning_rate=args.final_learning_rate,
+                         loss=args.loss, beta=args.beta, class_weights=weights, augment=not args.no_augment,
+                         seed=args.seed, workers=args.workers)
+    work = Path(args.work) if args.work else Path(args.output).with_name(Path(args.output).name + ".work")
+    result = train_bundle(config, args.output, work, synthetic=args.synthetic, data=args.data, name=args.name,
+                          real2d=args.real2d, export_onnx=args.onnx, progress=progress)
+    progress.done(f"wrote bundle {args.output}", result)
+    return EXIT_OK
+
+
+# --- evaluate ---------------------------------------------------------------------------------------
+
+
+def cmd_evaluate(args, progress):
+    from .bundle import load_bundle, update_card
+    from .training_data import evaluate_pairs, evaluate_synthetic
+    from .evaluate import evaluate_real2d
+
+    if not (args.pairs or args.real2d or args.synthetic):
+        raise InputError("nothing to evaluate: give --pairs, --real2d and/or --synthetic")
+    bundle = load_bundle(args.model)
+    results = {}
+    if args.real2d:
+        results["real2d"] = evaluate_real2d(bundle, args.real2d, progress=progress)
+    if args.pairs:
+        results["pairs"] = evaluate_pairs(bundle, args.pairs, progress=progress)
+    if args.synthetic:
+        results["synthetic"] = evaluate_synthetic(bundle, args.synthetic, args.synthetic_cases, progress=progress)
+    summary = {name: {k: v for k, v in r.items() if k != "cases"} for name, r in results.items()}
+    if args.report:
+        _write_json(args.report, results)
+    if args.update_card:
+        if not bundle.folder.is_relative_to(Path(args.model or bundle.folder)):
+            raise InputError("--update-card needs a bundle folder, not a zip", args.model)
+        metrics = dict(bundle.card.get("metrics", {}))
+        metrics.update(summary)
+        update_card(bundle.folder, metrics=metrics)
+    if progress.mode != "json":
+        print(json.dumps(summary, indent=2))
+    progress.done("evaluation finished", summary)
+    return EXIT_OK
+
+
+# --- info, synth, overlay ---------------------------------------------------------------------------
+
+
+def cmd_info(args, progress):
+    from .bundle import default_bundle_path, load_bundle
+
+    bundle = load_bundle(args.model)
+    card = bundle.card
+    if args.json:
+        print(json.dumps(card, indent=2))
+        return EXIT_OK
+    model = card["model"]
+    print(f"{card.get('name', '?')}  ({args.model or default_bundle_path()})")
+    if card.get("description"):
+        print(f"  {card['description']}")
+    print(f"  network: {model['dims']}D U-Net, {model['filters']} filters, depth {model['depth']}, "
+          f"output {model['output']}, input {model['input_size']}x{model['input_size']}")
+    pre = card["preprocessing"]
+    print(f"  planes: {', '.join(pre['planes'])}; window {pre['window_mm']} mm; N4 {'on' if pre.get('n4') else 'off'}")
+    print("  labels: " + ", ".join(f"{lab['name']}={lab['value']} (SCT {lab['snomed']['code']})"
+                                   for lab in card["labels"]))
+    for name, entry in card["weights"].items():
+        print(f"  {name}: sha256 {entry['sha256']} (verified)")
+    if card.get("metrics"):
+        print("  measured metrics:")
+        print("    " + json.dumps(card["metrics"], indent=2).replace("\n", "\n    "))
+    return EXIT_OK
+
+
+def cmd_synth(args, progress):
+    from . import synth
+
+    if args.synth_command == "prepare":
+        manifest = synth.prepare_cache(args.source, args.cache)
+        progress.done(f"wrote cache {args.cache}", {"cache": args.cache, "entries": len(manifest) if hasattr(
+            manifest, "__len__") else None})
+    else:
+        synth.write_example_sheet(args.cache, args.output, n=args.n, seed=args.seed)
+        progress.done(f"wrote {args.output}", {"sheet": args.output})
+    return EXIT_OK
+
+
+def cmd_overlay(args, progress):
+    from . import io
+    from .bundle import load_bundle
+    from .overlay import overlay_sheet
+
+    image = io.read_volume(args.image)
+    labelmap = io.read_volume(args.labelmap, validate=False)
+    if not io.same_geometry(image, labelmap):
+        raise InputError("label map geometry differs from the image", args.labelmap)
+    overlay_sheet(image, labelmap, load_bundle(args.model).labels, args.output, title=Path(args.image).name)
+    progress.done(f"wrote {args.output}", {"overlay": args.output})
+    return EXIT_OK
+
+
+COMMANDS = {"segment": cmd_segment, "train": cmd_train, "evaluate": cmd_evaluate, "info": cmd_info,
+            "synth": cmd_synth, "overlay": cmd_overlay}
+
+
+def _raise_cancelled(signum, frame):
+    raise Cancelled(f"stopped by signal {signum}")
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    progress = Progress(getattr(args, "progress", "bar"))
+    _configure_device(getattr(args, "device", "auto"))
+    signal.signal(signal.SIGTERM, _raise_cancelled)
+    try:
+        return COMMANDS[args.command](args, progress)
+    except InputError as exc:
+        progress.error(str(exc), "input")
+        print(f"kneeseg: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (Cancelled, KeyboardInterrupt) as exc:
+        progress.error(str(exc) or "cancelled", "cancelled")
+        print("kneeseg: cancelled", file=sys.stderr)
+        return EXIT_CANCELLED
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: report, keep the traceback
+        progress.error(f"internal error: {type(exc).__name__}: {exc}", "internal")
+        traceback.print_exc(file=sys.stderr)
+        print(f"kneeseg: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL

@@ -1,0 +1,150 @@
+"""Training data sources. Each yields batches ``(x float32 (B, rows, cols, 1), y uint8 (B, rows, cols))``.
+
+* :class:`PairedSlices`: the user's own image/label volumes (a folder or a CSV), resampled onto the
+  same model frames inference uses, kept in memory, augmented on the fly.
+* ``synth.SliceSynthesizer``: images synthesised from real label maps (domain randomisation).
+
+Both are split by subject (never by slice), so no subject is in two splits.
+"""
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import preprocess
+from .augment import AugmentConfig, augment_batch
+from .errors import InputError
+from .io import read_volume, same_geometry
+
+IMAGE_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha", ".mhd")
+
+
+@dataclass(frozen=True)
+class Pair:
+    image: Path
+    label: Path
+    subject: str
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def find_pairs(source) -> list:
+    """Image/label pairs from ``images/`` + ``labels/`` subfolders (same file stems) or a CSV.
+
+    The CSV has columns ``image,label`` and optionally ``subject`` (relative paths are relative to
+    the CSV). Without a subject column each pair is its own subject.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise InputError("training data not found", source)
+    if source.is_file():
+        return _pairs_from_csv(source)
+    images, labels = source / "images", source / "labels"
+    if not images.is_dir() or not labels.is_dir():
+        raise InputError("a training folder needs 'images/' and 'labels/' subfolders (or pass a CSV)", source)
+    label_by_stem = {_stem(p): p for p in labels.iterdir() if p.is_file()}
+    pairs = []
+    for image in sorted(p for p in images.iterdir() if p.is_file()):
+        stem = _stem(image)
+        if stem not in label_by_stem:
+            raise InputError(f"no label map for {image.name} in labels/", source)
+        pairs.append(Pair(image, label_by_stem[stem], stem))
+    if not pairs:
+        raise InputError("no images found in images/", source)
+    return pairs
+
+
+def _pairs_from_csv(path: Path) -> list:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"image", "label"} <= set(rows[0]):
+        raise InputError("the CSV needs a header with columns image,label[,subject]", path)
+    base = path.parent
+    return [Pair(base / r["image"], base / r["label"], r.get("subject") or _stem(Path(r["image"]))) for r in rows]
+
+
+def split_by_subject(subjects, fractions=(0.7, 0.15, 0.15), seed=0):
+    """Split distinct subject ids into (train, validation, test) lists, deterministically.
+
+    Every split gets at least one subject when there are at least three.
+    """
+    unique = sorted(set(subjects))
+    rng = np.random.default_rng(seed)
+    rng.shuffle(unique)
+    n = len(unique)
+    if n < 3:
+        raise InputError(f"at least 3 subjects are needed to split into train/validation/test, got {n}")
+    n_val = max(1, int(round(fractions[1] * n)))
+    n_test = max(1, int(round(fractions[2] * n)))
+    n_train = n - n_val - n_test
+    if n_train < 1:
+        raise InputError(f"{n} subjects are too few for the split {fractions}")
+    return unique[:n_train], unique[n_train:n_train + n_val], unique[n_train + n_val:]
+
+
+def load_pair(pair: Pair):
+    """Read one pair and check that image and label share their geometry."""
+    import SimpleITK as sitk
+
+    image = read_volume(pair.image)
+    label = read_volume(pair.label, validate=False)
+    if label.GetDimension() != 3:
+        raise InputError(f"label map is {label.GetDimension()}D; a 3D label map is needed", pair.label)
+    if not same_geometry(image, label):
+        raise InputError(
+            f"image and label geometry differ (image {image.GetSize()} spacing {_fmt(image.GetSpacing())} origin "
+            f"{_fmt(image.GetOrigin())}, label {label.GetSize()} spacing {_fmt(label.GetSpacing())} origin "
+            f"{_fmt(label.GetOrigin())})", pair.label)
+    return image, sitk.Cast(label, sitk.sitkUInt8)
+
+
+def _fmt(values):
+    return "(" + ", ".join(f"{v:.3g}" for v in values) + ")"
+
+
+class PairedSlices:
+    """Model-frame slices of image/label volumes, held in memory (float16 images), augmented per batch."""
+
+    def __init__(self, pairs, planes, size=224, window_mm=160.0, batch_size=8, seed=0, augment=True,
+                 steps=None, merged=False, augment_config=AugmentConfig()):
+        import SimpleITK as sitk
+
+        self.batch_size, self.seed, self.augment = batch_size, seed, augment
+        self.augment_config = augment_config
+        images, labels = [], []
+        for pair in pairs:
+            image, label = load_pair(pair)
+            centre = preprocess.knee_centre_from_labels(label)
+            for plane in planes:
+                frame = preprocess.model_frame(image, plane, centre, window_mm=window_mm, size=size)
+                img = sitk.GetArrayFromImage(preprocess.resample_to_frame(image, frame))
+                lab = sitk.GetArrayFromImage(preprocess.resample_to_frame(label, frame, "nearest"))
+                images.append(preprocess.standardize(img).astype(np.float16))
+                labels.append((lab > 0).astype(np.uint8) if merged else lab)
+        self.images = np.concatenate(images)
+        self.labels = np.concatenate(labels)
+        self.steps = steps or max(1, len(self.images) // batch_size)
+        self.epoch = 0
+
+    def __len__(self):
+        return self.steps
+
+    def batch(self, index):
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        pick = rng.integers(0, len(self.images), self.batch_size)
+        x = self.images[pick].astype(np.float32)[..., None]
+        y = self.labels[pick]
+        if self.augment:
+            x, y = augment_batch(x, y, rng, self.augment_config)
+        return x, y
+
+    def on_epoch_end(self):
+        self.epoch += 1

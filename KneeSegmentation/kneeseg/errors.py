@@ -1,0 +1,27 @@
+"""Error types shared by the whole package.
+
+``InputError`` is the user's fault (a bad file, a bad option, a broken model bundle): the CLI reports
+it on one line and exits with ``EXIT_BAD_INPUT``. Anything else escaping the CLI is an internal error
+(``EXIT_INTERNAL``).
+"""
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_BAD_INPUT = 2
+EXIT_CANCELLED = 130
+
+
+class InputError(ValueError):
+    """Bad input: the message names the problem and, where there is one, the file."""
+
+    def __init__(self, message: str, path=None):
+        self.path = None if path is None else str(path)
+        super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class BundleError(InputError):
+    """A model bundle that cannot be used (missing file, checksum mismatch, unknown format)."""
+
+
+class Cancelled(RuntimeError):
+    """The run was cancelled by the caller (SIGINT/SIGTERM or a cancel callback)."""

@@ -1,0 +1,94 @@
+"""U-Net builders (Keras 3, any backend), read top to bottom.
+
+The thesis network: an encoder-decoder U-Net with a constant number of filters at every level, ELU
+activations, one Dropout(0.5) at the bottleneck, transposed-convolution upsampling and *additive*
+skip connections (not concatenation: it keeps the filter count, and so the parameter count, small).
+With 4 levels and 32 filters it has 195k parameters.
+"""
+
+import keras
+from keras import layers
+
+
+def _conv_block(x, filters, conv, kernel, name):
+    for i in (1, 2):
+        x = conv(filters, kernel, padding="same", activation="elu", kernel_initializer="he_normal",
+                 name=f"{name}_conv{i}")(x)
+    return x
+
+
+def _head(x, n_classes, output, conv, name="head"):
+    if output == "merged":
+        return conv(1, 1, activation="sigmoid", name=name, dtype="float32")(x)
+    return conv(n_classes, 1, activation="softmax", name=name, dtype="float32")(x)
+
+
+def _check(output, n_classes, depth, filters):
+    if output not in ("merged", "separate"):
+        raise ValueError(f"output must be 'merged' or 'separate', not {output!r}")
+    if output == "separate" and n_classes < 2:
+        raise ValueError("separate output needs at least 2 classes (background + one bone)")
+    if depth < 1 or filters < 1:
+        raise ValueError("depth and filters must be positive")
+
+
+def build_unet_2d(input_size=224, n_classes=5, filters=32, depth=4, dropout=0.5, output="separate",
+                  name="unet2d"):
+    """The thesis 2D U-Net.
+
+    ``depth`` poolings (levels), ``filters`` convolution filters everywhere, ``output`` "separate"
+    (softmax over ``n_classes`` = background + bones) or "merged" (one sigmoid bone channel).
+    ``input_size`` must be divisible by ``2**depth``.
+    """
+    _check(output, n_classes, depth, filters)
+    if input_size % (2 ** depth):
+        raise ValueError(f"input size {input_size} is not divisible by 2**depth = {2 ** depth}")
+    inputs = keras.Input((input_size, input_size, 1), name="image")
+    x = inputs
+    skips = []
+    for level in range(depth):
+        x = _conv_block(x, filters, layers.Conv2D, 3, f"down{level}")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"pool{level}")(x)
+    x = _conv_block(x, filters, layers.Conv2D, 3, "bottleneck")
+    x = layers.Dropout(dropout, name="bottleneck_dropout")(x)
+    for level in reversed(range(depth)):
+        x = layers.Conv2DTranspose(filters, 3, strides=2, padding="same", activation="elu",
+                                   name=f"up{level}_transpose")(x)
+        x = layers.Add(name=f"up{level}_skip")([x, skips[level]])
+        x = _conv_block(x, filters, layers.Conv2D, 3, f"up{level}")
+    outputs = _head(x, n_classes, output, layers.Conv2D)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build_unet_3d(input_size=224, n_slices=24, n_classes=5, filters=32, depth=4, dropout=0.5,
+                  output="separate", name="unet3d"):
+    """The 3D variant: 3x3x3 kernels, pooling in-plane only (the thick z axis is never pooled)."""
+    _check(output, n_classes, depth, filters)
+    if input_size % (2 ** depth):
+        raise ValueError(f"input size {input_size} is not divisible by 2**depth = {2 ** depth}")
+    inputs = keras.Input((n_slices, input_size, input_size, 1), name="image")
+    x = inputs
+    skips = []
+    for level in range(depth):
+        x = _conv_block(x, filters, layers.Conv3D, 3, f"down{level}")
+        skips.append(x)
+        x = layers.MaxPooling3D((1, 2, 2), name=f"pool{level}")(x)
+    x = _conv_block(x, filters, layers.Conv3D, 3, "bottleneck")
+    x = layers.Dropout(dropout, name="bottleneck_dropout")(x)
+    for level in reversed(range(depth)):
+        x = layers.Conv3DTranspose(filters, 3, strides=(1, 2, 2), padding="same", activation="elu",
+                                   name=f"up{level}_transpose")(x)
+        x = layers.Add(name=f"up{level}_skip")([x, skips[level]])
+        x = _conv_block(x, filters, layers.Conv3D, 3, f"up{level}")
+    outputs = _head(x, n_classes, output, layers.Conv3D)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build_model(spec: dict):
+    """Build from a bundle card's ``model`` entry (``dims``, ``input_size``, ``filters``, ...)."""
+    common = dict(input_size=spec["input_size"], n_classes=spec["n_classes"], filters=spec["filters"],
+                  depth=spec["depth"], dropout=spec.get("dropout", 0.5), output=spec["output"])
+    if spec["dims"] == 3:
+        return build_unet_3d(n_slices=spec["n_slices"], **common)
+    return build_unet_2d(**common)

@@ -1,0 +1,255 @@
+"""Training: seeded, split by subject, Adam with decay, early stopping on validation Dice, resumable.
+
+Everything a run produces lives in its work folder: ``checkpoint.keras`` (model + optimizer, saved
+every epoch), ``best.keras`` (best validation mean Dice so far), ``state.json`` (epoch, best score,
+patience counter) and ``history.csv``. Running again with the same work folder resumes after the last
+finished epoch. The model is built and compiled inside a ``tf.distribute`` strategy scope, so several
+GPUs are used unchanged (MirroredStrategy when more than one is visible).
+"""
+
+import contextlib
+import csv
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+MONITOR = "val_mean_dice"
+
+
+@dataclass
+class TrainConfig:
+    dims: int = 2
+    output: str = "separate"  # "separate" bones (softmax) or one "merged" bone channel
+    filters: int = 32
+    depth: int = 4
+    dropout: float = 0.5
+    input_size: int = 224
+    planes: tuple = ("sagittal", "coronal", "axial")
+    window_mm: float = 160.0
+    min_slice_mm: float = 1.5
+    epochs: int = 50
+    steps_per_epoch: int = 100
+    validation_steps: int = 20
+    batch_size: int = 8
+    patience: int = 9
+    learning_rate: float = 1e-3
+    final_learning_rate: float = 1e-4
+    loss: str = "dice"  # "dice" (soft F1), "fbeta", "ce", "dice+ce"
+    beta: float = 1.0
+    class_weights: tuple = None  # one per foreground class
+    augment: bool = True
+    seed: int = 0
+    workers: int = 1
+    extra: dict = field(default_factory=dict)
+
+    def learning_rate_at(self, epoch: int) -> float:
+        """Exponential decay from ``learning_rate`` (first epoch) to ``final_learning_rate`` (last)."""
+        if self.epochs <= 1:
+            return self.learning_rate
+        ratio = self.final_learning_rate / self.learning_rate
+        return float(self.learning_rate * ratio ** (min(epoch, self.epochs - 1) / (self.epochs - 1)))
+
+
+def strategy_scope():
+    """A ``tf.distribute`` scope on the TensorFlow backend (mirrored over all GPUs when several)."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return contextlib.nullcontext()
+    import tensorflow as tf
+
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy().scope()
+    return tf.distribute.get_strategy().scope()
+
+
+def _batches(source, workers):
+    """Wrap a batch source (``__len__``, ``batch(i)``, optional ``on_epoch_end``) as a Keras PyDataset."""
+    import keras
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__(workers=workers, use_multiprocessing=False)
+
+        def __len__(self):
+            return len(source)
+
+        def __getitem__(self, index):
+            return source.batch(index)
+
+        def on_epoch_end(self):
+            if hasattr(source, "on_epoch_end"):
+                source.on_epoch_end()
+
+    return Batches()
+
+
+def _atomic_save(model, path: Path):
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def _monitor_callback(config: TrainConfig, work: Path, state: dict, progress):
+    import keras
+
+    class Monitor(keras.callbacks.Callback):
+        """Checkpoint every epoch, keep the best model, early-stop on validation mean Dice."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.model.optimizer.learning_rate.assign(config.learning_rate_at(epoch))
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = {k: float(v) for k, v in (logs or {}).items()}
+            logs["learning_rate"] = config.learning_rate_at(epoch)
+            _append_history(work / "history.csv", epoch, logs)
+            score = logs.get(MONITOR, -math.inf)
+            if score > state["best"]:
+                state.update(best=score, best_epoch=epoch, wait=0)
+                _atomic_save(self.model, work / "best.keras")
+            else:
+                state["wait"] += 1
+            state["epoch"] = epoch
+            _atomic_save(self.model, work / "checkpoint.keras")
+            (work / "state.json").write_text(json.dumps(state, indent=2))
+            if progress is not None:
+                progress("epoch", (epoch + 1) / config.epochs,
+                         f"epoch {epoch + 1}/{config.epochs}: loss {logs.get('loss', float('nan')):.4f}, "
+                         f"val mean Dice {score:.4f}", epoch=epoch + 1, logs=logs)
+            if state["wait"] >= config.patience:
+                state["stopped_early"] = True
+                self.model.stop_training = True
+
+    return Monitor()
+
+
+def _append_history(path: Path, epoch: int, logs: dict):
+    row = {"epoch": epoch + 1, **logs}
+    exists = path.exists()
+    fieldnames = list(row)
+    if exists:
+        with open(path, newline="") as f:
+            fieldnames = next(csv.reader(f), fieldnames)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fieldnames, extrasaction="ignore")
+        if not exists:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def read_history(path) -> list:
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def build_and_compile(config: TrainConfig, labels):
+    import keras
+
+    from .losses import make_loss, training_metrics
+    from .model import build_model
+
+    spec = model_spec(config, labels)
+    model = build_model(spec)
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+                  loss=make_loss(config.loss, config.class_weights, config.beta),
+                  metrics=training_metrics(labels))
+    return model
+
+
+def model_spec(config: TrainConfig, labels) -> dict:
+    n_classes = 1 if config.output == "merged" else len(labels) + 1
+    spec = {"dims": config.dims, "input_size": config.input_size, "n_classes": n_classes,
+            "filters": config.filters, "depth": config.depth, "dropout": config.dropout, "output": config.output}
+    if config.dims == 3:
+        spec["n_slices"] = None
+    return spec
+
+
+def fit(config: TrainConfig, labels, train_source, val_source, work_dir, progress=None):
+    """Train (or resume) in ``work_dir``; returns (model with the best weights, state dict)."""
+    import keras
+
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+    state_path = work / "state.json"
+    state = {"epoch": -1, "best": -math.inf, "best_epoch": -1, "wait": 0, "stopped_early": False,
+             "config": _jsonable(asdict(config))}
+    with strategy_scope():
+        if state_path.exists() and (work / "checkpoint.keras").exists():
+            state.update(json.loads(state_path.read_text()))
+            model = keras.models.load_model(work / "checkpoint.keras", safe_mode=True)
+            if progress is not None:
+                progress("resume", (state["epoch"] + 1) / config.epochs, f"resuming after epoch {state['epoch'] + 1}")
+        else:
+            model = build_and_compile(config, labels)
+    initial_epoch = state["epoch"] + 1
+    if initial_epoch < config.epochs and not state.get("stopped_early"):
+        model.fit(_batches(train_source, config.workers), validation_data=_batches(val_source, config.workers),
+                  epochs=config.epochs, initial_epoch=initial_epoch,
+                  callbacks=[_monitor_callback(config, work, state, progress)], verbose=0)
+    if (work / "best.keras").exists():
+        best = keras.models.load_model(work / "best.keras", safe_mode=True)
+        model.set_weights(best.get_weights())
+    return model, state
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return value
+
+
+def plot_history(history_csv, png_path):
+    """Loss and validation Dice curves to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_history(history_csv)
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in ("loss", "val_loss"):
+        ax_loss.plot(epochs, [r.get(key, np.nan) for r in rows], label=key)
+    for key in ("mean_dice", "val_mean_dice"):
+        ax_dice.plot(epochs, [r.get(key, np.nan) for r in rows], label=key)
+    ax_loss.set_xlabel("epoch"), ax_dice.set_xlabel("epoch")
+    ax_loss.set_title("loss"), ax_dice.set_title("mean Dice over bones")
+    ax_loss.legend(), ax_dice.legend()
+    fig.tight_layout()
+    tmp = Path(png_path).with_name(f".{Path(png_path).name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+    return Path(png_path)
+
+
+def make_card(config: TrainConfig, labels, provenance: dict, state: dict, metrics=None, name="knee-bones",
+              description="") -> dict:
+    """The bundle card for a model trained with ``config``."""
+    from .labels import labels_to_json
+
+    return {
+        "name": name,
+        "description": description,
+        "labels": labels_to_json(labels),
+        "model": model_spec(config, labels),
+        "preprocessing": {"planes": list(config.planes), "window_mm": config.window_mm,
+                          "min_slice_mm": config.min_slice_mm, "n4": False,
+                          "n4_settings": {"shrink_factor": 4, "iterations": [50, 40, 30]},
+                          "centre": "model, falling back to intensity"},
+        "normalisation": {"mode": "volume", "clip_percentiles": [0.5, 99.5]},
+        "training": {"config": _jsonable(asdict(config)), "epochs_run": state["epoch"] + 1,
+                     "best_epoch": state["best_epoch"] + 1, "best_val_mean_dice": state["best"],
+                     "stopped_early": state.get("stopped_early", False), **provenance},
+        "metrics": metrics or {},
+    }
