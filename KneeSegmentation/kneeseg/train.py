@@ -48,8 +48,9 @@ class TrainConfig:
 
     def learning_rate_at(self, epoch: int) -> float:
         """Exponential decay from ``learning_rate`` (first epoch) to ``final_learning_rate`` (last)."""
-        if self.epochs <= 1:
-            return self.learning_rate
+        if self.epochs <= 1 or min(self.learning_rate, self.final_learning_rate) <= 0:
+            t = 0.0 if self.epochs <= 1 else min(epoch, self.epochs - 1) / (self.epochs - 1)
+            return float(self.learning_rate + t * (self.final_learning_rate - self.learning_rate))
         ratio = self.final_learning_rate / self.learning_rate
         return float(self.learning_rate * ratio ** (min(epoch, self.epochs - 1) / (self.epochs - 1)))
 
@@ -169,8 +170,11 @@ def model_spec(config: TrainConfig, labels) -> dict:
     return spec
 
 
-def fit(config: TrainConfig, labels, train_source, val_source, work_dir, progress=None):
-    """Train (or resume) in ``work_dir``; returns (model with the best weights, state dict)."""
+def fit(config: TrainConfig, labels, train_source, val_source, work_dir, progress=None, callbacks=()):
+    """Train (or resume) in ``work_dir``; returns (model with the best weights, state dict).
+
+    ``callbacks`` are extra Keras callbacks (e.g. TensorBoard), run after the built-in monitor.
+    """
     import keras
 
     work = Path(work_dir)
@@ -191,7 +195,7 @@ def fit(config: TrainConfig, labels, train_source, val_source, work_dir, progres
     if initial_epoch < config.epochs and not state.get("stopped_early"):
         model.fit(_batches(train_source, config.workers), validation_data=_batches(val_source, config.workers),
                   epochs=config.epochs, initial_epoch=initial_epoch,
-                  callbacks=[_monitor_callback(config, work, state, progress)], verbose=0)
+                  callbacks=[_monitor_callback(config, work, state, progress), *callbacks], verbose=0)
     if (work / "best.keras").exists():
         best = keras.models.load_model(work / "best.keras", safe_mode=True)
         model.set_weights(best.get_weights())

@@ -1,0 +1,178 @@
+"""Training: early stopping with best-weight restore, per-epoch checkpoints and resume, history, seeds, splits."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from kneeseg import train as training
+from kneeseg.datasets import find_pairs, load_pair, split_by_subject
+from kneeseg.errors import InputError
+from kneeseg.labels import SEPARATE_BONES
+from conftest import toy_knee
+
+TINY = dict(filters=4, depth=2, input_size=32, planes=("sagittal",), window_mm=80.0, batch_size=4,
+            steps_per_epoch=3, validation_steps=2)
+
+
+class ToySlices:
+    """A deterministic in-memory source of toy slices (bright square = femur, below it = tibia)."""
+
+    def __init__(self, steps=3, seed=0):
+        self.steps, self.seed = steps, seed
+
+    def __len__(self):
+        return self.steps
+
+    def batch(self, index):
+        rng = np.random.default_rng([self.seed, index])
+        y = np.zeros((4, 32, 32), np.uint8)
+        for i in range(4):
+            top = rng.integers(4, 10)
+            y[i, top:top + 10, 8:24] = 1
+            y[i, top + 12:top + 20, 8:24] = 2
+        x = (y > 0).astype(np.float32)[..., None] + 0.1 * rng.standard_normal((4, 32, 32, 1)).astype(np.float32)
+        return x, y
+
+
+class InterruptInEpoch(keras.callbacks.Callback):
+    """Kills training in the middle of an epoch, as Ctrl-C or a lost node would."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch_to_fail, self.current = epoch, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.current == self.epoch_to_fail and batch == 1:
+            raise KeyboardInterrupt("simulated interruption")
+
+
+def _config(**kwargs):
+    return training.TrainConfig(**{**TINY, **kwargs})
+
+
+def test_learning_rate_decays_from_1e3_to_1e4():
+    config = training.TrainConfig(epochs=11)
+    assert config.learning_rate_at(0) == pytest.approx(1e-3)
+    assert config.learning_rate_at(10) == pytest.approx(1e-4)
+    assert config.learning_rate_at(5) == pytest.approx(np.sqrt(1e-3 * 1e-4))
+
+
+def test_training_writes_checkpoints_history_and_plot(tmp_path):
+    model, state = training.fit(_config(epochs=2), SEPARATE_BONES, ToySlices(), ToySlices(seed=1), tmp_path)
+    for name in ("checkpoint.keras", "best.keras", "state.json", "history.csv"):
+        assert (tmp_path / name).exists(), name
+    rows = training.read_history(tmp_path / "history.csv")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert {"loss", "val_loss", "val_mean_dice", "dice_femur", "learning_rate"} <= set(rows[0])
+    training.plot_history(tmp_path / "history.csv", tmp_path / "history.png")
+    assert (tmp_path / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert state["epoch"] == 1
+
+
+def test_early_stopping_stops_after_patience_and_restores_the_best_weights(tmp_path):
+    config = _config(epochs=10, patience=2)
+    model = training.build_and_compile(config, SEPARATE_BONES)
+    state = {"epoch": -1, "best": -np.inf, "best_epoch": -1, "wait": 0}
+    monitor = training._monitor_callback(config, tmp_path, state, None)
+    monitor.set_model(model)
+    scores = [0.5, 0.7, 0.6, 0.65]
+    best_weights = None
+    for epoch, score in enumerate(scores):
+        model.set_weights([w + epoch for w in model.get_weights()])
+        if score == max(scores):
+            best_weights = [w.copy() for w in model.get_weights()]
+        monitor.on_epoch_end(epoch, {"loss": 1.0, "val_mean_dice": score})
+    assert model.stop_training and state["stopped_early"]
+    assert state["best_epoch"] == 1 and state["best"] == pytest.approx(0.7)
+    best = keras.models.load_model(tmp_path / "best.keras", safe_mode=True)
+    for a, b in zip(best.get_weights(), best_weights):
+        np.testing.assert_allclose(a, b)
+
+
+def test_fit_stops_early_when_validation_dice_does_not_improve(tmp_path):
+    frozen = _config(epochs=8, patience=1, learning_rate=0.0, final_learning_rate=0.0)
+    model, state = training.fit(frozen, SEPARATE_BONES, ToySlices(), ToySlices(seed=1), tmp_path)
+    assert state["stopped_early"] and state["epoch"] == 1  # epoch 2 did not beat epoch 1
+
+
+def test_interrupted_training_resumes_after_the_last_finished_epoch(tmp_path):
+    config = _config(epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(config, SEPARATE_BONES, ToySlices(), ToySlices(seed=1), tmp_path,
+                     callbacks=[InterruptInEpoch(1)])
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["epoch"] == 0  # one epoch finished and checkpointed
+    checkpoint = keras.models.load_model(tmp_path / "checkpoint.keras", safe_mode=True)
+    resumed_steps = []
+
+    def progress(stage, fraction, message, **extra):
+        resumed_steps.append((stage, extra.get("epoch")))
+
+    _, state = training.fit(config, SEPARATE_BONES, ToySlices(), ToySlices(seed=1), tmp_path, progress)
+    assert resumed_steps[0][0] == "resume"
+    assert [e for s, e in resumed_steps if s == "epoch"] == [2, 3]
+    assert [r["epoch"] for r in training.read_history(tmp_path / "history.csv")] == [1, 2, 3]
+    assert state["epoch"] == 2
+    assert checkpoint.optimizer.iterations.numpy() == 3  # the optimizer state was saved too
+
+
+def test_training_is_seeded(tmp_path):
+    weights = []
+    for run in ("a", "b"):
+        model, _ = training.fit(_config(epochs=1, seed=7), SEPARATE_BONES, ToySlices(), ToySlices(seed=1),
+                                tmp_path / run)
+        weights.append(model.get_weights())
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_model_is_built_inside_a_distribution_strategy_scope():
+    import tensorflow as tf
+
+    with training.strategy_scope():
+        assert tf.distribute.has_strategy() or tf.distribute.get_strategy() is not None
+        model = training.build_and_compile(_config(), SEPARATE_BONES)
+    assert model.optimizer is not None
+
+
+def test_split_is_by_subject_and_deterministic():
+    subjects = [f"s{i // 2}" for i in range(20)]  # two time points per subject
+    train_ids, val_ids, test_ids = split_by_subject(subjects, seed=3)
+    assert not (set(train_ids) & set(val_ids) or set(train_ids) & set(test_ids) or set(val_ids) & set(test_ids))
+    assert sorted(train_ids + val_ids + test_ids) == sorted(set(subjects))
+    assert (train_ids, val_ids, test_ids) == split_by_subject(subjects, seed=3)
+    with pytest.raises(InputError, match="at least 3 subjects"):
+        split_by_subject(["a", "b"])
+
+
+def _write_pairs(folder, n=3, label_spacing=None):
+    (folder / "images").mkdir(parents=True)
+    (folder / "labels").mkdir()
+    for i in range(n):
+        image, labels = toy_knee(seed=i)
+        if label_spacing is not None and i == n - 1:
+            labels.SetSpacing(label_spacing)
+        sitk.WriteImage(image, str(folder / "images" / f"case{i}.nrrd"))
+        sitk.WriteImage(labels, str(folder / "labels" / f"case{i}.nrrd"))
+
+
+def test_training_pairs_with_different_geometry_are_rejected(tmp_path):
+    _write_pairs(tmp_path, label_spacing=(2.0, 2.0, 2.0))
+    pairs = find_pairs(tmp_path)
+    load_pair(pairs[0])
+    with pytest.raises(InputError) as info:
+        load_pair(pairs[-1])
+    assert "geometry differ" in str(info.value) and "case2.nrrd" in str(info.value)
+
+
+def test_missing_label_for_an_image_is_named(tmp_path):
+    _write_pairs(tmp_path)
+    (tmp_path / "labels" / "case1.nrrd").unlink()
+    with pytest.raises(InputError, match="no label map for case1.nrrd"):
+        find_pairs(tmp_path)

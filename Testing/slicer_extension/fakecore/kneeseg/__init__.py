@@ -1,0 +1,8 @@
+"""A test double of the kneeseg command line (used by Testing/slicer only).
+
+It follows the CLI's protocol (JSON progress lines, exit codes 0/1/2/130, label map in the input's
+geometry) and misbehaves on request: the environment variable KNEESEG_FAKE_MODE selects ok, crash,
+killed, hang, badinput, checksum, missingmodule, noresult, wronggeometry, unknownlabel or
+trainfail. Labels are derived from the input intensities (value // 100), so a test knows exactly
+which voxels each bone must hold.
+"""
