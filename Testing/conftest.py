@@ -53,7 +53,8 @@ def toy_knee(size=(48, 40, 36), spacing=(1.5, 1.2, 1.0), direction=None, origin=
     labels[ellipsoid((0.25, 0.15, -0.5), (0.08, 0.08, 0.3))] = 3  # fibula, lateral-posterior
     labels[ellipsoid((0, -0.45, 0.2), (0.14, 0.07, 0.15))] = 4  # patella, anterior (-P)
     array = labels.reshape(size).transpose(2, 1, 0).copy()  # numpy order (k, j, i)
-    image_array = np.where(array > 0, 1.0, 0.3) + noise * rng.standard_normal(array.shape)
+    intensity = np.array([0.2, 1.0, 0.65, 0.45, 0.85])  # background, femur, tibia, fibula, patella
+    image_array = intensity[array] + noise * rng.standard_normal(array.shape)
     image = sitk.GetImageFromArray(image_array.astype(np.float32))
     image.CopyInformation(labelmap)
     lab = sitk.GetImageFromArray(array)
@@ -73,3 +74,34 @@ def oblique_direction():
     rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
     coronal = np.array([[1, 0, 0], [0, 0, 1], [0, -1, 0]], dtype=float)
     return rx @ coronal
+
+
+TINY_TRAINING = dict(filters=8, depth=2, input_size=64, window_mm=90.0, planes=("sagittal", "coronal"),
+                     epochs=10, steps_per_epoch=15, augment=False, validation_steps=3, batch_size=8, patience=6, seed=0,
+                     learning_rate=3e-3, final_learning_rate=1e-3, loss="dice+ce")
+
+
+def write_toy_pairs(folder, n=5, **kwargs):
+    """Write ``n`` toy image/label pairs as folder/images + folder/labels."""
+    import SimpleITK as sitk
+
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "labels").mkdir(exist_ok=True)
+    for i in range(n):
+        image, labels = toy_knee(seed=i, **kwargs)
+        sitk.WriteImage(image, str(folder / "images" / f"case{i}.nrrd"))
+        sitk.WriteImage(labels, str(folder / "labels" / f"case{i}.nrrd"))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """A tiny model trained by the real training path on toy knees (a few seconds on 2 cores)."""
+    from kneeseg.train import TrainConfig
+    from kneeseg.training_data import train_bundle
+
+    root = tmp_path_factory.mktemp("tiny_bundle")
+    data = write_toy_pairs(root / "data", size=(48, 48, 40), spacing=(1.5, 1.5, 1.5))
+    train_bundle(TrainConfig(**TINY_TRAINING), root / "bundle", root / "work", data=data, name="tiny-test-model",
+                 export_onnx=False)
+    return root / "bundle"

@@ -60,9 +60,17 @@ class Bundle:
         return None if entry is None else self.folder / entry["file"]
 
     def load_keras_model(self):
+        """The Keras model, loaded with ``safe_mode`` (a Lambda layer or pickled code is refused)."""
         import keras
 
-        return keras.models.load_model(self.keras_path, compile=False, safe_mode=True)
+        try:
+            return keras.models.load_model(self.keras_path, compile=False, safe_mode=True)
+        except ValueError as exc:
+            raise BundleError(f"the weights cannot be loaded safely ({_first_sentence(exc)})", self.keras_path) from None
+
+
+def _first_sentence(exc) -> str:
+    return str(exc).strip().split("\n")[0][:200]
 
 
 def _extract_zip(path: Path) -> Path:

@@ -111,10 +111,14 @@ def _fmt(values):
 
 
 class PairedSlices:
-    """Model-frame slices of image/label volumes, held in memory (float16 images), augmented per batch."""
+    """Model-frame slices of image/label volumes, held in memory (float16 images), augmented per batch.
+
+    Slices showing bone are drawn with probability ``bone_fraction`` (the rest from all slices), so
+    the many empty slices at the edges of a volume do not dominate the batches.
+    """
 
     def __init__(self, pairs, planes, size=224, window_mm=160.0, batch_size=8, seed=0, augment=True,
-                 steps=None, merged=False, augment_config=AugmentConfig()):
+                 steps=None, merged=False, augment_config=AugmentConfig(), bone_fraction=0.8):
         import SimpleITK as sitk
 
         self.batch_size, self.seed, self.augment = batch_size, seed, augment
@@ -131,6 +135,8 @@ class PairedSlices:
                 labels.append((lab > 0).astype(np.uint8) if merged else lab)
         self.images = np.concatenate(images)
         self.labels = np.concatenate(labels)
+        self.bone_slices = np.flatnonzero(self.labels.reshape(len(self.labels), -1).any(axis=1))
+        self.bone_fraction = bone_fraction if len(self.bone_slices) else 0.0
         self.steps = steps or max(1, len(self.images) // batch_size)
         self.epoch = 0
 
@@ -139,7 +145,9 @@ class PairedSlices:
 
     def batch(self, index):
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        pick = rng.integers(0, len(self.images), self.batch_size)
+        from_bone = rng.random(self.batch_size) < self.bone_fraction
+        pick = np.where(from_bone, self.bone_slices[rng.integers(0, max(len(self.bone_slices), 1), self.batch_size)]
+                        if len(self.bone_slices) else 0, rng.integers(0, len(self.images), self.batch_size))
         x = self.images[pick].astype(np.float32)[..., None]
         y = self.labels[pick]
         if self.augment:

@@ -234,5 +234,5 @@ def segment(image, bundle, options: SegmentOptions = None, progress=None, cancel
         confidence.CopyInformation(image)
     volumes = postprocess.bone_volumes_ml(label_array, image.GetSpacing(), labels)
     timings["postprocess"] = time.perf_counter() - t
-    _report(progress, "done", 1.0, "segmentation finished")
+    _report(progress, "segmented", 0.9, "segmentation finished")
     return SegmentationResult(labelmap, labels, volumes, tuple(centre), confidence, timings)

@@ -32,6 +32,8 @@ def clean_labelmap(labelmap: np.ndarray, label_values, fill_holes: bool = True) 
 
 def bone_volumes_ml(labelmap: np.ndarray, spacing_mm, labels) -> dict:
     """Volume of each bone in millilitres."""
+    if not labels:
+        return {}
     voxel_ml = float(np.prod(spacing_mm)) / 1000.0
     counts = np.bincount(labelmap.ravel(), minlength=max(label.value for label in labels) + 1)
     return {label.name: round(float(counts[label.value]) * voxel_ml, 3) for label in labels}

@@ -198,6 +198,13 @@ def _read_tissue_image(path: Path, source: LabelSource):
     return out
 
 
+def _index_box(mask: np.ndarray):
+    """First and last index of True along each array axis: (lo, hi), each in array (z, y, x) order."""
+    per_axis = [np.nonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))[0]
+                for axis in range(mask.ndim)]
+    return np.array([ax[0] for ax in per_axis]), np.array([ax[-1] for ax in per_axis])
+
+
 def _physical_box(image, index_lo, index_hi) -> np.ndarray:
     """Axis-aligned (2, 3) LPS box around the voxel box [index_lo, index_hi] (x, y, z order, inclusive)."""
     corners = [image.TransformContinuousIndexToPhysicalPoint(
@@ -214,14 +221,11 @@ def _crop_grid(image, spacing_mm: float, margin_mm: float):
     """
     import SimpleITK as sitk
 
-    tissue = sitk.GetArrayViewFromImage(image)
-    bone = np.isin(tissue, BONE_IDS)
+    bone = np.isin(sitk.GetArrayViewFromImage(image), BONE_IDS)
     if not bone.any():
         raise ValueError("label map contains no bone")
-    zyx = np.nonzero(bone.any(axis=(1, 2)))[0], np.nonzero(bone.any(axis=(0, 2)))[0], np.nonzero(bone.any(axis=(0, 1)))[0]
-    lo_xyz = [zyx[2][0], zyx[1][0], zyx[0][0]]
-    hi_xyz = [zyx[2][-1], zyx[1][-1], zyx[0][-1]]
-    bone_box = _physical_box(image, lo_xyz, hi_xyz)
+    lo_zyx, hi_zyx = _index_box(bone)
+    bone_box = _physical_box(image, lo_zyx[::-1], hi_zyx[::-1])
     fov_box = _physical_box(image, [0, 0, 0], [n - 1 for n in image.GetSize()])
     lo = np.maximum(bone_box[0] - margin_mm, fov_box[0])
     hi = np.minimum(bone_box[1] + margin_mm, fov_box[1])
@@ -262,10 +266,7 @@ def knee_centre_of(labels: np.ndarray, spacing: float, origin) -> np.ndarray:
 
 
 def _tissue_box_mm(labels, spacing, origin) -> np.ndarray:
-    inside = (labels > 0) & (labels != OUTSIDE_FIELD_OF_VIEW)
-    index = [np.nonzero(inside.any(axis=axes))[0] for axes in ((1, 2), (0, 2), (0, 1))]
-    lo = [ax[0] for ax in index]
-    hi = [ax[-1] for ax in index]
+    lo, hi = _index_box((labels > 0) & (labels != OUTSIDE_FIELD_OF_VIEW))
     return np.stack([_index_to_mm(lo, spacing, origin), _index_to_mm(hi, spacing, origin)])
 
 
@@ -345,7 +346,7 @@ def _cache_one(source: LabelSource, path: Path, source_dir: Path, cache_dir: Pat
     origin, size = _crop_grid(image, spacing_mm, margin_mm)
     labels = _resample_to_cache_grid(image, origin, size, spacing_mm)
     stem = _file_stem(path)
-    bones = [t.name.capitalize() for t in TISSUES if t.target and (labels == t.id).any()]
+    bones = [bone.name for bone in SEPARATE_BONES if (labels == TISSUE_IDS[bone.name.lower()]).any()]
     record = {
         "labels": labels,
         "spacing": np.float64(spacing_mm),
@@ -455,7 +456,7 @@ class SynthesisConfig:
       max_rotation_deg: rotation about each LPS axis (patient positioning, oblique acquisitions).
       scale_range: anisotropic scaling of the anatomy per axis.
       max_deformation_mm: standard deviation (itself drawn in [0, this]) of a smooth random
-        displacement on ``deformation_points``^3 cubic-spline control points over the view.
+        displacement given on cubic-spline control points ``deformation_spacing_mm`` apart.
       mirror_probability: left/right mirroring (left and right knees).
       extend_shafts_probability: repeat the last slices of the label map above and below its field of
         view (bone shafts are nearly cylinders), so that bones do not always end at a scan edge.
@@ -470,10 +471,12 @@ class SynthesisConfig:
         unlabelled space inside the body; background_blob_mm: their size.
       air_probability: there is air (zero signal) outside a random body outline.
       subcutaneous_fat_probability, fat_layer_mm: a fat layer under the skin.
-      cortex_probability, cortex_mm: a dark cortical rim of that width at bone edges.
+      cortex_probability, cortex_mm: a cortical rim of that width at bone edges, dark (as in every
+        MRI contrast) with dark_cortex_probability, of random intensity otherwise.
       bias_std: standard deviation of the log of a smooth multiplicative bias field.
       thick_slice_probability, slice_thickness_mm: simulated thick 2D acquisition, along the slice
-        axis (partial-volume average) or along one in-plane axis (averaged and re-interpolated).
+        axis (half of the cases: partial-volume average) or along one in-plane axis (averaged and
+        re-interpolated, as a coronal view of a sagittal scan).
       blur_sigma_px: in-plane Gaussian blur.
       noise_std: Gaussian noise (fraction of full scale); rician_probability: magnitude (Rician) noise.
       gamma_log_std: standard deviation of log(gamma) of a final intensity gamma curve.
@@ -481,14 +484,14 @@ class SynthesisConfig:
         of view), whose sides are that fraction of the image.
     """
 
-    fibula_weight: float = 8.0
+    fibula_weight: float = 10.0
     window_scale: tuple = (0.8, 1.25)
     centre_shift_mm: float = 12.0
     slab_half_mm: float = 45.0
     max_rotation_deg: float = 20.0
     scale_range: tuple = (0.9, 1.1)
     max_deformation_mm: float = 3.0
-    deformation_points: int = 5
+    deformation_spacing_mm: float = 40.0
     mirror_probability: float = 0.5
     extend_shafts_probability: float = 0.5
 
@@ -504,6 +507,7 @@ class SynthesisConfig:
     fat_layer_mm: tuple = (3.0, 15.0)
     cortex_probability: float = 0.9
     cortex_mm: tuple = (0.7, 2.0)
+    dark_cortex_probability: float = 0.85
     bias_std: tuple = (0.0, 0.35)
     thick_slice_probability: float = 0.5
     slice_thickness_mm: tuple = (1.5, 6.0)
@@ -566,7 +570,7 @@ def _rotation(angles_rad) -> np.ndarray:
 def _draw_view(rng, cfg: SynthesisConfig, map_probabilities, planes, knee_centres, size, nominal_pixel_mm,
                n_slices) -> _View:
     """All geometric draws of one stack, always in the same order (toggling an option such as
-    mirroring in the config changes nothing else)."""
+    mirroring in the config changes nothing else; the lattice, whose size varies, comes last)."""
     map_index = int(rng.choice(len(map_probabilities), p=map_probabilities))
     plane = planes[int(rng.integers(len(planes)))]
     lo, hi = np.log(cfg.window_scale)
@@ -576,12 +580,12 @@ def _draw_view(rng, cfg: SynthesisConfig, map_probabilities, planes, knee_centre
     scales = rng.uniform(*cfg.scale_range, 3)
     mirrored = bool(rng.random() < cfg.mirror_probability)
     deformation_std = rng.uniform(0.0, cfg.max_deformation_mm)
-    g = cfg.deformation_points
-    deformation = np.stack([_spline_lattice(c) for c in rng.normal(0.0, 1.0, (3, g, g, g)) * deformation_std])
     offsets = np.sort(rng.uniform(-1.0, 1.0, n_slices)) * cfg.slab_half_mm
     extend_shafts = bool(rng.random() < cfg.extend_shafts_probability)
     matrix = _rotation(angles) @ np.diag(scales) @ np.diag([-1.0 if mirrored else 1.0, 1.0, 1.0])
     half_extent = max(size * pixel_mm / 2.0, cfg.slab_half_mm + max(cfg.slice_thickness_mm)) * 1.05
+    g = max(4, int(math.ceil(2.0 * half_extent / cfg.deformation_spacing_mm)) + 1)
+    deformation = np.stack([_spline_lattice(c) for c in rng.normal(0.0, 1.0, (3, g, g, g)) * deformation_std])
     return _View(map_index, plane, pixel_mm, knee_centres[map_index] + shift, matrix, mirrored, deformation,
                  half_extent, offsets, extend_shafts)
 
@@ -686,7 +690,7 @@ class _Appearance:
     texture_amplitude: np.ndarray  # (256,)
     texture_sigma_px: float
     background_means: np.ndarray  # (K,)
-    background_lattices: np.ndarray  # (K, g, g, g) spline coefficients of smooth random fields; the largest wins
+    background_lattices: np.ndarray  # (K, g, g, g) spline coefficients of random fields; the largest wins
     background_texture: float
     fat_mean: float  # < 0: no subcutaneous fat layer
     fat_layer_mm: float
@@ -723,7 +727,7 @@ def _tissue_means(rng, cfg: SynthesisConfig, kind_means: dict) -> np.ndarray:
     return means
 
 
-def _body_outline(rng, cfg: SynthesisConfig, label_map: CachedLabelMap) -> dict:
+def _body_outline(rng, label_map: CachedLabelMap) -> dict:
     """A leg cross-section around the labelled tissue (x: left-right, y: anterior-posterior), with
     separate margins per side (more soft tissue behind the knee than in front of the patella)."""
     lo, hi = label_map.tissue_box_mm[:, 0], label_map.tissue_box_mm[:, 1]
@@ -739,33 +743,42 @@ def _body_outline(rng, cfg: SynthesisConfig, label_map: CachedLabelMap) -> dict:
     }
 
 
-def _draw_appearance(rng, cfg: SynthesisConfig, label_map: CachedLabelMap, size: int) -> _Appearance:
+def _draw_background(rng, cfg: SynthesisConfig, kind_means: dict, half_extent_mm: float):
+    """Means and spline lattices of the random structures that fill unlabelled space in the body."""
+    n = int(rng.integers(cfg.background_classes[0], cfg.background_classes[1] + 1))
+    kinds = [_BACKGROUND_KINDS[i % len(_BACKGROUND_KINDS)] for i in rng.permutation(n)]
+    means = np.clip([kind_means[k] + rng.normal(0.0, 0.08) for k in kinds], 0.0, 1.0).astype(np.float32)
+    g = int(np.clip(round(2.0 * half_extent_mm / rng.uniform(*cfg.background_blob_mm)), 4, 24))
+    return means, np.stack([_spline_lattice(v) for v in rng.normal(0.0, 1.0, (n, g, g, g))])
+
+
+def _draw_crop(rng, cfg: SynthesisConfig, size: int):
+    if rng.random() >= cfg.fov_crop_probability:
+        return None
+    sides = (rng.uniform(*cfg.fov_crop_fraction, 2) * size).astype(int)
+    start = (rng.uniform(0, 1, 2) * (size - sides)).astype(int)
+    return start[0], start[0] + sides[0], start[1], start[1] + sides[1]
+
+
+def _draw_appearance(rng, cfg: SynthesisConfig, label_map: CachedLabelMap, view: _View, size: int) -> _Appearance:
     kind_means = _kind_means(rng, cfg)
-    n_background = int(rng.integers(cfg.background_classes[0], cfg.background_classes[1] + 1))
-    background_kinds = [_BACKGROUND_KINDS[i % len(_BACKGROUND_KINDS)] for i in rng.permutation(n_background)]
-    background_means = np.clip([kind_means[k] + rng.normal(0.0, 0.08) for k in background_kinds], 0.0, 1.0)
-    blob_mm = rng.uniform(*cfg.background_blob_mm)
-    g_blob = int(np.clip(round(250.0 / blob_mm), 4, 24))
+    background_means, background_lattices = _draw_background(rng, cfg, kind_means, view.half_extent_mm)
     texture_amplitude = np.zeros(256, np.float32)
     texture_amplitude[: len(TISSUES)] = rng.uniform(*cfg.texture_std, len(TISSUES))
     thick = rng.random() < cfg.thick_slice_probability
-    crop = None
-    if rng.random() < cfg.fov_crop_probability:
-        sides = (rng.uniform(*cfg.fov_crop_fraction, 2) * size).astype(int)
-        start = (rng.uniform(0, 1, 2) * (size - sides)).astype(int)
-        crop = (start[0], start[0] + sides[0], start[1], start[1] + sides[1])
+    dark_cortex = rng.random() < cfg.dark_cortex_probability
     return _Appearance(
         means=_tissue_means(rng, cfg, kind_means),
         texture_amplitude=texture_amplitude,
         texture_sigma_px=rng.uniform(*cfg.texture_sigma_px),
-        background_means=np.asarray(background_means, np.float32),
-        background_lattices=np.stack([_spline_lattice(v) for v in rng.normal(0.0, 1.0, (n_background,) + (g_blob,) * 3)]),
+        background_means=background_means,
+        background_lattices=background_lattices,
         background_texture=rng.uniform(*cfg.texture_std) * 1.5,
         fat_mean=kind_means["fat"] if rng.random() < cfg.subcutaneous_fat_probability else -1.0,
         fat_layer_mm=rng.uniform(*cfg.fat_layer_mm),
-        cortex_mean=rng.uniform(0.0, 0.12) if rng.random() < 0.85 else rng.uniform(0.0, 1.0),
+        cortex_mean=rng.uniform(0.0, 0.12) if dark_cortex else rng.uniform(0.0, 1.0),
         cortex_mm=rng.uniform(*cfg.cortex_mm) if rng.random() < cfg.cortex_probability else 0.0,
-        outline=_body_outline(rng, cfg, label_map) if rng.random() < cfg.air_probability else None,
+        outline=_body_outline(rng, label_map) if rng.random() < cfg.air_probability else None,
         bias_lattice=_spline_lattice(rng.normal(0.0, 1.0, (4, 4, 4)) * rng.uniform(*cfg.bias_std)),
         thick_axis=(["slice", "slice", "column", "row"][int(rng.integers(4))] if thick else None),
         thickness_mm=rng.uniform(*cfg.slice_thickness_mm),
@@ -773,7 +786,7 @@ def _draw_appearance(rng, cfg: SynthesisConfig, label_map: CachedLabelMap, size:
         noise_std=rng.uniform(*cfg.noise_std),
         rician=bool(rng.random() < cfg.rician_probability),
         gamma=float(np.exp(rng.normal(0.0, cfg.gamma_log_std))),
-        fov_crop=crop,
+        fov_crop=_draw_crop(rng, cfg, size),
     )
 
 
@@ -969,7 +982,7 @@ class SliceSynthesizer:
         view = _draw_view(geometry_rng, self.config, self.map_probabilities, self.planes, self._knee_centres,
                           self.size, self.window_mm / self.size, self.n_slices_per_sample)
         label_map = self.label_map(view.map_index)
-        look = _draw_appearance(appearance_rng, self.config, label_map, self.size)
+        look = _draw_appearance(appearance_rng, self.config, label_map, view, self.size)
         images, targets, no_signal = [], [], []
         for offset in view.slice_offsets_mm:
             image, tissue = self._slice(noise_rng, view, label_map, look, offset)
@@ -1011,27 +1024,31 @@ def write_example_sheet(cache_dir, out_png, n: int = 16, seed: int = 0, size: in
                         planes=PLANES, config: SynthesisConfig = SynthesisConfig()) -> Path:
     """A PNG of ``n`` synthetic training images, each shown plain and with its bone label contours."""
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     synthesizer = SliceSynthesizer(cache_dir, planes, size, window_mm, n_slices_per_sample=1, batch_size=n,
                                    seed=seed, config=config)
     x, y, info = synthesizer.batch_with_info(0)
+    colours = {bone.value: np.array(bone.color) / 255.0 for bone in SEPARATE_BONES}
     columns = 4
     rows = -(-n // columns)
-    figure = Figure(figsize=(columns * 2 * 2.2, rows * 2.4), dpi=100)
+    figure = Figure(figsize=(columns * 2 * 2.2, rows * 2.4 + 0.3), dpi=100)
     for k in range(n):
         plain = figure.add_subplot(rows, 2 * columns, 2 * k + 1)
         overlay = figure.add_subplot(rows, 2 * columns, 2 * k + 2)
         for ax in (plain, overlay):
             ax.imshow(x[k, ..., 0], cmap="gray", interpolation="nearest")
             ax.set_axis_off()
-        for bone in SEPARATE_BONES:
-            if (y[k] == bone.value).any():
-                overlay.contour(y[k] == bone.value, levels=[0.5], colors=[np.array(bone.color) / 255.0],
-                                linewidths=0.8)
+        for value, colour in colours.items():
+            if (y[k] == value).any():
+                overlay.contour(y[k] == value, levels=[0.5], colors=[colour], linewidths=1.0)
         plain.set_title(f"{info[k]['plane']} {info[k]['subject']}", fontsize=7, loc="left")
         overlay.set_title(f"{info[k]['pixel_mm']:.2f} mm/px" + (" mirrored" if info[k]["mirrored"] else ""),
                           fontsize=7, loc="left")
-    figure.subplots_adjust(left=0.01, right=0.99, top=0.96, bottom=0.01, wspace=0.03, hspace=0.12)
+    figure.legend(handles=[Line2D([], [], color=colours[b.value], label=b.name) for b in SEPARATE_BONES],
+                  loc="upper center", ncol=len(SEPARATE_BONES), fontsize=8, frameon=False)
+    figure.subplots_adjust(left=0.01, right=0.99, top=1.0 - 0.45 / figure.get_figheight(), bottom=0.01,
+                           wspace=0.03, hspace=0.12)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out_png)

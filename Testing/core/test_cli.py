@@ -1,0 +1,130 @@
+"""The kneeseg command line: help, outputs, JSON progress, exit codes, no partial outputs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from kneeseg import cli
+from kneeseg.errors import EXIT_BAD_INPUT, EXIT_INTERNAL
+from conftest import REPO, toy_knee
+
+COMMANDS = ["segment", "train", "evaluate", "info", "synth", "overlay"]
+
+
+def run_cli(*args, timeout=300):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "KneeSegmentation"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", "kneeseg", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main([command, "--help"])
+    assert info.value.code == 0
+    assert "usage: kneeseg " + command in capsys.readouterr().out
+
+
+@pytest.fixture
+def toy_volume(tmp_path):
+    image, _ = toy_knee(seed=31, size=(48, 48, 40), spacing=(1.5, 1.5, 1.5))
+    path = tmp_path / "knee.nrrd"
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def test_segment_writes_every_output_and_reports_json_progress(tiny_bundle, toy_volume, tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli("segment", toy_volume, "-o", out / "labels.nrrd", "--model", tiny_bundle, "--seg-nrrd",
+                   out / "bones.seg.nrrd", "--confidence", out / "confidence.nrrd", "--volumes-json",
+                   out / "volumes.json", "--overlay", out / "overlay.png", "--progress", "json")
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert all({"stage", "fraction", "message"} <= set(e) for e in events)
+    assert events[-1]["stage"] == "done"
+    assert [e["fraction"] for e in events] == sorted(e["fraction"] for e in events)
+    result = events[-1]["result"]
+    assert set(result["volumes_ml"]) == {"Femur", "Tibia", "Fibula", "Patella"}
+    labels = sitk.ReadImage(str(out / "labels.nrrd"))
+    image = sitk.ReadImage(str(toy_volume))
+    assert labels.GetSize() == image.GetSize() and labels.GetOrigin() == image.GetOrigin()
+    assert json.loads((out / "volumes.json").read_text()) == result["volumes_ml"]
+    assert (out / "overlay.png").read_bytes()[:4] == b"\x89PNG"
+    assert sitk.ReadImage(str(out / "bones.seg.nrrd")).GetMetaData("Segment1_Name") == "Tibia"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["labels.nrrd", "bones.seg.nrrd", "confidence.nrrd", "volumes.json", "overlay.png"])
+
+
+def test_bad_input_exits_2_with_one_line_naming_the_file(tiny_bundle, tmp_path):
+    bad = tmp_path / "flat.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((5, 6, 7), np.float32)), str(bad))
+    out = tmp_path / "out.nrrd"
+    proc = run_cli("segment", bad, "-o", out, "--model", tiny_bundle, "--progress", "json")
+    assert proc.returncode == EXIT_BAD_INPUT
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("kneeseg: error:")]
+    assert len(error_lines) == 1 and str(bad) in error_lines[0] and "constant" in error_lines[0]
+    last = json.loads(proc.stdout.splitlines()[-1])
+    assert last["stage"] == "error" and last["error"] == "input"
+    assert not out.exists() and list(tmp_path.iterdir()) == [bad]
+
+
+def test_missing_file_and_bad_bundle_are_bad_input(tiny_bundle, toy_volume, tmp_path):
+    proc = run_cli("segment", tmp_path / "nope.nrrd", "-o", tmp_path / "o.nrrd", "--model", tiny_bundle)
+    assert proc.returncode == EXIT_BAD_INPUT and "file not found" in proc.stderr
+    proc = run_cli("segment", toy_volume, "-o", tmp_path / "o.nrrd", "--model", tmp_path / "no-bundle")
+    assert proc.returncode == EXIT_BAD_INPUT and "model bundle not found" in proc.stderr
+    proc = run_cli("segment", toy_volume, "-o", tmp_path / "o.nrrd", "--planes", "oblique")
+    assert proc.returncode == EXIT_BAD_INPUT and "--planes" in proc.stderr
+    assert not (tmp_path / "o.nrrd").exists()
+
+
+def test_usage_errors_are_bad_input():
+    proc = run_cli("segment")
+    assert proc.returncode == EXIT_BAD_INPUT and "usage:" in proc.stderr
+
+
+def test_internal_errors_exit_1_with_a_json_error(monkeypatch, capsys):
+    def explode(args, progress):
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(cli.COMMANDS, "info", explode)
+    assert cli.main(["info"]) == EXIT_INTERNAL
+    assert "internal error: RuntimeError: boom" in capsys.readouterr().err
+
+
+def test_info_prints_the_card(tiny_bundle):
+    proc = run_cli("info", tiny_bundle, "--json")
+    assert proc.returncode == 0
+    assert json.loads(proc.stdout)["name"] == "tiny-test-model"
+    proc = run_cli("info", tiny_bundle)
+    assert "Femur=1 (SCT 71341001)" in proc.stdout and "verified" in proc.stdout
+
+
+def test_train_then_evaluate_end_to_end(tmp_path):
+    from conftest import write_toy_pairs
+
+    data = write_toy_pairs(tmp_path / "data", n=4, size=(40, 40, 32), spacing=(2.0, 2.0, 2.0))
+    bundle = tmp_path / "bundle"
+    proc = run_cli("train", "--data", data, "-o", bundle, "--epochs", 2, "--steps-per-epoch", 3,
+                   "--validation-steps", 1, "--filters", 4, "--depth", 2, "--input-size", 32, "--window-mm", 90,
+                   "--planes", "sagittal", "--batch-size", 4, "--progress", "json", "--no-onnx")
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    epochs = [e for e in events if e["stage"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2] and "val_mean_dice" in epochs[0]["logs"]
+    assert (bundle / "history.png").exists() and (bundle / "history.csv").exists()
+    report = tmp_path / "report.json"
+    proc = run_cli("evaluate", "--model", bundle, "--pairs", data, "--report", report, "--update-card",
+                   "--progress", "none")
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(report.read_text())["pairs"]
+    assert results["n_cases"] == 4
+    assert {"dice", "iou", "assd_mm", "hd95_mm"} <= set(results)
+    card = json.loads((bundle / "card.json").read_text())
+    assert card["metrics"]["pairs"]["n_cases"] == 4

@@ -1,0 +1,122 @@
+"""Inference end to end with a model trained by the real training path on toy knees."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from kneeseg import postprocess
+from kneeseg.bundle import load_bundle
+from kneeseg.errors import Cancelled
+from kneeseg.evaluate import evaluate_case
+from kneeseg.infer import SegmentOptions, segment
+from kneeseg.io import same_geometry
+from conftest import toy_knee
+
+TOY = dict(size=(48, 48, 40), spacing=(1.5, 1.5, 1.5))
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bundle):
+    return load_bundle(tiny_bundle)
+
+
+def _dice(truth, result, bundle):
+    scores = evaluate_case(sitk.GetArrayFromImage(truth), sitk.GetArrayFromImage(result.labelmap), bundle.labels)
+    return {name: s["dice"] for name, s in scores.items()}
+
+
+def test_label_map_has_exactly_the_input_geometry_for_an_oblique_volume(bundle, oblique_direction):
+    image, _ = toy_knee(seed=21, size=(44, 40, 30), spacing=(1.4, 1.6, 2.2), direction=oblique_direction,
+                        origin=(-30.0, 12.5, 80.0))
+    result = segment(image, bundle)
+    assert same_geometry(result.labelmap, image, tolerance=0)
+    assert result.labelmap.GetPixelID() == sitk.sitkUInt8
+
+
+def test_segments_a_held_out_toy_knee(bundle):
+    image, truth = toy_knee(seed=11, **TOY)
+    dice = _dice(truth, segment(image, bundle), bundle)
+    assert dice["Femur"] > 0.85 and dice["Tibia"] > 0.85
+
+
+def test_segments_a_rotated_toy_knee_in_its_own_geometry(bundle, oblique_direction):
+    image, truth = toy_knee(seed=12, direction=oblique_direction, **TOY)
+    dice = _dice(truth, segment(image, bundle), bundle)
+    assert dice["Femur"] > 0.8 and dice["Tibia"] > 0.8
+
+
+def test_each_bone_is_one_connected_piece(bundle):
+    from scipy import ndimage
+
+    image, _ = toy_knee(seed=13, noise=0.3, **TOY)
+    labels = sitk.GetArrayFromImage(segment(image, bundle).labelmap)
+    for label in bundle.labels:
+        mask = labels == label.value
+        if mask.any():
+            assert ndimage.label(mask, structure=np.ones((3, 3, 3)))[1] == 1, label.name
+
+
+def test_volumes_confidence_and_input_untouched(bundle):
+    image, _ = toy_knee(seed=14, **TOY)
+    before = sitk.GetArrayFromImage(image).copy()
+    result = segment(image, bundle, SegmentOptions(confidence=True))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), before)
+    labels = sitk.GetArrayFromImage(result.labelmap)
+    voxel_ml = np.prod(image.GetSpacing()) / 1000
+    for label in bundle.labels:
+        assert result.volumes_ml[label.name] == pytest.approx((labels == label.value).sum() * voxel_ml, abs=1e-3)
+    confidence = sitk.GetArrayFromImage(result.confidence)
+    assert same_geometry(result.confidence, image)
+    assert confidence.min() >= 0.0 and confidence.max() <= 1.0 + 1e-5
+    # The argmax wins with at least 1/(number of classes) probability.
+    assert confidence.min() >= 1.0 / 5 - 1e-5
+
+
+def test_progress_and_cancel(bundle):
+    image, _ = toy_knee(seed=15, **TOY)
+    stages = []
+    segment(image, bundle, progress=lambda stage, fraction, message: stages.append((stage, fraction)))
+    names = [s for s, _ in stages]
+    assert names[0] == "centre" and names[-1] == "segmented" and "network" in names
+    fractions = [f for _, f in stages]
+    assert fractions == sorted(fractions)
+    with pytest.raises(Cancelled):
+        segment(image, bundle, cancel=lambda: True)
+
+
+def test_planes_and_centre_can_be_chosen(bundle):
+    image, truth = toy_knee(seed=16, **TOY)
+    single = segment(image, bundle, SegmentOptions(planes=("sagittal",), centre="intensity"))
+    assert [k for k in single.timings if k.startswith("network")] == ["network_sagittal"]
+    assert _dice(truth, single, bundle)["Femur"] > 0.8
+    fixed = segment(image, bundle, SegmentOptions(centre=(1.0, 2.0, 3.0)))
+    assert fixed.centre == (1.0, 2.0, 3.0)
+
+
+def test_model_centre_is_near_the_true_joint(bundle):
+    from kneeseg.infer import detect_knee_centre, make_predictor
+    from kneeseg.preprocess import knee_centre_from_labels
+
+    image, truth = toy_knee(seed=17, **TOY)
+    found = detect_knee_centre(image, make_predictor(bundle), bundle.card)
+    assert found is not None
+    assert np.linalg.norm(np.subtract(found, knee_centre_from_labels(truth))) < 10.0
+
+
+def test_n4_option_runs(bundle):
+    image, truth = toy_knee(seed=18, **TOY)
+    result = segment(image, bundle, SegmentOptions(n4=True))
+    assert "n4" in result.timings and _dice(truth, result, bundle)["Femur"] > 0.8
+
+
+def test_postprocess_keeps_largest_piece_fills_holes_and_respects_other_bones():
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[2:12, 2:12, 2:12] = 1
+    labels[6:8, 6:8, 6:8] = 0  # a hole
+    labels[15:17, 15:17, 15:17] = 1  # a stray island
+    labels[5:7, 5:7, 14:18] = 2
+    cleaned = postprocess.clean_labelmap(labels, [1, 2])
+    assert cleaned[7, 7, 7] == 1
+    assert cleaned[16, 16, 16] == 0
+    assert (cleaned == 2).sum() == (labels == 2).sum()
+    assert postprocess.bone_volumes_ml(cleaned, (2.0, 1.0, 0.5), []) == {}

@@ -1,0 +1,299 @@
+"""Tests of the synthetic training data generator (kneeseg.synth) on tiny analytic phantoms."""
+
+import dataclasses
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kneeseg.geometry import frame_points
+from kneeseg.synth import (
+    LabelSource, SliceSynthesizer, SynthesisConfig, cache_files, load_label_map, load_manifest, prepare_cache,
+    split_by_subject, write_example_sheet,
+)
+
+sitk = pytest.importorskip("SimpleITK")
+
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+# Phantom label values and how they map to the training target (muscle is a tissue, not a bone).
+FEMUR, TIBIA, FIBULA, PATELLA, MUSCLE = 1, 2, 3, 4, 7
+PHANTOM_SOURCE = LabelSource(
+    dataset="phantom", pattern="phantom/*.nrrd", licence="test phantom", subject_prefix="P-",
+    subject_pattern=r"^([A-Za-z]+)",
+    label_values={FEMUR: "femur", TIBIA: "tibia", FIBULA: "fibula", PATELLA: "patella",
+                  MUSCLE: "vastus_lateralis_muscle"})
+TARGET = np.zeros(256, np.uint8)
+TARGET[[FEMUR, TIBIA, FIBULA, PATELLA]] = [1, 2, 3, 4]
+
+# Ellipsoids (centre, radii) in LPS mm: +x left, +y posterior, +z superior. A left knee: the fibula
+# is lateral (+x) and behind the tibia.
+ELLIPSOIDS = (
+    (FEMUR, (0.0, 0.0, 22.0), (25.0, 20.0, 20.0)),
+    (TIBIA, (0.0, 2.0, -22.0), (24.0, 19.0, 19.0)),
+    (FIBULA, (27.0, 3.0, -35.0), (4.0, 4.0, 12.0)),
+    (PATELLA, (0.0, -28.0, 20.0), (10.0, 5.0, 12.0)),
+    (MUSCLE, (0.0, 30.0, 0.0), (15.0, 8.0, 30.0)),
+)
+# A sagittal acquisition grid: columns run posterior, rows inferior, slices left (signed permutation,
+# so that the 1 mm cache grid coincides with the phantom's voxel centres).
+SAGITTAL_DIRECTION = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+SAGITTAL_ORIGIN = np.array([-36.0, -42.0, 52.0])
+SAGITTAL_SIZE = (90, 104, 78)  # ITK (i, j, k)
+
+EXACT = SynthesisConfig(window_scale=(1.0, 1.0), centre_shift_mm=0.0, slab_half_mm=0.0, max_rotation_deg=0.0,
+                        scale_range=(1.0, 1.0), max_deformation_mm=0.0, mirror_probability=0.0,
+                        extend_shafts_probability=0.0, fov_crop_probability=0.0)
+SIZE, WINDOW_MM = 64, 61.3  # pixel 0.958 mm: frame points never fall half-way between voxel centres
+
+
+def phantom_labels(points_mm, with_fibula=True, shift_mm=0.0) -> np.ndarray:
+    labels = np.zeros(points_mm.shape[:-1], np.uint8)
+    for value, centre, radii in ELLIPSOIDS:
+        if value == FIBULA and not with_fibula:
+            continue
+        inside = (((points_mm - centre - shift_mm) / radii) ** 2).sum(-1) <= 1.0
+        labels[inside] = value
+    return labels
+
+
+def voxel_points(direction, origin, spacing, size) -> np.ndarray:
+    """Physical points of every voxel, array order (k, j, i, xyz)."""
+    k, j, i = np.meshgrid(*(np.arange(n) for n in size[::-1]), indexing="ij")
+    index = np.stack([i, j, k], -1) * spacing
+    return origin + index @ direction.T
+
+
+def write_phantom(folder: Path, name: str, with_fibula=True, direction=SAGITTAL_DIRECTION,
+                  origin=SAGITTAL_ORIGIN, spacing=1.0, size=SAGITTAL_SIZE, shift_mm=0.0) -> np.ndarray:
+    labels = phantom_labels(voxel_points(direction, origin, spacing, size), with_fibula, shift_mm)
+    image = sitk.GetImageFromArray(labels)
+    image.SetDirection(direction.ravel().tolist())
+    image.SetOrigin(origin.tolist())
+    image.SetSpacing([spacing] * 3)
+    folder.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(folder / f"{name}.nrrd"))
+    return labels
+
+
+def expected_target(source_labels, points_mm) -> np.ndarray:
+    """Nearest-neighbour look-up of the sagittal phantom at physical points, as training labels."""
+    index = np.rint((points_mm - SAGITTAL_ORIGIN) @ SAGITTAL_DIRECTION).astype(int)  # (i, j, k), 1 mm
+    i, j, k = index[..., 0], index[..., 1], index[..., 2]
+    return source_labels[k, j, i]
+
+
+@pytest.fixture(scope="module")
+def phantom_cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    labels = write_phantom(root / "src" / "phantom", "knee")
+    write_phantom(root / "src" / "phantom", "other", with_fibula=False)
+    manifest = prepare_cache(root / "src", root / "cache", spacing_mm=1.0, margin_mm=20.0,
+                             sources=(PHANTOM_SOURCE,))
+    return root / "cache", labels, manifest
+
+
+def make(cache, **kwargs):
+    options = dict(size=SIZE, window_mm=WINDOW_MM, n_slices_per_sample=2, batch_size=4, seed=0)
+    options.update(kwargs)
+    return SliceSynthesizer(cache, **options)
+
+
+# --- cache -----------------------------------------------------------------------------------------
+
+
+def test_cache_holds_reoriented_labels_and_a_manifest(phantom_cache):
+    cache, _, manifest = phantom_cache
+    assert load_manifest(cache) == json.loads(json.dumps(manifest))
+    assert [e["file"] for e in manifest["files"]] == ["phantom_knee.npz", "phantom_other.npz"]
+    knee, other = manifest["files"]
+    assert knee["bones"] == ["Femur", "Tibia", "Fibula", "Patella"] and knee["has_fibula"]
+    assert other["bones"] == ["Femur", "Tibia", "Patella"] and not other["has_fibula"]
+    assert knee["subject"] == "P-knee" and knee["licence"] == "test phantom"
+
+    label_map = load_label_map(cache / "phantom_knee.npz")
+    assert label_map.labels.dtype == np.uint8 and label_map.spacing == 1.0
+    # Identity-direction grid: every cached voxel holds the phantom's label at its physical point.
+    nz, ny, nx = label_map.labels.shape
+    points = voxel_points(np.eye(3), label_map.origin, 1.0, (nx, ny, nz))
+    inside = label_map.labels != 255
+    expected = phantom_labels(points)
+    tissue_of = {0: 0, FEMUR: 1, TIBIA: 2, FIBULA: 3, PATELLA: 4}
+    for value, tissue in tissue_of.items():
+        assert np.array_equal(label_map.labels[inside] == tissue, expected[inside] == value)
+    assert (label_map.labels[inside & (expected == MUSCLE)] > 4).all()
+    # Knee centre between the facing surfaces of femur (z = 2) and tibia (z = -3).
+    assert np.allclose(label_map.knee_centre_mm, [0.0, 1.0, -0.5], atol=2.0)
+
+
+def test_oblique_grid_keeps_bone_volumes(tmp_path):
+    angle = np.deg2rad(30.0)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0.0, 0.0, 1.0]])
+    direction, spacing, size = rotation @ SAGITTAL_DIRECTION, 0.8, np.array([120, 130, 115])
+    origin = np.array([3.0, 2.5, -2.5]) - direction @ ((size - 1) / 2 * spacing)  # centred on the phantom
+    write_phantom(tmp_path / "src" / "phantom", "oblique", direction=direction, origin=origin, spacing=spacing,
+                  size=tuple(size))
+    prepare_cache(tmp_path / "src", tmp_path / "cache", spacing_mm=1.0, sources=(PHANTOM_SOURCE,))
+    labels = load_label_map(tmp_path / "cache" / "phantom_oblique.npz").labels
+    for tissue, (_, _, radii) in zip((1, 2, 3, 4), ELLIPSOIDS):
+        assert (labels == tissue).sum() == pytest.approx(4 / 3 * np.pi * np.prod(radii), rel=0.08)
+
+
+def test_one_knee_published_twice_is_one_subject(tmp_path):
+    write_phantom(tmp_path / "src" / "phantom", "first")
+    write_phantom(tmp_path / "src" / "phantom", "second")
+    files = prepare_cache(tmp_path / "src", tmp_path / "cache", spacing_mm=1.0, sources=(PHANTOM_SOURCE,))["files"]
+    assert files[1]["subject"] == files[0]["subject"] == "P-first"
+    assert files[1]["same_knee_as"] == "phantom_first.npz"
+
+
+def test_split_by_subject_keeps_time_points_together(tmp_path):
+    for name in ("alpha_00m", "alpha_48m"):
+        write_phantom(tmp_path / "src" / "phantom", name)
+    write_phantom(tmp_path / "src" / "phantom", "beta", shift_mm=np.array([0.0, 5.0, 0.0]))  # another knee
+    prepare_cache(tmp_path / "src", tmp_path / "cache", spacing_mm=1.0, sources=(PHANTOM_SOURCE,))
+    train, val = split_by_subject(tmp_path / "cache", validation_fraction=0.5, seed=0)
+    names = sorted(p.name for p in train), sorted(p.name for p in val)
+    assert sorted(names) == [["phantom_alpha_00m.npz", "phantom_alpha_48m.npz"], ["phantom_beta.npz"]]
+
+
+# --- synthesizer -----------------------------------------------------------------------------------
+
+
+def test_batch_shapes_dtypes_and_labels(phantom_cache):
+    cache, _, _ = phantom_cache
+    synthesizer = make(cache, batch_size=5, n_slices_per_sample=2, batches_per_epoch=7)
+    x, y = synthesizer.batch(0)
+    assert x.shape == (5, SIZE, SIZE, 1) and x.dtype == np.float32 and np.isfinite(x).all()
+    assert y.shape == (5, SIZE, SIZE) and y.dtype == np.uint8
+    assert set(np.unique(y)) <= {0, 1, 2, 3, 4}
+    assert len(synthesizer) == 7
+    synthesizer.batches_per_epoch = 3
+    assert len(synthesizer) == 3
+    assert np.array_equal(synthesizer[0][1], y)
+
+
+@pytest.mark.parametrize("plane", ["sagittal", "coronal", "axial"])
+def test_without_transforms_labels_equal_the_label_map_slice(phantom_cache, plane):
+    cache, source_labels, _ = phantom_cache
+    synthesizer = make([cache / "phantom_knee.npz"], planes=(plane,), batch_size=8,
+                       config=dataclasses.replace(EXACT, slab_half_mm=30.0))
+    _, y, info = synthesizer.batch_with_info(1)
+    sources = np.stack([
+        expected_target(source_labels, frame_points(m["centre_mm"], plane, SIZE, m["pixel_mm"],
+                                                    [m["slice_offset_mm"]])[0]) for m in info])
+    assert np.array_equal(y, TARGET[sources])
+    assert {1, 2} <= set(np.unique(y))
+    assert (sources == MUSCLE).any()  # a soft tissue in view ...
+    assert not y[sources == MUSCLE].any()  # ... is background in the target
+
+
+def test_deformation_keeps_label_volumes(phantom_cache):
+    cache, _, _ = phantom_cache
+    deformed_config = dataclasses.replace(EXACT, max_deformation_mm=3.0, slab_half_mm=20.0)
+    straight = make(cache, config=dataclasses.replace(deformed_config, max_deformation_mm=0.0), batch_size=12)
+    deformed = make(cache, config=deformed_config, batch_size=12)
+    y0, y1 = straight.batch(2)[1], deformed.batch(2)[1]
+    assert not np.array_equal(y0, y1)
+    for bone in (1, 2):
+        assert (y1 == bone).sum() == pytest.approx((y0 == bone).sum(), rel=0.15)
+    overlap = ((y0 > 0) & (y1 > 0)).sum() * 2 / ((y0 > 0).sum() + (y1 > 0).sum())
+    assert overlap > 0.85
+
+
+def test_batches_are_deterministic_per_seed_and_index(phantom_cache):
+    cache, _, _ = phantom_cache
+    x, y = make(cache).batch(3)
+    again = make(cache).batch(3)
+    assert np.array_equal(x, again[0]) and np.array_equal(y, again[1])
+    unpickled = pickle.loads(pickle.dumps(make(cache)))
+    assert np.array_equal(x, unpickled.batch(3)[0])
+    assert not np.array_equal(x, make(cache, seed=1).batch(3)[0])
+    assert not np.array_equal(x, make(cache).batch(4)[0])
+
+
+def test_mirroring_swaps_left_and_right(phantom_cache):
+    cache, _, _ = phantom_cache
+    options = dict(planes=("coronal",), batch_size=4, n_slices_per_sample=1)
+    config = dataclasses.replace(EXACT, slab_half_mm=6.0)  # stay within the fibula
+    plain = make([cache / "phantom_knee.npz"], config=config, **options)
+    mirrored = make([cache / "phantom_knee.npz"], config=dataclasses.replace(config, mirror_probability=1.0),
+                    **options)
+    y, y_mirrored = plain.batch(0)[1], mirrored.batch(0)[1]
+    assert np.array_equal(y_mirrored, y[..., ::-1])
+    # Coronal columns run to the patient's left: the fibula of this left knee is on the right half,
+    # and on the left half once mirrored.
+    columns = np.nonzero(y == 3)[2]
+    assert len(columns) and (columns > SIZE / 2).all()
+    assert (np.nonzero(y_mirrored == 3)[2] < SIZE / 2).all()
+
+
+def test_each_stack_is_standardized(phantom_cache):
+    cache, _, _ = phantom_cache
+    x = make(cache, batch_size=6, n_slices_per_sample=3).batch(5)[0]
+    for stack in (x[:3], x[3:]):
+        assert abs(float(stack.mean())) < 1e-3
+        assert float(stack.std()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_fibula_weight_oversamples_maps_with_a_fibula(phantom_cache):
+    cache, _, _ = phantom_cache
+    counts = {}
+    for weight in (1.0, 20.0):
+        # axial slices over the whole knee: about a third of those of the knee with a fibula show it
+        config = dataclasses.replace(EXACT, fibula_weight=weight, slab_half_mm=45.0)
+        synthesizer = make(cache, size=32, batch_size=16, n_slices_per_sample=1, planes=("axial",), config=config)
+        assert synthesizer.map_probabilities[0] == pytest.approx(weight / (weight + 1.0))
+        batches = [synthesizer.batch_with_info(i) for i in range(3)]
+        counts[weight] = (sum(m["source"].endswith("knee.nrrd") for _, _, info in batches for m in info),
+                          sum((y == 3).any(axis=(1, 2)).sum() for _, y, _ in batches))
+    assert counts[20.0][0] > 40 > counts[1.0][0] > 10  # of 48 samples
+    assert counts[20.0][1] > counts[1.0][1]
+
+
+def test_example_sheet_is_a_png(phantom_cache, tmp_path):
+    cache, _, _ = phantom_cache
+    out = write_example_sheet(cache, tmp_path / "sheet.png", n=4, size=48)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_synthesizer_needs_no_simpleitk(phantom_cache):
+    """The training machine has no SimpleITK: the synthesizer must not import it."""
+    import subprocess
+    import sys
+
+    cache, _, _ = phantom_cache
+    code = ("import sys; sys.modules['SimpleITK'] = None\n"
+            "from kneeseg.synth import SliceSynthesizer\n"
+            f"SliceSynthesizer({str(cache)!r}, size=32, batch_size=2).batch(0)\n"
+            "assert not any(m.startswith(('tensorflow', 'keras')) for m in sys.modules)\n")
+    package_root = Path(__file__).resolve().parents[2] / "KneeSegmentation"
+    env = {"PYTHONPATH": str(package_root)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+# --- real label maps -------------------------------------------------------------------------------
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not (SHARED_DATA / "labelmaps").is_dir(),
+                    reason=f"real label maps not present at {SHARED_DATA / 'labelmaps'}")
+def test_real_label_maps(tmp_path):
+    source = tmp_path / "labelmaps"
+    for relative in ("oai/OAI_AKOA/9014797_00m.nii.gz", "mskt/mskt_dess_bones_fibula.nrrd"):
+        (source / relative).parent.mkdir(parents=True, exist_ok=True)
+        (source / relative).symlink_to(SHARED_DATA / "labelmaps" / relative)
+    manifest = prepare_cache(source, tmp_path / "cache")
+    oai, mskt = manifest["files"]
+    assert oai["subject"] == "OAI-9014797" and oai["bones"] == ["Femur", "Tibia", "Patella"]
+    assert mskt["has_fibula"] and mskt["licence"].startswith("MIT")
+    for path in cache_files(tmp_path / "cache"):
+        assert path.stat().st_size < 1_000_000
+        label_map = load_label_map(path)
+        femur_z = np.argwhere(label_map.labels == 1)[:, 0].mean() * 0.7 + label_map.origin[2]
+        tibia_z = np.argwhere(label_map.labels == 2)[:, 0].mean() * 0.7 + label_map.origin[2]
+        assert tibia_z < label_map.knee_centre_mm[2] < femur_z
+    y = SliceSynthesizer(tmp_path / "cache", size=96, batch_size=16, n_slices_per_sample=4).batch(0)[1]
+    assert {1, 2} <= set(np.unique(y))
