@@ -94,7 +94,9 @@ def build_parser():
     p.add_argument("--class-weights", help="comma-separated weights per bone (femur,tibia,fibula,patella)")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1, help="threads preparing batches")
+    p.add_argument("--workers", type=int, default=1, help="threads (or processes) preparing batches")
+    p.add_argument("--multiprocessing", action="store_true", help="prepare batches in worker processes")
+    p.add_argument("--time-limit-min", type=float, help="stop after the epoch that crosses this many minutes")
     p.add_argument("--name", default="knee-bones")
     p.add_argument("--real2d", help="also measure Dice on real labelled sagittal slices (.npz) for the card")
     p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True,
@@ -259,7 +261,8 @@ def cmd_train(args, progress):
                          validation_steps=args.validation_steps, batch_size=args.batch_size, patience=args.patience,
                          learning_rate=args.learning_rate, final_learning_rate=args.final_learning_rate,
                          loss=args.loss, beta=args.beta, class_weights=weights, augment=not args.no_augment,
-                         seed=args.seed, workers=args.workers)
+                         seed=args.seed, workers=args.workers, use_multiprocessing=args.multiprocessing,
+                         time_limit_min=args.time_limit_min)
     work = Path(args.work) if args.work else Path(args.output).with_name(Path(args.output).name + ".work")
     result = train_bundle(config, args.output, work, synthetic=args.synthetic, data=args.data, name=args.name,
                           real2d=args.real2d, export_onnx=args.onnx, progress=progress)

@@ -59,9 +59,6 @@ class Tissue:
     target: int
 
 
-TISSUE_KINDS = ("background", "bone", "cartilage", "fibrous", "muscle", "fat", "fluid", "vessel", "nerve",
-                "other")
-
 _TISSUE_NAMES_AND_KINDS = (
     ("unlabelled", "background"),
     ("femur", "bone"), ("tibia", "bone"), ("fibula", "bone"), ("patella", "bone"),
@@ -94,7 +91,6 @@ TISSUES = tuple(Tissue(i, name, kind, _BONE_TARGETS.get(name, 0))
 TISSUE_IDS = {t.name: t.id for t in TISSUES}
 OUTSIDE_FIELD_OF_VIEW = 255
 BONE_IDS = tuple(t.id for t in TISSUES if t.target)
-FIBULA_ID = TISSUE_IDS["fibula"]
 
 
 def target_lookup() -> np.ndarray:
@@ -995,7 +991,8 @@ class SliceSynthesizer:
         x = _finish_stack(np.stack(images), np.stack(no_signal) | crop, look)
         info = [{"source": label_map.source, "subject": label_map.subject, "plane": view.plane,
                  "pixel_mm": view.pixel_mm, "centre_mm": view.centre.tolist(), "slice_offset_mm": float(offset),
-                 "mirrored": view.mirrored, "thick_axis": look.thick_axis, "thickness_mm": look.thickness_mm}
+                 "mirrored": view.mirrored, "thick_axis": look.thick_axis,
+                 "thickness_mm": look.thickness_mm if look.thick_axis else None}
                 for offset in view.slice_offsets_mm]
         return x, targets, info
 

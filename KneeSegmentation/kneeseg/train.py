@@ -44,6 +44,8 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     workers: int = 1
+    use_multiprocessing: bool = False  # worker processes instead of threads (many-core machines)
+    time_limit_min: float = None  # stop after the epoch that crosses this wall-clock budget
     extra: dict = field(default_factory=dict)
 
     def learning_rate_at(self, epoch: int) -> float:
@@ -68,13 +70,13 @@ def strategy_scope():
     return tf.distribute.get_strategy().scope()
 
 
-def _batches(source, workers):
+def _batches(source, workers, use_multiprocessing=False):
     """Wrap a batch source (``__len__``, ``batch(i)``, optional ``on_epoch_end``) as a Keras PyDataset."""
     import keras
 
     class Batches(keras.utils.PyDataset):
         def __init__(self):
-            super().__init__(workers=workers, use_multiprocessing=False)
+            super().__init__(workers=workers, use_multiprocessing=use_multiprocessing)
 
         def __len__(self):
             return len(source)
@@ -97,6 +99,10 @@ def _atomic_save(model, path: Path):
 
 def _monitor_callback(config: TrainConfig, work: Path, state: dict, progress):
     import keras
+
+    import time
+
+    started = time.monotonic()
 
     class Monitor(keras.callbacks.Callback):
         """Checkpoint every epoch, keep the best model, early-stop on validation mean Dice."""
@@ -123,6 +129,9 @@ def _monitor_callback(config: TrainConfig, work: Path, state: dict, progress):
                          f"val mean Dice {score:.4f}", epoch=epoch + 1, logs=logs)
             if state["wait"] >= config.patience:
                 state["stopped_early"] = True
+                self.model.stop_training = True
+            if config.time_limit_min is not None and time.monotonic() - started > 60 * config.time_limit_min:
+                state["stopped_at_time_limit"] = True
                 self.model.stop_training = True
 
     return Monitor()
@@ -186,6 +195,7 @@ def fit(config: TrainConfig, labels, train_source, val_source, work_dir, progres
     with strategy_scope():
         if state_path.exists() and (work / "checkpoint.keras").exists():
             state.update(json.loads(state_path.read_text()))
+            state["stopped_at_time_limit"] = False
             model = keras.models.load_model(work / "checkpoint.keras", safe_mode=True)
             if progress is not None:
                 progress("resume", (state["epoch"] + 1) / config.epochs, f"resuming after epoch {state['epoch'] + 1}")
@@ -193,7 +203,8 @@ def fit(config: TrainConfig, labels, train_source, val_source, work_dir, progres
             model = build_and_compile(config, labels)
     initial_epoch = state["epoch"] + 1
     if initial_epoch < config.epochs and not state.get("stopped_early"):
-        model.fit(_batches(train_source, config.workers), validation_data=_batches(val_source, config.workers),
+        model.fit(_batches(train_source, config.workers, config.use_multiprocessing),
+                  validation_data=_batches(val_source, config.workers, config.use_multiprocessing),
                   epochs=config.epochs, initial_epoch=initial_epoch,
                   callbacks=[_monitor_callback(config, work, state, progress), *callbacks], verbose=0)
     if (work / "best.keras").exists():
@@ -254,6 +265,7 @@ def make_card(config: TrainConfig, labels, provenance: dict, state: dict, metric
         "normalisation": {"mode": "volume", "clip_percentiles": [0.5, 99.5]},
         "training": {"config": _jsonable(asdict(config)), "epochs_run": state["epoch"] + 1,
                      "best_epoch": state["best_epoch"] + 1, "best_val_mean_dice": state["best"],
-                     "stopped_early": state.get("stopped_early", False), **provenance},
+                     "stopped_early": state.get("stopped_early", False),
+                     "stopped_at_time_limit": state.get("stopped_at_time_limit", False), **provenance},
         "metrics": metrics or {},
     }
