@@ -34,15 +34,19 @@ def shippedBundles() -> list:
 
 
 def coreReadCard(path) -> dict:
-    """The core's card reader (verifies the bundle); imported lazily so this module loads without it."""
+    """The core's bundle check: reads the card and verifies every weight file's SHA-256.
+
+    Imported lazily so this module loads without the core; raises ``kneeseg.errors.BundleError``
+    (a ``ValueError``) on a damaged or modified bundle.
+    """
     try:
-        from kneeseg.bundle import read_card
+        from kneeseg.bundle import load_bundle
     except ImportError as exc:
         raise KneeSegmentationError(
             f"The kneeseg core cannot read model bundles ({exc}). Reinstall the KneeSegmentation extension.",
             INTERNAL,
         ) from exc
-    return read_card(path)
+    return load_bundle(path).card
 
 
 def readCard(path, reader=None) -> dict:
@@ -97,7 +101,7 @@ def describeCard(card: dict, path=None) -> str:
                         + (f", SCT {esc(str(code))}" if code else "") + ")")
     if swatches:
         lines.append("Labels: " + "; ".join(swatches))
-    for key in ("model", "architecture", "input", "preprocessing", "training", "provenance", "data"):
+    for key in ("model", "architecture", "input", "preprocessing", "training", "provenance", "data", "licence", "license"):
         if card.get(key):
             lines.append(f"{esc(key.capitalize())}: {esc(_fmt(card[key]))}")
     metrics = card.get("metrics")

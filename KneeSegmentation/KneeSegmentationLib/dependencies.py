@@ -53,7 +53,7 @@ def isInstalled(module: str) -> bool:
         return False
 
 
-def requiredPackages(bundlePath=None, training=False) -> list:
+def requiredPackages(bundlePath=None, training=False, installed=None) -> list:
     """Packages the core needs for segmenting with ``bundlePath`` (or for training).
 
     A bundle that carries ``model.onnx`` runs with onnxruntime alone; otherwise (and for training)
@@ -63,14 +63,16 @@ def requiredPackages(bundlePath=None, training=False) -> list:
     tensorflow = [_tensorflowPackage(), KERAS]
     if training:
         return packages + tensorflow
+    installed = installed or isInstalled
     hasOnnx = bundlePath is not None and (Path(bundlePath) / "model.onnx").is_file()
-    if hasOnnx and not (isInstalled("tensorflow") and isInstalled("keras")):
+    if hasOnnx and not (installed("tensorflow") and installed("keras")):
         return packages + [ONNXRUNTIME]
     return packages + tensorflow
 
 
-def missingPackages(bundlePath=None, training=False, installed=isInstalled) -> list:
-    return [p for p in requiredPackages(bundlePath, training) if not installed(p.module)]
+def missingPackages(bundlePath=None, training=False, installed=None) -> list:
+    installed = installed or isInstalled
+    return [p for p in requiredPackages(bundlePath, training, installed) if not installed(p.module)]
 
 
 def describeMissing(packages) -> str:

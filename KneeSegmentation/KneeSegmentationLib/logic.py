@@ -50,7 +50,7 @@ ATTRIBUTE_PREFIX = "KneeSegmentation."
 class SegmentationOptions:
     """Options of one segmentation run (the CLI's flags)."""
 
-    n4: bool = False  # N4 bias-field correction before inference
+    n4: bool = None  # N4 bias-field correction: True/False, or None for the bundle's setting
     planes: tuple = ()  # slice planes to predict and fuse; empty: the bundle's default
     device: str = "auto"  # "auto", "cpu" or "gpu"
     closedSurface: bool = False  # also build the 3D closed-surface representation
@@ -138,7 +138,20 @@ def geometryOf(volumeNode):
 
 
 def sameGeometry(a, b, tol=GEOMETRY_TOLERANCE) -> bool:
-    return a[0] == b[0] and np.allclose(a[1], b[1], atol=tol)
+    """True when two (dims, IJK-to-RAS) describe the same voxel grid in physical space.
+
+    An axis may run the other way: Slicer's reader stores a left-handed grid (as DICOM often gives)
+    with its slice axis reversed, which is the same set of voxels.
+    """
+    (dimsA, a), (dimsB, b) = a, b
+    if tuple(dimsA) != tuple(dimsB):
+        return False
+    for axis in range(3):
+        if not (np.allclose(a[:3, axis], b[:3, axis], atol=tol) or np.allclose(a[:3, axis], -b[:3, axis], atol=tol)):
+            return False
+    corners = np.array([[i, j, k, 1.0] for i in (0, dimsA[0] - 1) for j in (0, dimsA[1] - 1) for k in (0, dimsA[2] - 1)])
+    pointsA, pointsB = corners @ a.T, corners @ b.T
+    return all(np.linalg.norm(pointsB[:, :3] - p[:3], axis=1).min() < tol for p in pointsA)
 
 
 def writeVolume(volumeNode, path) -> None:
@@ -232,10 +245,6 @@ def placeInSubjectHierarchy(scene, dataNode, besideNode) -> int:
     elif shNode.GetItemParent(item) != parent:
         shNode.SetItemParent(item, parent)
     return item
-
-
-def nodeCount(scene) -> int:
-    return scene.GetNumberOfNodes()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -497,8 +506,8 @@ class KneeSegmentationLogic:
     def segmentationCommand(self, inputPath, outputPath, bundlePath, options, volumesJson=None) -> list:
         command = [self.python, "-m", "kneeseg", "segment", str(inputPath), "-o", str(outputPath),
                    "--model", str(bundlePath), "--progress", "json", "--device", options.device]
-        if options.n4:
-            command.append("--n4")
+        if options.n4 is not None:
+            command.append("--n4" if options.n4 else "--no-n4")
         if options.planes:
             command += ["--planes", ",".join(options.planes)]
         if volumesJson:
@@ -676,6 +685,8 @@ class KneeSegmentationLogic:
         byName = {b.name.lower(): b.value for b in SEPARATE_BONES}
         cases = []
         for index, (volumeNode, segmentationNode) in enumerate(pairs):
+            if volumeNode is None:
+                raise KneeSegmentationError(f"Training pair {index + 1}: its volume is missing (deleted?).", INPUT)
             validateInputVolume(volumeNode)
             if segmentationNode is None or not segmentationNode.IsA("vtkMRMLSegmentationNode"):
                 raise KneeSegmentationError(f"Training pair {index + 1}: choose a segmentation for '{_name(volumeNode)}'.", INPUT)
@@ -683,7 +694,7 @@ class KneeSegmentationLogic:
             ids, values = vtk.vtkStringArray(), vtk.vtkIntArray()
             for i in range(segmentation.GetNumberOfSegments()):
                 segment = segmentation.GetNthSegment(i)
-                code = terminology.typeCode(segment.GetTag(segment.GetTerminologyEntryTagName()) if hasattr(segment, "GetTerminologyEntryTagName") else "")
+                code = terminology.typeCode(segment.GetTerminology())
                 value = byCode.get(code[1]) if code else None
                 value = value or byName.get(segment.GetName().strip().lower())
                 if value:

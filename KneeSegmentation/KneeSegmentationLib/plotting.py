@@ -1,6 +1,6 @@
-"""Live training chart in a Slicer plot view: loss, validation loss and validation Dice per epoch.
+"""Live training chart in a Slicer plot view: loss and mean Dice (training and validation) per epoch.
 
-The history is a ``vtkMRMLTableNode`` (columns epoch, loss, val_loss, val_dice); each metric is a
+The history is a ``vtkMRMLTableNode`` (columns epoch, loss, val_loss, dice, val_dice); each metric is a
 ``vtkMRMLPlotSeriesNode`` over that table; a ``vtkMRMLPlotChartNode`` holds the series. Adding an
 epoch appends a row and marks the table modified, so any plot view showing the chart redraws.
 The nodes are part of the scene (saved with it), named after the run.
@@ -11,12 +11,20 @@ import math
 import slicer
 import vtk
 
-COLUMNS = ("epoch", "loss", "val_loss", "val_dice")
+COLUMNS = ("epoch", "loss", "val_loss", "dice", "val_dice")
 SERIES = (  # column, legend, colour
     ("loss", "Training loss", (0.85, 0.33, 0.10)),
     ("val_loss", "Validation loss", (0.93, 0.69, 0.13)),
+    ("dice", "Training Dice", (0.47, 0.67, 0.19)),
     ("val_dice", "Validation Dice", (0.00, 0.45, 0.74)),
 )
+# Keras log keys of each column, first found wins (the core logs the bones' mean Dice).
+LOG_KEYS = {
+    "loss": ("loss",),
+    "val_loss": ("val_loss",),
+    "dice": ("mean_dice", "dice"),
+    "val_dice": ("val_mean_dice", "val_dice"),
+}
 
 
 class TrainingPlot:
@@ -54,8 +62,9 @@ class TrainingPlot:
         table = self.tableNode.GetTable()
         values = {"epoch": float(epoch)}
         for column in COLUMNS[1:]:
+            raw = next((logs[key] for key in LOG_KEYS[column] if key in logs), None)
             try:
-                values[column] = float(logs.get(column))
+                values[column] = float(raw)
             except (TypeError, ValueError):
                 values[column] = math.nan
         for column in COLUMNS:

@@ -1,4 +1,4 @@
-"""Harness for headless tests of the Slicer layer on slicer-core's real MRML classes.
+"""Harness and fixtures for headless tests of the Slicer layer on slicer-core's real MRML classes.
 
 ``Mrml`` builds a fresh ``vtkMRMLScene`` with the Colors, Volumes, Terminologies, Segmentations and
 Subject Hierarchy logics registered, the way Slicer's application sets them up (the segmentation
@@ -10,7 +10,6 @@ Run: ``cd <repo> && PYTHONPATH=KneeSegmentation python -m pytest Testing/slicer_
 """
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -184,3 +183,45 @@ def segmentMask(segmentationNode, segmentId, volumeNode):
     assert ok
     dims = merged.GetDimensions()
     return vtk_to_numpy(merged.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0]) > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures. They live here, not in a conftest.py: Testing/core imports helpers with
+# ``from conftest import ...``, and a second module named ``conftest`` would shadow that one.
+# Each test module imports the fixtures it uses from this module.
+
+
+@pytest.fixture
+def mrml():
+    m = Mrml()
+    yield m
+    m.scene.Clear(1)
+
+
+@pytest.fixture
+def knee(mrml):
+    image, labels = syntheticKnee()
+    node = addVolume(mrml.scene, image, obliqueCoronalMatrix())
+    node.CreateDefaultDisplayNodes()
+    mrml.addToStudy(node)
+    return node, labels
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    return writeFakeBundle(tmp_path / "bundle")
+
+
+@pytest.fixture
+def fakeLogic(mrml, tmp_path, monkeypatch):
+    """A logic whose child process is the fake core (mode set per test with ``setMode``)."""
+    from KneeSegmentationLib import KneeSegmentationLogic
+
+    monkeypatch.setenv("KNEESEG_FAKE_MODE", "ok")
+    monkeypatch.setenv("KNEESEG_FAKE_PIDFILE", str(tmp_path / "pids.txt"))
+    (tmp_path / "work").mkdir()
+    logic = KneeSegmentationLogic(scene=mrml.scene, python=sys.executable, moduleDir=FAKE_CORE,
+                                  cardReader=fakeCardReader, terminologiesLogic=mrml.terminologies,
+                                  tempDir=str(tmp_path / "work"))
+    logic.setMode = lambda mode: monkeypatch.setenv("KNEESEG_FAKE_MODE", mode)
+    return logic

@@ -119,11 +119,10 @@ def test_install_pins_protected_packages_and_prefers_pip_ensure(monkeypatch):
     dependencies.install([dependencies.KERAS], log=lambda s: None, pipEnsure=fakeEnsure, checkOnline=lambda: True)
     kind, reqs, constraints, prompt, requester = calls[0]
     assert reqs == ["keras>=3.3"] and prompt is False and requester == "KneeSegmentation"
-    import numpy
-    import SimpleITK
+    from importlib.metadata import version
 
-    assert f"numpy=={numpy.__version__}" in constraints
-    assert f"SimpleITK==" in constraints
+    assert f"numpy=={version('numpy')}" in constraints
+    assert f"SimpleITK=={version('SimpleITK')}" in constraints
 
 
 def test_install_falls_back_to_pip_install_with_constraints(monkeypatch):

@@ -2,8 +2,6 @@
 
 import json
 import os
-import signal
-import sys
 import time
 from pathlib import Path
 
@@ -13,8 +11,9 @@ import slicer
 import slicer.util as su
 import vtk
 
+from mrml_harness import bundle, fakeLogic, knee, mrml  # noqa: F401 (fixtures)
 from mrml_harness import (addVolume, assertSameSnapshot, obliqueCoronalMatrix, sceneSnapshot, segmentMask,
-                      syntheticKnee, writeFakeBundle)
+                      writeFakeBundle)
 from kneeseg import io as core_io
 from kneeseg import labels as L
 from KneeSegmentationLib import KneeSegmentationError, KneeSegmentationLogic, validateInputVolume

@@ -1,15 +1,13 @@
 """Training from the logic: a folder or scene pairs in, a live plot per epoch, a new bundle out."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import slicer
-import slicer.util as su
 
+from mrml_harness import fakeLogic, mrml  # noqa: F401 (fixtures)
 from mrml_harness import addVolume, obliqueCoronalMatrix, syntheticKnee
-from kneeseg import labels as L
 from KneeSegmentationLib import KneeSegmentationError, TrainingPlot
 
 
@@ -35,10 +33,11 @@ def test_training_plots_each_epoch_and_yields_a_bundle(mrml, fakeLogic, tmp_path
     assert plot.column("epoch") == [1.0, 2.0, 3.0, 4.0]
     assert plot.column("loss") == pytest.approx([1.0, 0.5, 1 / 3, 0.25])
     assert plot.column("val_dice") == pytest.approx([0.5, 0.75, 1 - 1 / 6, 0.875])
+    assert plot.column("dice") == pytest.approx([1 - 1 / 3, 1 - 1 / 6, 1 - 1 / 9, 1 - 1 / 12])
     chart = plot.chartNode
-    assert chart.GetScene() is mrml.scene and chart.GetNumberOfPlotSeriesNodes() == 3
-    series = [chart.GetNthPlotSeriesNode(i) for i in range(3)]
-    assert {s.GetYColumnName() for s in series} == {"loss", "val_loss", "val_dice"}
+    assert chart.GetScene() is mrml.scene and chart.GetNumberOfPlotSeriesNodes() == 4
+    series = [chart.GetNthPlotSeriesNode(i) for i in range(4)]
+    assert {s.GetYColumnName() for s in series} == {"loss", "val_loss", "dice", "val_dice"}
     assert all(s.GetTableNode() is plot.tableNode and s.GetXColumnName() == "epoch" for s in series)
     argv = json.loads((out / "train-argv.json").read_text())
     for flag in ("--epochs", "4", "--patience", "2", "--dims", "2", "--output-mode", "merged", "--width", "8",
@@ -85,6 +84,8 @@ def test_scene_pair_problems_are_clear_input_errors(mrml, fakeLogic, tmp_path):
         fakeLogic.exportTrainingPairs([(volume, unnamed)], tmp_path / "x")
     with pytest.raises(KneeSegmentationError, match="choose a segmentation"):
         fakeLogic.exportTrainingPairs([(volume, None)], tmp_path / "y")
+    with pytest.raises(KneeSegmentationError, match="its volume is missing"):
+        fakeLogic.exportTrainingPairs([(None, unnamed)], tmp_path / "z")
     # a segmentation drawn on another volume, far away: nothing overlaps
     far = np.eye(4)
     far[:3, 3] = (500, 500, 500)
@@ -137,4 +138,4 @@ def test_training_plot_tolerates_missing_metrics(mrml):
     assert plot.numberOfEpochs == 2
     assert np.isnan(plot.column("val_loss")).all()
     assert np.isnan(plot.column("loss")[1]) and plot.column("val_dice")[1] == 0.7
-    assert len(plot.nodes()) == 5 and all(n.GetScene() is mrml.scene for n in plot.nodes())
+    assert len(plot.nodes()) == 6 and all(n.GetScene() is mrml.scene for n in plot.nodes())

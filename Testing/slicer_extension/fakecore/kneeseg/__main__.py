@@ -75,7 +75,7 @@ def train(args):
     for epoch in range(1, args.epochs + 1):
         loss = 1.0 / epoch
         emit(stage="epoch", fraction=epoch / args.epochs, message=f"epoch {epoch}/{args.epochs}", epoch=epoch,
-             logs={"loss": loss, "val_loss": loss * 1.1, "val_dice": 1.0 - loss / 2})
+             logs={"loss": loss, "val_loss": loss * 1.1, "mean_dice": 1.0 - loss / 3, "val_mean_dice": 1.0 - loss / 2})
         if MODE == "trainfail" and epoch == 2:
             print("Traceback (most recent call last):\nMemoryError: fake out of memory", file=sys.stderr, flush=True)
             return 1
@@ -99,7 +99,7 @@ def main():
     s.add_argument("--model", required=True)
     s.add_argument("--progress", default="bar")
     s.add_argument("--device", default="auto")
-    s.add_argument("--n4", action="store_true")
+    s.add_argument("--n4", action=argparse.BooleanOptionalAction, default=None)
     s.add_argument("--planes")
     s.add_argument("--confidence")
     s.add_argument("--volumes-json")
