@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .geometry import PLANES, check_plane, frame_points
+from .geometry import PLANES, check_plane, frame_origin, frame_points, plane_direction
 from .labels import SEPARATE_BONES
 from .preprocess import standardize
 
@@ -418,19 +418,6 @@ def cache_files(cache_dir_or_files) -> list:
     return [Path(p) for p in cache_dir_or_files]
 
 
-def split_by_subject(cache_dir, validation_fraction: float = 0.15, seed: int = 0):
-    """(training, validation) lists of .npz paths, with every subject wholly on one side."""
-    entries = load_manifest(cache_dir)["files"]
-    subjects = sorted({e["subject"] for e in entries})
-    rng = np.random.default_rng(seed)
-    n_val = max(1, round(validation_fraction * len(subjects))) if len(subjects) > 1 else 0
-    validation = set(rng.permutation(subjects)[:n_val].tolist())
-    folder = Path(cache_dir)
-    train = [folder / e["file"] for e in entries if e["subject"] not in validation]
-    val = [folder / e["file"] for e in entries if e["subject"] in validation]
-    return train, val
-
-
 # ---------------------------------------------------------------------------------------------------
 # Synthesis parameters
 # ---------------------------------------------------------------------------------------------------
@@ -482,7 +469,7 @@ class SynthesisConfig:
 
     fibula_weight: float = 10.0
     window_scale: tuple = (0.8, 1.25)
-    centre_shift_mm: float = 12.0
+    centre_shift_mm: float = 15.0
     slab_half_mm: float = 45.0
     max_rotation_deg: float = 20.0
     scale_range: tuple = (0.9, 1.1)
@@ -876,12 +863,12 @@ def _acquire(rng, image: np.ndarray, look: _Appearance, bias: np.ndarray, pixel_
     return np.maximum(image + noise[0], 0.0)
 
 
-def _finish_stack(images: np.ndarray, no_signal: np.ndarray, look: _Appearance) -> np.ndarray:
-    """Gamma curve, zero signal outside the field of view, then the inference-time normalisation."""
+def _finish_intensities(images: np.ndarray, no_signal: np.ndarray, look: _Appearance) -> np.ndarray:
+    """Scale to ~[0, 1], gamma curve, zero signal outside the field of view."""
     scale = max(float(np.percentile(images, 99.5)), 1e-6)
     images = np.clip(images / scale, 0.0, None) ** look.gamma
     images[no_signal] = 0.0
-    return standardize(images)
+    return images
 
 
 def _crop_mask(look: _Appearance, size: int) -> np.ndarray:
@@ -903,18 +890,23 @@ class SliceSynthesizer:
     """Batches of synthetic model-frame slices with their bone labels.
 
     ``batch(index)`` returns ``x`` float32 (B, size, size, 1) and ``y`` uint8 (B, size, size) with the
-    values of ``labels.SEPARATE_BONES``. Each batch holds ``ceil(B / n_slices_per_sample)`` stacks; the
-    slices of one stack come from one synthetic volume (one label map, view and appearance) and are
-    normalised together. A batch depends only on (seed, index), so it is the same in any thread or
-    worker process and in any order. Label maps are loaded on first use.
+    values of ``labels.SEPARATE_BONES`` (``merged``: 1 for any bone, as ``labels.MERGED_BONES``). Each
+    batch holds ``ceil(B / n_slices_per_sample)`` stacks; the slices of one stack come from one
+    synthetic volume (one label map, view and appearance) and are normalised together.
 
-    ``window_mm`` is the nominal side of the field of view (pixel size ``window_mm / size``), which
-    ``config.window_scale`` varies.
+    A batch depends only on (seed, epoch, index), so it is the same in any thread or worker process
+    and in any order. ``on_epoch_end`` moves to the next epoch's fresh batches, unless ``fixed`` (a
+    validation set: the same batches every epoch). ``steps`` is the number of batches per epoch
+    (``len``). Label maps are loaded on first use.
+
+    ``window_mm`` is the nominal side of the field of view (pixel size ``window_mm / size``; 160 mm as
+    ``preprocess.model_frame`` at inference), which ``config.window_scale`` varies.
     """
 
-    def __init__(self, cache, planes=PLANES, size: int = 224, window_mm: float = 180.0,
+    def __init__(self, cache, planes=PLANES, size: int = 224, window_mm: float = 160.0,
                  n_slices_per_sample: int = 4, batch_size: int = 8, seed: int = 0,
-                 config: SynthesisConfig = SynthesisConfig(), batches_per_epoch: int = 1000):
+                 config: SynthesisConfig = SynthesisConfig(), steps: int = 1000, fixed: bool = False,
+                 merged: bool = False):
         self.files = cache_files(cache)
         if not self.files:
             raise ValueError("no cached label maps to synthesise from")
@@ -925,12 +917,14 @@ class SliceSynthesizer:
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.config = config
-        self.batches_per_epoch = int(batches_per_epoch)
+        self.steps = int(steps)
+        self.fixed = bool(fixed)
+        self.epoch = 0
         self._knee_centres, has_fibula = zip(*(self._read_summary(f) for f in self.files))
         weights = np.where(has_fibula, config.fibula_weight, 1.0)
         self.map_probabilities = weights / weights.sum()
         self._grid = _CoarseGrid(self.size)
-        self._target = target_lookup()
+        self._target = np.minimum(target_lookup(), 1) if merged else target_lookup()
         self._maps = {}
         self._lock = threading.Lock()
 
@@ -949,7 +943,11 @@ class SliceSynthesizer:
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return self.batches_per_epoch
+        return self.steps
+
+    def on_epoch_end(self):
+        if not self.fixed:
+            self.epoch += 1
 
     def __getitem__(self, index: int):
         return self.batch(index)
@@ -967,28 +965,38 @@ class SliceSynthesizer:
     def batch_with_info(self, index: int):
         """Like ``batch``, plus one dict per slice saying what it shows (source, plane, pixel size...)."""
         n_stacks = -(-self.batch_size // self.n_slices_per_sample)
-        stacks = [self._stack(seq) for seq in np.random.SeedSequence([self.seed, int(index)]).spawn(n_stacks)]
+        seeds = np.random.SeedSequence([self.seed, self.epoch, int(index)]).spawn(n_stacks)
+        stacks = [self._stack(seed) for seed in seeds]
         x = np.concatenate([s[0] for s in stacks])[: self.batch_size, ..., None]
         y = np.concatenate([s[1] for s in stacks])[: self.batch_size]
         info = [i for s in stacks for i in s[2]][: self.batch_size]
         return x, y, info
 
-    def _stack(self, seed_sequence):
+    def _draw(self, seed_sequence, n_slices: int):
+        """(view, label map, appearance, noise generator) of one synthetic volume."""
         geometry_rng, appearance_rng, noise_rng = (np.random.default_rng(s) for s in seed_sequence.spawn(3))
         view = _draw_view(geometry_rng, self.config, self.map_probabilities, self.planes, self._knee_centres,
-                          self.size, self.window_mm / self.size, self.n_slices_per_sample)
+                          self.size, self.window_mm / self.size, n_slices)
         label_map = self.label_map(view.map_index)
-        look = _draw_appearance(appearance_rng, self.config, label_map, view, self.size)
+        return view, label_map, _draw_appearance(appearance_rng, self.config, label_map, view, self.size), noise_rng
+
+    def _render(self, rng, view: _View, label_map: CachedLabelMap, look: _Appearance):
+        """Images (~[0, 1], not normalised) and training labels of the slices of ``view``."""
         images, targets, no_signal = [], [], []
         for offset in view.slice_offsets_mm:
-            image, tissue = self._slice(noise_rng, view, label_map, look, offset)
+            image, tissue = self._slice(rng, view, label_map, look, offset)
             images.append(image)
             targets.append(self._target[tissue])
             no_signal.append(tissue == OUTSIDE_FIELD_OF_VIEW)
         crop = _crop_mask(look, self.size)
         targets = np.stack(targets)
         targets[:, crop] = 0
-        x = _finish_stack(np.stack(images), np.stack(no_signal) | crop, look)
+        return _finish_intensities(np.stack(images), np.stack(no_signal) | crop, look), targets
+
+    def _stack(self, seed_sequence):
+        view, label_map, look, noise_rng = self._draw(seed_sequence, self.n_slices_per_sample)
+        images, targets = self._render(noise_rng, view, label_map, look)
+        x = standardize(images)
         info = [{"source": label_map.source, "subject": label_map.subject, "plane": view.plane,
                  "pixel_mm": view.pixel_mm, "centre_mm": view.centre.tolist(), "slice_offset_mm": float(offset),
                  "mirrored": view.mirrored, "thick_axis": look.thick_axis,
@@ -1012,12 +1020,49 @@ class SliceSynthesizer:
         return _acquire(rng, image / len(offsets), look, bias, view.pixel_mm), centre_tissue
 
 
+def synthesize_volume(path, seed: int = 0, plane: str = None, slice_mm: float = None, size: int = 256,
+                      window_mm: float = 160.0, extent_mm: float = 120.0,
+                      config: SynthesisConfig = SynthesisConfig()):
+    """A whole synthetic scan of one cached knee and its bone labels, as SimpleITK images.
+
+    For judging a model end to end (its own preprocessing included) on held-out label maps: slices of
+    one ``plane`` (random unless given), ``slice_mm`` apart and as thick (random in [1, 4] mm unless
+    given), covering ``extent_mm`` along the slice axis; ``size`` x ``size`` pixels over ``window_mm``.
+    Intensities are raw (0..1000, not standardised), as a scanner would write them.
+    """
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(seed)
+    plane = check_plane(plane or PLANES[int(rng.integers(len(PLANES)))])
+    slice_mm = float(slice_mm or rng.uniform(1.0, 4.0))
+    n_slices = int(extent_mm / slice_mm) // 2 * 2 + 1
+    volume_config = dataclasses.replace(config, window_scale=(1.0, 1.0), slab_half_mm=extent_mm / 2,
+                                        thick_slice_probability=1.0, slice_thickness_mm=(slice_mm, slice_mm),
+                                        fov_crop_probability=0.0)
+    synthesizer = SliceSynthesizer([path], planes=(plane,), size=size, window_mm=window_mm, seed=seed,
+                                   config=volume_config)
+    view, label_map, look, noise_rng = synthesizer._draw(np.random.SeedSequence([seed, 1]), n_slices)
+    view = dataclasses.replace(view, slice_offsets_mm=(np.arange(n_slices) - (n_slices - 1) / 2) * slice_mm)
+    look = dataclasses.replace(look, thick_axis="slice")
+    images, targets = synthesizer._render(noise_rng, view, label_map, look)
+    pixel_mm = window_mm / size
+    origin = frame_origin(view.centre, plane, size, pixel_mm, n_slices, slice_mm)
+    out = []
+    for array in ((images * 1000.0).astype(np.float32), targets):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing((pixel_mm, pixel_mm, slice_mm))
+        image.SetDirection(plane_direction(plane).ravel().tolist())
+        image.SetOrigin(tuple(float(v) for v in origin))
+        out.append(image)
+    return tuple(out)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Example sheet
 # ---------------------------------------------------------------------------------------------------
 
 
-def write_example_sheet(cache_dir, out_png, n: int = 16, seed: int = 0, size: int = 224, window_mm: float = 180.0,
+def write_example_sheet(cache_dir, out_png, n: int = 16, seed: int = 0, size: int = 224, window_mm: float = 160.0,
                         planes=PLANES, config: SynthesisConfig = SynthesisConfig()) -> Path:
     """A PNG of ``n`` synthetic training images, each shown plain and with its bone label contours."""
     from matplotlib.figure import Figure
