@@ -171,9 +171,7 @@ def _without_optimizer(model):
     """An uncompiled copy with the same weights: bundles ship weights, not optimizer state (3x smaller)."""
     if getattr(model, "optimizer", None) is None:
         return model
-    import keras
-
-    clone = keras.models.clone_model(model)
+    clone = type(model).from_config(model.get_config())  # clone_model would compile the copy too
     clone.set_weights(model.get_weights())
     return clone
 

@@ -363,7 +363,12 @@ COMMANDS = {"segment": cmd_segment, "train": cmd_train, "evaluate": cmd_evaluate
             "synth": cmd_synth, "overlay": cmd_overlay}
 
 
+_MAIN_PID = os.getpid()
+
+
 def _raise_cancelled(signum, frame):
+    if os.getpid() != _MAIN_PID:  # a forked helper process: just end
+        os._exit(128 + signum)
     raise Cancelled(f"stopped by signal {signum}")
 
 

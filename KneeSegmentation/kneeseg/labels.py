@@ -27,7 +27,7 @@ class Label:
 
 
 FEMUR = Label("Femur", 1, (241, 214, 145), "71341001")
-TIBIA = Label("Tibia", 2, (177, 122, 101), "12611008")
+TIBIA = Label("Tibia", 2, (128, 174, 128), "12611008")
 FIBULA = Label("Fibula", 3, (111, 184, 210), "87342007")
 PATELLA = Label("Patella", 4, (216, 101, 79), "64234005")
 BONE = Label("Bone", 1, (241, 214, 145), "272673000")  # merged output: SNOMED "Bone structure"

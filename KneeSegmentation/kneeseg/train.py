@@ -44,7 +44,7 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     workers: int = 1
-    use_multiprocessing: bool = False  # worker processes instead of threads (many-core machines)
+    use_multiprocessing: bool = False  # prepare batches in ``workers`` processes (many-core machines)
     time_limit_min: float = None  # stop after the epoch that crosses this wall-clock budget
     extra: dict = field(default_factory=dict)
 
@@ -70,13 +70,13 @@ def strategy_scope():
     return tf.distribute.get_strategy().scope()
 
 
-def _batches(source, workers, use_multiprocessing=False):
+def _batches(source, workers):
     """Wrap a batch source (``__len__``, ``batch(i)``, optional ``on_epoch_end``) as a Keras PyDataset."""
     import keras
 
     class Batches(keras.utils.PyDataset):
         def __init__(self):
-            super().__init__(workers=workers, use_multiprocessing=use_multiprocessing)
+            super().__init__(workers=workers, use_multiprocessing=False)
 
         def __len__(self):
             return len(source)
@@ -89,6 +89,18 @@ def _batches(source, workers, use_multiprocessing=False):
                 source.on_epoch_end()
 
     return Batches()
+
+
+@contextlib.contextmanager
+def _sources(config: TrainConfig, train_source, val_source):
+    """(train, validation) PyDatasets: threads, or a process pool when ``use_multiprocessing``."""
+    if not config.use_multiprocessing:
+        yield _batches(train_source, config.workers), _batches(val_source, config.workers)
+        return
+    from .batchpool import BatchPool
+
+    with BatchPool({"train": train_source, "validation": val_source}, config.workers) as pool:
+        yield _batches(pool.view("train"), 1), _batches(pool.view("validation"), 1)
 
 
 def _atomic_save(model, path: Path):
@@ -186,6 +198,8 @@ def fit(config: TrainConfig, labels, train_source, val_source, work_dir, progres
     """
     import keras
 
+    from . import losses  # noqa: F401 - registers the custom losses/metrics that checkpoints refer to
+
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
@@ -203,10 +217,9 @@ def fit(config: TrainConfig, labels, train_source, val_source, work_dir, progres
             model = build_and_compile(config, labels)
     initial_epoch = state["epoch"] + 1
     if initial_epoch < config.epochs and not state.get("stopped_early"):
-        model.fit(_batches(train_source, config.workers, config.use_multiprocessing),
-                  validation_data=_batches(val_source, config.workers, config.use_multiprocessing),
-                  epochs=config.epochs, initial_epoch=initial_epoch,
-                  callbacks=[_monitor_callback(config, work, state, progress), *callbacks], verbose=0)
+        with _sources(config, train_source, val_source) as (train_batches, val_batches):
+            model.fit(train_batches, validation_data=val_batches, epochs=config.epochs, initial_epoch=initial_epoch,
+                      callbacks=[_monitor_callback(config, work, state, progress), *callbacks], verbose=0)
     if (work / "best.keras").exists():
         best = keras.models.load_model(work / "best.keras", safe_mode=True)
         model.set_weights(best.get_weights())

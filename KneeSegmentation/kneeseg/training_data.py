@@ -43,7 +43,7 @@ def synthetic_sources(config, cache, progress=None):
     from . import synth
     from .datasets import split_by_subject
 
-    entries = synth.load_manifest(cache)
+    entries = synth.load_manifest(cache)["files"]
     subjects = sorted({e["subject"] for e in entries})
     train_ids, val_ids, test_ids = split_by_subject(subjects, seed=config.seed)
     # The only maps with a fibula must reach training: move such subjects from validation/test.
@@ -58,16 +58,19 @@ def synthetic_sources(config, cache, progress=None):
 
     common = dict(planes=config.planes, size=config.input_size, window_mm=config.window_mm,
                   batch_size=config.batch_size)
+    merged = config.output == "merged"
     train_source = synth.SliceSynthesizer(files(train_ids), seed=config.seed, steps=config.steps_per_epoch,
-                                          **common)
+                                          merged=merged, **common)
     val_source = synth.SliceSynthesizer(files(val_ids), seed=config.seed + 10_000, steps=config.validation_steps,
-                                        fixed=True, **common)
+                                        fixed=True, merged=merged, **common)
     if progress is not None:
         progress("data", 0.0, f"{len(subjects)} label-map subjects: {len(train_ids)} train / {len(val_ids)} "
                  f"validation / {len(test_ids)} test")
-    sources = sorted({(e["source"], e["licence"]) for e in entries})
+    datasets = sorted({(e["dataset"], e["licence"]) for e in entries})
     provenance = {"data": {"kind": "synthetic images from real label maps (domain randomisation)",
-                           "label_map_sources": [{"source": s, "licence": lic} for s, lic in sources],
+                           "label_map_sources": [{"dataset": d, "licence": lic,
+                                                  "files": sum(e["dataset"] == d for e in entries)}
+                                                 for d, lic in datasets],
                            "split": {"train": sorted(train_ids), "validation": sorted(val_ids),
                                      "test": sorted(test_ids)}}}
     return train_source, val_source, provenance
@@ -163,7 +166,7 @@ def evaluate_synthetic(bundle, cache, n_cases=6, progress=None) -> dict:
 
     split = bundle.card.get("training", {}).get("data", {}).get("split", {})
     test_ids = set(split.get("test", []))
-    entries = [e for e in synth.load_manifest(cache) if not test_ids or e["subject"] in test_ids]
+    entries = [e for e in synth.load_manifest(cache)["files"] if not test_ids or e["subject"] in test_ids]
     if not entries:
         raise InputError("no held-out label maps of this bundle are in the cache", cache)
     predictor = make_predictor(bundle)

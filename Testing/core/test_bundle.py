@@ -4,6 +4,7 @@ import json
 import shutil
 
 import keras
+import numpy as np
 import pytest
 
 from kneeseg import bundle as bundles
@@ -91,6 +92,27 @@ def test_save_is_atomic_and_replaces(tmp_path):
     bundles.save_bundle(tmp_path / "b", model, card)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["card.json", "model.keras"]
+
+
+def test_bundles_ship_weights_without_optimizer_state(tmp_path):
+    import zipfile
+
+    import h5py
+
+    from kneeseg.model import build_unet_2d
+
+    model = build_unet_2d(input_size=32, filters=4, depth=2)
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(np.zeros((2, 32, 32, 1)), np.zeros((2, 32, 32, 5)), verbose=0)
+    card = {"labels": [lab.to_json() for lab in SEPARATE_BONES], "model": {}, "preprocessing": {}}
+    bundles.save_bundle(tmp_path / "b", model, card)
+    with zipfile.ZipFile(tmp_path / "b" / "model.keras") as z:
+        z.extract("model.weights.h5", tmp_path)
+    with h5py.File(tmp_path / "model.weights.h5") as weights:
+        assert "optimizer" not in weights
+    loaded = bundles.load_bundle(tmp_path / "b").load_keras_model()
+    x = np.random.rand(1, 32, 32, 1).astype(np.float32)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(model(x)), atol=1e-6)
 
 
 def test_lambda_layers_are_refused_at_load(tmp_path):

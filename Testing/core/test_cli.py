@@ -119,6 +119,14 @@ def test_train_then_evaluate_end_to_end(tmp_path):
     epochs = [e for e in events if e["stage"] == "epoch"]
     assert [e["epoch"] for e in epochs] == [1, 2] and "val_mean_dice" in epochs[0]["logs"]
     assert (bundle / "history.png").exists() and (bundle / "history.csv").exists()
+    # Rerun with more epochs: a fresh process resumes from the work folder's checkpoint.
+    proc = run_cli("train", "--data", data, "-o", bundle, "--epochs", 3, "--steps-per-epoch", 3,
+                   "--validation-steps", 1, "--filters", 4, "--depth", 2, "--input-size", 32, "--window-mm", 90,
+                   "--planes", "sagittal", "--batch-size", 4, "--progress", "json", "--no-onnx")
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert "resume" in [e["stage"] for e in events]
+    assert [e["epoch"] for e in events if e["stage"] == "epoch"] == [3]
     report = tmp_path / "report.json"
     proc = run_cli("evaluate", "--model", bundle, "--pairs", data, "--report", report, "--update-card",
                    "--progress", "none")
