@@ -13,9 +13,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 python3 -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__)" | tee -a "$OUT/gpu.txt"
 python3 -m kneeseg train --synthetic .cache/labelmaps -o "$OUT/bundle" --work /tmp/work \
     --name knee-bones-default --filters 32 --depth 4 --planes sagittal,coronal,axial --loss dice+ce \
-    --batch-size 32 --epochs 40 --steps-per-epoch 150 --validation-steps 10 --patience 9 \
+    --batch-size 32 --epochs 24 --steps-per-epoch 150 --validation-steps 10 --patience 12 \
     --workers "$(($(nproc) - 1))" --multiprocessing --time-limit-min "$MINUTES" --seed 0 --no-onnx \
-    --progress json > "$OUT/train.log" 2> "$OUT/train.err" || { tail -30 "$OUT/train.err"; exit 1; }
+    ${TRAIN_ARGS:-} --progress json > "$OUT/train.log" 2> "$OUT/train.err" || { tail -30 "$OUT/train.err"; exit 1; }
 tail -c 600 "$OUT/train.log"
 python3 - "$OUT/bundle" <<'PY' | tee "$OUT/gpu_bench.txt"
 import sys, time, numpy as np, keras

@@ -97,6 +97,8 @@ def build_parser():
     p.add_argument("--workers", type=int, default=1, help="threads (or processes) preparing batches")
     p.add_argument("--multiprocessing", action="store_true", help="prepare batches in worker processes")
     p.add_argument("--time-limit-min", type=float, help="stop after the epoch that crosses this many minutes")
+    p.add_argument("--init-from", help="start from this bundle's weights (fine-tune, e.g. the shipped model on "
+                   "your own data); the network settings must match it")
     p.add_argument("--name", default="knee-bones")
     p.add_argument("--real2d", help="also measure Dice on real labelled sagittal slices (.npz) for the card")
     p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True,
@@ -262,7 +264,7 @@ def cmd_train(args, progress):
                          learning_rate=args.learning_rate, final_learning_rate=args.final_learning_rate,
                          loss=args.loss, beta=args.beta, class_weights=weights, augment=not args.no_augment,
                          seed=args.seed, workers=args.workers, use_multiprocessing=args.multiprocessing,
-                         time_limit_min=args.time_limit_min)
+                         time_limit_min=args.time_limit_min, init_from=args.init_from)
     work = Path(args.work) if args.work else Path(args.output).with_name(Path(args.output).name + ".work")
     result = train_bundle(config, args.output, work, synthetic=args.synthetic, data=args.data, name=args.name,
                           real2d=args.real2d, export_onnx=args.onnx, progress=progress)

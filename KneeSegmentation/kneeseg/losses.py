@@ -163,8 +163,7 @@ class MeanDice(keras.metrics.Metric):
     """Hard Dice averaged over the foreground classes, each accumulated over the epoch.
 
     Monitored for early stopping: unlike pooled Dice it is not dominated by the big bones, so a
-    model that loses the fibula scores worse. A class absent from both target and prediction
-    counts as perfect.
+    model that loses the fibula scores worse. Only classes present in the targets count.
     """
 
     def __init__(self, n_classes, name="mean_dice", **kwargs):
@@ -187,7 +186,12 @@ class MeanDice(keras.metrics.Metric):
 
     def result(self):
         tp, fp, fn = self.counts[:, 0], self.counts[:, 1], self.counts[:, 2]
-        return ops.mean((2 * tp + _EPS) / (2 * tp + fp + fn + _EPS))
+        dice = (2 * tp + _EPS) / (2 * tp + fp + fn + _EPS)
+        # Average over the classes present in the targets: a bone missing from the validation data
+        # would otherwise swing the score between 1 (never predicted) and 0 (one false voxel).
+        present = ops.cast(tp + fn > 0, dice.dtype)
+        n_present = ops.sum(present)
+        return ops.where(n_present > 0, ops.sum(dice * present) / ops.maximum(n_present, 1.0), ops.mean(dice))
 
     def reset_state(self):
         self.counts.assign(ops.zeros((self.n_fg, 3)))

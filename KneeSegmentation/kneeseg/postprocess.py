@@ -4,14 +4,49 @@ import numpy as np
 from scipy import ndimage
 
 
+def _components(mask: np.ndarray, full: bool):
+    """(component labels, count) of a boolean mask: 26- (``full``) or 6-connected.
+
+    SimpleITK's multi-threaded labelling (3-4x faster than scipy's on 2 cores) when installed.
+    """
+    try:
+        import SimpleITK as sitk
+    except ImportError:
+        structure = np.ones((3,) * mask.ndim, dtype=bool) if full else None
+        return ndimage.label(mask, structure=structure)
+    labeller = sitk.ConnectedComponentImageFilter()
+    labeller.SetFullyConnected(full)
+    labelled = labeller.Execute(sitk.GetImageFromArray(np.ascontiguousarray(mask).view(np.uint8)))
+    return sitk.GetArrayFromImage(labelled), labeller.GetObjectCount()
+
+
 def keep_largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 26-connected component of a boolean mask (empty stays empty)."""
-    labelled, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    mask = mask.astype(bool, copy=False)
+    labelled, n = _components(mask, full=True)
     if n <= 1:
-        return mask.astype(bool)
-    sizes = np.bincount(labelled.ravel())
+        return mask.copy()
+    sizes = np.bincount(labelled.ravel(), minlength=n + 1)
     sizes[0] = 0
     return labelled == int(np.argmax(sizes))
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes`` (6-connected background), by one labelling of the background.
+
+    Background components that touch the array border stay background; all others are holes. Same
+    result as scipy's iterative dilation, 10-30x faster on large masks (docs/benchmarks.md).
+    """
+    mask = mask.astype(bool, copy=False)
+    background, n = _components(~mask, full=False)
+    if n == 0:
+        return mask.copy()
+    outside = np.zeros(n + 1, dtype=bool)
+    for axis in range(mask.ndim):
+        for end in (0, -1):
+            outside[np.take(background, end, axis=axis)] = True
+    outside[0] = True  # the mask itself
+    return mask | ~outside[background]
 
 
 def clean_labelmap(labelmap: np.ndarray, label_values, fill_holes: bool = True) -> np.ndarray:
@@ -23,11 +58,17 @@ def clean_labelmap(labelmap: np.ndarray, label_values, fill_holes: bool = True) 
             continue
         box = ndimage.find_objects(mask.astype(np.uint8))[0]
         sub = keep_largest_component(mask[box])
+        inner = ndimage.find_objects(sub.astype(np.uint8))[0]  # the kept piece's own box: holes lie inside it
+        box = tuple(slice(b.start + i.start, b.start + i.stop) for b, i in zip(box, inner))
+        sub = sub[inner]
         if fill_holes:
-            sub = ndimage.binary_fill_holes(sub)
+            sub = _fill_holes(sub)
         region = out[box]
         region[sub & (region == 0)] = value
     return out
+
+
+_fill_holes = fill_holes
 
 
 def bone_volumes_ml(labelmap: np.ndarray, spacing_mm, labels) -> dict:

@@ -46,6 +46,7 @@ class TrainConfig:
     workers: int = 1
     use_multiprocessing: bool = False  # prepare batches in ``workers`` processes (many-core machines)
     time_limit_min: float = None  # stop after the epoch that crosses this wall-clock budget
+    init_from: str = None  # a bundle whose weights start the training (fine-tuning); same architecture
     extra: dict = field(default_factory=dict)
 
     def learning_rate_at(self, epoch: int) -> float:
@@ -215,6 +216,8 @@ def fit(config: TrainConfig, labels, train_source, val_source, work_dir, progres
                 progress("resume", (state["epoch"] + 1) / config.epochs, f"resuming after epoch {state['epoch'] + 1}")
         else:
             model = build_and_compile(config, labels)
+            if config.init_from:
+                _load_initial_weights(model, config.init_from)
     initial_epoch = state["epoch"] + 1
     if initial_epoch < config.epochs and not state.get("stopped_early"):
         with _sources(config, train_source, val_source) as (train_batches, val_batches):
@@ -224,6 +227,19 @@ def fit(config: TrainConfig, labels, train_source, val_source, work_dir, progres
         best = keras.models.load_model(work / "best.keras", safe_mode=True)
         model.set_weights(best.get_weights())
     return model, state
+
+
+def _load_initial_weights(model, bundle_path):
+    """Start from a bundle's weights (checksum verified); the architectures must match."""
+    from .bundle import load_bundle
+    from .errors import BundleError
+
+    source = load_bundle(bundle_path).load_keras_model()
+    shapes = [w.shape for w in model.get_weights()]
+    if [w.shape for w in source.get_weights()] != shapes:
+        raise BundleError("its network differs from the one configured for training (filters, depth, input size "
+                          "and output must match to fine-tune)", bundle_path)
+    model.set_weights(source.get_weights())
 
 
 def _jsonable(value):

@@ -20,8 +20,8 @@ TINY = dict(filters=4, depth=2, input_size=32, planes=("sagittal",), window_mm=8
 class ToySlices:
     """A deterministic in-memory source of toy slices (bright square = femur, below it = tibia)."""
 
-    def __init__(self, steps=3, seed=0):
-        self.steps, self.seed = steps, seed
+    def __init__(self, steps=3, seed=0, size=32):
+        self.steps, self.seed, self.size = steps, seed, size
 
     def __len__(self):
         return self.steps
@@ -33,8 +33,10 @@ class ToySlices:
             top = rng.integers(4, 10)
             y[i, top:top + 10, 8:24] = 1
             y[i, top + 12:top + 20, 8:24] = 2
-        x = (y > 0).astype(np.float32)[..., None] + 0.1 * rng.standard_normal((4, 32, 32, 1)).astype(np.float32)
-        return x, y
+        scale = self.size // 32
+        y = np.repeat(np.repeat(y, scale, axis=1), scale, axis=2)
+        noise = rng.standard_normal(y.shape + (1,)).astype(np.float32)
+        return (y > 0).astype(np.float32)[..., None] + 0.1 * noise, y
 
 
 class InterruptInEpoch(keras.callbacks.Callback):
@@ -176,3 +178,20 @@ def test_missing_label_for_an_image_is_named(tmp_path):
     (tmp_path / "labels" / "case1.nrrd").unlink()
     with pytest.raises(InputError, match="no label map for case1.nrrd"):
         find_pairs(tmp_path)
+
+
+def test_fine_tuning_starts_from_a_bundle_and_refuses_another_architecture(tiny_bundle, tmp_path):
+    from kneeseg.bundle import load_bundle
+    from kneeseg.errors import BundleError
+
+    card = load_bundle(tiny_bundle).card
+    spec = card["model"]
+    matching = _config(filters=spec["filters"], depth=spec["depth"], input_size=spec["input_size"], epochs=1,
+                       learning_rate=0.0, final_learning_rate=0.0, init_from=str(tiny_bundle))
+    model, _ = training.fit(matching, SEPARATE_BONES, ToySlices(size=64), ToySlices(seed=1, size=64), tmp_path / "ok")
+    source = load_bundle(tiny_bundle).load_keras_model()
+    for a, b in zip(model.get_weights(), source.get_weights()):
+        np.testing.assert_allclose(a, b)  # learning rate 0: still the bundle's weights
+    with pytest.raises(BundleError, match="network differs"):
+        training.fit(_config(epochs=1, init_from=str(tiny_bundle)), SEPARATE_BONES, ToySlices(), ToySlices(seed=1),
+                     tmp_path / "bad")

@@ -1,0 +1,89 @@
+"""Cohorts: folder/glob/CSV inputs, per-case outputs, summary CSV, failures isolated, resume, Dask cluster."""
+
+import csv
+import os
+
+import pytest
+import SimpleITK as sitk
+
+from kneeseg import cli
+from kneeseg.cohort import expand_inputs, run_cohort
+from kneeseg.errors import EXIT_BAD_INPUT
+from kneeseg.infer import SegmentOptions
+from conftest import REPO, toy_knee
+
+CASES = ("knee_a", "knee_b", "knee_c")
+
+
+@pytest.fixture
+def cohort(tmp_path):
+    """Three tiny knees and one broken file in a folder."""
+    folder = tmp_path / "cohort"
+    folder.mkdir()
+    for n, name in enumerate(CASES):
+        image, _ = toy_knee(seed=50 + n, size=(48, 48, 40), spacing=(1.5, 1.5, 1.5))
+        sitk.WriteImage(image, str(folder / f"{name}.nrrd"))
+    (folder / "broken.nrrd").write_bytes(b"NRRD0004\nthis is not an image\n")
+    return folder
+
+
+def _summary(path):
+    with open(path, newline="") as f:
+        return {row["case"]: row for row in csv.DictReader(f)}
+
+
+def test_folder_cohort_outputs_summary_failure_resume_and_overwrite(cohort, tiny_bundle, tmp_path):
+    out = tmp_path / "out"
+    code = cli.main(["segment", str(cohort), "-o", str(out), "--model", str(tiny_bundle), "--progress", "none"])
+    assert code == EXIT_BAD_INPUT  # one case failed; the others finished
+    for name in CASES:
+        assert (out / f"{name}.nrrd").exists() and (out / f"{name}.seg.nrrd").exists()
+    assert not (out / "broken.nrrd").exists()
+    rows = _summary(out / "summary.csv")
+    assert set(rows) == {*CASES, "broken"}
+    assert rows["broken"]["status"] == "failed" and "not a readable image" in rows["broken"]["error"]
+    for name in CASES:
+        assert rows[name]["status"] == "done" and float(rows[name]["Femur_ml"]) > 0
+        assert set(rows[name]) >= {"Femur_ml", "Tibia_ml", "Fibula_ml", "Patella_ml"}
+
+    # Rerun: finished cases are skipped (outputs untouched), the broken one is tried again.
+    stamps = {name: (out / f"{name}.nrrd").stat().st_mtime_ns for name in CASES}
+    inputs = expand_inputs([str(cohort)])
+    again = run_cohort(inputs, out, tiny_bundle, SegmentOptions())
+    assert (again["done"], again["skipped"], again["failed"]) == (0, 3, 1)
+    assert {name: (out / f"{name}.nrrd").stat().st_mtime_ns for name in CASES} == stamps
+    assert set(_summary(out / "summary.csv")) == {*CASES, "broken"}  # earlier rows kept
+
+    redo = run_cohort(inputs, out, tiny_bundle, SegmentOptions(), overwrite=True)
+    assert (redo["done"], redo["skipped"], redo["failed"]) == (3, 0, 1)
+    assert all((out / f"{name}.nrrd").stat().st_mtime_ns != stamps[name] for name in CASES)
+
+
+def test_glob_and_csv_inputs(cohort, tmp_path):
+    assert [p.name for p in expand_inputs([str(cohort / "knee_*.nrrd")])] == [f"{n}.nrrd" for n in CASES]
+    table = tmp_path / "cases.csv"
+    table.write_text("path\ncohort/knee_b.nrrd\ncohort/knee_a.nrrd\n")
+    assert [p.name for p in expand_inputs([str(table)])] == ["knee_b.nrrd", "knee_a.nrrd"]
+
+
+def test_local_dask_cluster_of_two_workers(cohort, tiny_bundle, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO / "KneeSegmentation"), os.environ.get("PYTHONPATH", "")]),
+           "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out"
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  env=env, silence_logs=40) as cluster:
+        seen = []
+        summary = run_cohort(expand_inputs([str(cohort)]), out, tiny_bundle, SegmentOptions(),
+                             progress=lambda stage, fraction, message: seen.append(fraction),
+                             scheduler=cluster.scheduler_address)
+        with distributed.Client(cluster) as client:
+            assert len(client.scheduler_info()["workers"]) == 2
+    assert (summary["done"], summary["failed"]) == (3, 1)
+    assert seen == sorted(seen) and seen[-1] == 1.0
+    rows = _summary(out / "summary.csv")
+    assert rows["broken"]["status"] == "failed"
+    for name in CASES:
+        assert rows[name]["status"] == "done" and float(rows[name]["Tibia_ml"]) > 0
+        labels = sitk.ReadImage(str(out / f"{name}.nrrd"))
+        assert labels.GetSize() == (48, 48, 40)
