@@ -44,7 +44,8 @@ synth-cache: venv
 	$(KNEESEG) synth prepare $(SHARED)/labelmaps .cache/labelmaps
 
 train-default: synth-cache
-	$(PY) scripts/train_default.py --cache .cache/labelmaps --real2d $(SHARED)/real_2d/sagittal_slices_dev.npz
+	$(PY) scripts/train_default.py train --cache .cache/labelmaps --preset cpu --out build/default
+	$(PY) scripts/train_default.py finalize build/default/stage2 --stage1 build/default/stage1 --cache .cache/labelmaps --real2d $(SHARED)/real_2d/sagittal_slices_dev.npz --hardware "this machine (CPU)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache $(DEMO_OUT) .demo

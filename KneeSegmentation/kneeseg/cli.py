@@ -117,6 +117,7 @@ def build_parser():
     p.add_argument("--synthetic-cases", type=int, default=6)
     p.add_argument("--report", help="write the full results as JSON here")
     p.add_argument("--update-card", action="store_true", help="store the summary in the bundle card's metrics")
+    p.add_argument("--planes", help="fuse these planes instead of the bundle's (volumes: --pairs, --synthetic)")
     _add_device(p)
     _add_progress(p)
 
@@ -286,18 +287,23 @@ def cmd_evaluate(args, progress):
     results = {}
     if args.real2d:
         results["real2d"] = evaluate_real2d(bundle, args.real2d, progress=progress)
+    from .infer import SegmentOptions
+
+    options = SegmentOptions(planes=_planes(args.planes) if args.planes else None)
     if args.pairs:
-        results["pairs"] = evaluate_pairs(bundle, args.pairs, progress=progress)
+        results["pairs"] = evaluate_pairs(bundle, args.pairs, progress=progress, options=options)
     if args.synthetic:
-        results["synthetic"] = evaluate_synthetic(bundle, args.synthetic, args.synthetic_cases, progress=progress)
+        results["synthetic"] = evaluate_synthetic(bundle, args.synthetic, args.synthetic_cases, progress=progress,
+                                                  options=options)
     summary = {name: {k: v for k, v in r.items() if k != "cases"} for name, r in results.items()}
     if args.report:
         _write_json(args.report, results)
     if args.update_card:
-        if not bundle.folder.is_relative_to(Path(args.model or bundle.folder)):
+        if args.model and Path(args.model).is_file():
             raise InputError("--update-card needs a bundle folder, not a zip", args.model)
         metrics = dict(bundle.card.get("metrics", {}))
-        metrics.update(summary)
+        suffix = f" (planes {args.planes})" if args.planes else ""
+        metrics.update({name + suffix: value for name, value in summary.items()})
         update_card(bundle.folder, metrics=metrics)
     if progress.mode != "json":
         print(json.dumps(summary, indent=2))

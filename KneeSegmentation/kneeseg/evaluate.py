@@ -52,17 +52,29 @@ def evaluate_case(truth, prediction, labels, spacing_mm=None) -> dict:
     return out
 
 
+LOWER_IS_BETTER = ("assd_mm", "hd95_mm")
+
+
 def summarise(cases: list, labels, key="dice") -> dict:
-    """Per bone: mean, worst and number of cases where the bone is present in the truth."""
+    """Per bone over the cases where it is in the truth: mean, median, worst, n.
+
+    For distances (``assd_mm``, ``hd95_mm``) the worst is the largest; a case where the bone was not
+    found at all has no distance: it is counted in ``missed`` and left out of the statistics.
+    """
     summary = {}
     for label in labels:
-        values = [c[label.name][key] for c in cases if c[label.name]["truth_voxels"] > 0]
-        if values:
-            summary[label.name] = {"mean": float(np.mean(values)), "worst": float(np.min(values)),
-                                   "median": float(np.median(values)), "n": len(values)}
-    present = [s["mean"] for s in summary.values()]
-    if present:
-        summary["mean_over_bones"] = float(np.mean(present))
+        values = np.array([c[label.name][key] for c in cases if c[label.name]["truth_voxels"] > 0], dtype=float)
+        if not len(values):
+            continue
+        found = values[~np.isnan(values)]
+        entry = {"n": int(len(values)), "missed": int(np.isnan(values).sum())}
+        if len(found):
+            worst = found.max() if key in LOWER_IS_BETTER else found.min()
+            entry.update(mean=float(found.mean()), median=float(np.median(found)), worst=float(worst))
+        summary[label.name] = entry
+    means = [s["mean"] for s in summary.values() if "mean" in s]
+    if means:
+        summary["mean_over_bones"] = float(np.mean(means))
     return summary
 
 

@@ -356,7 +356,10 @@ def _possible_foreground_box(frame: Frame, bones: np.ndarray, reference):
     combinations of neighbouring frame voxels, so the box of frame voxels with sum >= 0.5, grown by
     one voxel and mapped to the reference grid (grown by one more), contains every such voxel.
     """
-    hot = bones.sum(axis=-1) >= 0.5
+    total = bones[..., 0].copy()
+    for c in range(1, bones.shape[-1]):  # channel by channel: numpy sums a short last axis slowly
+        total += bones[..., c]
+    hot = total >= 0.5
     slices = np.flatnonzero(hot.any(axis=(1, 2)))
     if slices.size == 0:
         return None
@@ -385,37 +388,50 @@ def _cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-class _PlaneSampler:
-    """One plane's bone probabilities, interpolated onto boxes of the reference grid (k-j-i, channels last)."""
+class PlaneProbabilities:
+    """One plane's bone probabilities, ready to be interpolated onto boxes of a reference grid.
 
-    def __init__(self, frame: Frame, bones: np.ndarray, reference):
-        self.frame, self.bones, self.reference = frame, bones, reference
+    Made from ``(frame, probabilities)`` (slices, rows, cols, classes; class 0 the background) by
+    :func:`plane_probabilities`; keeps only the bone channels (in the reference's axis order when the
+    grids are parallel), so the caller can drop the full probabilities right away.
+    """
+
+    def __init__(self, frame: Frame, probabilities: np.ndarray, reference):
+        bones = probabilities[..., 1:]
+        self.frame, self.reference, self.n_bones = frame, reference, bones.shape[-1]
+        self.box = _possible_foreground_box(frame, bones, reference)
         self.mapping = axis_aligned_map(frame, reference)
         self.sources = None
+        self.shape = bones.shape
         if self.mapping is not None:
             # frame numpy axes are (slice, row, col) = frame axes (2, 1, 0): reorder to reference (k, j, i)
             order = [2 - self.mapping[a][0] for a in (2, 1, 0)]
             self.array = np.ascontiguousarray(bones.transpose(order + [3]), dtype=np.float32)
+        else:  # channel first: each channel contiguous for SimpleITK
+            self.bones = np.ascontiguousarray(np.moveaxis(bones, -1, 0), dtype=np.float32)
 
     def sample(self, lo, hi):
-        """Interpolated probabilities on the reference index box [lo, hi] (numpy k-j-i, inclusive)."""
+        """Interpolated bone probabilities on the reference index box [lo, hi] (numpy k-j-i, inclusive).
+
+        A list with one array per bone channel (possibly strided views).
+        """
         if self.mapping is not None:
             out = self.array
             # slab axis first (it shrinks the array), then the innermost axis while rows are short,
             # then the rows (contiguous copies): 2x faster than k, j, i on a 512 x 512 grid
             for axis in (0, 2, 1):
                 b, scale, offset = self.mapping[2 - axis]
-                table = _lerp_table(scale, offset, self.bones.shape[2 - b], lo[axis], hi[axis] + 1)
+                table = _lerp_table(scale, offset, self.shape[2 - b], lo[axis], hi[axis] + 1)
                 out = _lerp_along(out, axis, table)
-            return out
+            return [out[..., c] for c in range(self.n_bones)]
         return self._sample_sitk(lo, hi)
 
     def _sample_sitk(self, lo, hi):
         sitk = _sitk()
         if self.sources is None:
             self.sources = []
-            for c in range(self.bones.shape[-1]):
-                source = sitk.GetImageFromArray(np.ascontiguousarray(self.bones[..., c], dtype=np.float32))
+            for c in range(self.n_bones):
+                source = sitk.GetImageFromArray(self.bones[c])
                 source.SetSpacing((self.frame.pixel_mm, self.frame.pixel_mm, self.frame.slice_mm))
                 source.SetDirection(tuple(self.frame.direction.flatten()))
                 source.SetOrigin(tuple(self.frame.origin))
@@ -425,16 +441,21 @@ class _PlaneSampler:
         grid.SetSpacing(tuple(ref_spacing))
         grid.SetDirection(tuple(ref_dir.flatten()))
         grid.SetOrigin(tuple(ref_origin + ref_dir @ (np.array(lo[::-1]) * ref_spacing)))
-        channels = [sitk.GetArrayFromImage(sitk.Resample(source, grid, sitk.Transform(), sitk.sitkLinear, 0.0,
-                                                         sitk.sitkFloat32)) for source in self.sources]
-        return np.stack(channels, axis=-1)
+        return [sitk.GetArrayFromImage(sitk.Resample(source, grid, sitk.Transform(), sitk.sitkLinear, 0.0,
+                                                     sitk.sitkFloat32)) for source in self.sources]
+
+
+def plane_probabilities(frame: Frame, probabilities: np.ndarray, reference) -> PlaneProbabilities:
+    """``(frame, probabilities)`` of one plane prepared for :func:`fuse_frames` (bone channels only)."""
+    return PlaneProbabilities(frame, probabilities, reference)
 
 
 def fuse_frames(planes, reference, confidence=False, slab_voxels=1 << 21, timings=None):
     """Average the class probabilities of several planes on ``reference``'s grid and take the argmax.
 
     ``planes``: a list of ``(frame, probabilities)`` with probabilities (slices, rows, cols, classes),
-    class 0 the background, summing to 1 per voxel (softmax, or ``[1 - p, p]``). Returns
+    class 0 the background, summing to 1 per voxel (softmax, or ``[1 - p, p]``), or of
+    :func:`plane_probabilities` made from them (leaner: the caller keeps no full probabilities). Returns
     ``(labels, confidence)``: the class index per voxel of ``reference`` (uint8, numpy k-j-i order)
     and, when asked, the winning fused probability (float32), else None.
 
@@ -455,36 +476,36 @@ def fuse_frames(planes, reference, confidence=False, slab_voxels=1 << 21, timing
     size = tuple(reference.GetSize()[::-1])  # k, j, i
     labels = np.zeros(size, dtype=np.uint8)
     conf = np.ones(size, dtype=np.float32) if confidence else None
-    n_bones = planes[0][1].shape[-1] - 1
-    if n_bones == 0:
+    samplers = [p if isinstance(p, PlaneProbabilities) else PlaneProbabilities(p[0], p[1], reference) for p in planes]
+    if samplers[0].n_bones == 0:
         return labels, conf
-    bones = [(frame, probs[..., 1:]) for frame, probs in planes]
     if confidence:
         box = (np.zeros(3, int), np.array(size) - 1)
     else:
-        boxes = [b for b in (_possible_foreground_box(f, p, reference) for f, p in bones) if b is not None]
+        boxes = [s.box for s in samplers if s.box is not None]
         if not boxes:
             return labels, conf
         box = (np.min([b[0] for b in boxes], axis=0), np.max([b[1] for b in boxes], axis=0))
     lo, hi = box
-    samplers = [_PlaneSampler(frame, p, reference) for frame, p in bones]
     plane_area = int((hi[1] - lo[1] + 1) * (hi[2] - lo[2] + 1))
     step = max(1, slab_voxels // plane_area)
 
     def fuse_slab(k0):
         k1 = min(k0 + step - 1, int(hi[0]))
         slab_lo, slab_hi = (k0, lo[1], lo[2]), (k1, hi[1], hi[2])
-        fused = samplers[0].sample(slab_lo, slab_hi)
+        fused = [np.array(c, dtype=np.float32) for c in samplers[0].sample(slab_lo, slab_hi)]  # contiguous
         for sampler in samplers[1:]:
-            fused += sampler.sample(slab_lo, slab_hi)
-        fused /= len(samplers)
+            for acc, channel in zip(fused, sampler.sample(slab_lo, slab_hi)):
+                acc += channel
+        for acc in fused:
+            acc /= len(samplers)
         # argmax over [background, bones] (first maximum wins, as np.argmax), channel by channel:
         # numpy reduces a short last axis 5-8x slower than it combines whole channels.
-        best = fused[..., 0].copy()
-        total = fused[..., 0].copy()
+        best = fused[0].copy()
+        total = fused[0].copy()
         winner = np.ones(best.shape, dtype=np.uint8)
-        for c in range(1, fused.shape[-1]):
-            channel = fused[..., c]
+        for c in range(1, len(fused)):
+            channel = fused[c]
             total += channel
             better = channel > best
             np.copyto(best, channel, where=better)

@@ -134,18 +134,18 @@ def _monitor_callback(config: TrainConfig, work: Path, state: dict, progress):
             else:
                 state["wait"] += 1
             state["epoch"] = epoch
-            _atomic_save(self.model, work / "checkpoint.keras")
-            (work / "state.json").write_text(json.dumps(state, indent=2))
-            if progress is not None:
-                progress("epoch", (epoch + 1) / config.epochs,
-                         f"epoch {epoch + 1}/{config.epochs}: loss {logs.get('loss', float('nan')):.4f}, "
-                         f"val mean Dice {score:.4f}", epoch=epoch + 1, logs=logs)
             if state["wait"] >= config.patience:
                 state["stopped_early"] = True
                 self.model.stop_training = True
             if config.time_limit_min is not None and time.monotonic() - started > 60 * config.time_limit_min:
                 state["stopped_at_time_limit"] = True
                 self.model.stop_training = True
+            _atomic_save(self.model, work / "checkpoint.keras")
+            (work / "state.json").write_text(json.dumps(state, indent=2))  # after the stop decision: a rerun honours it
+            if progress is not None:
+                progress("epoch", (epoch + 1) / config.epochs,
+                         f"epoch {epoch + 1}/{config.epochs}: loss {logs.get('loss', float('nan')):.4f}, "
+                         f"val mean Dice {score:.4f}", epoch=epoch + 1, logs=logs)
 
     return Monitor()
 

@@ -122,7 +122,7 @@ def _try_export_onnx(model, work, progress):
         return None
 
 
-def evaluate_pairs(bundle, data, progress=None) -> dict:
+def evaluate_pairs(bundle, data, progress=None, options=None) -> dict:
     """Segment labelled volumes with the bundle and score them (overlap and surface distances)."""
     import SimpleITK as sitk
 
@@ -135,7 +135,7 @@ def evaluate_pairs(bundle, data, progress=None) -> dict:
     cases = []
     for n, pair in enumerate(pairs):
         image, label = load_pair(pair)
-        result = segment(image, bundle, predictor=predictor)
+        result = segment(image, bundle, options, predictor=predictor)
         truth = sitk.GetArrayFromImage(label)
         prediction = sitk.GetArrayFromImage(result.labelmap)
         if bundle.card["model"]["output"] == "merged":
@@ -156,7 +156,7 @@ def _report(cases, labels, source):
             "hd95_mm": summarise(cases, labels, "hd95_mm"), "cases": cases}
 
 
-def evaluate_synthetic(bundle, cache, n_cases=6, progress=None) -> dict:
+def evaluate_synthetic(bundle, cache, n_cases=6, progress=None, options=None) -> dict:
     """Score the bundle on synthetic volumes made from its held-out (test) label-map subjects."""
     import SimpleITK as sitk
 
@@ -174,7 +174,7 @@ def evaluate_synthetic(bundle, cache, n_cases=6, progress=None) -> dict:
     for n in range(n_cases):
         entry = entries[n % len(entries)]
         image, truth = synth.synthesize_volume(Path(cache) / entry["file"], seed=1000 + n)
-        result = segment(image, bundle, predictor=predictor)
+        result = segment(image, bundle, options, predictor=predictor)
         prediction = sitk.GetArrayFromImage(result.labelmap)
         truth_array = sitk.GetArrayFromImage(truth)
         if bundle.card["model"]["output"] == "merged":

@@ -101,6 +101,11 @@ def test_fit_stops_early_when_validation_dice_does_not_improve(tmp_path):
     frozen = _config(epochs=8, patience=1, learning_rate=0.0, final_learning_rate=0.0)
     model, state = training.fit(frozen, SEPARATE_BONES, ToySlices(), ToySlices(seed=1), tmp_path)
     assert state["stopped_early"] and state["epoch"] == 1  # epoch 2 did not beat epoch 1
+    # The decision is saved: running again in the same work folder does not train on.
+    epochs = []
+    training.fit(frozen, SEPARATE_BONES, ToySlices(), ToySlices(seed=1), tmp_path,
+                 lambda stage, fraction, message, **extra: epochs.append(extra.get("epoch")))
+    assert [e for e in epochs if e is not None] == []
 
 
 def test_interrupted_training_resumes_after_the_last_finished_epoch(tmp_path):

@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""``make eval``: measure the shipped model and write docs/evaluation.md.
+
+1. real labelled sagittal slices (``real_2d``): Dice per bone, mean, median and worst slice;
+2. real unlabelled volumes (``real_unlabelled``): segmentation, overlay sheets in docs/, bone volumes,
+   connected pieces per bone, single-plane vs tri-planar;
+3. synthetic volumes from held-out label-map subjects: Dice, IoU, ASSD, HD95;
+4. knee-centre detection without labels: model first pass vs intensity centroid, against the
+   femur-tibia junction of the real slices' labels.
+"""
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "KneeSegmentation"))
+
+
+def machine() -> str:
+    import os
+
+    cpu = "unknown CPU"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, Python {platform.python_version()}"
+
+
+def centre_errors(bundle, npz):
+    """Distance (mm, in-plane) of each centre method to the label-derived femur-tibia junction."""
+    import SimpleITK as sitk
+
+    from kneeseg import preprocess
+    from kneeseg.evaluate import slice_as_volume
+    from kneeseg.infer import detect_knee_centre, make_predictor
+
+    data = np.load(npz)
+    predictor = make_predictor(bundle)
+    errors = {"model": [], "intensity": [], "image centre": []}
+    for image, labels in zip(data["images"], data["labels"]):
+        if not ((labels == 1).any() and (labels == 2).any()):
+            continue
+        volume = slice_as_volume(image)
+        truth_map = sitk.GetImageFromArray(labels[None].astype(np.uint8))
+        truth_map.CopyInformation(volume)
+        truth = np.array(preprocess.knee_centre_from_labels(truth_map))
+        found = {"model": detect_knee_centre(volume, predictor, bundle.card),
+                 "intensity": preprocess.centre_by_intensity(volume),
+                 "image centre": preprocess.image_centre(volume)}
+        for name, point in found.items():
+            errors[name].append(np.nan if point is None else float(np.linalg.norm(np.subtract(point, truth))))
+    return {name: {"median_mm": float(np.nanmedian(v)), "p90_mm": float(np.nanpercentile(v, 90)),
+                   "not_found": int(np.isnan(v).sum()), "n": len(v)} for name, v in errors.items()}
+
+
+def real_volumes(bundle, folder, docs):
+    import SimpleITK as sitk
+    from scipy import ndimage
+
+    from kneeseg import io
+    from kneeseg.infer import SegmentOptions, make_predictor, segment
+    from kneeseg.overlay import overlay_sheet
+
+    predictor = make_predictor(bundle)
+    rows = []
+    for path in sorted(Path(folder).glob("*.nrrd")):
+        image = io.read_volume(path)
+        for planes in (None, ("sagittal",)):
+            result = segment(image, bundle, SegmentOptions(planes=planes), predictor=predictor)
+            labels = sitk.GetArrayFromImage(result.labelmap)
+            pieces = {lab.name: int(ndimage.label(labels == lab.value, np.ones((3, 3, 3)))[1]) for lab in bundle.labels}
+            name = "tri-planar" if planes is None else "sagittal only"
+            png = docs / f"overlay_{path.stem}_{'triplanar' if planes is None else 'sagittal'}.png"
+            overlay_sheet(image, result.labelmap, result.labels, png, title=f"{path.name}: {name}")
+            rows.append({"volume": path.name, "size": list(image.GetSize()), "spacing": list(image.GetSpacing()),
+                         "planes": name, "volumes_ml": result.volumes_ml, "pieces": pieces,
+                         "centre_lps_mm": [round(c, 1) for c in result.centre], "overlay": png.name})
+    return rows
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fmt(entry, key="mean"):
+    return "-" if not entry or key not in entry else f"{entry[key]:.3f}"
+
+
+def write_report(path, results, bundle_path):
+    r2d, syn, real, centres = (results.get(k) for k in ("real2d", "synthetic", "real_volumes", "centres"))
+    out = [f"# Evaluation of the shipped model\n",
+           f"Model: `{bundle_path.relative_to(REPO)}` (card: `kneeseg info`). Date: {results['date']}. "
+           f"Machine: {results['machine']}. Produced by `make eval` (`scripts/evaluate_default.py`).\n",
+           "Reported as measured, including where it disappoints. The real held-out scans the project is "
+           "judged on are not available here; these are development checks.\n"]
+    if r2d:
+        d = r2d["dice"]
+        out += ["## Real labelled sagittal slices\n",
+                f"{r2d['n_slices']} real 256x256 sagittal slices of about 3 subjects (`real_2d`; labels femur, tibia, "
+                "patella; no fibula; no pixel spacing survives, 0.6 mm assumed). Each slice is segmented alone "
+                "(sagittal plane only: a single slice has no other planes), centre found by the model. Never "
+                "used for training.\n",
+                table(["bone", "mean Dice", "median", "worst slice", "slices with the bone"],
+                      [[b, fmt(d.get(b)), fmt(d.get(b), "median"), fmt(d.get(b), "worst"), d[b]["n"]]
+                       for b in ("Femur", "Tibia", "Patella") if b in d]),
+                f"\nMean over bones: {d.get('mean_over_bones', float('nan')):.3f}. Target of the project: >= 0.95 "
+                "femur and tibia - **not met**. Looking at the failures: the dataset's labels leave the dark "
+                "cortical rim out while the training label maps include it (predictions are ~15-20% larger "
+                "than the truth on well-segmented slices, capping Dice near 0.9); slices at the medial/lateral "
+                "edge of the knee, where only a condyle shows, get femur and tibia swapped or missed "
+                "(the worst-slice zeros); a thin false 'patella' sometimes appears in anterior fat.\n"]
+    if syn:
+        out += ["## Synthetic volumes of held-out label maps\n",
+                f"{syn['n_cases']} whole synthetic scans (random plane, thickness, contrast) made from the label maps of "
+                "subjects held out of training, segmented end to end. Surface distances from MedPy.\n",
+                table(["bone", "Dice", "IoU", "ASSD mm (median)", "HD95 mm (median)", "HD95 worst"],
+                      [[b, fmt(syn["dice"].get(b)), fmt(syn["iou"].get(b)), fmt(syn["assd_mm"].get(b), "median"),
+                        fmt(syn["hd95_mm"].get(b), "median"), fmt(syn["hd95_mm"].get(b), "worst")]
+                       for b in ("Femur", "Tibia", "Fibula", "Patella") if b in syn["dice"]]),
+                "\nNo held-out label map contains a fibula (only 2 of 72 maps do, both used for training), so the "
+                "fibula has no held-out number.\n"]
+    if real:
+        out += ["## Real unlabelled volumes\n",
+                "Segmented end to end; look at the overlay sheets. Volumes in mL; 'pieces' counts connected "
+                "components per bone (1 = one piece).\n",
+                table(["volume", "planes", "Femur", "Tibia", "Fibula", "Patella", "pieces", "overlay"],
+                      [[r["volume"], r["planes"], *[r["volumes_ml"].get(b, "-") for b in
+                                                     ("Femur", "Tibia", "Fibula", "Patella")],
+                        "/".join(str(v) for v in r["pieces"].values()), f"[png]({r['overlay']})"] for r in real]),
+                "\nTri-planar fusion is the default because it is visibly better on the DESS volume: with the "
+                "sagittal plane alone, thigh muscle above the femur and around the patella is labelled femur on "
+                "many slices; fusing the coronal and axial predictions removes most of it (some muscle next to "
+                "the femoral shaft stays labelled femur). It costs about 3x the network time "
+                "([benchmarks.md](benchmarks.md)).\n"]
+    if centres:
+        out += ["## Knee centre without labels\n",
+                "Distance from each method's centre to the femur-tibia junction of the labels, on the real "
+                "labelled slices showing both bones (in-plane mm).\n",
+                table(["method", "median mm", "90th percentile mm", "not found", "slices"],
+                      [[k, f"{v['median_mm']:.1f}", f"{v['p90_mm']:.1f}", v["not_found"], v["n"]]
+                       for k, v in centres.items()]),
+                "\nThe model's first pass (with the intensity centroid as fallback) is the default.\n"]
+    Path(path).write_text("\n".join(out))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--cache", default=str(REPO / ".cache" / "labelmaps"))
+    parser.add_argument("--synthetic-cases", type=int, default=14)
+    parser.add_argument("--out", default=str(REPO / "docs" / "evaluation.md"))
+    parser.add_argument("--no-card", action="store_true", help="do not store the numbers in the bundle card")
+    args = parser.parse_args()
+    from kneeseg.bundle import default_bundle_path, load_bundle
+    from kneeseg.evaluate import evaluate_real2d
+    from kneeseg.training_data import evaluate_synthetic
+
+    data = Path(args.data)
+    if not data.exists():
+        sys.exit(f"eval: {data} is absent: the evaluation needs the development data (see README)")
+    bundle_path = Path(args.model) if args.model else default_bundle_path()
+    bundle = load_bundle(bundle_path)
+    docs = Path(args.out).parent
+    results = {"date": datetime.date.today().isoformat(), "machine": machine()}
+    npz = data / "real_2d" / "sagittal_slices_dev.npz"
+    results["real2d"] = {k: v for k, v in evaluate_real2d(bundle, npz).items() if k != "cases"}
+    results["centres"] = centre_errors(bundle, npz)
+    results["real_volumes"] = real_volumes(bundle, data / "real_unlabelled", docs)
+    if Path(args.cache).exists():
+        results["synthetic"] = {k: v for k, v in evaluate_synthetic(bundle, args.cache, args.synthetic_cases).items()
+                                if k != "cases"}
+    (docs / "evaluation.json").write_text(json.dumps(results, indent=2) + "\n")
+    if not args.no_card and bundle_path.is_dir():
+        from kneeseg.bundle import update_card
+
+        update_card(bundle_path, metrics={"measured_on": results["machine"], "date": results["date"],
+                                          "real2d": results["real2d"], "synthetic": results.get("synthetic"),
+                                          "report": "docs/evaluation.md"})
+    write_report(args.out, results, bundle_path.resolve())
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
