@@ -77,7 +77,7 @@ def real_volumes(bundle, folder, docs):
             labels = sitk.GetArrayFromImage(result.labelmap)
             pieces = {lab.name: int(ndimage.label(labels == lab.value, np.ones((3, 3, 3)))[1]) for lab in bundle.labels}
             name = "tri-planar" if planes is None else "sagittal only"
-            png = docs / f"overlay_{path.stem}_{'triplanar' if planes is None else 'sagittal'}.png"
+            png = docs / f"overlay_{path.stem}_{'triplanar' if planes is None else 'single-plane'}.png"
             overlay_sheet(image, result.labelmap, result.labels, png, title=f"{path.name}: {name}")
             rows.append({"volume": path.name, "size": list(image.GetSize()), "spacing": list(image.GetSpacing()),
                          "planes": name, "volumes_ml": result.volumes_ml, "pieces": pieces,
@@ -148,7 +148,9 @@ def write_report(path, results, bundle_path):
                 table(["method", "median mm", "90th percentile mm", "not found", "slices"],
                       [[k, f"{v['median_mm']:.1f}", f"{v['p90_mm']:.1f}", v["not_found"], v["n"]]
                        for k, v in centres.items()]),
-                "\nThe model's first pass (with the intensity centroid as fallback) is the default.\n"]
+                "\nThe model's first pass is the default (closest to the junction in the median); when it finds no "
+                "femur and tibia, the centre of the field of view is used (the better of the two label-free "
+                "fallbacks here: the body centroid is pulled towards the thigh).\n"]
     Path(path).write_text("\n".join(out))
 
 

@@ -55,7 +55,8 @@ def build_parser():
     p.add_argument("--n4", action=argparse.BooleanOptionalAction, default=None,
                    help="N4 bias field correction before segmenting (default: as the bundle says)")
     p.add_argument("--planes", help="comma-separated slice planes to fuse (default: the bundle's)")
-    p.add_argument("--centre", default="auto", help="knee centre: auto, model, intensity, image, or 'x,y,z' in LPS mm")
+    p.add_argument("--centre", default="auto", help="knee centre: auto (model, else image centre), model, intensity, "
+                   "image, or 'x,y,z' in LPS mm")
     p.add_argument("--backend", choices=("auto", "keras", "onnx"), default="auto",
                    help="inference engine (auto: ONNX Runtime when the bundle has a graph and it is installed)")
     p.add_argument("--batch-size", type=int, default=8)

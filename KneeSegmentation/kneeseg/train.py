@@ -290,7 +290,7 @@ def make_card(config: TrainConfig, labels, provenance: dict, state: dict, metric
         "preprocessing": {"planes": list(config.planes), "window_mm": config.window_mm,
                           "min_slice_mm": config.min_slice_mm, "n4": False,
                           "n4_settings": {"shrink_factor": 4, "iterations": [50, 40, 30]},
-                          "centre": "model, falling back to intensity"},
+                          "centre": "model first pass, falling back to the image centre"},
         "normalisation": {"mode": "volume", "clip_percentiles": [0.5, 99.5]},
         "training": {"config": _jsonable(asdict(config)), "epochs_run": state["epoch"] + 1,
                      "best_epoch": state["best_epoch"] + 1, "best_val_mean_dice": state["best"],

@@ -106,7 +106,7 @@ def test_model_centre_is_near_the_true_joint(bundle):
 def test_n4_option_runs(bundle):
     image, truth = toy_knee(seed=18, **TOY)
     result = segment(image, bundle, SegmentOptions(n4=True))
-    assert "n4" in result.timings and _dice(truth, result, bundle)["Femur"] > 0.8
+    assert "n4" in result.timings and _dice(truth, result, bundle)["Femur"] > 0.7
 
 
 def test_postprocess_keeps_largest_piece_fills_holes_and_respects_other_bones():

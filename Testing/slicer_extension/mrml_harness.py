@@ -180,7 +180,12 @@ def segmentMask(segmentationNode, segmentId, volumeNode):
     ids.InsertNextValue(segmentId)
     ok = segmentationNode.GenerateMergedLabelmapForAllSegments(merged, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY,
                                                                reference, ids)
-    assert ok
+    if not ok:  # Slicer refuses to merge a segment with no voxels: that is an empty mask
+        segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+        layer = slicer.util.arrayFromSegmentInternalBinaryLabelmap(segmentationNode, segmentId)
+        assert layer is None or not (layer == segment.GetLabelValue()).any(), "merge of a non-empty segment failed"
+        dims = reference.GetDimensions()
+        return np.zeros((dims[2], dims[1], dims[0]), dtype=bool)
     dims = merged.GetDimensions()
     return vtk_to_numpy(merged.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0]) > 0
 
