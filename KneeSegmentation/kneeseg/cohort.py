@@ -8,7 +8,7 @@ import csv
 import glob
 from pathlib import Path
 
-from .datasets import IMAGE_SUFFIXES, _stem
+from .datasets import IMAGE_SUFFIXES, volume_stem
 from .errors import InputError
 
 SUMMARY_NAME = "summary.csv"
@@ -51,7 +51,7 @@ def expand_inputs(items) -> list:
 
 
 def case_name(path: Path) -> str:
-    return _stem(Path(path)) if Path(path).is_file() else Path(path).name
+    return volume_stem(Path(path)) if Path(path).is_file() else Path(path).name
 
 
 def case_output(output_dir, input_path) -> Path:
@@ -96,8 +96,8 @@ def run_cohort(inputs, output_dir, model, options, progress=None, summary=None, 
             if progress is not None:
                 progress("case", n / max(len(todo), 1), f"case {n + 1}/{len(todo)}: {path}")
             rows.append(segment_case(path, output_dir, model, options, bundle=bundle, predictor=predictor))
-            if rows[-1]["status"] == "failed" and progress is not None:
-                progress.log(f"failed: {rows[-1]['error']}") if hasattr(progress, "log") else None
+            if rows[-1]["status"] == "failed" and hasattr(progress, "log"):
+                progress.log(f"failed: {rows[-1]['error']}")
     summary_path = Path(summary) if summary else output_dir / SUMMARY_NAME
     write_summary(summary_path, rows, [label.name for label in bundle.labels])
     failed = sum(r["status"] == "failed" for r in rows)

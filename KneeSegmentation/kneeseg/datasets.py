@@ -28,7 +28,8 @@ class Pair:
     subject: str
 
 
-def _stem(path: Path) -> str:
+def volume_stem(path: Path) -> str:
+    """A volume file's name without its (possibly double) image suffix: case1.nii.gz -> case1."""
     name = path.name
     for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
         if name.endswith(suffix):
@@ -50,10 +51,10 @@ def find_pairs(source) -> list:
     images, labels = source / "images", source / "labels"
     if not images.is_dir() or not labels.is_dir():
         raise InputError("a training folder needs 'images/' and 'labels/' subfolders (or pass a CSV)", source)
-    label_by_stem = {_stem(p): p for p in labels.iterdir() if p.is_file()}
+    label_by_stem = {volume_stem(p): p for p in labels.iterdir() if p.is_file()}
     pairs = []
     for image in sorted(p for p in images.iterdir() if p.is_file()):
-        stem = _stem(image)
+        stem = volume_stem(image)
         if stem not in label_by_stem:
             raise InputError(f"no label map for {image.name} in labels/", source)
         pairs.append(Pair(image, label_by_stem[stem], stem))
@@ -68,7 +69,7 @@ def _pairs_from_csv(path: Path) -> list:
     if not rows or not {"image", "label"} <= set(rows[0]):
         raise InputError("the CSV needs a header with columns image,label[,subject]", path)
     base = path.parent
-    return [Pair(base / r["image"], base / r["label"], r.get("subject") or _stem(Path(r["image"]))) for r in rows]
+    return [Pair(base / r["image"], base / r["label"], r.get("subject") or volume_stem(Path(r["image"]))) for r in rows]
 
 
 def split_by_subject(subjects, fractions=(0.7, 0.15, 0.15), seed=0):

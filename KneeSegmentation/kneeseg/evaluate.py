@@ -90,6 +90,8 @@ def slice_as_volume(slice_2d: np.ndarray, pixel_mm=REAL2D_PIXEL_MM):
 
 def evaluate_real2d(bundle, npz_path, predictor=None, progress=None, centre="auto") -> dict:
     """Segment each real labelled sagittal slice and score femur, tibia and patella."""
+    import SimpleITK as sitk
+
     from .infer import SegmentOptions, make_predictor, segment
 
     data = np.load(npz_path, allow_pickle=False)
@@ -104,8 +106,6 @@ def evaluate_real2d(bundle, npz_path, predictor=None, progress=None, centre="aut
             truth[truths[i] == theirs] = ours
         result = segment(slice_as_volume(images[i]), bundle, SegmentOptions(planes=("sagittal",), centre=centre),
                          predictor=predictor)
-        import SimpleITK as sitk
-
         prediction = sitk.GetArrayFromImage(result.labelmap)[0]
         if bundle.card["model"]["output"] == "merged":
             prediction, truth = (prediction > 0).astype(np.uint8), (truth > 0).astype(np.uint8)

@@ -5,7 +5,6 @@ for domain-randomised synthesis (``synthetic``). Both are split by subject into 
 test; the test subjects are never seen in training and are recorded in the card.
 """
 
-import json
 from pathlib import Path
 
 from . import train as training
@@ -127,7 +126,7 @@ def evaluate_pairs(bundle, data, progress=None, options=None) -> dict:
     import SimpleITK as sitk
 
     from .datasets import find_pairs, load_pair
-    from .evaluate import evaluate_case, summarise
+    from .evaluate import evaluate_case
     from .infer import make_predictor, segment
 
     predictor = make_predictor(bundle)
@@ -185,7 +184,3 @@ def evaluate_synthetic(bundle, cache, n_cases=6, progress=None, options=None) ->
         if progress is not None:
             progress("evaluate", (n + 1) / n_cases, f"synthetic case {n + 1}/{n_cases}")
     return _report(cases, bundle.labels, f"synthetic from {cache} (held-out subjects)")
-
-
-def load_json(path):
-    return json.loads(Path(path).read_text())
