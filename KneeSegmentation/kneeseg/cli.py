@@ -6,7 +6,6 @@ Exit codes: 0 success, 2 bad input (a one-line message naming the problem and th
 """
 
 import argparse
-import csv
 import json
 import os
 import signal
@@ -54,6 +53,8 @@ def build_parser():
     p.add_argument("--overlay", help="also write an overlay PNG sheet [single input]")
     p.add_argument("--n4", action=argparse.BooleanOptionalAction, default=None,
                    help="N4 bias field correction before segmenting (default: as the bundle says)")
+    p.add_argument("--n4-shrink", type=int, help="N4: shrink factor of the copy the bias field is fitted on (default 4)")
+    p.add_argument("--n4-iterations", help="N4: iterations per fitting level, comma-separated (default 50,40,30)")
     p.add_argument("--planes", help="comma-separated slice planes to fuse (default: the bundle's)")
     p.add_argument("--centre", default="auto", help="knee centre: auto (model, else image centre), model, intensity, "
                    "image, or 'x,y,z' in LPS mm")
@@ -94,6 +95,8 @@ def build_parser():
     p.add_argument("--beta", type=float, default=1.0)
     p.add_argument("--class-weights", help="comma-separated weights per bone (femur,tibia,fibula,patella)")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--normalisation", choices=("volume", "population"), default="volume",
+                   help="standard scores per volume, or with the training set's statistics (stored in the card)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="threads (or processes) preparing batches")
     p.add_argument("--multiprocessing", action="store_true", help="prepare batches in worker processes")
@@ -199,9 +202,24 @@ def _segment_options(args):
     from .infer import SegmentOptions
 
     return SegmentOptions(planes=_planes(args.planes) if args.planes else None, n4=args.n4,
+                          n4_settings=_n4_settings(args),
                           centre=_parse_centre(args.centre), batch_size=args.batch_size,
                           postprocess=not args.no_postprocess, confidence=bool(args.confidence),
                           backend=args.backend)
+
+
+def _n4_settings(args):
+    settings = {}
+    if args.n4_shrink is not None:
+        if args.n4_shrink < 1:
+            raise InputError("--n4-shrink must be 1 or more")
+        settings["shrink_factor"] = args.n4_shrink
+    if args.n4_iterations:
+        try:
+            settings["iterations"] = tuple(int(i) for i in args.n4_iterations.split(","))
+        except ValueError:
+            raise InputError(f"--n4-iterations takes comma-separated integers, not {args.n4_iterations!r}") from None
+    return settings or None
 
 
 def segment_file(input_path, output, model, options, progress=None, seg_nrrd=None, confidence=None,
@@ -266,7 +284,8 @@ def cmd_train(args, progress):
                          learning_rate=args.learning_rate, final_learning_rate=args.final_learning_rate,
                          loss=args.loss, beta=args.beta, class_weights=weights, augment=not args.no_augment,
                          seed=args.seed, workers=args.workers, use_multiprocessing=args.multiprocessing,
-                         time_limit_min=args.time_limit_min, init_from=args.init_from)
+                         time_limit_min=args.time_limit_min, init_from=args.init_from,
+                         normalisation=args.normalisation)
     work = Path(args.work) if args.work else Path(args.output).with_name(Path(args.output).name + ".work")
     result = train_bundle(config, args.output, work, synthetic=args.synthetic, data=args.data, name=args.name,
                           real2d=args.real2d, export_onnx=args.onnx, progress=progress)

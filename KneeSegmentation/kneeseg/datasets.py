@@ -111,6 +111,19 @@ def _fmt(values):
     return "(" + ", ".join(f"{v:.3g}" for v in values) + ")"
 
 
+def population_statistics(arrays, clip_percentiles=(0.5, 99.5)):
+    """(mean, std) over several volumes, each clipped at its own percentiles as ``standardize`` does."""
+    total = count = squares = 0.0
+    for a in arrays:
+        lo, hi = np.percentile(a, clip_percentiles)
+        clipped = np.clip(a.astype(np.float64), lo, hi)
+        total += clipped.sum()
+        squares += np.square(clipped).sum()
+        count += clipped.size
+    mean = total / count
+    return float(mean), float(np.sqrt(max(squares / count - mean * mean, 1e-12)))
+
+
 class PairedSlices:
     """Model-frame slices of image/label volumes, held in memory (float16 images), augmented per batch.
 
@@ -119,21 +132,26 @@ class PairedSlices:
     """
 
     def __init__(self, pairs, planes, size=224, window_mm=160.0, batch_size=8, seed=0, augment=True,
-                 steps=None, merged=False, augment_config=AugmentConfig(), bone_fraction=0.8):
+                 steps=None, merged=False, augment_config=AugmentConfig(), bone_fraction=0.8, population=None):
+        """``population``: None for per-volume standardisation, "compute" to standardise with the mean
+        and standard deviation of these volumes (then in ``self.population``), or a (mean, std) pair
+        (e.g. the training set's, for the validation set)."""
         import SimpleITK as sitk
 
         self.batch_size, self.seed, self.augment = batch_size, seed, augment
         self.augment_config = augment_config
-        images, labels = [], []
+        raw, labels = [], []
         for pair in pairs:
             image, label = load_pair(pair)
             centre = preprocess.knee_centre_from_labels(label)
             for plane in planes:
                 frame = preprocess.model_frame(image, plane, centre, window_mm=window_mm, size=size)
-                img = sitk.GetArrayFromImage(preprocess.resample_to_frame(image, frame))
+                raw.append(sitk.GetArrayFromImage(preprocess.resample_to_frame(image, frame)))
                 lab = sitk.GetArrayFromImage(preprocess.resample_to_frame(label, frame, "nearest"))
-                images.append(preprocess.standardize(img).astype(np.float16))
                 labels.append((lab > 0).astype(np.uint8) if merged else lab)
+        self.population = population_statistics(raw) if population == "compute" else population
+        mean, std = self.population if self.population is not None else (None, None)
+        images = [preprocess.standardize(a, mean, std).astype(np.float16) for a in raw]
         self.images = np.concatenate(images)
         self.labels = np.concatenate(labels)
         self.bone_slices = np.flatnonzero(self.labels.reshape(len(self.labels), -1).any(axis=1))

@@ -47,6 +47,7 @@ class TrainConfig:
     use_multiprocessing: bool = False  # prepare batches in ``workers`` processes (many-core machines)
     time_limit_min: float = None  # stop after the epoch that crosses this wall-clock budget
     init_from: str = None  # a bundle whose weights start the training (fine-tuning); same architecture
+    normalisation: str = "volume"  # "volume" (each scan its own statistics) or "population" (the training set's)
     extra: dict = field(default_factory=dict)
 
     def learning_rate_at(self, epoch: int) -> float:
@@ -278,7 +279,7 @@ def plot_history(history_csv, png_path):
 
 
 def make_card(config: TrainConfig, labels, provenance: dict, state: dict, metrics=None, name="knee-bones",
-              description="") -> dict:
+              description="", population=None) -> dict:
     """The bundle card for a model trained with ``config``."""
     from .labels import labels_to_json
 
@@ -291,7 +292,9 @@ def make_card(config: TrainConfig, labels, provenance: dict, state: dict, metric
                           "min_slice_mm": config.min_slice_mm, "n4": False,
                           "n4_settings": {"shrink_factor": 4, "iterations": [50, 40, 30]},
                           "centre": "model first pass, falling back to the image centre"},
-        "normalisation": {"mode": "volume", "clip_percentiles": [0.5, 99.5]},
+        "normalisation": ({"mode": "volume", "clip_percentiles": [0.5, 99.5]} if population is None else
+                          {"mode": "population", "mean": population[0], "std": population[1],
+                           "clip_percentiles": [0.5, 99.5]}),
         "training": {"config": _jsonable(asdict(config)), "epochs_run": state["epoch"] + 1,
                      "best_epoch": state["best_epoch"] + 1, "best_val_mean_dice": state["best"],
                      "stopped_early": state.get("stopped_early", False),

@@ -28,11 +28,13 @@ def paired_sources(config, data, progress=None):
                  f"{len(test_ids)} test subjects")
     common = dict(planes=config.planes, size=config.input_size, window_mm=config.window_mm,
                   batch_size=config.batch_size, seed=config.seed, merged=config.output == "merged")
+    population = "compute" if config.normalisation == "population" else None
     train_source = PairedSlices([p for p in pairs if p.subject in train_ids], augment=config.augment,
-                                steps=config.steps_per_epoch, **common)
+                                steps=config.steps_per_epoch, population=population, **common)
     val_source = PairedSlices([p for p in pairs if p.subject in val_ids], augment=False,
-                              steps=config.validation_steps, **common)
-    provenance = {"data": {"kind": "labelled volumes", "source": str(data), "n_pairs": len(pairs),
+                              steps=config.validation_steps, population=train_source.population, **common)
+    provenance = {"population": train_source.population,
+                  "data": {"kind": "labelled volumes", "source": str(data), "n_pairs": len(pairs),
                            "split": {"train": train_ids, "validation": val_ids, "test": test_ids}}}
     return train_source, val_source, provenance
 
@@ -42,6 +44,8 @@ def synthetic_sources(config, cache, progress=None):
     from . import synth
     from .datasets import split_by_subject
 
+    if config.normalisation != "volume":
+        raise InputError("synthetic images have random intensities: train them with per-volume normalisation")
     entries = synth.load_manifest(cache)["files"]
     subjects = sorted({e["subject"] for e in entries})
     train_ids, val_ids, test_ids = split_by_subject(subjects, seed=config.seed)
@@ -88,7 +92,8 @@ def train_bundle(config, output, work, synthetic=None, data=None, name="knee-bon
     model, state = training.fit(config, labels, train_source, val_source, work, progress)
     work = Path(work)
     training.plot_history(work / "history.csv", work / "history.png")
-    card = training.make_card(config, labels, provenance, state, name=name,
+    population = provenance.pop("population", None)
+    card = training.make_card(config, labels, provenance, state, name=name, population=population,
                               description=f"{config.dims}D U-Net trained by kneeseg train")
     onnx_path = None
     if export_onnx:

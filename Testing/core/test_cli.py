@@ -135,3 +135,13 @@ def test_train_then_evaluate_end_to_end(tmp_path):
     assert {"dice", "iou", "assd_mm", "hd95_mm"} <= set(results)
     card = json.loads((bundle / "card.json").read_text())
     assert card["metrics"]["pairs"]["n_cases"] == 4
+
+
+def test_n4_settings_are_exposed_and_checked(tiny_bundle, toy_volume, tmp_path):
+    proc = run_cli("segment", toy_volume, "-o", tmp_path / "a.nrrd", "--model", tiny_bundle, "--n4", "--n4-shrink", 2,
+                   "--n4-iterations", "5,5", "--progress", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert "n4" in json.loads(proc.stdout.splitlines()[-1])["result"]["timings_s"]
+    proc = run_cli("segment", toy_volume, "-o", tmp_path / "b.nrrd", "--model", tiny_bundle, "--n4",
+                   "--n4-iterations", "many")
+    assert proc.returncode == EXIT_BAD_INPUT and "--n4-iterations" in proc.stderr
