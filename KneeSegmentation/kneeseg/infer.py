@@ -19,6 +19,7 @@ from .errors import Cancelled, InputError
 class SegmentOptions:
     planes: tuple = None  # None: the bundle's planes
     n4: bool = None  # None: the bundle's preprocessing setting
+    n4_settings: dict = None  # overrides of preprocess.N4Settings fields (shrink_factor, iterations, ...)
     centre: object = "auto"  # "auto" (model, else image centre), "model", "intensity", "image", or an LPS point
     batch_size: int = 8
     postprocess: bool = True
@@ -45,8 +46,9 @@ class KerasPredictor:
     The model runs through one ``tf.function`` traced for any batch size (2x faster than an eager
     call, docs/benchmarks.md). ``precision`` (default: the environment variable ``KNEESEG_PRECISION``,
     else "float32"): "bfloat16" runs the convolutions in bfloat16 with the softmax head in float32,
-    1.5-2x faster on CPUs with AMX or AVX512-BF16 but not bit-compatible (about 1-2% of the bone voxels
-    of a small test model change label); "auto" picks bfloat16 on such CPUs when no GPU is visible.
+    1.5-1.8x faster on CPUs with AMX or AVX512-BF16 but not the same segmentation (with the shipped
+    model on a real DESS volume 3.8 % of the bone voxels change label; docs/benchmarks.md); "auto"
+    picks bfloat16 on such CPUs when no GPU is visible.
     """
 
     name = "keras"
@@ -312,7 +314,8 @@ def segment(image, bundle, options: SegmentOptions = None, progress=None, cancel
     if use_n4:
         _report(progress, "n4", 0.05, "N4 bias field correction")
         t = time.perf_counter()
-        settings = preprocess.N4Settings(**card["preprocessing"].get("n4_settings", {}))
+        settings = preprocess.N4Settings(**{**card["preprocessing"].get("n4_settings", {}),
+                                            **(options.n4_settings or {})})
         work = preprocess.n4_bias_correct(image, settings)
         timings["n4"] = time.perf_counter() - t
     _check_cancel(cancel)
