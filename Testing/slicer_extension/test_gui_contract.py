@@ -295,6 +295,8 @@ def _moduleFiles():
         rel = p.relative_to(MODULE)
         if not p.is_file() or "__pycache__" in rel.parts or p.suffix == ".pyc" or any(s.startswith(".") for s in rel.parts):
             continue
+        if any(part.endswith(".egg-info") for part in rel.parts):  # written by 'pip install -e .', git-ignored
+            continue
         if rel.parts[0] == "Testing" or p.name == "CMakeLists.txt":
             continue
         files.append(rel.as_posix())
