@@ -167,6 +167,9 @@ def test_write_replaces_atomically(tmp_path, toy_case):
     io.write_labelmap(labels, target)
     io.write_labelmap(labels, target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.nrrd"]
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask  # readable like any other file, not 0600
     back = sitk.ReadImage(str(target))
     assert back.GetPixelID() == sitk.sitkUInt8
     assert io.same_geometry(back, labels)
