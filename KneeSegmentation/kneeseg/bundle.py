@@ -9,6 +9,7 @@ layers, no pickle).
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import zipfile
@@ -144,6 +145,9 @@ def save_bundle(folder, model, card: dict, onnx_path=None, extra_files=()) -> Pa
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it 0700: a bundle is meant to be shared
     try:
         _without_optimizer(model).save(staging / KERAS_NAME)
         weights = {KERAS_NAME: {"file": KERAS_NAME, "sha256": sha256_of(staging / KERAS_NAME)}}

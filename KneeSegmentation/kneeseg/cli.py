@@ -183,6 +183,8 @@ def cmd_segment(args, progress):
     from .cohort import expand_inputs, run_cohort
 
     options = _segment_options(args)
+    if args.batch_size < 1:
+        raise InputError("--batch-size must be 1 or more")
     inputs = expand_inputs(args.inputs)
     if len(inputs) == 1 and not Path(args.output).is_dir() and not args.output.endswith(os.sep):
         result = segment_file(inputs[0], args.output, args.model, options, progress, args.seg_nrrd,
@@ -222,13 +224,38 @@ def _n4_settings(args):
     return settings or None
 
 
+VOLUME_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha", ".mhd")
+
+
+def check_output_path(path, suffixes, what):
+    """Refuse an output path before any work: wrong suffix, or a folder that cannot be written."""
+    path = Path(path)
+    if not any(path.name.endswith(s) for s in suffixes):
+        raise InputError(f"{what} must end in {' or '.join(suffixes)}", path)
+    parent = path.parent if path.parent != Path("") else Path(".")
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise InputError("cannot write here (the folder is missing or not writable)", path)
+    return path
+
+
 def segment_file(input_path, output, model, options, progress=None, seg_nrrd=None, confidence=None,
                  volumes_json=None, overlay=None, bundle=None, predictor=None):
-    """Read, segment and write one case; returns the JSON-able result."""
+    """Read, segment and write one case; returns the JSON-able result.
+
+    Output paths are checked before anything runs. The label map is written last: its presence marks
+    a finished case (cohorts skip such cases when resumed).
+    """
     from . import io
     from .bundle import load_bundle
     from .infer import segment
 
+    check_output_path(output, VOLUME_SUFFIXES, "the label map")
+    for path, suffixes, what in ((seg_nrrd, (".seg.nrrd",), "--seg-nrrd"),
+                                 (confidence, VOLUME_SUFFIXES, "--confidence"),
+                                 (volumes_json, (".json",), "--volumes-json"), (overlay, (".png",), "--overlay")):
+        if path:
+            check_output_path(path, suffixes, what)
     bundle = bundle or load_bundle(model)
     if progress is not None:
         progress("read", 0.01, f"reading {input_path}")
@@ -236,8 +263,7 @@ def segment_file(input_path, output, model, options, progress=None, seg_nrrd=Non
     result = segment(image, bundle, options, progress=progress, predictor=predictor)
     if progress is not None:
         progress("write", 0.95, f"writing {output}")
-    io.write_labelmap(result.labelmap, output)
-    outputs = {"labelmap": str(output)}
+    outputs = {}
     if seg_nrrd:
         io.write_seg_nrrd(result.labelmap, seg_nrrd, result.labels)
         outputs["seg_nrrd"] = str(seg_nrrd)
@@ -252,8 +278,9 @@ def segment_file(input_path, output, model, options, progress=None, seg_nrrd=Non
 
         overlay_sheet(image, result.labelmap, result.labels, overlay, title=f"{Path(input_path).name}: kneeseg")
         outputs["overlay"] = str(overlay)
-    return {**outputs, "volumes_ml": result.volumes_ml, "centre_lps_mm": list(result.centre),
-            "timings_s": {k: round(v, 3) for k, v in result.timings.items()}}
+    io.write_labelmap(result.labelmap, output)
+    return {"labelmap": str(output), **outputs, "volumes_ml": result.volumes_ml,
+            "centre_lps_mm": list(result.centre), "timings_s": {k: round(v, 3) for k, v in result.timings.items()}}
 
 
 def _write_json(path, obj):
@@ -277,6 +304,16 @@ def cmd_train(args, progress):
             weights = tuple(float(w) for w in args.class_weights.split(","))
         except ValueError:
             raise InputError(f"--class-weights takes comma-separated numbers, not {args.class_weights!r}") from None
+        expected = 1 if args.output_mode == "merged" else 4
+        if len(weights) != expected:
+            raise InputError(f"--class-weights needs {expected} numbers (one per bone: femur, tibia, fibula, patella"
+                             f"{'' if expected == 4 else '; merged: one'}), got {len(weights)}")
+    if args.batch_size < 1 or args.epochs < 1 or args.steps_per_epoch < 1:
+        raise InputError("--batch-size, --epochs and --steps-per-epoch must be 1 or more")
+    if args.dims == 3:
+        raise InputError("training a 3D model from the command line is not available yet: its data sources give "
+                         "2D slices (the 3D network can be built with kneeseg.model.build_unet_3d and used for "
+                         "inference); train with --dims 2")
     config = TrainConfig(dims=args.dims, output=args.output_mode, filters=args.filters, depth=args.depth,
                          input_size=args.input_size, planes=_planes(args.planes), window_mm=args.window_mm,
                          epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,

@@ -9,7 +9,7 @@ import glob
 from pathlib import Path
 
 from .datasets import IMAGE_SUFFIXES, volume_stem
-from .errors import InputError
+from .errors import Cancelled, InputError
 
 SUMMARY_NAME = "summary.csv"
 
@@ -19,8 +19,10 @@ def _is_volume_file(path: Path) -> bool:
 
 
 def _looks_like_dicom_folder(path: Path) -> bool:
-    return any(p.suffix.lower() in (".dcm", "") and p.is_file() for p in path.iterdir()) and not any(
-        _is_volume_file(p) for p in path.iterdir())
+    """Files (not hidden ones) and no subfolders or volume files: one scan's DICOM series."""
+    entries = [p for p in path.iterdir() if not p.name.startswith(".")]
+    return (any(p.is_file() for p in entries) and not any(p.is_dir() for p in entries)
+            and not any(_is_volume_file(p) for p in entries))
 
 
 def expand_inputs(items) -> list:
@@ -41,7 +43,7 @@ def expand_inputs(items) -> list:
             out += [(path.parent / r["path"]) for r in rows]
         elif path.is_dir() and not _looks_like_dicom_folder(path):
             volumes = sorted(p for p in path.iterdir() if _is_volume_file(p))
-            subfolders = sorted(p for p in path.iterdir() if p.is_dir())
+            subfolders = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
             if not volumes and not subfolders:
                 raise InputError("folder holds no volumes", path)
             out += volumes + subfolders
@@ -52,6 +54,18 @@ def expand_inputs(items) -> list:
 
 def case_name(path: Path) -> str:
     return volume_stem(Path(path)) if Path(path).is_file() else Path(path).name
+
+
+def check_unique_case_names(inputs):
+    """Refuse inputs whose outputs would overwrite each other (e.g. a/knee.nrrd and b/knee.nrrd)."""
+    by_name = {}
+    for path in inputs:
+        by_name.setdefault(case_name(path), []).append(str(path))
+    clashes = {name: paths for name, paths in by_name.items() if len(paths) > 1}
+    if clashes:
+        listed = "; ".join(f"{name}: {', '.join(paths)}" for name, paths in sorted(clashes.items())[:5])
+        raise InputError(f"several inputs would write the same output case name ({listed}); rename them or run "
+                         "them into separate output folders")
 
 
 def case_output(output_dir, input_path) -> Path:
@@ -70,6 +84,8 @@ def segment_case(input_path, output_dir, model, options, bundle=None, predictor=
         return {"case": name, "input": str(input_path), "status": "done", "error": "", **result}
     except InputError as exc:
         return {"case": name, "input": str(input_path), "status": "failed", "error": str(exc)}
+    except Cancelled:
+        raise  # stopping the cohort is not a failure of this case
     except Exception as exc:  # noqa: BLE001 - one broken case must not stop a cohort
         return {"case": name, "input": str(input_path), "status": "failed",
                 "error": f"internal error: {type(exc).__name__}: {exc}"}
@@ -81,25 +97,28 @@ def run_cohort(inputs, output_dir, model, options, progress=None, summary=None, 
     from .infer import make_predictor
 
     output_dir = Path(output_dir)
+    check_unique_case_names(inputs)
     output_dir.mkdir(parents=True, exist_ok=True)
     bundle = load_bundle(model)
     todo = [p for p in inputs if overwrite or not case_output(output_dir, p).exists()]
     skipped = len(inputs) - len(todo)
     rows = []
+    summary_path = Path(summary) if summary else output_dir / SUMMARY_NAME
+    bones = [label.name for label in bundle.labels]
     if scheduler is not None:
         from .distributed import map_cases
 
         rows = map_cases(todo, output_dir, model, options, scheduler, progress)
+        write_summary(summary_path, rows, bones)
     else:
         predictor = make_predictor(bundle, options.backend) if todo else None
         for n, path in enumerate(todo):
             if progress is not None:
                 progress("case", n / max(len(todo), 1), f"case {n + 1}/{len(todo)}: {path}")
             rows.append(segment_case(path, output_dir, model, options, bundle=bundle, predictor=predictor))
+            write_summary(summary_path, rows[-1:], bones)  # after every case: an interruption loses nothing
             if rows[-1]["status"] == "failed" and hasattr(progress, "log"):
                 progress.log(f"failed: {rows[-1]['error']}")
-    summary_path = Path(summary) if summary else output_dir / SUMMARY_NAME
-    write_summary(summary_path, rows, [label.name for label in bundle.labels])
     failed = sum(r["status"] == "failed" for r in rows)
     return {"done": len(rows) - failed, "skipped": skipped, "failed": failed, "summary": str(summary_path),
             "failures": [{"case": r["case"], "error": r["error"]} for r in rows if r["status"] == "failed"]}

@@ -18,6 +18,7 @@ from .augment import AugmentConfig, augment_batch
 from .errors import InputError
 from .io import read_volume, same_geometry
 
+LABEL_VALUES = (0, 1, 2, 3, 4)
 IMAGE_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha", ".mhd")
 
 
@@ -104,6 +105,11 @@ def load_pair(pair: Pair):
             f"image and label geometry differ (image {image.GetSize()} spacing {_fmt(image.GetSpacing())} origin "
             f"{_fmt(image.GetOrigin())}, label {label.GetSize()} spacing {_fmt(label.GetSpacing())} origin "
             f"{_fmt(label.GetOrigin())})", pair.label)
+    values = np.unique(sitk.GetArrayViewFromImage(label))
+    unexpected = [int(v) if float(v).is_integer() else v for v in values.tolist() if v not in LABEL_VALUES]
+    if unexpected:
+        raise InputError(f"label map holds values {unexpected[:8]} besides 0 background, 1 femur, 2 tibia, 3 fibula, "
+                         "4 patella; relabel it first", pair.label)
     return image, sitk.Cast(label, sitk.sitkUInt8)
 
 

@@ -193,10 +193,27 @@ def model_spec(config: TrainConfig, labels) -> dict:
     return spec
 
 
-def fit(config: TrainConfig, labels, train_source, val_source, work_dir, progress=None, callbacks=()):
+RESUMABLE_CHANGES = ("epochs", "patience", "time_limit_min", "workers", "use_multiprocessing", "extra")
+
+
+def _check_same_run(saved: dict, config: TrainConfig, inputs: dict, work: Path):
+    """Resuming is only right for the same network, recipe and data: refuse anything else."""
+    from .errors import InputError
+
+    current = _jsonable(asdict(config))
+    changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get("config", {}).get(k) != current[k])
+    if saved.get("inputs", inputs) != inputs:
+        changed.append("training data")
+    if changed:
+        raise InputError(f"the work folder holds a run with other settings ({', '.join(changed)}); resume it with "
+                         "the same settings, or give another --work folder (or delete this one)", work)
+
+
+def fit(config: TrainConfig, labels, train_source, val_source, work_dir, progress=None, callbacks=(), inputs=None):
     """Train (or resume) in ``work_dir``; returns (model with the best weights, state dict).
 
     ``callbacks`` are extra Keras callbacks (e.g. TensorBoard), run after the built-in monitor.
+    ``inputs`` describes the training data (e.g. its path): resuming with other data is refused.
     """
     import keras
 
@@ -206,12 +223,14 @@ def fit(config: TrainConfig, labels, train_source, val_source, work_dir, progres
     work.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     state_path = work / "state.json"
+    inputs = inputs or {}
     state = {"epoch": -1, "best": -math.inf, "best_epoch": -1, "wait": 0, "stopped_early": False,
-             "config": _jsonable(asdict(config))}
+             "config": _jsonable(asdict(config)), "inputs": inputs}
     with strategy_scope():
         if state_path.exists() and (work / "checkpoint.keras").exists():
-            state.update(json.loads(state_path.read_text()))
-            state["stopped_at_time_limit"] = False
+            saved = json.loads(state_path.read_text())
+            _check_same_run(saved, config, inputs, work)
+            state.update(saved, config=_jsonable(asdict(config)), inputs=inputs, stopped_at_time_limit=False)
             model = keras.models.load_model(work / "checkpoint.keras", safe_mode=True)
             if progress is not None:
                 progress("resume", (state["epoch"] + 1) / config.epochs, f"resuming after epoch {state['epoch'] + 1}")

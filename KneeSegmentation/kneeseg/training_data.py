@@ -89,7 +89,8 @@ def train_bundle(config, output, work, synthetic=None, data=None, name="knee-bon
         train_source, val_source, provenance = synthetic_sources(config, synthetic, progress)
     else:
         train_source, val_source, provenance = paired_sources(config, data, progress)
-    model, state = training.fit(config, labels, train_source, val_source, work, progress)
+    inputs = {"synthetic": str(Path(synthetic).resolve())} if synthetic is not None else {"data": str(Path(data).resolve())}
+    model, state = training.fit(config, labels, train_source, val_source, work, progress, inputs=inputs)
     work = Path(work)
     training.plot_history(work / "history.csv", work / "history.png")
     population = provenance.pop("population", None)
@@ -171,6 +172,7 @@ def evaluate_synthetic(bundle, cache, n_cases=6, progress=None, options=None) ->
     split = bundle.card.get("training", {}).get("data", {}).get("split", {})
     test_ids = set(split.get("test", []))
     entries = [e for e in synth.load_manifest(cache)["files"] if not test_ids or e["subject"] in test_ids]
+    held_out = "held-out subjects" if test_ids else "ALL subjects: the bundle records no held-out split"
     if not entries:
         raise InputError("no held-out label maps of this bundle are in the cache", cache)
     predictor = make_predictor(bundle)
@@ -188,4 +190,4 @@ def evaluate_synthetic(bundle, cache, n_cases=6, progress=None, options=None) ->
         cases.append(case)
         if progress is not None:
             progress("evaluate", (n + 1) / n_cases, f"synthetic case {n + 1}/{n_cases}")
-    return _report(cases, bundle.labels, f"synthetic from {cache} (held-out subjects)")
+    return _report(cases, bundle.labels, f"synthetic from {cache} ({held_out})")

@@ -145,3 +145,27 @@ def test_n4_settings_are_exposed_and_checked(tiny_bundle, toy_volume, tmp_path):
     proc = run_cli("segment", toy_volume, "-o", tmp_path / "b.nrrd", "--model", tiny_bundle, "--n4",
                    "--n4-iterations", "many")
     assert proc.returncode == EXIT_BAD_INPUT and "--n4-iterations" in proc.stderr
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["-o", "{tmp}/labels"], "must end in"),
+    (["-o", "{tmp}/labels.png"], "must end in"),
+    (["-o", "{tmp}/labels.nrrd", "--seg-nrrd", "{tmp}/bones.nrrd"], "--seg-nrrd must end in .seg.nrrd"),
+    (["-o", "{tmp}/labels.nrrd", "--batch-size", "0"], "--batch-size"),
+])
+def test_output_paths_and_options_are_checked_before_any_work(tiny_bundle, toy_volume, tmp_path, args, fragment):
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = run_cli("segment", toy_volume, "--model", tiny_bundle, *[a.format(tmp=out) for a in args])
+    assert proc.returncode == EXIT_BAD_INPUT and fragment in proc.stderr
+    assert list(out.iterdir()) == []
+
+
+def test_training_options_are_checked(tmp_path):
+    from conftest import write_toy_pairs
+
+    data = write_toy_pairs(tmp_path / "data", n=3, size=(24, 24, 16), spacing=(2.0, 2.0, 2.0))
+    proc = run_cli("train", "--data", data, "-o", tmp_path / "b", "--class-weights", "1,2")
+    assert proc.returncode == EXIT_BAD_INPUT and "needs 4 numbers" in proc.stderr
+    proc = run_cli("train", "--data", data, "-o", tmp_path / "b", "--dims", "3")
+    assert proc.returncode == EXIT_BAD_INPUT and "3D model" in proc.stderr

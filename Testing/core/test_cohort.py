@@ -87,3 +87,24 @@ def test_local_dask_cluster_of_two_workers(cohort, tiny_bundle, tmp_path):
         assert rows[name]["status"] == "done" and float(rows[name]["Tibia_ml"]) > 0
         labels = sitk.ReadImage(str(out / f"{name}.nrrd"))
         assert labels.GetSize() == (48, 48, 40)
+
+
+def test_same_case_names_are_refused_before_anything_runs(tmp_path):
+    from kneeseg.cohort import check_unique_case_names, expand_inputs
+    from kneeseg.errors import InputError
+
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "knee.nrrd").write_bytes(b"x")
+    with pytest.raises(InputError, match="same output case name"):
+        check_unique_case_names(expand_inputs([str(tmp_path / "*" / "knee.nrrd")]))
+
+
+def test_hidden_files_do_not_turn_a_cohort_folder_into_one_dicom_series(tmp_path):
+    from kneeseg.cohort import expand_inputs
+
+    (tmp_path / ".DS_Store").write_bytes(b"x")
+    for sub in ("subj1", "subj2"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "IM0001").write_bytes(b"x")
+    assert expand_inputs([str(tmp_path)]) == [tmp_path / "subj1", tmp_path / "subj2"]

@@ -221,3 +221,28 @@ def test_population_normalisation_is_stored_in_the_card_and_used_at_inference(tm
     assert seen and all(s == (norm["mean"], norm["std"]) for s in seen)
     with pytest.raises(InputError, match="per-volume"):
         train_bundle(config, tmp_path / "b2", tmp_path / "w2", synthetic=tmp_path)
+
+
+def test_resuming_with_other_settings_or_data_is_refused(tmp_path):
+    training.fit(_config(epochs=1), SEPARATE_BONES, ToySlices(), ToySlices(seed=1), tmp_path, inputs={"data": "a"})
+    with pytest.raises(InputError, match="filters"):
+        training.fit(_config(epochs=2, filters=8), SEPARATE_BONES, ToySlices(), ToySlices(seed=1), tmp_path,
+                     inputs={"data": "a"})
+    with pytest.raises(InputError, match="training data"):
+        training.fit(_config(epochs=2), SEPARATE_BONES, ToySlices(), ToySlices(seed=1), tmp_path, inputs={"data": "b"})
+    _, state = training.fit(_config(epochs=2, patience=20), SEPARATE_BONES, ToySlices(), ToySlices(seed=1), tmp_path,
+                            inputs={"data": "a"})
+    assert state["epoch"] == 1  # more epochs and another patience resume fine
+
+
+def test_training_labels_outside_the_bone_values_are_refused(tmp_path):
+    _write_pairs(tmp_path)
+    labels = sitk.ReadImage(str(tmp_path / "labels" / "case1.nrrd"))
+    array = sitk.GetArrayFromImage(labels)
+    array[0, 0, :3] = [7, 9, 200]
+    relabelled = sitk.GetImageFromArray(array)
+    relabelled.CopyInformation(labels)
+    sitk.WriteImage(relabelled, str(tmp_path / "labels" / "case1.nrrd"))
+    with pytest.raises(InputError, match=r"values \[7, 9, 200\]") as info:
+        load_pair(find_pairs(tmp_path)[1])
+    assert "case1.nrrd" in str(info.value)
