@@ -53,8 +53,9 @@ def build_parser():
     p.add_argument("--overlay", help="also write an overlay PNG sheet [single input]")
     p.add_argument("--n4", action=argparse.BooleanOptionalAction, default=None,
                    help="N4 bias field correction before segmenting (default: as the bundle says)")
-    p.add_argument("--n4-shrink", type=int, help="N4: shrink factor of the copy the bias field is fitted on (default 4)")
-    p.add_argument("--n4-iterations", help="N4: iterations per fitting level, comma-separated (default 50,40,30)")
+    p.add_argument("--n4-shrink", type=int, help="N4: shrink every axis by this factor for the fit (default: per axis, "
+                   "to voxels of about 4.4 mm)")
+    p.add_argument("--n4-iterations", help="N4: iterations per fitting level, comma-separated (default 25,25,50,50)")
     p.add_argument("--planes", help="comma-separated slice planes to fuse (default: the bundle's)")
     p.add_argument("--centre", default="auto", help="knee centre: auto (model, else image centre), model, intensity, "
                    "image, or 'x,y,z' in LPS mm")

@@ -309,7 +309,7 @@ def make_card(config: TrainConfig, labels, provenance: dict, state: dict, metric
         "model": model_spec(config, labels),
         "preprocessing": {"planes": list(config.planes), "window_mm": config.window_mm,
                           "min_slice_mm": config.min_slice_mm, "n4": False,
-                          "n4_settings": {"shrink_factor": 4, "iterations": [50, 40, 30]},
+                          "n4_settings": {},  # preprocess.N4Settings' defaults (docs/benchmarks.md)
                           "centre": "model first pass, falling back to the image centre"},
         "normalisation": ({"mode": "volume", "clip_percentiles": [0.5, 99.5]} if population is None else
                           {"mode": "population", "mean": population[0], "std": population[1],
