@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks of kneeseg (``make bench``): ``python -m bench.run --help``."""
