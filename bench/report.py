@@ -77,7 +77,7 @@ def e2e_table(results):
                      f"{case['peak_rss_mb']:.0f}", f"{100 * case.get('foreground_fraction', 0):.0f} %"))
         stand_in = case.get("stand_in")
         if stand_in:
-            rows.append((f"  same, trained-like output (stand-in)", "", "", "", _f(stand_in["back_resampling"]),
+            rows.append(("  same, trained-like output (stand-in)", "", "", "", _f(stand_in["back_resampling"]),
                          _f(stand_in["postprocess"]), "", "", "", f"{100 * stand_in['foreground_fraction']:.0f} %"))
     for case in results.get("baseline", {}).get("cases", []):
         if "stages" in case:
@@ -176,7 +176,8 @@ def scaling_text(results):
 def gpu_text(results):
     gpu = results.get("gpu")
     if not gpu:
-        return "No GPU run recorded (`bench/gpu.py` on a machine with a GPU writes docs/benchmarks-gpu.json)."
+        return ("No `bench/gpu.py` run recorded (it writes docs/benchmarks-gpu.json on a machine with a GPU); the GPU "
+                "numbers measured while the shipped model was trained are quoted under \"GPU numbers\" below.")
     rows = [(k, v) for k, v in gpu.items() if not isinstance(v, (dict, list))]
     text = _table(("", ""), rows)
     for key in ("inference", "training"):

@@ -355,7 +355,6 @@ def task_scaling(args):
         io.write_labelmap(result.labelmap, Path(args["tmp"]) / "scaling-labels.nrrd")
         if n > 0:
             runs.append(_stage_times(result.timings, read_s, time.perf_counter() - t))
-    frame_slices = result.timings  # noqa: F841
     return {"slices": args["slices"], "voxels": int(np.prod(image.GetSize())),
             "stages": {k: common.median([r[k] for r in runs]) for k in runs[0]}, "peak_rss_mb": common.peak_rss_mb()}
 
