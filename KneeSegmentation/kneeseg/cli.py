@@ -98,7 +98,9 @@ def build_parser():
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--normalisation", choices=("volume", "population"), default="volume",
                    help="standard scores per volume, or with the training set's statistics (stored in the card)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights, batches and augmentation")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="seed of the train/validation/test split by subject (keep it when fine-tuning)")
     p.add_argument("--workers", type=int, default=1, help="threads (or processes) preparing batches")
     p.add_argument("--multiprocessing", action="store_true", help="prepare batches in worker processes")
     p.add_argument("--time-limit-min", type=float, help="stop after the epoch that crosses this many minutes")
@@ -321,7 +323,8 @@ def cmd_train(args, progress):
                          validation_steps=args.validation_steps, batch_size=args.batch_size, patience=args.patience,
                          learning_rate=args.learning_rate, final_learning_rate=args.final_learning_rate,
                          loss=args.loss, beta=args.beta, class_weights=weights, augment=not args.no_augment,
-                         seed=args.seed, workers=args.workers, use_multiprocessing=args.multiprocessing,
+                         seed=args.seed, split_seed=args.split_seed, workers=args.workers,
+                         use_multiprocessing=args.multiprocessing,
                          time_limit_min=args.time_limit_min, init_from=args.init_from,
                          normalisation=args.normalisation)
     work = Path(args.work) if args.work else Path(args.output).with_name(Path(args.output).name + ".work")

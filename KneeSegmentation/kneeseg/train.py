@@ -42,7 +42,8 @@ class TrainConfig:
     beta: float = 1.0
     class_weights: tuple = None  # one per foreground class
     augment: bool = True
-    seed: int = 0
+    seed: int = 0  # weights, batches, augmentation
+    split_seed: int = 0  # the train/validation/test split: kept apart from ``seed`` so a fine-tune keeps it
     workers: int = 1
     use_multiprocessing: bool = False  # prepare batches in ``workers`` processes (many-core machines)
     time_limit_min: float = None  # stop after the epoch that crosses this wall-clock budget

@@ -22,7 +22,7 @@ def paired_sources(config, data, progress=None):
     from .datasets import PairedSlices, find_pairs, split_by_subject
 
     pairs = find_pairs(data)
-    train_ids, val_ids, test_ids = split_by_subject([p.subject for p in pairs], seed=config.seed)
+    train_ids, val_ids, test_ids = split_by_subject([p.subject for p in pairs], seed=config.split_seed)
     if progress is not None:
         progress("data", 0.0, f"{len(pairs)} pairs: {len(train_ids)} train / {len(val_ids)} validation / "
                  f"{len(test_ids)} test subjects")
@@ -48,7 +48,7 @@ def synthetic_sources(config, cache, progress=None):
         raise InputError("synthetic images have random intensities: train them with per-volume normalisation")
     entries = synth.load_manifest(cache)["files"]
     subjects = sorted({e["subject"] for e in entries})
-    train_ids, val_ids, test_ids = split_by_subject(subjects, seed=config.seed)
+    train_ids, val_ids, test_ids = split_by_subject(subjects, seed=config.split_seed)
     # The only maps with a fibula must reach training: move such subjects from validation/test.
     fibula_subjects = {e["subject"] for e in entries if e.get("has_fibula")}
     for ids in (val_ids, test_ids):

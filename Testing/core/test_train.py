@@ -246,3 +246,14 @@ def test_training_labels_outside_the_bone_values_are_refused(tmp_path):
     with pytest.raises(InputError, match=r"values \[7, 9, 200\]") as info:
         load_pair(find_pairs(tmp_path)[1])
     assert "case1.nrrd" in str(info.value)
+
+
+def test_the_split_does_not_follow_the_training_seed(tmp_path):
+    from conftest import write_toy_pairs
+    from kneeseg.training_data import paired_sources
+
+    data = write_toy_pairs(tmp_path / "data", n=6, size=(24, 24, 16), spacing=(2.0, 2.0, 2.0))
+    splits = [paired_sources(_config(seed=seed), data)[2]["data"]["split"] for seed in (0, 1)]
+    assert splits[0] == splits[1]  # a fine-tune with another seed keeps its test subjects held out
+    other = paired_sources(_config(split_seed=5), data)[2]["data"]["split"]
+    assert sorted(sum(other.values(), [])) == sorted(sum(splits[0].values(), []))
