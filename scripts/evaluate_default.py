@@ -121,7 +121,7 @@ def write_report(path, results, bundle_path):
     if syn:
         out += ["## Synthetic volumes of held-out label maps\n",
                 f"{syn['n_cases']} whole synthetic scans (random plane, thickness, contrast) made from the label maps of "
-                "subjects held out of training, segmented end to end. Surface distances from MedPy.\n",
+                "subjects held out of training (the card's test split), segmented end to end. Surface distances from MedPy.\n",
                 table(["bone", "Dice", "IoU", "ASSD mm (median)", "HD95 mm (median)", "HD95 worst"],
                       [[b, fmt(syn["dice"].get(b)), fmt(syn["iou"].get(b)), fmt(syn["assd_mm"].get(b), "median"),
                         fmt(syn["hd95_mm"].get(b), "median"), fmt(syn["hd95_mm"].get(b), "worst")]
