@@ -239,7 +239,7 @@ def detect_knee_centre(image, predictor, card, batch_size=8):
     The point where femur and tibia meet: the mean of the femur voxels closest to the tibia and the
     tibia voxels closest to the femur. Returns None when the model finds no femur or no tibia.
     """
-    names = {label.name: label.value for label in _labels(card)}
+    names = {label["name"]: label["value"] for label in card["labels"]}
     if "Femur" not in names or "Tibia" not in names:
         return None
     corners = preprocess.physical_bounds(image)
@@ -261,12 +261,6 @@ def detect_knee_centre(image, predictor, card, batch_size=8):
         scaled = idx[:, ::-1] * np.array([frame.pixel_mm, frame.pixel_mm, frame.slice_mm])  # -> (i, j, k) mm
         points[name] = frame.origin + scaled @ frame.direction.T
     return preprocess.junction_point(points["Femur"], points["Tibia"])
-
-
-def _labels(card):
-    from .labels import labels_from_json
-
-    return labels_from_json(card["labels"])
 
 
 def find_centre(image, predictor, card, how="auto", batch_size=8):
