@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BundleError
+from .io import write_json
 from .labels import labels_from_json
 
 FORMAT = "kneeseg-bundle"
@@ -74,8 +75,24 @@ def _first_sentence(exc) -> str:
     return str(exc).strip().split("\n")[0][:200]
 
 
+_EXTRACTED = {}  # (zip path, size, mtime) -> unpacked bundle folder, reused while the zip is unchanged
+
+
 def _extract_zip(path: Path) -> Path:
-    """Unpack a zipped bundle into a temporary folder (removed at interpreter exit)."""
+    """Unpack a zipped bundle into a temporary folder (removed at interpreter exit).
+
+    Loading the same unchanged zip again reuses its folder, so a long session (Slicer) that segments
+    many times does not pile up copies.
+    """
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _EXTRACTED and (_EXTRACTED[key] / CARD_NAME).exists():
+        return _EXTRACTED[key]
+    _EXTRACTED[key] = folder = _unpack_zip(path)
+    return folder
+
+
+def _unpack_zip(path: Path) -> Path:
     import atexit
 
     target = Path(tempfile.mkdtemp(prefix="kneeseg-bundle-"))
@@ -185,9 +202,7 @@ def update_card(folder, **entries) -> dict:
     folder = Path(folder)
     card = read_card(folder)
     card.update(entries)
-    tmp = folder / f".{CARD_NAME}.tmp"
-    tmp.write_text(json.dumps(card, indent=2) + "\n")
-    tmp.replace(folder / CARD_NAME)
+    write_json(folder / CARD_NAME, card)
     return card
 
 

@@ -126,6 +126,14 @@ def atomic_path(path):
             os.remove(tmp)
 
 
+def write_json(path, obj, indent: int = 2):
+    """Write ``obj`` as JSON atomically: readers see the old file or the whole new one, never a part."""
+    import json
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=indent) + "\n")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .io import write_json
+
 MONITOR = "val_mean_dice"
 
 
@@ -49,6 +51,7 @@ class TrainConfig:
     time_limit_min: float = None  # stop after the epoch that crosses this wall-clock budget
     init_from: str = None  # a bundle whose weights start the training (fine-tuning); same architecture
     normalisation: str = "volume"  # "volume" (each scan its own statistics) or "population" (the training set's)
+    synthesis: dict = None  # synthetic training: overrides of synth.SynthesisConfig (None: the defaults)
     extra: dict = field(default_factory=dict)
 
     def learning_rate_at(self, epoch: int) -> float:
@@ -143,7 +146,7 @@ def _monitor_callback(config: TrainConfig, work: Path, state: dict, progress):
                 state["stopped_at_time_limit"] = True
                 self.model.stop_training = True
             _atomic_save(self.model, work / "checkpoint.keras")
-            (work / "state.json").write_text(json.dumps(state, indent=2))  # after the stop decision: a rerun honours it
+            write_json(work / "state.json", state)  # after the stop decision: a rerun honours it
             if progress is not None:
                 progress("epoch", (epoch + 1) / config.epochs,
                          f"epoch {epoch + 1}/{config.epochs}: loss {logs.get('loss', float('nan')):.4f}, "

@@ -1,6 +1,7 @@
 """Model bundles: card contents, checksums verified at load, format versions, zips, safe loading."""
 
 import json
+import os
 import shutil
 
 import keras
@@ -78,6 +79,9 @@ def test_zipped_bundle_loads_and_is_verified(tiny_bundle, tmp_path):
     loaded = bundles.load_bundle(zipped)
     assert loaded.card["name"] == "tiny-test-model"
     assert loaded.load_keras_model().count_params() > 0
+    assert bundles.load_bundle(zipped).folder == loaded.folder  # an unchanged zip is unpacked once
+    os.utime(zipped, ns=(0, 0))
+    assert bundles.load_bundle(zipped).folder != loaded.folder  # a replaced zip is unpacked again
     (tmp_path / "junk.zip").write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(BundleError):
         bundles.load_bundle(tmp_path / "junk.zip")
