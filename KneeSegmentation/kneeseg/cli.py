@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK, Cancelled, InputError
+from .io import write_json
 from .progress import Progress
 
 
@@ -104,6 +105,9 @@ def build_parser():
     p.add_argument("--workers", type=int, default=1, help="threads (or processes) preparing batches")
     p.add_argument("--multiprocessing", action="store_true", help="prepare batches in worker processes")
     p.add_argument("--time-limit-min", type=float, help="stop after the epoch that crosses this many minutes")
+    p.add_argument("--synthesis", metavar="JSON|BUNDLE",
+                   help="with --synthetic: generator settings, as a JSON file of kneeseg.synth.SynthesisConfig "
+                   "fields to change, or a bundle (folder or card.json) whose recorded settings to reuse")
     p.add_argument("--init-from", help="start from this bundle's weights (fine-tune, e.g. the shipped model on "
                    "your own data); the network settings must match it")
     p.add_argument("--name", default="knee-bones")
@@ -274,7 +278,7 @@ def segment_file(input_path, output, model, options, progress=None, seg_nrrd=Non
         io.write_image(result.confidence, confidence)
         outputs["confidence"] = str(confidence)
     if volumes_json:
-        _write_json(volumes_json, result.volumes_ml)
+        write_json(volumes_json, result.volumes_ml)
         outputs["volumes_json"] = str(volumes_json)
     if overlay:
         from .overlay import overlay_sheet
@@ -286,20 +290,12 @@ def segment_file(input_path, output, model, options, progress=None, seg_nrrd=Non
             "centre_lps_mm": list(result.centre), "timings_s": {k: round(v, 3) for k, v in result.timings.items()}}
 
 
-def _write_json(path, obj):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
-
-
 # --- train ------------------------------------------------------------------------------------------
 
 
 def cmd_train(args, progress):
-    from .training_data import train_bundle
     from .train import TrainConfig
+    from .training_data import train_bundle
 
     weights = None
     if args.class_weights:
@@ -317,6 +313,9 @@ def cmd_train(args, progress):
         raise InputError("training a 3D model from the command line is not available yet: its data sources give "
                          "2D slices (the 3D network can be built with kneeseg.model.build_unet_3d and used for "
                          "inference); train with --dims 2")
+    synthesis = _synthesis_settings(args.synthesis) if args.synthesis else None
+    if synthesis is not None and not args.synthetic:
+        raise InputError("--synthesis sets up the image generator: it goes with --synthetic, not --data")
     config = TrainConfig(dims=args.dims, output=args.output_mode, filters=args.filters, depth=args.depth,
                          input_size=args.input_size, planes=_planes(args.planes), window_mm=args.window_mm,
                          epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
@@ -326,7 +325,7 @@ def cmd_train(args, progress):
                          seed=args.seed, split_seed=args.split_seed, workers=args.workers,
                          use_multiprocessing=args.multiprocessing,
                          time_limit_min=args.time_limit_min, init_from=args.init_from,
-                         normalisation=args.normalisation)
+                         normalisation=args.normalisation, synthesis=synthesis)
     work = Path(args.work) if args.work else Path(args.output).with_name(Path(args.output).name + ".work")
     result = train_bundle(config, args.output, work, synthetic=args.synthetic, data=args.data, name=args.name,
                           real2d=args.real2d, export_onnx=args.onnx, progress=progress)
@@ -334,13 +333,33 @@ def cmd_train(args, progress):
     return EXIT_OK
 
 
+def _synthesis_settings(source) -> dict:
+    """Generator settings from a JSON file of fields, or those a bundle's card recorded."""
+    from .bundle import CARD_NAME
+    from .synth import synthesis_config
+
+    path = Path(source)
+    if path.is_dir():
+        path = path / CARD_NAME
+    try:
+        settings = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read synthesis settings ({exc})", source) from None
+    if isinstance(settings, dict) and "format" in settings:  # a bundle card
+        settings = settings.get("training", {}).get("data", {}).get("synthesis")
+        if settings is None:
+            raise InputError("this bundle's card records no synthesis settings", source)
+    synthesis_config(settings)  # refuse unknown names and wrong types now, before any work
+    return settings
+
+
 # --- evaluate ---------------------------------------------------------------------------------------
 
 
 def cmd_evaluate(args, progress):
     from .bundle import load_bundle, update_card
-    from .training_data import evaluate_pairs, evaluate_synthetic
     from .evaluate import evaluate_real2d
+    from .training_data import evaluate_pairs, evaluate_synthetic
 
     if not (args.pairs or args.real2d or args.synthetic):
         raise InputError("nothing to evaluate: give --pairs, --real2d and/or --synthetic")
@@ -358,7 +377,7 @@ def cmd_evaluate(args, progress):
                                                   options=options)
     summary = {name: {k: v for k, v in r.items() if k != "cases"} for name, r in results.items()}
     if args.report:
-        _write_json(args.report, results)
+        write_json(args.report, results)
     if args.update_card:
         if args.model and Path(args.model).is_file():
             raise InputError("--update-card needs a bundle folder, not a zip", args.model)

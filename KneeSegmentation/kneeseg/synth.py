@@ -38,6 +38,8 @@ import numpy as np
 from scipy import ndimage
 
 from .geometry import PLANES, check_plane, frame_origin, frame_points, plane_direction
+from .errors import InputError
+from .io import write_json
 from .labels import SEPARATE_BONES
 from .preprocess import standardize
 
@@ -333,7 +335,7 @@ def prepare_cache(source_dir, cache_dir, spacing_mm: float = 0.7, margin_mm: flo
         "outside_field_of_view": OUTSIDE_FIELD_OF_VIEW,
         "files": entries,
     }
-    (cache_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
+    write_json(cache_dir / MANIFEST_NAME, manifest, indent=1)
     return manifest
 
 
@@ -452,6 +454,11 @@ class SynthesisConfig:
       texture_sigma_px: range of the correlation length of that texture.
       background_classes: number of random smooth structures (muscle, fat, fluid stand-ins) that fill
         unlabelled space inside the body; background_blob_mm: their size.
+      muscle_stretch_probability, muscle_stretch: those structures are stretched along the limb
+        (superior-inferior) by this log-uniform factor, as thigh and calf muscles are: long shapes
+        beside the knee are not always a bone shaft.
+      septum_probability, septum_mm: thin lines of their own intensity (fat or fibrous tissue) between
+        those structures, as the septa between muscles: an outlined region is not always a bone.
       air_probability: there is air (zero signal) outside a random body outline.
       subcutaneous_fat_probability, fat_layer_mm: a fat layer under the skin.
       cortex_probability, cortex_mm: a cortical rim of that width at bone edges, dark (as in every
@@ -485,6 +492,10 @@ class SynthesisConfig:
     texture_sigma_px: tuple = (0.7, 2.0)
     background_classes: tuple = (2, 6)
     background_blob_mm: tuple = (10.0, 40.0)
+    muscle_stretch_probability: float = 0.6
+    muscle_stretch: tuple = (1.5, 5.0)
+    septum_probability: float = 0.5
+    septum_mm: tuple = (0.5, 2.0)
     air_probability: float = 0.8
     subcutaneous_fat_probability: float = 0.6
     fat_layer_mm: tuple = (3.0, 15.0)
@@ -500,6 +511,38 @@ class SynthesisConfig:
     gamma_log_std: float = 0.3
     fov_crop_probability: float = 0.2
     fov_crop_fraction: tuple = (0.55, 1.0)
+
+
+# The held-out synthetic benchmark (``evaluate_synthetic``) keeps the generator it was first reported
+# with, so that its numbers stay comparable across models: no stretched structures, no septa.
+EVALUATION_CONFIG = SynthesisConfig(muscle_stretch_probability=0.0, septum_probability=0.0)
+
+
+def synthesis_config(overrides=None) -> SynthesisConfig:
+    """The generator's settings: the defaults with ``overrides`` (a dict of field values, e.g. a card's
+    ``training.data.synthesis``) applied. Unknown names and wrong types are refused by name."""
+    if not overrides:
+        return SynthesisConfig()
+    if not isinstance(overrides, dict):
+        raise InputError(f"synthesis settings must be a JSON object of field values, not {type(overrides).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(SynthesisConfig)}
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise InputError(f"unknown synthesis setting(s) {', '.join(unknown)} (known: {', '.join(fields)})")
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    values = {}
+    for name, value in overrides.items():
+        default = getattr(SynthesisConfig(), name)
+        if isinstance(default, tuple):
+            ok = isinstance(value, (list, tuple)) and len(value) == len(default) and all(map(number, value))
+        else:
+            ok = number(value)
+        if not ok:
+            raise InputError(f"synthesis setting {name} must be like {default!r}, not {value!r}")
+        values[name] = tuple(value) if isinstance(default, tuple) else value
+    return dataclasses.replace(SynthesisConfig(), **values)
 
 
 # Relative signal of each tissue kind in common knee MRI contrasts (cortex is always dark).
@@ -675,6 +718,9 @@ class _Appearance:
     background_means: np.ndarray  # (K,)
     background_lattices: np.ndarray  # (K, g, g, g) spline coefficients of random fields; the largest wins
     background_texture: float
+    background_stretch: float  # >= 1: background structures are this much longer superior-inferior
+    septum_mean: float  # < 0: no septa between background structures
+    septum_mm: float
     fat_mean: float  # < 0: no subcutaneous fat layer
     fat_layer_mm: float
     cortex_mean: float
@@ -750,6 +796,16 @@ def _draw_appearance(rng, cfg: SynthesisConfig, label_map: CachedLabelMap, view:
     texture_amplitude[: len(TISSUES)] = rng.uniform(*cfg.texture_std, len(TISSUES))
     thick = rng.random() < cfg.thick_slice_probability
     dark_cortex = rng.random() < cfg.dark_cortex_probability
+    # Drawn only when enabled: with both probabilities 0 the random stream, hence every sample, is that
+    # of the generator before these options existed (EVALUATION_CONFIG, older cards).
+    stretch = 1.0
+    if cfg.muscle_stretch_probability > 0 and rng.random() < cfg.muscle_stretch_probability:
+        stretch = float(np.exp(rng.uniform(*np.log(cfg.muscle_stretch))))
+    septum_mean, septum_mm = -1.0, 0.0
+    if cfg.septum_probability > 0 and rng.random() < cfg.septum_probability:
+        septum_mean = float(np.clip(kind_means[("fat", "fibrous")[int(rng.integers(2))]] + rng.normal(0.0, 0.05),
+                                    0.0, 1.0))
+        septum_mm = float(rng.uniform(*cfg.septum_mm))
     return _Appearance(
         means=_tissue_means(rng, cfg, kind_means),
         texture_amplitude=texture_amplitude,
@@ -757,6 +813,9 @@ def _draw_appearance(rng, cfg: SynthesisConfig, label_map: CachedLabelMap, view:
         background_means=background_means,
         background_lattices=background_lattices,
         background_texture=rng.uniform(*cfg.texture_std) * 1.5,
+        background_stretch=stretch,
+        septum_mean=septum_mean,
+        septum_mm=septum_mm,
         fat_mean=kind_means["fat"] if rng.random() < cfg.subcutaneous_fat_probability else -1.0,
         fat_layer_mm=rng.uniform(*cfg.fat_layer_mm),
         cortex_mean=rng.uniform(0.0, 0.12) if dark_cortex else rng.uniform(0.0, 1.0),
@@ -791,6 +850,22 @@ def _unit_texture(rng, size: int, sigma_px: float) -> np.ndarray:
     return noise / max(float(noise.std()), 1e-6)
 
 
+def _background_regions(look: _Appearance, q: np.ndarray, half_extent_mm: float, grid: _CoarseGrid) -> np.ndarray:
+    """Index of the background structure at every pixel (the largest of the random fields), with the
+    fields stretched superior-inferior (LPS z) by ``look.background_stretch``."""
+    q = q * np.array([1.0, 1.0, 1.0 / look.background_stretch])
+    fields = grid.to_full(np.stack([_lattice_values(c, q, half_extent_mm)
+                                    for c in look.background_lattices]).astype(np.float32))
+    return np.argmax(fields, axis=0).astype(np.uint8)
+
+
+def _region_borders(regions: np.ndarray, width_px: int) -> np.ndarray:
+    """Pixels with a pixel of another region within a ``width_px + 1`` square around them: a band about
+    ``width_px`` wide along every border."""
+    size = width_px + 1
+    return ndimage.maximum_filter(regions, size=size) != ndimage.minimum_filter(regions, size=size)
+
+
 def _cortex(tissue: np.ndarray, width_px: int) -> np.ndarray:
     """Bone pixels within ``width_px`` of a pixel of another tissue."""
     bone = np.where(np.isin(tissue, BONE_IDS), tissue, 0)
@@ -810,9 +885,11 @@ def _render_tissue(rng, tissue: np.ndarray, q: np.ndarray, physical_mm: np.ndarr
     image = look.means[tissue] + look.texture_amplitude[tissue] * texture
     unlabelled = tissue == 0
     if unlabelled.any():
-        fields = grid.to_full(np.stack([_lattice_values(c, q, view.half_extent_mm)
-                                        for c in look.background_lattices]).astype(np.float32))
-        background = look.background_means[np.argmax(fields, axis=0)] + look.background_texture * texture
+        regions = _background_regions(look, q, view.half_extent_mm, grid)
+        background = look.background_means[regions] + look.background_texture * texture
+        if look.septum_mean >= 0:
+            septa = _region_borders(regions, max(1, int(round(look.septum_mm / view.pixel_mm))))
+            background = np.where(septa, look.septum_mean + look.background_texture * texture, background)
         if look.outline is not None:
             depth = grid.to_full(_skin_depth(look.outline, physical_mm).astype(np.float32))
             if look.fat_mean >= 0:

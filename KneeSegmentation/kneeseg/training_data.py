@@ -5,6 +5,7 @@ for domain-randomised synthesis (``synthetic``). Both are split by subject into 
 test; the test subjects are never seen in training and are recorded in the card.
 """
 
+import dataclasses
 from pathlib import Path
 
 from . import train as training
@@ -60,7 +61,7 @@ def synthetic_sources(config, cache, progress=None):
         return [Path(cache) / e["file"] for e in entries if e["subject"] in ids]
 
     common = dict(planes=config.planes, size=config.input_size, window_mm=config.window_mm,
-                  batch_size=config.batch_size)
+                  batch_size=config.batch_size, config=synth.synthesis_config(config.synthesis))
     merged = config.output == "merged"
     train_source = synth.SliceSynthesizer(files(train_ids), seed=config.seed, steps=config.steps_per_epoch,
                                           merged=merged, **common)
@@ -75,7 +76,8 @@ def synthetic_sources(config, cache, progress=None):
                                                   "files": sum(e["dataset"] == d for e in entries)}
                                                  for d, lic in datasets],
                            "split": {"train": sorted(train_ids), "validation": sorted(val_ids),
-                                     "test": sorted(test_ids)}}}
+                                     "test": sorted(test_ids)},
+                           "synthesis": dataclasses.asdict(train_source.config)}}
     return train_source, val_source, provenance
 
 
@@ -179,7 +181,8 @@ def evaluate_synthetic(bundle, cache, n_cases=6, progress=None, options=None) ->
     cases = []
     for n in range(n_cases):
         entry = entries[n % len(entries)]
-        image, truth = synth.synthesize_volume(Path(cache) / entry["file"], seed=1000 + n)
+        image, truth = synth.synthesize_volume(Path(cache) / entry["file"], seed=1000 + n,
+                                               config=synth.EVALUATION_CONFIG)
         result = segment(image, bundle, options, predictor=predictor)
         prediction = sitk.GetArrayFromImage(result.labelmap)
         truth_array = sitk.GetArrayFromImage(truth)

@@ -169,3 +169,10 @@ def test_training_options_are_checked(tmp_path):
     assert proc.returncode == EXIT_BAD_INPUT and "needs 4 numbers" in proc.stderr
     proc = run_cli("train", "--data", data, "-o", tmp_path / "b", "--dims", "3")
     assert proc.returncode == EXIT_BAD_INPUT and "3D model" in proc.stderr
+    (tmp_path / "synthesis.json").write_text('{"septum_probability": 0.0}')
+    proc = run_cli("train", "--data", data, "-o", tmp_path / "b", "--synthesis", tmp_path / "synthesis.json")
+    assert proc.returncode == EXIT_BAD_INPUT and "goes with --synthetic" in proc.stderr
+    (tmp_path / "synthesis.json").write_text('{"septum_chance": 0.0}')
+    proc = run_cli("train", "--synthetic", tmp_path, "-o", tmp_path / "b", "--synthesis", tmp_path / "synthesis.json")
+    assert proc.returncode == EXIT_BAD_INPUT and "unknown synthesis setting(s) septum_chance" in proc.stderr
+    assert not (tmp_path / "b").exists()

@@ -3,15 +3,18 @@
 import dataclasses
 import json
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from kneeseg import synth
+from kneeseg.errors import InputError
 from kneeseg.geometry import frame_points
 from kneeseg.synth import (
     LabelSource, SliceSynthesizer, SynthesisConfig, cache_files, load_label_map, load_manifest, prepare_cache,
-    synthesize_volume, write_example_sheet,
+    synthesis_config, synthesize_volume, write_example_sheet,
 )
 
 sitk = pytest.importorskip("SimpleITK")
@@ -267,6 +270,43 @@ def test_fibula_weight_oversamples_maps_with_a_fibula(phantom_cache):
     assert counts[20.0][1] > counts[1.0][1]
 
 
+def test_background_structures_run_along_the_limb(phantom_cache):
+    """Stretched background fields change far less often superior-inferior (coronal rows) than left-right."""
+    cache, _, _ = phantom_cache
+    synthesizer = make(cache, size=128, window_mm=160.0, planes=("coronal",), config=EXACT)
+    changes = {1.0: np.zeros(2), 4.0: np.zeros(2)}
+    for seed in range(12):
+        view, _, look, _ = synthesizer._draw(np.random.SeedSequence(seed), 1)
+        q = synthesizer._grid.points("coronal", view.pixel_mm, 0.0)
+        for stretch in changes:
+            regions = synth._background_regions(dataclasses.replace(look, background_stretch=stretch), q,
+                                                view.half_extent_mm, synthesizer._grid)
+            changes[stretch] += [np.count_nonzero(np.diff(regions, axis=a)) for a in (0, 1)]
+    vertical, horizontal = changes[4.0]
+    assert horizontal > 0 and vertical < 0.5 * horizontal
+    assert 0.5 < changes[1.0][0] / changes[1.0][1] < 2.0
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 4])
+def test_septa_are_bands_of_the_given_width_along_region_borders(width):
+    regions = np.zeros((20, 20), np.uint8)
+    regions[:, 10:] = 1
+    septa = synth._region_borders(regions, width)
+    assert septa.any(axis=0).sum() == width  # columns of the band
+    assert septa[:, 9].all() or septa[:, 10].all()
+    assert not synth._region_borders(np.zeros((20, 20), np.uint8), width).any()
+
+
+def test_septa_and_stretch_render(phantom_cache):
+    cache, _, _ = phantom_cache
+    config = dataclasses.replace(EXACT, muscle_stretch_probability=1.0, septum_probability=1.0)
+    x, y = make(cache, config=config, batch_size=4).batch(0)
+    assert np.isfinite(x).all() and set(np.unique(y)) <= {0, 1, 2, 3, 4}
+    plain = make(cache, config=dataclasses.replace(config, muscle_stretch_probability=0.0,
+                                                   septum_probability=0.0), batch_size=4).batch(0)
+    assert np.array_equal(y, plain[1]) and not np.array_equal(x, plain[0])  # same labels, other background
+
+
 def test_synthetic_volume_is_a_scan_with_matching_labels(phantom_cache):
     cache, source_labels, _ = phantom_cache
     image, truth = synthesize_volume(cache / "phantom_knee.npz", seed=3, plane="sagittal", slice_mm=3.0, size=48,
@@ -290,6 +330,38 @@ def test_example_sheet_is_a_png(phantom_cache, tmp_path):
     cache, _, _ = phantom_cache
     out = write_example_sheet(cache, tmp_path / "sheet.png", n=4, size=48)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_training_from_the_cache_records_split_and_generator(tmp_path):
+    """``kneeseg train --synthetic``: subjects split, the fibula's map kept in training, the generator's
+    settings in the card."""
+    from kneeseg.bundle import load_bundle
+    from kneeseg.train import TrainConfig
+    from kneeseg.training_data import train_bundle
+
+    for name, shift in (("alpha", 0.0), ("beta", 5.0), ("gamma", -5.0), ("delta", 10.0)):
+        write_phantom(tmp_path / "src" / "phantom", name, with_fibula=name == "delta", shift_mm=shift)
+    prepare_cache(tmp_path / "src", tmp_path / "cache", spacing_mm=1.0, margin_mm=20.0, sources=(PHANTOM_SOURCE,))
+    config = TrainConfig(filters=4, depth=2, input_size=32, window_mm=80.0, batch_size=2, epochs=1,
+                         steps_per_epoch=2, validation_steps=1, synthesis={"septum_probability": 0.0})
+    train_bundle(config, tmp_path / "bundle", tmp_path / "work", synthetic=tmp_path / "cache", export_onnx=False)
+    data = load_bundle(tmp_path / "bundle").card["training"]["data"]
+    assert data["kind"].startswith("synthetic")
+    split = data["split"]
+    assert sorted(sum(split.values(), [])) == ["P-alpha", "P-beta", "P-delta", "P-gamma"]
+    assert "P-delta" in split["train"]  # the only map with a fibula is trained on
+    expected = dataclasses.asdict(SynthesisConfig(septum_probability=0.0))
+    assert data["synthesis"] == json.loads(json.dumps(expected))
+    assert synthesis_config(data["synthesis"]) == SynthesisConfig(septum_probability=0.0)  # reusable as is
+
+
+def test_synthesis_settings_are_checked():
+    assert synthesis_config(None) == SynthesisConfig()
+    assert synthesis_config({"muscle_stretch": [1, 2]}).muscle_stretch == (1, 2)
+    for bad, message in (({"septum_chance": 1}, "unknown synthesis setting"), ({"septum_probability": "x"}, "like 0.5"),
+                         ({"muscle_stretch": 3}, "like (1.5, 5.0)"), ([1], "JSON object")):
+        with pytest.raises(InputError, match=re.escape(message)):
+            synthesis_config(bad)
 
 
 def test_synthesizer_needs_no_simpleitk(phantom_cache):
