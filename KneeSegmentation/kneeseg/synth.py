@@ -525,16 +525,18 @@ def synthesis_config(overrides=None) -> SynthesisConfig:
         return SynthesisConfig()
     if not isinstance(overrides, dict):
         raise InputError(f"synthesis settings must be a JSON object of field values, not {type(overrides).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(SynthesisConfig)}
-    unknown = sorted(set(overrides) - set(fields))
+    defaults = SynthesisConfig()
+    names = [f.name for f in dataclasses.fields(defaults)]
+    unknown = sorted(set(overrides) - set(names))
     if unknown:
-        raise InputError(f"unknown synthesis setting(s) {', '.join(unknown)} (known: {', '.join(fields)})")
+        raise InputError(f"unknown synthesis setting(s) {', '.join(unknown)} (known: {', '.join(names)})")
+
     def number(v):
         return isinstance(v, (int, float)) and not isinstance(v, bool)
 
     values = {}
     for name, value in overrides.items():
-        default = getattr(SynthesisConfig(), name)
+        default = getattr(defaults, name)
         if isinstance(default, tuple):
             ok = isinstance(value, (list, tuple)) and len(value) == len(default) and all(map(number, value))
         else:
@@ -542,7 +544,7 @@ def synthesis_config(overrides=None) -> SynthesisConfig:
         if not ok:
             raise InputError(f"synthesis setting {name} must be like {default!r}, not {value!r}")
         values[name] = tuple(value) if isinstance(default, tuple) else value
-    return dataclasses.replace(SynthesisConfig(), **values)
+    return dataclasses.replace(defaults, **values)
 
 
 # Relative signal of each tissue kind in common knee MRI contrasts (cortex is always dark).
