@@ -14,7 +14,7 @@ help:
 	@echo "make test           run the whole test suite (core + Slicer logic on slicer-core)"
 	@echo "make bench          speed/memory benchmarks -> docs/benchmarks.md (uses $(SHARED) when present)"
 	@echo "make eval           evaluate the shipped model on $(SHARED) -> docs/evaluation.md"
-	@echo "make train-default  retrain the shipped default model from $(SHARED)/labelmaps (the documented recipe)"
+	@echo "make train-default  retrain the default model from $(SHARED)/labelmaps on this CPU (< 1 h) -> build/default"
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
