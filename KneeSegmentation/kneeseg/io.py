@@ -5,6 +5,7 @@ never leaves a partial file behind.
 """
 
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -128,8 +129,6 @@ def atomic_path(path):
 
 def write_json(path, obj, indent: int = 2):
     """Write ``obj`` as JSON atomically: readers see the old file or the whole new one, never a part."""
-    import json
-
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=indent) + "\n")
 
