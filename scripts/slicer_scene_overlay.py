@@ -22,7 +22,7 @@ sys.path[:0] = [str(REPO / "KneeSegmentation"), str(REPO / "Testing" / "slicer_e
 
 def main(volume_path, out_png, n_slices=4):
     import slicer
-    from mrml_harness import Mrml, segmentMask
+    from mrml_harness import Mrml, saveAndReloadSegmentation, segmentMask
 
     from KneeSegmentationLib.logic import KneeSegmentationLogic
     from kneeseg.overlay import _to_uint8, blend
@@ -38,14 +38,7 @@ def main(volume_path, out_png, n_slices=4):
         logic = KneeSegmentationLogic(scene=mrml.scene, python=sys.executable, terminologiesLogic=mrml.terminologies,
                                       tempDir=tmp)
         segmentation = logic.segment(volume)
-        path = Path(tmp) / "result.seg.nrrd"
-        writer = slicer.vtkMRMLSegmentationStorageNode()
-        writer.SetFileName(str(path))
-        assert writer.WriteData(segmentation)
-        reloaded = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "reloaded")
-        reader = slicer.vtkMRMLSegmentationStorageNode()
-        reader.SetFileName(str(path))
-        assert reader.ReadData(reloaded)
+        reloaded = saveAndReloadSegmentation(mrml.scene, segmentation, Path(tmp) / "result.seg.nrrd")
     image = slicer.util.arrayFromVolume(volume)  # (k, j, i)
     labels = np.zeros(image.shape, np.uint8)
     colors, names = {}, []

@@ -190,6 +190,18 @@ def segmentMask(segmentationNode, segmentId, volumeNode):
     return vtk_to_numpy(merged.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0]) > 0
 
 
+def saveAndReloadSegmentation(scene, segmentationNode, path):
+    """Write ``segmentationNode`` as a .seg.nrrd with Slicer's storage node and read it back into a new node."""
+    writer = slicer.vtkMRMLSegmentationStorageNode()
+    writer.SetFileName(str(path))
+    assert writer.WriteData(segmentationNode), f"cannot write {path}"
+    reloaded = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", segmentationNode.GetName() + " reloaded")
+    reader = slicer.vtkMRMLSegmentationStorageNode()
+    reader.SetFileName(str(path))
+    assert reader.ReadData(reloaded), f"cannot read {path}"
+    return reloaded
+
+
 # ---------------------------------------------------------------------------------------------
 # Fixtures. They live here, not in a conftest.py: Testing/core imports helpers with
 # ``from conftest import ...``, and a second module named ``conftest`` would shadow that one.

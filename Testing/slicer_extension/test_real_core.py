@@ -18,8 +18,8 @@ import slicer
 import slicer.util as su
 
 from mrml_harness import knee, mrml  # noqa: F401 (fixtures)
-from mrml_harness import (FAKE_CORE, MODULE_DIR, assertSameSnapshot, sceneSnapshot,
-                          segmentMask)
+from mrml_harness import (FAKE_CORE, MODULE_DIR, assertSameSnapshot, saveAndReloadSegmentation,
+                          sceneSnapshot, segmentMask)
 from kneeseg import labels as L
 from KneeSegmentationLib import KneeSegmentationError, KneeSegmentationLogic, terminology
 
@@ -83,17 +83,6 @@ def _checkSegmentation(seg, volume, card):
     assert seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole()) is volume
 
 
-def _saveAndReload(mrml, seg, path):
-    storage = slicer.vtkMRMLSegmentationStorageNode()
-    storage.SetFileName(str(path))
-    assert storage.WriteData(seg)
-    reloaded = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", seg.GetName() + " reloaded")
-    reader = slicer.vtkMRMLSegmentationStorageNode()
-    reader.SetFileName(str(path))
-    assert reader.ReadData(reloaded)
-    return reloaded
-
-
 @needsDefaultBundle
 @pytest.mark.slow
 def test_real_core_segments_an_oblique_coronal_volume(mrml, knee, tmp_path):
@@ -108,7 +97,7 @@ def test_real_core_segments_an_oblique_coronal_volume(mrml, knee, tmp_path):
     np.testing.assert_array_equal(su.arrayFromVolume(volume), before)
     sh = mrml.shNode
     assert sh.GetItemParent(sh.GetItemByDataNode(seg)) == sh.GetItemParent(sh.GetItemByDataNode(volume))
-    reloaded = _saveAndReload(mrml, seg, tmp_path / "real.seg.nrrd")
+    reloaded = saveAndReloadSegmentation(mrml.scene, seg, tmp_path / "real.seg.nrrd")
     for i in range(seg.GetSegmentation().GetNumberOfSegments()):
         segmentId = seg.GetSegmentation().GetNthSegmentID(i)
         name = seg.GetSegmentation().GetNthSegment(i).GetName()
@@ -159,7 +148,7 @@ def test_real_unlabelled_volume_through_the_logic(mrml, tmp_path, path):
     _checkSegmentation(seg, volume, card)
     outDir = Path(os.environ.get("KNEESEG_REALDATA_OUT", tmp_path))
     outDir.mkdir(parents=True, exist_ok=True)
-    reloaded = _saveAndReload(mrml, seg, outDir / f"{path.stem}.seg.nrrd")
+    reloaded = saveAndReloadSegmentation(mrml.scene, seg, outDir / f"{path.stem}.seg.nrrd")
     assert reloaded.GetSegmentation().GetNumberOfSegments() == len(card["labels"])
     assert all(v >= 0 for v in run.volumesMl.values())
     (outDir / f"{path.stem}.volumes.json").write_text(json.dumps(run.volumesMl, indent=1))

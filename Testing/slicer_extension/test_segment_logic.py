@@ -13,7 +13,7 @@ import vtk
 
 from mrml_harness import bundle, fakeLogic, knee, mrml  # noqa: F401 (fixtures)
 from mrml_harness import (addVolume, assertSameSnapshot, obliqueCoronalMatrix, sceneSnapshot, segmentMask,
-                      writeFakeBundle)
+                      saveAndReloadSegmentation, writeFakeBundle)
 from kneeseg import io as core_io
 from kneeseg import labels as L
 from KneeSegmentationLib import KneeSegmentationError, KneeSegmentationLogic, validateInputVolume
@@ -107,15 +107,7 @@ def test_temporary_files_are_removed(knee, bundle, fakeLogic, tmp_path):
 def test_seg_nrrd_save_and_reload_round_trips(mrml, knee, bundle, fakeLogic, tmp_path):
     volume, expected = knee
     seg = fakeLogic.segment(volume, model=bundle)
-    path = tmp_path / "knee.seg.nrrd"
-    storage = slicer.vtkMRMLSegmentationStorageNode()
-    storage.SetFileName(str(path))
-    assert storage.WriteData(seg)
-
-    reloaded = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "reloaded")
-    reader = slicer.vtkMRMLSegmentationStorageNode()
-    reader.SetFileName(str(path))
-    assert reader.ReadData(reloaded)
+    reloaded = saveAndReloadSegmentation(mrml.scene, seg, tmp_path / "knee.seg.nrrd")
     a, b = seg.GetSegmentation(), reloaded.GetSegmentation()
     assert b.GetNumberOfSegments() == 4
     for bone in BONES:
