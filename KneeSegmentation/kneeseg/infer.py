@@ -324,7 +324,7 @@ def segment(image, bundle, options: SegmentOptions = None, progress=None, cancel
         _report(progress, "network", 0.2 + 0.6 * i / len(planes), f"predicting {plane} slices")
         t = time.perf_counter()
         frame, probs = frame_probabilities(work, predictor, card, plane, centre, options.batch_size, cancel)
-        frames.append(preprocess.plane_probabilities(frame, probs, image))  # bone channels only: less memory
+        frames.append(preprocess.PlaneProbabilities(frame, probs, image))  # bone channels only: less memory
         del probs
         timings[f"network_{plane}"] = time.perf_counter() - t
         _check_cancel(cancel)

@@ -428,9 +428,9 @@ def _cpu_count() -> int:
 class PlaneProbabilities:
     """One plane's bone probabilities, ready to be interpolated onto boxes of a reference grid.
 
-    Made from ``(frame, probabilities)`` (slices, rows, cols, classes; class 0 the background) by
-    :func:`plane_probabilities`; keeps only the bone channels (in the reference's axis order when the
-    grids are parallel), so the caller can drop the full probabilities right away.
+    Made from ``(frame, probabilities)`` (slices, rows, cols, classes; class 0 the background); keeps
+    only the bone channels (in the reference's axis order when the grids are parallel), so the caller
+    can drop the full probabilities right away.
     """
 
     def __init__(self, frame: Frame, probabilities: np.ndarray, reference):
@@ -480,17 +480,12 @@ class PlaneProbabilities:
                                                      sitk.sitkFloat32)) for source in self.sources]
 
 
-def plane_probabilities(frame: Frame, probabilities: np.ndarray, reference) -> PlaneProbabilities:
-    """``(frame, probabilities)`` of one plane prepared for :func:`fuse_frames` (bone channels only)."""
-    return PlaneProbabilities(frame, probabilities, reference)
-
-
 def fuse_frames(planes, reference, confidence=False, slab_voxels=1 << 21, timings=None):
     """Average the class probabilities of several planes on ``reference``'s grid and take the argmax.
 
     ``planes``: a list of ``(frame, probabilities)`` with probabilities (slices, rows, cols, classes),
     class 0 the background, summing to 1 per voxel (softmax, or ``[1 - p, p]``), or of
-    :func:`plane_probabilities` made from them (leaner: the caller keeps no full probabilities). Returns
+    :class:`PlaneProbabilities` made from them (leaner: the caller keeps no full probabilities). Returns
     ``(labels, confidence)``: the class index per voxel of ``reference`` (uint8, numpy k-j-i order)
     and, when asked, the winning fused probability (float32), else None.
 

@@ -43,7 +43,7 @@ def test_fusion_equals_resampling_every_channel(oblique, n_classes, oblique_dire
     np.testing.assert_array_equal(labels, expected)
     np.testing.assert_allclose(confidence, expected_confidence, atol=1e-5)
     # Without confidence only the box that can hold bone is computed: same labels.
-    lean = [preprocess.plane_probabilities(frame, probs, image) for frame, probs in planes]
+    lean = [preprocess.PlaneProbabilities(frame, probs, image) for frame, probs in planes]
     np.testing.assert_array_equal(preprocess.fuse_frames(lean, image)[0], expected)
 
 
