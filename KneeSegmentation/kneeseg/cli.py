@@ -231,9 +231,6 @@ def _n4_settings(args):
     return settings or None
 
 
-VOLUME_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha", ".mhd")
-
-
 def check_output_path(path, suffixes, what):
     """Refuse an output path before any work: wrong suffix, or a folder that cannot be written."""
     path = Path(path)
@@ -255,11 +252,12 @@ def segment_file(input_path, output, model, options, progress=None, seg_nrrd=Non
     """
     from . import io
     from .bundle import load_bundle
+    from .datasets import IMAGE_SUFFIXES
     from .infer import segment
 
-    check_output_path(output, VOLUME_SUFFIXES, "the label map")
+    check_output_path(output, IMAGE_SUFFIXES, "the label map")
     for path, suffixes, what in ((seg_nrrd, (".seg.nrrd",), "--seg-nrrd"),
-                                 (confidence, VOLUME_SUFFIXES, "--confidence"),
+                                 (confidence, IMAGE_SUFFIXES, "--confidence"),
                                  (volumes_json, (".json",), "--volumes-json"), (overlay, (".png",), "--overlay")):
         if path:
             check_output_path(path, suffixes, what)
