@@ -379,7 +379,7 @@ def cmd_evaluate(args, progress):
     if args.update_card:
         if args.model and Path(args.model).is_file():
             raise InputError("--update-card needs a bundle folder, not a zip", args.model)
-        metrics = dict(bundle.card.get("metrics", {}))
+        metrics = dict(bundle.card.metrics)
         suffix = f" (planes {args.planes})" if args.planes else ""
         metrics.update({name + suffix: value for name, value in summary.items()})
         update_card(bundle.folder, metrics=metrics)
@@ -398,23 +398,21 @@ def cmd_info(args, progress):
     bundle = load_bundle(args.model)
     card = bundle.card
     if args.json:
-        print(json.dumps(card, indent=2))
+        print(json.dumps(card.to_json(), indent=2))
         return EXIT_OK
-    model = card["model"]
-    print(f"{card.get('name', '?')}  ({args.model or default_bundle_path()})")
-    if card.get("description"):
-        print(f"  {card['description']}")
-    print(f"  network: {model['dims']}D U-Net, {model['filters']} filters, depth {model['depth']}, "
-          f"output {model['output']}, input {model['input_size']}x{model['input_size']}")
-    pre = card["preprocessing"]
-    print(f"  planes: {', '.join(pre['planes'])}; window {pre['window_mm']} mm; N4 {'on' if pre.get('n4') else 'off'}")
-    print("  labels: " + ", ".join(f"{lab['name']}={lab['value']} (SCT {lab['snomed']['code']})"
-                                   for lab in card["labels"]))
-    for name, entry in card["weights"].items():
-        print(f"  {name}: sha256 {entry['sha256']} (verified)")
-    if card.get("metrics"):
+    network, frame = card.network, card.frame
+    print(f"{card.name or '?'}  ({args.model or default_bundle_path()})")
+    if card.description:
+        print(f"  {card.description}")
+    print(f"  network: {network.dims}D U-Net, {network.filters} filters, depth {network.depth}, "
+          f"output {network.output}, input {frame.size}x{frame.size}")
+    print(f"  planes: {', '.join(frame.planes)}; window {frame.window_mm} mm; N4 {'on' if card.n4 else 'off'}")
+    print("  labels: " + ", ".join(f"{label.name}={label.value} (SCT {label.snomed_code})" for label in card.labels))
+    for name, entry in card.weights.items():
+        print(f"  {name}: sha256 {entry.sha256} (verified)")
+    if card.metrics:
         print("  measured metrics:")
-        print("    " + json.dumps(card["metrics"], indent=2).replace("\n", "\n    "))
+        print("    " + json.dumps(card.metrics, indent=2).replace("\n", "\n    "))
     return EXIT_OK
 
 
