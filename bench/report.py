@@ -126,7 +126,7 @@ def n4_text(results):
     n4 = results.get("n4", {})
     if "tuned_s" not in n4:
         return "not measured"
-    rows = [("pipeline (preprocess.N4Settings)", json.dumps(n4.get("settings")), _f(n4["tuned_s"], 1), "1")]
+    rows = [("pipeline (preprocess.intensity.N4Settings)", json.dumps(n4.get("settings")), _f(n4["tuned_s"], 1), "1")]
     if "default_s" in n4:
         note = (f" (from {n4['default_from']})" if n4.get("default_from") else
                 " (cached run)" if n4.get("default_cached") else "")

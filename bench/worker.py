@@ -158,7 +158,10 @@ def _stand_in_content(image, bundle, planes, centre, repeats=3):
     import SimpleITK as sitk
     from scipy import ndimage
 
-    from kneeseg import postprocess, preprocess
+    from kneeseg.postprocess.cleanup import bone_volumes_ml, clean_labelmap
+    from kneeseg.postprocess.fusion import fuse_frames
+    from kneeseg.preprocess.centre import knee_centre_from_labels
+    from kneeseg.preprocess.frame import model_frame, resample_to_frame
 
     path = common.SHARED / "labelmaps" / "mskt" / "mskt_dess_bones_fibula.nrrd"
     if not path.exists():
@@ -170,25 +173,24 @@ def _stand_in_content(image, bundle, planes, centre, repeats=3):
         bones[array == source] = target
     stand_in = sitk.GetImageFromArray(bones)
     stand_in.CopyInformation(labels)
-    shift = np.asarray(centre) - np.asarray(preprocess.knee_centre_from_labels(stand_in))
+    shift = np.asarray(centre) - np.asarray(knee_centre_from_labels(stand_in))
     stand_in.SetOrigin(tuple(np.asarray(labels.GetOrigin()) + shift))
     spec = bundle.card.frame
     frames = []
     for plane in planes:
-        frame = preprocess.model_frame(image, plane, centre, window_mm=spec.window_mm, size=spec.size,
-                                       min_slice_mm=spec.min_slice_mm)
-        one = sitk.GetArrayFromImage(preprocess.resample_to_frame(stand_in, frame, "nearest"))
+        frame = model_frame(image, plane, centre, spec)
+        one = sitk.GetArrayFromImage(resample_to_frame(stand_in, frame, "nearest"))
         probs = np.eye(5, dtype=np.float32)[one]
         probs = ndimage.gaussian_filter(probs, sigma=(0.5, 1.0, 1.0, 0))
         frames.append((frame, probs / probs.sum(axis=-1, keepdims=True)))
     fuse, post = [], []
     for _ in range(repeats):
         t = time.perf_counter()
-        label_array, _ = preprocess.fuse_frames(frames, image)
+        label_array, _ = fuse_frames(frames, image)
         fuse.append(time.perf_counter() - t)
         t = time.perf_counter()
-        cleaned = postprocess.clean_labelmap(label_array, [1, 2, 3, 4])
-        postprocess.bone_volumes_ml(cleaned, image.GetSpacing(), bundle.labels)
+        cleaned = clean_labelmap(label_array, [1, 2, 3, 4])
+        bone_volumes_ml(cleaned, image.GetSpacing(), bundle.labels)
         post.append(time.perf_counter() - t)
     return {"back_resampling": common.median(fuse), "postprocess": common.median(post),
             "foreground_fraction": float((cleaned > 0).mean()), "source": str(path.relative_to(common.SHARED))}
@@ -198,19 +200,20 @@ def task_n4(args):
     """The pipeline's N4 settings vs SimpleITK's defaults on the same image and mask."""
     import SimpleITK as sitk
 
-    from kneeseg import io, preprocess
+    from kneeseg import io
+    from kneeseg.preprocess import intensity
 
     image = io.read_volume(args["volume"])
     t = time.perf_counter()
-    mask = preprocess.foreground_mask(image)
+    mask = intensity.foreground_mask(image)
     mask_s = time.perf_counter() - t
     tuned_times = []
     for _ in range(args.get("repeats", 3)):
         t = time.perf_counter()
-        tuned = preprocess.n4_bias_correct(image)  # as the pipeline runs it: its own mask on the shrunken copy
+        tuned = intensity.n4_bias_correct(image)  # as the pipeline runs it: its own mask on the shrunken copy
         tuned_times.append(time.perf_counter() - t)
-    out_factors = preprocess.N4Settings().shrink_factors(image)
-    out = {"settings": {**preprocess.N4Settings().__dict__, "shrink_factors_here": out_factors}, "mask_s": mask_s,
+    out_factors = intensity.N4Settings().shrink_factors(image)
+    out = {"settings": {**intensity.N4Settings().__dict__, "shrink_factors_here": out_factors}, "mask_s": mask_s,
            "tuned_s": common.median(tuned_times),
            "tuned_all_s": tuned_times, "size": list(image.GetSize())}
     default_path = args.get("default_cache")
@@ -237,9 +240,9 @@ def task_n4(args):
     out["correlation_in_mask"] = float(np.corrcoef(a, b)[0, 1])
     out["time_ratio"] = out["default_s"] / out["tuned_s"]
     # The settings the pipeline had before (uniform shrink 4, 3 levels, threshold 1e-4), for the record.
-    previous = preprocess.N4Settings(shrink_factor=4, iterations=(50, 40, 30), convergence_threshold=1e-4)
+    previous = intensity.N4Settings(shrink_factor=4, iterations=(50, 40, 30), convergence_threshold=1e-4)
     t = time.perf_counter()
-    before = preprocess.n4_bias_correct(image, previous, mask=mask)
+    before = intensity.n4_bias_correct(image, previous, mask=mask)
     out["previous"] = {"settings": previous.__dict__, "seconds": time.perf_counter() - t,
                        "correlation_in_mask": float(np.corrcoef(a, sitk.GetArrayViewFromImage(before)[inside])[0, 1])}
     return out

@@ -37,8 +37,8 @@ def centre_errors(bundle, npz):
     """Distance (mm, in-plane) of each centre method to the label-derived femur-tibia junction."""
     import SimpleITK as sitk
 
-    from kneeseg import preprocess
     from kneeseg.evaluate import slice_as_volume
+    from kneeseg.preprocess.centre import centre_by_intensity, image_centre, knee_centre_from_labels
     from kneeseg.infer import detect_knee_centre, make_predictor
 
     data = np.load(npz)
@@ -50,10 +50,10 @@ def centre_errors(bundle, npz):
         volume = slice_as_volume(image)
         truth_map = sitk.GetImageFromArray(labels[None].astype(np.uint8))
         truth_map.CopyInformation(volume)
-        truth = np.array(preprocess.knee_centre_from_labels(truth_map))
+        truth = np.array(knee_centre_from_labels(truth_map))
         found = {"model": detect_knee_centre(volume, predictor, bundle.card),
-                 "intensity": preprocess.centre_by_intensity(volume),
-                 "image centre": preprocess.image_centre(volume)}
+                 "intensity": centre_by_intensity(volume),
+                 "image centre": image_centre(volume)}
         for name, point in found.items():
             errors[name].append(np.nan if point is None else float(np.linalg.norm(np.subtract(point, truth))))
     return {name: {"median_mm": float(np.nanmedian(v)), "p90_mm": float(np.nanpercentile(v, 90)),

@@ -180,7 +180,7 @@ def _preprocessing(pre, size, normalisation) -> tuple:
     frame = FrameSpec(size=size, normalisation=normalisation, **frame_settings)
     n4 = check_bool("n4", pre.get("n4", False))
     n4_settings = pre.get("n4_settings") or {}
-    from .preprocess import N4Settings
+    from .preprocess.intensity import N4Settings
 
     N4Settings.from_overrides(n4_settings)  # refuses unknown names, wrong types and ranges
     return frame, n4, dict(n4_settings)

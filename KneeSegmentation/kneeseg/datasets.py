@@ -13,10 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import preprocess
 from .augment import AugmentConfig, augment_batch
 from .errors import InputError
 from .io import read_volume, same_geometry
+from .preprocess.centre import knee_centre_from_labels
+from .preprocess.frame import model_frame, resample_to_frame
+from .preprocess.intensity import population_statistics, standardize
+from .specs import FrameSpec
 
 LABEL_VALUES = (0, 1, 2, 3, 4)
 IMAGE_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha", ".mhd")
@@ -117,19 +120,6 @@ def _fmt(values):
     return "(" + ", ".join(f"{v:.3g}" for v in values) + ")"
 
 
-def population_statistics(arrays, clip_percentiles=(0.5, 99.5)):
-    """(mean, std) over several volumes, each clipped at its own percentiles as ``standardize`` does."""
-    total = count = squares = 0.0
-    for a in arrays:
-        lo, hi = np.percentile(a, clip_percentiles)
-        clipped = np.clip(a.astype(np.float64), lo, hi)
-        total += clipped.sum()
-        squares += np.square(clipped).sum()
-        count += clipped.size
-    mean = total / count
-    return float(mean), float(np.sqrt(max(squares / count - mean * mean, 1e-12)))
-
-
 class PairedSlices:
     """Model-frame slices of image/label volumes, held in memory (float16 images), augmented per batch.
 
@@ -149,15 +139,15 @@ class PairedSlices:
         raw, labels = [], []
         for pair in pairs:
             image, label = load_pair(pair)
-            centre = preprocess.knee_centre_from_labels(label)
+            centre = knee_centre_from_labels(label)
             for plane in planes:
-                frame = preprocess.model_frame(image, plane, centre, window_mm=window_mm, size=size)
-                raw.append(sitk.GetArrayFromImage(preprocess.resample_to_frame(image, frame)))
-                lab = sitk.GetArrayFromImage(preprocess.resample_to_frame(label, frame, "nearest"))
+                frame = model_frame(image, plane, centre, FrameSpec(window_mm=window_mm, size=size))
+                raw.append(sitk.GetArrayFromImage(resample_to_frame(image, frame)))
+                lab = sitk.GetArrayFromImage(resample_to_frame(label, frame, "nearest"))
                 labels.append((lab > 0).astype(np.uint8) if merged else lab)
         self.population = population_statistics(raw) if population == "compute" else population
         mean, std = self.population if self.population is not None else (None, None)
-        images = [preprocess.standardize(a, mean, std).astype(np.float16) for a in raw]
+        images = [standardize(a, mean, std).astype(np.float16) for a in raw]
         self.images = np.concatenate(images)
         self.labels = np.concatenate(labels)
         self.bone_slices = np.flatnonzero(self.labels.reshape(len(self.labels), -1).any(axis=1))

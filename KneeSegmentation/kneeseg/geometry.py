@@ -18,6 +18,8 @@ axial        Left                Posterior            Superior
 An array taken from a model-frame image with SimpleITK has shape (slices, rows, cols).
 """
 
+from dataclasses import dataclass
+
 import numpy as np
 
 PLANES = ("sagittal", "coronal", "axial")
@@ -60,3 +62,22 @@ def frame_points(centre, plane: str, size: int, pixel_mm: float, slice_offsets_m
     rows = coords[None, :, None, None] * d[:, 1]
     slices = offsets[:, None, None, None] * d[:, 2]
     return np.asarray(centre, dtype=float) + cols + rows + slices
+
+
+@dataclass(frozen=True)
+class VoxelGrid:
+    """Where the voxels of an array lie in LPS space: ``origin`` (voxel 0), ``spacing`` and ``direction``
+    (3x3, columns = the physical directions of the i, j, k axes), as in a SimpleITK image."""
+
+    origin: np.ndarray
+    spacing: np.ndarray
+    direction: np.ndarray
+
+    @classmethod
+    def of_image(cls, image) -> "VoxelGrid":
+        return cls(np.array(image.GetOrigin()), np.array(image.GetSpacing()),
+                   np.array(image.GetDirection()).reshape(3, 3))
+
+    def points(self, index_kji: np.ndarray) -> np.ndarray:
+        """LPS points (n, 3) of voxel indices (n, 3) given in numpy (k, j, i) order."""
+        return self.origin + (index_kji[:, ::-1] * self.spacing) @ self.direction.T

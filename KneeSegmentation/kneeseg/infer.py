@@ -6,20 +6,28 @@ physical window around the knee centre), normalise, predict slice by slice, and 
 fusion) before the argmax; then each bone keeps its largest component with holes filled.
 """
 
+import importlib.util
+import os
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import postprocess, preprocess
 from .errors import Cancelled, InputError
+from .postprocess.cleanup import bone_volumes_ml, clean_labelmap
+from .postprocess.fusion import PlaneProbabilities, fuse_frames
+from .preprocess import intensity
+from .preprocess.centre import centre_by_intensity, image_centre, knee_centre
+from .preprocess.frame import (model_frame, pad_slices, physical_bounds, resample_to_frame, subsample_slices,
+                               unpad_slices, upsample_slices)
+from .progress import NO_PROGRESS
 
 
 @dataclass
 class SegmentOptions:
     planes: tuple = None  # None: the bundle's planes
     n4: bool = None  # None: the bundle's preprocessing setting
-    n4_settings: dict = None  # overrides of preprocess.N4Settings fields (shrink_factor, iterations, ...)
+    n4_settings: dict = None  # overrides of preprocess.intensity.N4Settings fields (shrink_factor, iterations, ...)
     centre: object = "auto"  # "auto" (model, else image centre), "model", "intensity", "image", or an LPS point
     batch_size: int = 8
     postprocess: bool = True
@@ -79,8 +87,6 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_precision(precision=None) -> str:
-    import os
-
     precision = precision or os.environ.get("KNEESEG_PRECISION") or "float32"
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
@@ -129,14 +135,10 @@ def _bfloat16_copy(model, card):
 
 
 def _onnxruntime_installed() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("onnxruntime") is not None
 
 
 def _tensorflow_installed() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("tensorflow") is not None and importlib.util.find_spec("keras") is not None
 
 
@@ -175,11 +177,6 @@ def make_predictor(bundle, backend="auto"):
 # --- the pipeline --------------------------------------------------------------------------------
 
 
-def _report(progress, stage, fraction, message):
-    if progress is not None:
-        progress(stage, fraction, message)
-
-
 def _check_cancel(cancel):
     if cancel is not None and cancel():
         raise Cancelled("segmentation cancelled")
@@ -199,11 +196,11 @@ def predict_frame(predictor, frame_array, card, batch_size=8, cancel=None):
 
 def _predict_volume_3d(predictor, frame_array, step=2):
     """The thesis' z handling: pad the slices, keep every ``step``-th, predict, interpolate back."""
-    padded, pad = preprocess.pad_slices(frame_array, 2 * step)
-    thin = preprocess.subsample_slices(padded, step)
+    padded, pad = pad_slices(frame_array, 2 * step)
+    thin = subsample_slices(padded, step)
     probs = predictor(thin[None, ..., None].astype(np.float32))[0]
-    full = preprocess.upsample_slices(probs, padded.shape[0], step)
-    return preprocess.unpad_slices(full, pad)
+    full = upsample_slices(probs, padded.shape[0], step)
+    return unpad_slices(full, pad)
 
 
 def _probabilities(probs):
@@ -218,46 +215,35 @@ def frame_probabilities(image, predictor, card, plane, centre, batch_size=8, can
     import SimpleITK as sitk
 
     spec = card.frame
-    frame = preprocess.model_frame(image, plane, centre, window_mm=spec.window_mm, size=spec.size,
-                                   min_slice_mm=spec.min_slice_mm)
-    array = sitk.GetArrayFromImage(preprocess.resample_to_frame(image, frame))
+    frame = model_frame(image, plane, centre, spec)
+    array = sitk.GetArrayFromImage(resample_to_frame(image, frame))
     mean, std = spec.normalisation.statistics
-    array = preprocess.standardize(array, mean, std, clip_percentiles=spec.normalisation.clip_percentiles)
+    array = intensity.standardize(array, mean, std, clip_percentiles=spec.normalisation.clip_percentiles)
     return frame, _probabilities(predict_frame(predictor, array, card, batch_size, cancel))
 
 
 COARSE_SLICES = 24
-MAX_CENTRE_POINTS = 20000
+MIN_BONE_VOXELS = 20  # fewer voxels of femur or tibia in the first pass: the model found no knee
 
 
 def detect_knee_centre(image, predictor, card, batch_size=8):
     """Knee centre by a coarse first pass of the model over the whole field of view.
 
-    The point where femur and tibia meet: the mean of the femur voxels closest to the tibia and the
-    tibia voxels closest to the femur. Returns None when the model finds no femur or no tibia.
+    The label-based knee centre (``preprocess.centre.knee_centre``: where femur and tibia meet) of the
+    model's labels. Returns None when the model finds no femur or no tibia.
     """
     names = card.label_values
     if "Femur" not in names or "Tibia" not in names:
         return None
-    corners = preprocess.physical_bounds(image)
+    corners = physical_bounds(image)
     extent = float(np.max(corners.max(axis=0) - corners.min(axis=0)))
     # At most ~COARSE_SLICES slices (>= 3 mm apart): the junction needs no fine slices.
     coarse_slice_mm = max(3.0, extent / COARSE_SLICES)
     coarse = card.with_frame(window_mm=extent, min_slice_mm=coarse_slice_mm)
     plane = card.frame.planes[0]
-    frame, probs = frame_probabilities(image, predictor, coarse, plane, preprocess.image_centre(image), batch_size)
+    frame, probs = frame_probabilities(image, predictor, coarse, plane, image_centre(image), batch_size)
     labels = np.argmax(probs, axis=-1)
-    points = {}
-    rng = np.random.default_rng(0)
-    for name in ("Femur", "Tibia"):
-        idx = np.argwhere(labels == names[name])
-        if len(idx) < 20:
-            return None
-        if len(idx) > MAX_CENTRE_POINTS:  # the same junction from a sample, without a huge KD-tree
-            idx = idx[rng.choice(len(idx), MAX_CENTRE_POINTS, replace=False)]
-        scaled = idx[:, ::-1] * np.array([frame.pixel_mm, frame.pixel_mm, frame.slice_mm])  # -> (i, j, k) mm
-        points[name] = frame.origin + scaled @ frame.direction.T
-    return preprocess.junction_point(points["Femur"], points["Tibia"])
+    return knee_centre(labels, frame.grid, names["Femur"], names["Tibia"], min_voxels=MIN_BONE_VOXELS)
 
 
 def find_centre(image, predictor, card, how="auto", batch_size=8):
@@ -270,16 +256,16 @@ def find_centre(image, predictor, card, how="auto", batch_size=8):
     if not isinstance(how, str):
         return tuple(float(c) for c in how)
     if how == "image":
-        return preprocess.image_centre(image)
+        return image_centre(image)
     if how == "intensity":
-        return preprocess.centre_by_intensity(image)
+        return centre_by_intensity(image)
     if how in ("auto", "model"):
         centre = detect_knee_centre(image, predictor, card, batch_size)
         if centre is not None:
             return centre
         if how == "model":
             raise InputError("the model found no femur and tibia to centre on; try --centre image")
-        return preprocess.image_centre(image)
+        return image_centre(image)
     raise InputError(f"unknown centre method {how!r}")
 
 
@@ -292,6 +278,7 @@ def segment(image, bundle, options: SegmentOptions = None, progress=None, cancel
     import SimpleITK as sitk
 
     options = options or SegmentOptions()
+    progress = progress or NO_PROGRESS
     card = bundle.card
     labels = bundle.labels
     planes = tuple(options.planes or card.frame.planes)
@@ -303,41 +290,41 @@ def segment(image, bundle, options: SegmentOptions = None, progress=None, cancel
     work = image
     use_n4 = card.n4 if options.n4 is None else options.n4
     if use_n4:
-        _report(progress, "n4", 0.05, "N4 bias field correction")
+        progress("n4", 0.05, "N4 bias field correction")
         t = time.perf_counter()
-        settings = preprocess.N4Settings.from_overrides({**card.n4_settings, **(options.n4_settings or {})})
-        work = preprocess.n4_bias_correct(image, settings)
+        settings = intensity.N4Settings.from_overrides({**card.n4_settings, **(options.n4_settings or {})})
+        work = intensity.n4_bias_correct(image, settings)
         timings["n4"] = time.perf_counter() - t
     _check_cancel(cancel)
 
-    _report(progress, "centre", 0.15, "finding the knee centre")
+    progress("centre", 0.15, "finding the knee centre")
     t = time.perf_counter()
     centre = find_centre(work, predictor, card, options.centre, options.batch_size)
     timings["centre"] = time.perf_counter() - t
 
     frames = []
     for i, plane in enumerate(planes):
-        _report(progress, "network", 0.2 + 0.6 * i / len(planes), f"predicting {plane} slices")
+        progress("network", 0.2 + 0.6 * i / len(planes), f"predicting {plane} slices")
         t = time.perf_counter()
         frame, probs = frame_probabilities(work, predictor, card, plane, centre, options.batch_size, cancel)
-        frames.append(preprocess.PlaneProbabilities(frame, probs, image))  # bone channels only: less memory
+        frames.append(PlaneProbabilities(frame, probs, image))  # bone channels only: less memory
         del probs
         timings[f"network_{plane}"] = time.perf_counter() - t
         _check_cancel(cancel)
 
-    _report(progress, "postprocess", 0.85, "fusing the planes, largest component per bone, hole filling")
-    label_array, fused_max = preprocess.fuse_frames(frames, image, confidence=options.confidence, timings=timings)
+    progress("postprocess", 0.85, "fusing the planes, largest component per bone, hole filling")
+    label_array, fused_max = fuse_frames(frames, image, confidence=options.confidence, timings=timings)
     del frames
     t = time.perf_counter()
     if options.postprocess:
-        label_array = postprocess.clean_labelmap(label_array, [label.value for label in labels])
+        label_array = clean_labelmap(label_array, [label.value for label in labels])
     labelmap = sitk.GetImageFromArray(label_array)
     labelmap.CopyInformation(image)
     confidence = None
     if options.confidence:
         confidence = sitk.GetImageFromArray(fused_max)
         confidence.CopyInformation(image)
-    volumes = postprocess.bone_volumes_ml(label_array, image.GetSpacing(), labels)
+    volumes = bone_volumes_ml(label_array, image.GetSpacing(), labels)
     timings["postprocess"] = time.perf_counter() - t
-    _report(progress, "segmented", 0.9, "segmentation finished")
+    progress("segmented", 0.9, "segmentation finished")
     return SegmentationResult(labelmap, labels, volumes, tuple(centre), confidence, timings)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .cpus import available_cpus
+
 OPSET = 17
 
 
@@ -52,14 +54,6 @@ def _importable(name):
     return importlib.util.find_spec(name) is not None
 
 
-def default_threads() -> int:
-    """Intra-op threads: the CPUs this process may use (cgroup/affinity aware), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def make_session(path, threads=None, providers=None):
     """An ONNX Runtime session tuned for a small CPU: all graph optimisations, one pool of ``threads``.
 
@@ -72,7 +66,7 @@ def make_session(path, threads=None, providers=None):
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = threads or default_threads()
+    options.intra_op_num_threads = threads or available_cpus()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     if providers is None:

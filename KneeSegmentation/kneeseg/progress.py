@@ -3,6 +3,9 @@
 JSON mode writes one object per line: ``{"stage", "fraction", "message", ...}``; the final line of a
 successful run has stage ``"done"`` and a ``"result"``; a failure has stage ``"error"`` and
 ``"error": "input" | "internal" | "cancelled"``. The Slicer panel follows these lines.
+
+Core functions take any callable ``progress(stage, fraction, message, **extra)``; where a caller gives
+none they report to :data:`NO_PROGRESS`, which discards everything.
 """
 
 import json
@@ -62,6 +65,27 @@ class Progress:
         text = f"\r[{'#' * filled}{'.' * (width - filled)}] {self.fraction * 100:5.1f}% {stage}: {message}"
         self.stderr.write(text[:120].ljust(120))
         self.stderr.flush()
+
+
+class NullProgress:
+    """Reports nothing: stands in where a caller asks for no progress reports."""
+
+    mode = "none"
+
+    def __call__(self, stage, fraction, message="", **extra):
+        pass
+
+    def done(self, message, result):
+        pass
+
+    def error(self, message, kind):
+        pass
+
+    def log(self, message):
+        pass
+
+
+NO_PROGRESS = NullProgress()
 
 
 def _json_default(value):

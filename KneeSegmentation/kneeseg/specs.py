@@ -64,6 +64,7 @@ def check_planes(name, value) -> tuple:
 
 
 NORMALISATION_MODES = ("volume", "population")
+CLIP_PERCENTILES = (0.5, 99.5)  # a few hot (or dead) voxels must not squash the contrast
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ class Normalisation:
     """
 
     mode: str = "volume"
-    clip_percentiles: tuple = (0.5, 99.5)
+    clip_percentiles: tuple = CLIP_PERCENTILES
     mean: float = None
     std: float = None
 

@@ -41,7 +41,7 @@ from .geometry import PLANES, check_plane, frame_origin, frame_points, plane_dir
 from .errors import InputError
 from .io import write_json
 from .labels import SEPARATE_BONES
-from .preprocess import standardize
+from .preprocess.intensity import standardize
 
 CACHE_FORMAT = "kneeseg-labelmap-cache/1"
 MANIFEST_NAME = "manifest.json"

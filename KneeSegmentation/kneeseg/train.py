@@ -317,6 +317,6 @@ def make_card(config: TrainConfig, labels, provenance: dict, state: dict, metric
                 "best_epoch": state["best_epoch"] + 1, "best_val_mean_dice": state["best"],
                 "stopped_early": state.get("stopped_early", False),
                 "stopped_at_time_limit": state.get("stopped_at_time_limit", False), **provenance}
-    # n4_settings empty: preprocess.N4Settings' defaults (docs/benchmarks.md)
+    # n4_settings empty: preprocess.intensity.N4Settings' defaults (docs/benchmarks.md)
     return card_for(labels, network_spec(config, labels), frame_spec(config, population), name=name,
                     description=description, training=training, metrics=metrics)

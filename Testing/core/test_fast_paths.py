@@ -5,7 +5,11 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from kneeseg import postprocess, preprocess
+from kneeseg.postprocess import cleanup, fusion
+from kneeseg.preprocess.centre import image_centre
+from kneeseg.preprocess.frame import model_frame, resample_from_frame
+from kneeseg.preprocess.intensity import N4Settings
+from kneeseg.specs import FrameSpec
 from conftest import toy_knee
 
 
@@ -14,7 +18,7 @@ def _plain_fusion(planes, reference):
     n = planes[0][1].shape[-1]
     fused = np.zeros(tuple(reversed(reference.GetSize())) + (n,), np.float32)
     for frame, probs in planes:
-        fused += preprocess.resample_from_frame(probs, frame, reference, default_value=[1.0] + [0.0] * (n - 1))
+        fused += resample_from_frame(probs, frame, reference, default_value=[1.0] + [0.0] * (n - 1))
     fused /= len(planes)
     return np.argmax(fused, axis=-1).astype(np.uint8), fused.max(axis=-1)
 
@@ -34,26 +38,26 @@ def test_fusion_equals_resampling_every_channel(oblique, n_classes, oblique_dire
     rng = np.random.default_rng(0)
     planes = []
     for plane in ("sagittal", "coronal", "axial"):
-        frame = preprocess.model_frame(image, plane, preprocess.image_centre(image), window_mm=40.0, size=32)
+        frame = model_frame(image, plane, image_centre(image), FrameSpec(window_mm=40.0, size=32))
         planes.append((frame, _smooth_probabilities((frame.n_slices, 32, 32, n_classes), rng)))
-    assert (preprocess.axis_aligned_map(planes[0][0], image) is None) == oblique
+    assert (fusion.axis_aligned_map(planes[0][0], image) is None) == oblique
     expected, expected_confidence = _plain_fusion(planes, image)
     assert 0.01 < (expected > 0).mean() < 0.9
-    labels, confidence = preprocess.fuse_frames(planes, image, confidence=True, slab_voxels=5000)
+    labels, confidence = fusion.fuse_frames(planes, image, confidence=True, slab_voxels=5000)
     np.testing.assert_array_equal(labels, expected)
     np.testing.assert_allclose(confidence, expected_confidence, atol=1e-5)
     # Without confidence only the box that can hold bone is computed: same labels.
-    lean = [preprocess.PlaneProbabilities(frame, probs, image) for frame, probs in planes]
-    np.testing.assert_array_equal(preprocess.fuse_frames(lean, image)[0], expected)
+    lean = [fusion.PlaneProbabilities(frame, probs, image) for frame, probs in planes]
+    np.testing.assert_array_equal(fusion.fuse_frames(lean, image)[0], expected)
 
 
 def test_fusion_of_pure_background_is_background():
     image, _ = toy_knee(seed=4, size=(30, 30, 20))
-    frame = preprocess.model_frame(image, "axial", preprocess.image_centre(image), window_mm=30.0, size=16)
+    frame = model_frame(image, "axial", image_centre(image), FrameSpec(window_mm=30.0, size=16))
     probs = np.zeros((frame.n_slices, 16, 16, 5), np.float32)
     probs[..., 0] = 0.7
     probs[..., 1:] = 0.075
-    labels, confidence = preprocess.fuse_frames([(frame, probs)], image)
+    labels, confidence = fusion.fuse_frames([(frame, probs)], image)
     assert labels.shape == (20, 30, 30) and not labels.any() and confidence is None
 
 
@@ -61,7 +65,7 @@ def test_fill_holes_and_clean_labelmap_match_scipy():
     rng = np.random.default_rng(1)
     for _ in range(10):
         mask = ndimage.binary_opening(rng.random((20, 24, 22)) > 0.4)
-        np.testing.assert_array_equal(postprocess.fill_holes(mask), ndimage.binary_fill_holes(mask))
+        np.testing.assert_array_equal(cleanup.fill_holes(mask), ndimage.binary_fill_holes(mask))
 
     def plain_clean(labelmap, values):
         out = np.zeros_like(labelmap)
@@ -78,14 +82,14 @@ def test_fill_holes_and_clean_labelmap_match_scipy():
 
     for _ in range(10):
         labelmap = ndimage.median_filter((rng.random((26, 28, 24)) * 5).astype(np.uint8), 3)
-        np.testing.assert_array_equal(postprocess.clean_labelmap(labelmap, [1, 2, 3, 4]),
+        np.testing.assert_array_equal(cleanup.clean_labelmap(labelmap, [1, 2, 3, 4]),
                                       plain_clean(labelmap, [1, 2, 3, 4]))
 
 
 def test_n4_fits_on_voxels_of_about_four_mm():
     image = sitk.Image(512, 512, 80, sitk.sitkFloat32)
     image.SetSpacing((0.3125, 0.3125, 1.5))
-    assert preprocess.N4Settings().shrink_factors(image) == [14, 14, 2]
-    assert preprocess.N4Settings(shrink_factor=4).shrink_factors(image) == [4, 4, 4]
+    assert N4Settings().shrink_factors(image) == [14, 14, 2]
+    assert N4Settings(shrink_factor=4).shrink_factors(image) == [4, 4, 4]
     small = sitk.Image(20, 20, 12, sitk.sitkFloat32)
-    assert preprocess.N4Settings().shrink_factors(small) == [2, 2, 1]  # at least 8 voxels per axis
+    assert N4Settings().shrink_factors(small) == [2, 2, 1]  # at least 8 voxels per axis

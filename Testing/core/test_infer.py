@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from kneeseg import postprocess
 from kneeseg.bundle import load_bundle
 from kneeseg.errors import Cancelled
 from kneeseg.evaluate import evaluate_case
 from kneeseg.infer import SegmentOptions, segment
 from kneeseg.io import same_geometry
+from kneeseg.postprocess import cleanup
 from conftest import toy_knee
 
 TOY = dict(size=(48, 48, 40), spacing=(1.5, 1.5, 1.5))
@@ -95,7 +95,7 @@ def test_planes_and_centre_can_be_chosen(bundle):
 
 def test_model_centre_is_near_the_true_joint(bundle):
     from kneeseg.infer import detect_knee_centre, make_predictor
-    from kneeseg.preprocess import knee_centre_from_labels
+    from kneeseg.preprocess.centre import knee_centre_from_labels
 
     image, truth = toy_knee(seed=17, **TOY)
     found = detect_knee_centre(image, make_predictor(bundle), bundle.card)
@@ -115,8 +115,8 @@ def test_postprocess_keeps_largest_piece_fills_holes_and_respects_other_bones():
     labels[6:8, 6:8, 6:8] = 0  # a hole
     labels[15:17, 15:17, 15:17] = 1  # a stray island
     labels[5:7, 5:7, 14:18] = 2
-    cleaned = postprocess.clean_labelmap(labels, [1, 2])
+    cleaned = cleanup.clean_labelmap(labels, [1, 2])
     assert cleaned[7, 7, 7] == 1
     assert cleaned[16, 16, 16] == 0
     assert (cleaned == 2).sum() == (labels == 2).sum()
-    assert postprocess.bone_volumes_ml(cleaned, (2.0, 1.0, 0.5), []) == {}
+    assert cleanup.bone_volumes_ml(cleaned, (2.0, 1.0, 0.5), []) == {}

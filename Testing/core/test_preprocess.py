@@ -4,16 +4,20 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from kneeseg import geometry, preprocess
+from kneeseg import geometry
 from kneeseg.io import same_geometry
+from kneeseg.preprocess import centre as centres
+from kneeseg.preprocess import frame as frames
+from kneeseg.preprocess import intensity
+from kneeseg.specs import FrameSpec
 from conftest import toy_knee
 
 
 @pytest.mark.parametrize("plane", geometry.PLANES)
 def test_model_frame_is_a_square_window_centred_on_the_point(plane, toy_case):
     image, _ = toy_case
-    centre = np.array(preprocess.image_centre(image)) + [3.0, -2.0, 1.0]
-    frame = preprocess.model_frame(image, plane, centre, window_mm=60.0, size=32)
+    centre = np.array(centres.image_centre(image)) + [3.0, -2.0, 1.0]
+    frame = frames.model_frame(image, plane, centre, FrameSpec(window_mm=60.0, size=32))
     ref = frame.reference_image()
     assert ref.GetSize()[:2] == (32, 32)
     np.testing.assert_allclose(ref.GetSpacing()[:2], (60.0 / 32, 60.0 / 32))
@@ -26,26 +30,27 @@ def test_model_frame_is_a_square_window_centred_on_the_point(plane, toy_case):
 
 def test_slice_spacing_follows_the_image_but_not_finer_than_the_minimum():
     image, _ = toy_knee(spacing=(0.5, 0.5, 3.0))  # thick slices along +S: the axial slice axis
-    centre = preprocess.image_centre(image)
-    assert preprocess.model_frame(image, "axial", centre, min_slice_mm=1.0).slice_mm == pytest.approx(3.0)
-    assert preprocess.model_frame(image, "sagittal", centre, min_slice_mm=1.0).slice_mm == pytest.approx(1.0)
+    centre = centres.image_centre(image)
+    assert frames.model_frame(image, "axial", centre, FrameSpec(min_slice_mm=1.0)).slice_mm == pytest.approx(3.0)
+    assert frames.model_frame(image, "sagittal", centre, FrameSpec(min_slice_mm=1.0)).slice_mm == pytest.approx(1.0)
 
 
 def test_fixed_slice_count_for_3d_models(toy_case):
     image, _ = toy_case
-    frame = preprocess.model_frame(image, "coronal", preprocess.image_centre(image), window_mm=96, size=32, n_slices=24)
+    frame = frames.model_frame(image, "coronal", centres.image_centre(image), FrameSpec(window_mm=96, size=32),
+                               n_slices=24)
     assert (frame.n_slices, frame.slice_mm) == (24, 4.0)
 
 
 def test_frame_and_inverse_round_trip_on_an_oblique_volume(oblique_direction):
     image, labels = toy_knee(size=(40, 36, 30), spacing=(1.6, 1.6, 2.0), direction=oblique_direction)
-    centre = preprocess.knee_centre_from_labels(labels)
+    centre = centres.knee_centre_from_labels(labels)
     for plane in geometry.PLANES:
         # A window larger than the image and pixels finer than its voxels: nothing is lost.
-        frame = preprocess.model_frame(image, plane, centre, window_mm=160.0, size=160, min_slice_mm=0.8)
-        on_frame = sitk.GetArrayFromImage(preprocess.resample_to_frame(labels, frame, "nearest"))
+        frame = frames.model_frame(image, plane, centre, FrameSpec(window_mm=160.0, size=160, min_slice_mm=0.8))
+        on_frame = sitk.GetArrayFromImage(frames.resample_to_frame(labels, frame, "nearest"))
         one_hot = np.eye(5, dtype=np.float32)[on_frame]
-        back = preprocess.resample_from_frame(one_hot, frame, labels, default_value=[1, 0, 0, 0, 0])
+        back = frames.resample_from_frame(one_hot, frame, labels, default_value=[1, 0, 0, 0, 0])
         assert back.shape == sitk.GetArrayFromImage(labels).shape + (5,)
         agreement = np.mean(np.argmax(back, -1) == sitk.GetArrayFromImage(labels))
         assert agreement > 0.97, (plane, agreement)
@@ -53,10 +58,10 @@ def test_frame_and_inverse_round_trip_on_an_oblique_volume(oblique_direction):
 
 def test_inverse_fills_outside_the_frame_per_channel(toy_case):
     image, _ = toy_case
-    frame = preprocess.model_frame(image, "sagittal", preprocess.image_centre(image), window_mm=10.0, size=8)
-    probs = np.zeros((frame.n_slices, 8, 8, 3), np.float32)
+    frame = frames.model_frame(image, "sagittal", centres.image_centre(image), FrameSpec(window_mm=10.0, size=16))
+    probs = np.zeros((frame.n_slices, 16, 16, 3), np.float32)
     probs[..., 2] = 1.0
-    back = preprocess.resample_from_frame(probs, frame, image, default_value=[1.0, 0.0, 0.0])
+    back = frames.resample_from_frame(probs, frame, image, default_value=[1.0, 0.0, 0.0])
     corner = back[0, 0, 0]
     np.testing.assert_allclose(corner, [1.0, 0.0, 0.0])
     np.testing.assert_allclose(back.sum(-1), 1.0, atol=1e-5)
@@ -72,7 +77,7 @@ def test_n4_removes_a_smooth_bias_field():
     biased.CopyInformation(image)
     mask = sitk.GetImageFromArray(np.ones_like(array, dtype=np.uint8))
     mask.CopyInformation(image)
-    corrected = preprocess.n4_bias_correct(biased, preprocess.N4Settings(shrink_factor=2), mask=mask)
+    corrected = intensity.n4_bias_correct(biased, intensity.N4Settings(shrink_factor=2), mask=mask)
     assert same_geometry(corrected, biased)
     bone = sitk.GetArrayFromImage(labels) == 1
 
@@ -85,16 +90,16 @@ def test_n4_removes_a_smooth_bias_field():
 def test_n4_never_modifies_its_input(toy_case):
     image, _ = toy_case
     before = sitk.GetArrayFromImage(image).copy()
-    preprocess.n4_bias_correct(image, preprocess.N4Settings(shrink_factor=2, iterations=(5,)))
+    intensity.n4_bias_correct(image, intensity.N4Settings(shrink_factor=2, iterations=(5,)))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(image), before)
 
 
 def test_knee_centre_from_labels_is_between_femur_and_tibia(oblique_direction):
     _, labels = toy_knee(size=(40, 40, 40), spacing=(1.0, 1.0, 1.0), direction=oblique_direction)
-    centre = np.array(preprocess.knee_centre_from_labels(labels))
+    centre = np.array(centres.knee_centre_from_labels(labels))
     array = sitk.GetArrayFromImage(labels)
-    femur = preprocess.label_points(array, 1, labels).mean(0)
-    tibia = preprocess.label_points(array, 2, labels).mean(0)
+    femur = geometry.VoxelGrid.of_image(labels).points(np.argwhere(array == 1)).mean(0)
+    tibia = geometry.VoxelGrid.of_image(labels).points(np.argwhere(array == 2)).mean(0)
     # On the segment between the bone centroids (superior-inferior line), near its middle.
     t = np.dot(centre - tibia, femur - tibia) / np.dot(femur - tibia, femur - tibia)
     assert 0.3 < t < 0.7
@@ -108,31 +113,31 @@ def test_centre_by_intensity_finds_the_body_not_the_field_of_view():
     padded[:, :, :40] = array
     wide = sitk.GetImageFromArray(padded)
     wide.SetOrigin(image.GetOrigin())
-    centre = preprocess.centre_by_intensity(wide)
+    centre = centres.centre_by_intensity(wide)
     assert abs(centre[0] - (image.GetOrigin()[0] + 19.5)) < 4.0
-    assert abs(preprocess.image_centre(wide)[0] - centre[0]) > 15.0
+    assert abs(centres.image_centre(wide)[0] - centre[0]) > 15.0
 
 
 def test_thesis_z_handling_pads_41_to_48_and_keeps_every_second():
     volume = np.random.rand(41, 8, 8).astype(np.float32)
-    padded, pad = preprocess.pad_slices(volume, 16)
+    padded, pad = frames.pad_slices(volume, 16)
     assert padded.shape[0] == 48 and sum(pad) == 7
-    thin = preprocess.subsample_slices(padded, 2)
+    thin = frames.subsample_slices(padded, 2)
     assert thin.shape[0] == 24
-    np.testing.assert_array_equal(preprocess.unpad_slices(padded, pad), volume)
+    np.testing.assert_array_equal(frames.unpad_slices(padded, pad), volume)
 
 
 def test_upsampling_slices_inverts_subsampling_of_a_smooth_signal():
     z = np.linspace(0, 1, 48, dtype=np.float32)
     volume = np.broadcast_to(z[:, None, None], (48, 4, 4)).copy()
-    back = preprocess.upsample_slices(preprocess.subsample_slices(volume, 2), 48, 2)
+    back = frames.upsample_slices(frames.subsample_slices(volume, 2), 48, 2)
     np.testing.assert_allclose(back[:-1], volume[:-1], atol=1e-6)  # the last slice is extrapolated flat
 
 
 def test_standardize_per_volume_and_with_population_statistics():
     rng = np.random.default_rng(0)
     volume = rng.normal(300, 40, (10, 20, 20)).astype(np.float32)
-    z = preprocess.standardize(volume)
+    z = intensity.standardize(volume)
     assert abs(z.mean()) < 1e-3 and abs(z.std() - 1) < 1e-2
-    population = preprocess.standardize(volume, mean=250.0, std=50.0)
+    population = intensity.standardize(volume, mean=250.0, std=50.0)
     assert abs(population.mean() - 1.0) < 0.05

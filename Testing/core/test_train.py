@@ -203,7 +203,8 @@ def test_fine_tuning_starts_from_a_bundle_and_refuses_another_architecture(tiny_
 
 def test_population_normalisation_is_stored_in_the_card_and_used_at_inference(tmp_path, monkeypatch):
     from conftest import write_toy_pairs
-    from kneeseg import infer, preprocess
+    from kneeseg import infer
+    from kneeseg.preprocess import intensity
     from kneeseg.bundle import load_bundle
     from kneeseg.training_data import train_bundle
 
@@ -213,7 +214,7 @@ def test_population_normalisation_is_stored_in_the_card_and_used_at_inference(tm
     norm = load_bundle(tmp_path / "bundle").card.frame.normalisation
     assert norm.mode == "population" and 0.0 < norm.mean < 1.0 and norm.std > 0
     seen = []
-    monkeypatch.setattr(preprocess, "standardize", lambda a, mean=None, std=None, **k: seen.append((mean, std)) or a)
+    monkeypatch.setattr(intensity, "standardize", lambda a, mean=None, std=None, **k: seen.append((mean, std)) or a)
     image, _ = toy_knee(size=(32, 32, 24), spacing=(2.0, 2.0, 2.0))
     infer.segment(image, load_bundle(tmp_path / "bundle"), infer.SegmentOptions(centre="image"))
     assert seen and all(s == (norm.mean, norm.std) for s in seen)

@@ -1,4 +1,4 @@
-"""Post-processing of label maps (numpy/scipy): one piece per bone, holes filled, volumes in mL."""
+"""Clean-up of a label map (numpy/scipy): one piece per bone, holes filled, volumes in mL."""
 
 import numpy as np
 from scipy import ndimage
@@ -49,8 +49,8 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return mask | ~outside[background]
 
 
-def clean_labelmap(labelmap: np.ndarray, label_values, fill_holes: bool = True) -> np.ndarray:
-    """Keep each bone's largest connected component and fill its holes (never over another bone)."""
+def clean_labelmap(labelmap: np.ndarray, label_values, fill: bool = True) -> np.ndarray:
+    """Keep each bone's largest connected component and (``fill``) fill its holes, never over another bone."""
     out = np.zeros_like(labelmap)
     for value in label_values:
         mask = labelmap == value
@@ -61,14 +61,11 @@ def clean_labelmap(labelmap: np.ndarray, label_values, fill_holes: bool = True) 
         inner = ndimage.find_objects(sub.astype(np.uint8))[0]  # the kept piece's own box: holes lie inside it
         box = tuple(slice(b.start + i.start, b.start + i.stop) for b, i in zip(box, inner))
         sub = sub[inner]
-        if fill_holes:
-            sub = _fill_holes(sub)
+        if fill:
+            sub = fill_holes(sub)
         region = out[box]
         region[sub & (region == 0)] = value
     return out
-
-
-_fill_holes = fill_holes
 
 
 def bone_volumes_ml(labelmap: np.ndarray, spacing_mm, labels) -> dict:

@@ -1,0 +1,229 @@
+"""Tri-planar fusion: the planes' class probabilities back on the scan's grid, averaged, argmax.
+
+Each plane's network output lives on its own model frame (``preprocess.frame``). :func:`fuse_frames`
+interpolates the bone probabilities of every plane onto the scan's exact grid, averages them and takes
+the argmax: the last step of inference before the clean-up. :class:`PlaneProbabilities` keeps one
+plane's bone channels, ready for that, so inference can drop the full probabilities plane by plane.
+"""
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from ..cpus import available_cpus
+from ..preprocess.frame import Frame
+
+
+def _reference_geometry(reference):
+    return (np.array(reference.GetDirection()).reshape(3, 3), np.array(reference.GetSpacing()),
+            np.array(reference.GetOrigin()), np.array(reference.GetSize()))
+
+
+def axis_aligned_map(frame: Frame, reference, tolerance=1e-6):
+    """How a frame's voxel index follows ``reference``'s, when their axes are parallel (else None).
+
+    Returns, per reference axis a (i, j, k), ``(b, scale, offset)``: the parallel frame axis b
+    (0 column, 1 row, 2 slice) and the frame continuous index ``offset + scale * x`` at reference
+    index ``x``. Linear interpolation between two such grids is then separable.
+    """
+    ref_dir, ref_spacing, ref_origin, _ = _reference_geometry(reference)
+    frame_spacing = np.array([frame.pixel_mm, frame.pixel_mm, frame.slice_mm])
+    cosines = frame.direction.T @ ref_dir  # [b, a]
+    axes = np.argmax(np.abs(cosines), axis=0)
+    if sorted(axes) != [0, 1, 2] or np.any(np.abs(np.abs(cosines[axes, range(3)]) - 1) > tolerance):
+        return None
+    offsets = ((ref_origin - frame.origin) @ frame.direction) / frame_spacing  # per frame axis b
+    return [(int(b), float(cosines[b, a] * ref_spacing[a] / frame_spacing[b]), float(offsets[b]))
+            for a, b in enumerate(axes)]
+
+
+def _lerp_table(scale, offset, n_source, start, stop):
+    """Neighbours and weights of 1D linear interpolation at ``offset + scale * x`` for x in [start, stop).
+
+    Same conventions as ITK's linear interpolator in a resample: a point is inside the source when
+    its continuous index lies in [-0.5, n - 0.5); neighbours are clamped to the source; outside
+    points get zero weights (default value 0).
+    """
+    q = offset + scale * np.arange(start, stop, dtype=np.float64)
+    inside = (q >= -0.5) & (q < n_source - 0.5)
+    base = np.floor(q)
+    w1 = (q - base).astype(np.float32)
+    i0 = np.clip(base, 0, n_source - 1).astype(np.intp)
+    i1 = np.clip(base + 1, 0, n_source - 1).astype(np.intp)
+    w0 = np.where(inside, 1.0 - w1, 0.0).astype(np.float32)
+    w1 = np.where(inside, w1, 0.0).astype(np.float32)
+    return i0, i1, w0, w1
+
+
+def _lerp_along(array, axis, table):
+    i0, i1, w0, w1 = table
+    shape = [1] * array.ndim
+    shape[axis] = -1
+    return np.take(array, i0, axis=axis) * w0.reshape(shape) + np.take(array, i1, axis=axis) * w1.reshape(shape)
+
+
+def _possible_foreground_box(frame: Frame, bones: np.ndarray, reference):
+    """Index box (lo, hi inclusive; numpy k-j-i order) of ``reference`` that can hold fused foreground.
+
+    A voxel can only be labelled bone if, in at least one plane, the interpolated bone probability
+    sum is >= 0.5 there (else background > 0.5 wins the average). Interpolated values are convex
+    combinations of neighbouring frame voxels, so the box of frame voxels with sum >= 0.5, grown by
+    one voxel and mapped to the reference grid (grown by one more), contains every such voxel.
+    """
+    total = bones[..., 0].copy()
+    for c in range(1, bones.shape[-1]):  # channel by channel: numpy sums a short last axis slowly
+        total += bones[..., c]
+    hot = total >= 0.5
+    slices = np.flatnonzero(hot.any(axis=(1, 2)))
+    if slices.size == 0:
+        return None
+    rows = np.flatnonzero(hot.any(axis=(0, 2)))
+    cols = np.flatnonzero(hot.any(axis=(0, 1)))
+    lo = np.array([cols[0], rows[0], slices[0]]) - 1.0  # frame index (col, row, slice)
+    hi = np.array([cols[-1], rows[-1], slices[-1]]) + 1.0
+    corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
+    spacing = np.array([frame.pixel_mm, frame.pixel_mm, frame.slice_mm])
+    physical = frame.origin + (corners * spacing) @ frame.direction.T
+    ref_dir, ref_spacing, ref_origin, size = _reference_geometry(reference)
+    index = (physical - ref_origin) @ np.linalg.inv(ref_dir * ref_spacing).T  # i, j, k
+    box_lo = np.maximum(np.floor(index.min(axis=0)) - 1, 0).astype(int)
+    box_hi = np.minimum(np.ceil(index.max(axis=0)) + 1, size - 1).astype(int)
+    if np.any(box_lo > box_hi):
+        return None
+    return box_lo[::-1], box_hi[::-1]
+
+
+class PlaneProbabilities:
+    """One plane's bone probabilities, ready to be interpolated onto boxes of a reference grid.
+
+    Made from ``(frame, probabilities)`` (slices, rows, cols, classes; class 0 the background); keeps
+    only the bone channels (in the reference's axis order when the grids are parallel), so the caller
+    can drop the full probabilities right away.
+    """
+
+    def __init__(self, frame: Frame, probabilities: np.ndarray, reference):
+        bones = probabilities[..., 1:]
+        self.frame, self.reference, self.n_bones = frame, reference, bones.shape[-1]
+        self.box = _possible_foreground_box(frame, bones, reference)
+        self.mapping = axis_aligned_map(frame, reference)
+        self.shape = bones.shape
+        if self.mapping is not None:
+            # frame numpy axes are (slice, row, col) = frame axes (2, 1, 0): reorder to reference (k, j, i)
+            order = [2 - self.mapping[a][0] for a in (2, 1, 0)]
+            self.array = np.ascontiguousarray(bones.transpose(order + [3]), dtype=np.float32)
+        else:  # one SimpleITK image per channel, made here (not lazily: slabs are sampled in threads)
+            import SimpleITK as sitk
+
+            self.sources = []
+            for c in range(self.n_bones):
+                source = sitk.GetImageFromArray(np.ascontiguousarray(bones[..., c], dtype=np.float32))
+                source.SetSpacing((frame.pixel_mm, frame.pixel_mm, frame.slice_mm))
+                source.SetDirection(tuple(frame.direction.flatten()))
+                source.SetOrigin(tuple(frame.origin))
+                self.sources.append(source)
+
+    def sample(self, lo, hi):
+        """Interpolated bone probabilities on the reference index box [lo, hi] (numpy k-j-i, inclusive).
+
+        A list with one array per bone channel (possibly strided views).
+        """
+        if self.mapping is not None:
+            out = self.array
+            # slab axis first (it shrinks the array), then the innermost axis while rows are short,
+            # then the rows (contiguous copies): 2x faster than k, j, i on a 512 x 512 grid
+            for axis in (0, 2, 1):
+                b, scale, offset = self.mapping[2 - axis]
+                table = _lerp_table(scale, offset, self.shape[2 - b], lo[axis], hi[axis] + 1)
+                out = _lerp_along(out, axis, table)
+            return [out[..., c] for c in range(self.n_bones)]
+        return self._sample_sitk(lo, hi)
+
+    def _sample_sitk(self, lo, hi):
+        import SimpleITK as sitk
+
+        ref_dir, ref_spacing, ref_origin, _ = _reference_geometry(self.reference)
+        grid = sitk.Image([int(h - l + 1) for l, h in zip(lo[::-1], hi[::-1])], sitk.sitkUInt8)
+        grid.SetSpacing(tuple(ref_spacing))
+        grid.SetDirection(tuple(ref_dir.flatten()))
+        grid.SetOrigin(tuple(ref_origin + ref_dir @ (np.array(lo[::-1]) * ref_spacing)))
+        return [sitk.GetArrayFromImage(sitk.Resample(source, grid, sitk.Transform(), sitk.sitkLinear, 0.0,
+                                                     sitk.sitkFloat32)) for source in self.sources]
+
+
+def fuse_frames(planes, reference, confidence=False, slab_voxels=1 << 21, timings=None):
+    """Average the class probabilities of several planes on ``reference``'s grid and take the argmax.
+
+    ``planes``: a list of ``(frame, probabilities)`` with probabilities (slices, rows, cols, classes),
+    class 0 the background, summing to 1 per voxel (softmax, or ``[1 - p, p]``), or of
+    :class:`PlaneProbabilities` made from them (leaner: the caller keeps no full probabilities). Returns
+    ``(labels, confidence)``: the class index per voxel of ``reference`` (uint8, numpy k-j-i order)
+    and, when asked, the winning fused probability (float32), else None.
+
+    The same result as resampling every plane's probabilities with ``preprocess.frame.resample_from_frame``
+    (background 1 outside a frame) and taking the argmax of their mean, 3-8x faster and in a
+    fraction of the memory (docs/benchmarks.md):
+
+    * only the bone channels are interpolated (background = 1 - their sum);
+    * only the box of the grid that can hold foreground is computed (outside it every voxel is
+      background); the whole grid when ``confidence`` is asked;
+    * slab by slab (about ``slab_voxels`` voxels each), never the full multi-channel volume;
+    * frames parallel to the reference grid (the usual case: plane-aligned frames and an axis-
+      aligned scan) are interpolated separably in numpy; others through SimpleITK.
+    """
+    t0 = time.perf_counter()
+    size = tuple(reference.GetSize()[::-1])  # k, j, i
+    labels = np.zeros(size, dtype=np.uint8)
+    conf = np.ones(size, dtype=np.float32) if confidence else None
+    samplers = [p if isinstance(p, PlaneProbabilities) else PlaneProbabilities(p[0], p[1], reference) for p in planes]
+    if samplers[0].n_bones == 0:
+        return labels, conf
+    if confidence:
+        box = (np.zeros(3, int), np.array(size) - 1)
+    else:
+        boxes = [s.box for s in samplers if s.box is not None]
+        if not boxes:
+            return labels, conf
+        box = (np.min([b[0] for b in boxes], axis=0), np.max([b[1] for b in boxes], axis=0))
+    lo, hi = box
+    plane_area = int((hi[1] - lo[1] + 1) * (hi[2] - lo[2] + 1))
+    step = max(1, slab_voxels // plane_area)
+
+    def fuse_slab(k0):
+        k1 = min(k0 + step - 1, int(hi[0]))
+        slab_lo, slab_hi = (k0, lo[1], lo[2]), (k1, hi[1], hi[2])
+        fused = [np.array(c, dtype=np.float32) for c in samplers[0].sample(slab_lo, slab_hi)]  # contiguous
+        for sampler in samplers[1:]:
+            for acc, channel in zip(fused, sampler.sample(slab_lo, slab_hi)):
+                acc += channel
+        for acc in fused:
+            acc /= len(samplers)
+        # argmax over [background, bones] (first maximum wins, as np.argmax), channel by channel:
+        # numpy reduces a short last axis 5-8x slower than it combines whole channels.
+        best = fused[0].copy()
+        total = fused[0].copy()
+        winner = np.ones(best.shape, dtype=np.uint8)
+        for c in range(1, len(fused)):
+            channel = fused[c]
+            total += channel
+            better = channel > best
+            np.copyto(best, channel, where=better)
+            winner[better] = c + 1
+        background = 1.0 - total
+        winner[best <= background] = 0
+        target = (slice(k0, k1 + 1), slice(int(lo[1]), int(hi[1]) + 1), slice(int(lo[2]), int(hi[2]) + 1))
+        labels[target] = winner
+        if conf is not None:
+            conf[target] = np.maximum(best, background)
+
+    starts = range(int(lo[0]), int(hi[0]) + 1, step)
+    workers = min(len(starts), available_cpus(), 4)
+    if workers > 1:  # numpy and SimpleITK release the GIL: slabs in parallel threads
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(fuse_slab, starts))
+    else:
+        for k0 in starts:
+            fuse_slab(k0)
+    if timings is not None:
+        timings["resample_back"] = time.perf_counter() - t0
+    return labels, conf
