@@ -37,10 +37,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .geometry import PLANES, check_plane, frame_origin, frame_points, plane_direction
+from .geometry import PLANES, VoxelGrid, check_plane, frame_origin, frame_points, plane_direction
 from .errors import InputError
 from .io import write_json
 from .labels import SEPARATE_BONES
+from .preprocess.centre import knee_centre_or_bone_centroid
 from .preprocess.intensity import standardize
 
 CACHE_FORMAT = "kneeseg-labelmap-cache/1"
@@ -246,21 +247,11 @@ def _index_to_mm(index_zyx, spacing, origin) -> np.ndarray:
 
 
 def knee_centre_of(labels: np.ndarray, spacing: float, origin) -> np.ndarray:
-    """LPS point (mm) where femur and tibia meet: centre of the facing surfaces of both bones.
-
-    Computed on a 2x coarser grid (plenty for a centre that gets a random shift of centimetres).
-    Falls back on the centre of all bone when femur or tibia is missing.
-    """
-    coarse = labels[::2, ::2, ::2]
-    femur, tibia = coarse == TISSUE_IDS["femur"], coarse == TISSUE_IDS["tibia"]
-    if not femur.any() or not tibia.any():
-        return _index_to_mm(np.argwhere(np.isin(labels, BONE_IDS)).mean(0), spacing, origin)
-    sampling = 2.0 * spacing
-    to_tibia = ndimage.distance_transform_edt(~tibia, sampling=sampling)
-    to_femur = ndimage.distance_transform_edt(~femur, sampling=sampling)
-    gap = to_tibia[femur].min()
-    facing = (femur & (to_tibia <= gap + 4.0)) | (tibia & (to_femur <= gap + 4.0))
-    return _index_to_mm(np.argwhere(facing).mean(0) * 2.0, spacing, origin)
+    """LPS point (mm) where femur and tibia meet: the knee centre of paired training and inference
+    (``preprocess.centre.knee_centre``). Falls back on the centre of all bone when femur or tibia is
+    missing."""
+    grid = VoxelGrid(np.asarray(origin, float), np.full(3, float(spacing)), np.eye(3))
+    return np.array(knee_centre_or_bone_centroid(labels, grid, TISSUE_IDS["femur"], TISSUE_IDS["tibia"], BONE_IDS))
 
 
 def _tissue_box_mm(labels, spacing, origin) -> np.ndarray:
