@@ -292,8 +292,8 @@ def task_train(args):
                 from kneeseg import synth
 
                 files = synth.cache_files(cache)
-                train_source = synth.SliceSynthesizer(files, planes=config.planes, batch_size=batch, steps=steps)
-                val_source = synth.SliceSynthesizer(files, planes=config.planes, batch_size=batch, steps=1, fixed=True)
+                train_source = synth.SliceSynthesizer(files, config.frame, batch_size=batch, steps=steps)
+                val_source = synth.SliceSynthesizer(files, config.frame, batch_size=batch, steps=1, fixed=True)
                 source_kind = "synthetic slices from the label-map cache"
             else:
                 pairs = find_pairs(_toy_pairs(tmp / "data"))

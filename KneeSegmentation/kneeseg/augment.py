@@ -2,13 +2,18 @@
 
 Geometric transforms (flip, shift, rotation, shear, zoom) are composed into one affine per sample and
 applied once, linear for the image and nearest-neighbour for the labels, so labels stay labels.
-Intensity transforms (brightness, contrast, gamma) act on the normalised image.
+Intensity transforms act on a copy of the image rescaled to [0, 1], which is standardised again at
+the end: the acquisition effects that synthesis paints onto synthetic slices (``transforms``: thick
+slices, a bias field, Gaussian or Rician noise; off unless configured), then gamma, contrast and
+brightness.
 """
 
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+
+from .transforms import random_bias_field, thick_slices, with_bias, with_noise
 
 
 @dataclass(frozen=True)
@@ -21,6 +26,12 @@ class AugmentConfig:
     brightness: float = 0.2  # added, in standard deviations
     contrast_range: tuple = (0.8, 1.25)
     gamma_range: tuple = (0.7, 1.5)
+    # Acquisition effects on real slices, as synthesis makes them (0: off; no random draw is made then)
+    thick_slice_probability: float = 0.0  # thick 2D slices along a random in-plane axis ...
+    slice_thickness_px: tuple = (1.5, 4.0)  # ... this many pixels thick
+    bias_std: float = 0.0  # largest standard deviation of the log of a smooth multiplicative bias field
+    noise_std: float = 0.0  # largest noise standard deviation (fraction of the intensity range)
+    rician_probability: float = 0.5  # magnitude (Rician) rather than Gaussian noise
 
 
 def random_affine(rng, size, config: AugmentConfig):
@@ -47,12 +58,25 @@ def augment_pair(image, labels, rng, config: AugmentConfig = AugmentConfig()):
 
 
 def adjust_intensity(image, rng, config: AugmentConfig = AugmentConfig()):
-    """Random gamma (on a 0-1 rescaled copy), contrast and brightness, then re-standardised."""
+    """Acquisition effects and a random gamma (on a 0-1 rescaled copy), contrast and brightness, then
+    re-standardised."""
     lo, hi = float(image.min()), float(image.max())
-    unit = (image - lo) / max(hi - lo, 1e-6)
+    unit = acquisition_effects((image - lo) / max(hi - lo, 1e-6), rng, config)
     unit = unit ** rng.uniform(*config.gamma_range)
     out = unit * rng.uniform(*config.contrast_range) + rng.uniform(-config.brightness, config.brightness)
     return ((out - out.mean()) / max(float(out.std()), 1e-6)).astype(np.float32)
+
+
+def acquisition_effects(unit, rng, config: AugmentConfig):
+    """Thick slices, a bias field and noise on an image in [0, 1], each where ``config`` turns it on."""
+    if config.thick_slice_probability > 0 and rng.random() < config.thick_slice_probability:
+        axis, width = int(rng.integers(2)), rng.uniform(*config.slice_thickness_px)
+        unit = thick_slices(unit, axis, width, rng.random())
+    if config.bias_std > 0:
+        unit = with_bias(unit, random_bias_field(rng, unit.shape, rng.uniform(0.0, config.bias_std)))
+    if config.noise_std > 0:
+        unit = with_noise(rng, unit, rng.uniform(0.0, config.noise_std), rng.random() < config.rician_probability)
+    return unit
 
 
 def augment_batch(images, labels, rng, config: AugmentConfig = AugmentConfig()):

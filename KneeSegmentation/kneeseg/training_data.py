@@ -12,6 +12,7 @@ from . import train as training
 from .bundle import save_bundle, update_card
 from .errors import InputError
 from .labels import MERGED_BONES, SEPARATE_BONES
+from .specs import FrameSpec
 
 
 def _labels(config):
@@ -60,8 +61,8 @@ def synthetic_sources(config, cache, progress=None):
     def files(ids):
         return [Path(cache) / e["file"] for e in entries if e["subject"] in ids]
 
-    common = dict(planes=config.planes, size=config.input_size, window_mm=config.window_mm,
-                  batch_size=config.batch_size, config=synth.synthesis_config(config.synthesis))
+    frame = FrameSpec(planes=config.planes, size=config.input_size, window_mm=config.window_mm)
+    common = dict(frame=frame, batch_size=config.batch_size, config=synth.synthesis_config(config.synthesis))
     merged = config.output == "merged"
     train_source = synth.SliceSynthesizer(files(train_ids), seed=config.seed, steps=config.steps_per_epoch,
                                           merged=merged, **common)

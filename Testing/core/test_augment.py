@@ -50,3 +50,25 @@ def test_intensity_changes_stay_standardised():
     out = adjust_intensity(image, rng)
     assert abs(out.mean()) < 1e-4 and abs(out.std() - 1) < 1e-3
     assert not np.allclose(out, (image - image.mean()) / image.std())
+
+
+def test_acquisition_effects_are_off_by_default_and_draw_nothing():
+    """The default augmentation makes exactly the draws it made before acquisition effects existed."""
+    image = np.random.default_rng(3).normal(size=(32, 32)).astype(np.float32)
+    rng, reference = np.random.default_rng(7), np.random.default_rng(7)
+    adjust_intensity(image, rng)
+    reference.uniform(size=3)  # gamma, contrast, brightness
+    assert rng.bit_generator.state == reference.bit_generator.state
+
+
+def test_acquisition_effects_on_real_slices_change_the_image_not_the_labels():
+    image, labels = _square()
+    image = image + 0.2
+    plain = AugmentConfig()
+    acquired = AugmentConfig(thick_slice_probability=1.0, slice_thickness_px=(3.0, 3.0), bias_std=0.3,
+                             noise_std=0.05)
+    out_plain, labels_plain = augment_pair(image, labels, np.random.default_rng(4), plain)
+    out, out_labels = augment_pair(image, labels, np.random.default_rng(4), acquired)
+    np.testing.assert_array_equal(out_labels, labels_plain)
+    assert not np.allclose(out, out_plain)
+    assert abs(out.mean()) < 1e-4 and abs(out.std() - 1) < 1e-3

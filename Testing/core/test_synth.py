@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kneeseg import synth
 from kneeseg.errors import InputError
 from kneeseg.geometry import frame_points
+from kneeseg.specs import FrameSpec
 from kneeseg.synth import (
     LabelSource, SliceSynthesizer, SynthesisConfig, cache_files, load_label_map, load_manifest, prepare_cache,
     synthesis_config, synthesize_volume, write_example_sheet,
 )
+from kneeseg.synth import render
 
 sitk = pytest.importorskip("SimpleITK")
 
@@ -99,10 +100,10 @@ def phantom_cache(tmp_path_factory):
     return root / "cache", labels, manifest
 
 
-def make(cache, **kwargs):
-    options = dict(size=SIZE, window_mm=WINDOW_MM, n_slices_per_sample=2, batch_size=4, seed=0)
+def make(cache, size=SIZE, window_mm=WINDOW_MM, planes=FrameSpec().planes, **kwargs):
+    options = dict(n_slices_per_sample=2, batch_size=4, seed=0)
     options.update(kwargs)
-    return SliceSynthesizer(cache, **options)
+    return SliceSynthesizer(cache, FrameSpec(planes=planes, size=size, window_mm=window_mm), **options)
 
 
 # --- cache -----------------------------------------------------------------------------------------
@@ -276,11 +277,11 @@ def test_background_structures_run_along_the_limb(phantom_cache):
     synthesizer = make(cache, size=128, window_mm=160.0, planes=("coronal",), config=EXACT)
     changes = {1.0: np.zeros(2), 4.0: np.zeros(2)}
     for seed in range(12):
-        view, _, look, _ = synthesizer._draw(np.random.SeedSequence(seed), 1)
-        q = synthesizer._grid.points("coronal", view.pixel_mm, 0.0)
+        view, _, look, _ = synthesizer.draw(np.random.SeedSequence(seed), 1)
+        q = synthesizer.grid.points("coronal", view.pixel_mm, 0.0)
         for stretch in changes:
-            regions = synth._background_regions(dataclasses.replace(look, background_stretch=stretch), q,
-                                                view.half_extent_mm, synthesizer._grid)
+            regions = render.background_regions(dataclasses.replace(look, background_stretch=stretch), q,
+                                                view.half_extent_mm, synthesizer.grid)
             changes[stretch] += [np.count_nonzero(np.diff(regions, axis=a)) for a in (0, 1)]
     vertical, horizontal = changes[4.0]
     assert horizontal > 0 and vertical < 0.5 * horizontal
@@ -291,10 +292,10 @@ def test_background_structures_run_along_the_limb(phantom_cache):
 def test_septa_are_bands_of_the_given_width_along_region_borders(width):
     regions = np.zeros((20, 20), np.uint8)
     regions[:, 10:] = 1
-    septa = synth._region_borders(regions, width)
+    septa = render.region_borders(regions, width)
     assert septa.any(axis=0).sum() == width  # columns of the band
     assert septa[:, 9].all() or septa[:, 10].all()
-    assert not synth._region_borders(np.zeros((20, 20), np.uint8), width).any()
+    assert not render.region_borders(np.zeros((20, 20), np.uint8), width).any()
 
 
 def test_septa_and_stretch_render(phantom_cache):
@@ -328,7 +329,7 @@ def test_synthetic_volume_is_a_scan_with_matching_labels(phantom_cache):
 
 def test_example_sheet_is_a_png(phantom_cache, tmp_path):
     cache, _, _ = phantom_cache
-    out = write_example_sheet(cache, tmp_path / "sheet.png", n=4, size=48)
+    out = write_example_sheet(cache, tmp_path / "sheet.png", n=4, frame=FrameSpec(size=48))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -372,7 +373,8 @@ def test_synthesizer_needs_no_simpleitk(phantom_cache):
     cache, _, _ = phantom_cache
     code = ("import sys; sys.modules['SimpleITK'] = None\n"
             "from kneeseg.synth import SliceSynthesizer\n"
-            f"SliceSynthesizer({str(cache)!r}, size=32, batch_size=2).batch(0)\n"
+            "from kneeseg.specs import FrameSpec\n"
+            f"SliceSynthesizer({str(cache)!r}, FrameSpec(size=32), batch_size=2).batch(0)\n"
             "assert not any(m.startswith(('tensorflow', 'keras')) for m in sys.modules)\n")
     package_root = Path(__file__).resolve().parents[2] / "KneeSegmentation"
     env = {"PYTHONPATH": str(package_root)}
@@ -400,5 +402,5 @@ def test_real_label_maps(tmp_path):
         femur_z = np.argwhere(label_map.labels == 1)[:, 0].mean() * 0.7 + label_map.origin[2]
         tibia_z = np.argwhere(label_map.labels == 2)[:, 0].mean() * 0.7 + label_map.origin[2]
         assert tibia_z < label_map.knee_centre_mm[2] < femur_z
-    y = SliceSynthesizer(tmp_path / "cache", size=96, batch_size=16, n_slices_per_sample=4).batch(0)[1]
+    y = SliceSynthesizer(tmp_path / "cache", FrameSpec(size=96), batch_size=16, n_slices_per_sample=4).batch(0)[1]
     assert {1, 2} <= set(np.unique(y))

@@ -1,0 +1,260 @@
+"""The label-map cache: every label map read once (SimpleITK), translated to tissues, resampled onto
+an isotropic grid and saved for the synthesizer, which loads it with numpy alone.
+
+:func:`prepare_cache` reads every label map a :class:`~.tissues.LabelSource` matches, maps its values
+onto the tissue table, resamples it with nearest neighbour onto an isotropic grid with identity
+direction in ITK's LPS space, crops it to the bones plus a margin and saves one compressed ``.npz``
+per label map and a ``manifest.json``. :func:`load_label_map` and :func:`cache_files` read it back.
+
+Layout of a cached map (:class:`CachedLabelMap`): ``labels`` is a (z, y, x) uint8 array of tissue ids;
+``spacing``, ``origin``, ``knee_centre_mm`` and ``tissue_box_mm`` are in (x, y, z) LPS millimetres.
+Tissue id 255 marks voxels outside the field of view of the source scan (no signal, never bone).
+"""
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..datasets import volume_stem
+from ..geometry import VoxelGrid
+from ..io import write_json
+from ..labels import SEPARATE_BONES
+from ..preprocess.centre import knee_centre_or_bone_centroid
+from ..progress import NO_PROGRESS
+from .tissues import BONE_IDS, DEFAULT_SOURCES, OUTSIDE_FIELD_OF_VIEW, TISSUE_IDS, TISSUES, LabelSource
+
+CACHE_FORMAT = "kneeseg-labelmap-cache/1"
+MANIFEST_NAME = "manifest.json"
+
+
+def _read_tissue_image(path: Path, source: LabelSource):
+    """The label map with its values replaced by tissue ids (uint8, same grid)."""
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(path))
+    values = sitk.GetArrayViewFromImage(image)
+    if values.min() < 0:
+        raise ValueError(f"{path}: negative label values")
+    tissue = source.lookup(int(values.max()))[values]
+    out = sitk.GetImageFromArray(tissue)
+    out.CopyInformation(image)
+    return out
+
+
+def _index_box(mask: np.ndarray):
+    """First and last index of True along each array axis: (lo, hi), each in array (z, y, x) order."""
+    per_axis = [np.nonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))[0]
+                for axis in range(mask.ndim)]
+    return np.array([ax[0] for ax in per_axis]), np.array([ax[-1] for ax in per_axis])
+
+
+def _physical_box(image, index_lo, index_hi) -> np.ndarray:
+    """Axis-aligned (2, 3) LPS box around the voxel box [index_lo, index_hi] (x, y, z order, inclusive)."""
+    corners = [image.TransformContinuousIndexToPhysicalPoint(
+        [float(index_lo[a] - 0.5 if bit == 0 else index_hi[a] + 0.5) for a, bit in enumerate(bits)])
+        for bits in np.ndindex(2, 2, 2)]
+    corners = np.array(corners)
+    return np.stack([corners.min(0), corners.max(0)])
+
+
+def _crop_grid(image, spacing_mm: float, margin_mm: float):
+    """Origin and size of the cache grid: the bones plus a margin, inside the source field of view.
+
+    Voxel centres lie on multiples of ``spacing_mm`` so that all caches share one lattice.
+    """
+    import SimpleITK as sitk
+
+    bone = np.isin(sitk.GetArrayViewFromImage(image), BONE_IDS)
+    if not bone.any():
+        raise ValueError("label map contains no bone")
+    lo_zyx, hi_zyx = _index_box(bone)
+    bone_box = _physical_box(image, lo_zyx[::-1], hi_zyx[::-1])
+    fov_box = _physical_box(image, [0, 0, 0], [n - 1 for n in image.GetSize()])
+    lo = np.maximum(bone_box[0] - margin_mm, fov_box[0])
+    hi = np.minimum(bone_box[1] + margin_mm, fov_box[1])
+    origin = np.ceil(lo / spacing_mm) * spacing_mm
+    size = np.floor((hi - origin) / spacing_mm).astype(int) + 1
+    return origin, size
+
+
+def _resample_to_cache_grid(image, origin, size, spacing_mm):
+    import SimpleITK as sitk
+
+    out = sitk.Resample(image, [int(s) for s in size], sitk.Transform(), sitk.sitkNearestNeighbor,
+                        [float(o) for o in origin], [float(spacing_mm)] * 3, np.eye(3).ravel().tolist(),
+                        OUTSIDE_FIELD_OF_VIEW, sitk.sitkUInt8)
+    return sitk.GetArrayFromImage(out)
+
+
+def _index_to_mm(index_zyx, spacing, origin) -> np.ndarray:
+    return np.asarray(origin, float) + np.asarray(index_zyx, float)[..., ::-1] * spacing
+
+
+def knee_centre_of(labels: np.ndarray, spacing: float, origin) -> np.ndarray:
+    """LPS point (mm) where femur and tibia meet: the knee centre of paired training and inference
+    (``preprocess.centre.knee_centre``). Falls back on the centre of all bone when femur or tibia is
+    missing."""
+    grid = VoxelGrid(np.asarray(origin, float), np.full(3, float(spacing)), np.eye(3))
+    return np.array(knee_centre_or_bone_centroid(labels, grid, TISSUE_IDS["femur"], TISSUE_IDS["tibia"], BONE_IDS))
+
+
+def _tissue_box_mm(labels, spacing, origin) -> np.ndarray:
+    lo, hi = _index_box((labels > 0) & (labels != OUTSIDE_FIELD_OF_VIEW))
+    return np.stack([_index_to_mm(lo, spacing, origin), _index_to_mm(hi, spacing, origin)])
+
+
+def _field_of_view_z_range(labels, spacing_mm: float, inset_mm: float = 5.0) -> np.ndarray:
+    """First and last z slice to repeat when the synthesizer continues the anatomy (bone shafts)
+    beyond the source's field of view: ``inset_mm`` inside the slices that lie (almost) wholly in it,
+    because manual labels often fade out over the last few slices of a scan."""
+    valid = (labels != OUTSIDE_FIELD_OF_VIEW).mean(axis=(1, 2))
+    full = np.nonzero(valid >= 0.9 * valid.max())[0]
+    inset = min(int(round(inset_mm / spacing_mm)), (full[-1] - full[0]) // 2)
+    return np.array([full[0] + inset, full[-1] - inset], np.int32)
+
+
+def _bone_fingerprint(labels, spacing, origin) -> dict:
+    """Volume (ml) and centre (mm) of femur and tibia, to spot one knee published twice."""
+    fingerprint = {}
+    for name in ("femur", "tibia"):
+        index = np.argwhere(labels == TISSUE_IDS[name])
+        fingerprint[name] = (len(index) * spacing ** 3 / 1000.0,
+                             _index_to_mm(index.mean(0), spacing, origin) if len(index) else None)
+    return fingerprint
+
+
+def _same_knee(a: dict, b: dict, volume_tolerance=0.05, distance_mm=4.0) -> bool:
+    for name in ("femur", "tibia"):
+        (va, ca), (vb, cb) = a[name], b[name]
+        if ca is None or cb is None or abs(va - vb) > volume_tolerance * max(va, vb):
+            return False
+        if np.linalg.norm(ca - cb) > distance_mm:
+            return False
+    return True
+
+
+def _cache_name(source: LabelSource, stem: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{source.dataset}_{stem}") + ".npz"
+
+
+def prepare_cache(source_dir, cache_dir, spacing_mm: float = 0.7, margin_mm: float = 40.0,
+                  sources=DEFAULT_SOURCES, progress=None) -> dict:
+    """Convert the label maps under ``source_dir`` into the synthesizer's cache; return the manifest.
+
+    Every file matched by a ``LabelSource`` pattern (relative to ``source_dir``) becomes
+    ``<cache_dir>/<dataset>_<name>.npz``. Two files whose femur and tibia agree in volume (5 %) and
+    position (4 mm) are taken for one knee published twice and get one subject id (``same_knee_as``
+    names the first). ``progress`` hears of each file done.
+    """
+    source_dir, cache_dir = Path(source_dir), Path(cache_dir)
+    progress = progress or NO_PROGRESS
+    jobs = [(source, path) for source in sources for path in sorted(source_dir.glob(source.pattern))]
+    if not jobs:
+        raise FileNotFoundError(f"no label maps under {source_dir} match {[s.pattern for s in sources]}")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    entries, fingerprints = [], []
+    for done, (source, path) in enumerate(jobs, 1):
+        entry, fingerprint = _cache_one(source, path, source_dir, cache_dir, spacing_mm, margin_mm)
+        for earlier, earlier_print in zip(entries, fingerprints):
+            if _same_knee(fingerprint, earlier_print):
+                entry["subject"], entry["same_knee_as"] = earlier["subject"], earlier["file"]
+                break
+        entries.append(entry)
+        fingerprints.append(fingerprint)
+        progress("cache", done / len(jobs), path.name)
+    manifest = {
+        "format": CACHE_FORMAT,
+        "spacing_mm": spacing_mm,
+        "margin_mm": margin_mm,
+        "tissues": [dataclasses.asdict(t) for t in TISSUES],
+        "outside_field_of_view": OUTSIDE_FIELD_OF_VIEW,
+        "files": entries,
+    }
+    write_json(cache_dir / MANIFEST_NAME, manifest, indent=1)
+    return manifest
+
+
+def _cache_one(source: LabelSource, path: Path, source_dir: Path, cache_dir: Path, spacing_mm, margin_mm):
+    image = _read_tissue_image(path, source)
+    origin, size = _crop_grid(image, spacing_mm, margin_mm)
+    labels = _resample_to_cache_grid(image, origin, size, spacing_mm)
+    stem = volume_stem(path)
+    bones = [bone.name for bone in SEPARATE_BONES if (labels == TISSUE_IDS[bone.name.lower()]).any()]
+    record = {
+        "labels": labels,
+        "spacing": np.float64(spacing_mm),
+        "origin": origin,
+        "knee_centre_mm": knee_centre_of(labels, spacing_mm, origin),
+        "tissue_box_mm": _tissue_box_mm(labels, spacing_mm, origin),
+        "fov_z_range": _field_of_view_z_range(labels, spacing_mm),
+        "source": np.str_(path.relative_to(source_dir).as_posix()),
+        "licence": np.str_(source.licence),
+        "subject": np.str_(source.subject(stem)),
+        "has_fibula": np.bool_("Fibula" in bones),
+    }
+    name = _cache_name(source, stem)
+    np.savez_compressed(cache_dir / name, **record)
+    entry = {
+        "file": name,
+        "source": str(record["source"]),
+        "dataset": source.dataset,
+        "licence": source.licence,
+        "subject": str(record["subject"]),
+        "bones": bones,
+        "has_fibula": bool(record["has_fibula"]),
+        "shape_zyx": list(labels.shape),
+        "knee_centre_mm": [round(float(v), 2) for v in record["knee_centre_mm"]],
+        "same_knee_as": None,
+    }
+    return entry, _bone_fingerprint(labels, spacing_mm, origin)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cache loading (numpy only)
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CachedLabelMap:
+    """One cached label map; see the module docstring for axes and units."""
+
+    labels: np.ndarray
+    spacing: float
+    origin: np.ndarray
+    knee_centre_mm: np.ndarray
+    tissue_box_mm: np.ndarray
+    fov_z_range: np.ndarray
+    source: str
+    licence: str
+    subject: str
+    has_fibula: bool
+
+
+def load_label_map(path) -> CachedLabelMap:
+    with np.load(path, allow_pickle=False) as f:
+        return CachedLabelMap(
+            labels=np.ascontiguousarray(f["labels"]), spacing=float(f["spacing"]), origin=f["origin"].astype(float),
+            knee_centre_mm=f["knee_centre_mm"].astype(float), tissue_box_mm=f["tissue_box_mm"].astype(float),
+            fov_z_range=f["fov_z_range"].astype(int), source=str(f["source"]), licence=str(f["licence"]),
+            subject=str(f["subject"]), has_fibula=bool(f["has_fibula"]))
+
+
+def load_manifest(cache_dir) -> dict:
+    path = Path(cache_dir) / MANIFEST_NAME
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != CACHE_FORMAT:
+        raise ValueError(f"{path}: not a {CACHE_FORMAT} manifest")
+    return manifest
+
+
+def cache_files(cache_dir_or_files) -> list:
+    """The .npz paths of a cache folder (in manifest order), or the given list of paths."""
+    if isinstance(cache_dir_or_files, (str, Path)):
+        folder = Path(cache_dir_or_files)
+        return [folder / entry["file"] for entry in load_manifest(folder)["files"]]
+    return [Path(p) for p in cache_dir_or_files]
+

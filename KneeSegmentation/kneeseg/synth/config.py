@@ -1,0 +1,129 @@
+"""The synthesizer's settings: the ranges of its random draws, checked when read from a card or file."""
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class SynthesisConfig:
+    """Ranges of the random draws. ``(a, b)`` pairs are uniform ranges unless stated otherwise.
+
+    Geometry (what part of which knee, seen how):
+      fibula_weight: sampling weight of a label map that has a fibula, relative to 1 for the others
+        (only two maps have one).
+      window_scale: log-uniform factor on the nominal field of view (``window_mm``): pixel size and
+        apparent knee size vary together.
+      centre_shift_mm: standard deviation of the shift of the view centre from the knee centre (per
+        axis, clipped at two standard deviations).
+      slab_half_mm: the slices of one sample stack lie within +- this distance from the centre along
+        the slice axis, spread like the slices of a whole volume.
+      max_rotation_deg: rotation about each LPS axis (patient positioning, oblique acquisitions).
+      scale_range: anisotropic scaling of the anatomy per axis.
+      max_deformation_mm: standard deviation (itself drawn in [0, this]) of a smooth random
+        displacement given on cubic-spline control points ``deformation_spacing_mm`` apart.
+      mirror_probability: left/right mirroring (left and right knees).
+      extend_shafts_probability: repeat the last slices of the label map above and below its field of
+        view (bone shafts are nearly cylinders), so that bones do not always end at a scan edge.
+
+    Appearance (how the knee looks):
+      preset_probability: tissue means follow one of the MRI contrast presets (T1, PD, PD fat-sat, T2,
+        DESS) with ``intensity_jitter``; otherwise every tissue kind gets a uniform random mean.
+      shared_bone_probability: the four bones share one marrow intensity (plus a small jitter).
+      texture_std: range of the amplitude of intra-structure texture (fraction of full scale).
+      texture_sigma_px: range of the correlation length of that texture.
+      background_classes: number of random smooth structures (muscle, fat, fluid stand-ins) that fill
+        unlabelled space inside the body; background_blob_mm: their size.
+      muscle_stretch_probability, muscle_stretch: those structures are stretched along the limb
+        (superior-inferior) by this log-uniform factor, as thigh and calf muscles are: long shapes
+        beside the knee are not always a bone shaft.
+      septum_probability, septum_mm: thin lines of their own intensity (fat or fibrous tissue) between
+        those structures, as the septa between muscles: an outlined region is not always a bone.
+      air_probability: there is air (zero signal) outside a random body outline.
+      subcutaneous_fat_probability, fat_layer_mm: a fat layer under the skin.
+      cortex_probability, cortex_mm: a cortical rim of that width at bone edges, dark (as in every
+        MRI contrast) with dark_cortex_probability, of random intensity otherwise.
+      bias_std: standard deviation of the log of a smooth multiplicative bias field.
+      thick_slice_probability, slice_thickness_mm: simulated thick 2D acquisition, along the slice
+        axis (half of the cases: partial-volume average) or along one in-plane axis (averaged and
+        re-interpolated, as a coronal view of a sagittal scan).
+      blur_sigma_px: in-plane Gaussian blur.
+      noise_std: Gaussian noise (fraction of full scale); rician_probability: magnitude (Rician) noise.
+      gamma_log_std: standard deviation of log(gamma) of a final intensity gamma curve.
+      fov_crop_probability, fov_crop_fraction: zero everything outside a random box (a smaller field
+        of view), whose sides are that fraction of the image.
+    """
+
+    fibula_weight: float = 10.0
+    window_scale: tuple = (0.8, 1.25)
+    centre_shift_mm: float = 15.0
+    slab_half_mm: float = 45.0
+    max_rotation_deg: float = 20.0
+    scale_range: tuple = (0.9, 1.1)
+    max_deformation_mm: float = 3.0
+    deformation_spacing_mm: float = 40.0
+    mirror_probability: float = 0.5
+    extend_shafts_probability: float = 0.5
+
+    preset_probability: float = 0.5
+    shared_bone_probability: float = 0.7
+    intensity_jitter: float = 0.06
+    texture_std: tuple = (0.0, 0.08)
+    texture_sigma_px: tuple = (0.7, 2.0)
+    background_classes: tuple = (2, 6)
+    background_blob_mm: tuple = (10.0, 40.0)
+    muscle_stretch_probability: float = 0.6
+    muscle_stretch: tuple = (1.5, 5.0)
+    septum_probability: float = 0.5
+    septum_mm: tuple = (0.5, 2.0)
+    air_probability: float = 0.8
+    subcutaneous_fat_probability: float = 0.6
+    fat_layer_mm: tuple = (3.0, 15.0)
+    cortex_probability: float = 0.9
+    cortex_mm: tuple = (0.7, 2.0)
+    dark_cortex_probability: float = 0.85
+    bias_std: tuple = (0.0, 0.35)
+    thick_slice_probability: float = 0.5
+    slice_thickness_mm: tuple = (1.5, 6.0)
+    blur_sigma_px: tuple = (0.0, 1.0)
+    noise_std: tuple = (0.0, 0.06)
+    rician_probability: float = 0.5
+    gamma_log_std: float = 0.3
+    fov_crop_probability: float = 0.2
+    fov_crop_fraction: tuple = (0.55, 1.0)
+
+
+# The held-out synthetic benchmark (``evaluate_synthetic``) keeps the generator it was first reported
+# with, so that its numbers stay comparable across models: no stretched structures, no septa.
+EVALUATION_CONFIG = SynthesisConfig(muscle_stretch_probability=0.0, septum_probability=0.0)
+
+
+def synthesis_config(overrides=None) -> SynthesisConfig:
+    """The generator's settings: the defaults with ``overrides`` (a dict of field values, e.g. a card's
+    ``training.data.synthesis``) applied. Unknown names and wrong types are refused by name."""
+    if not overrides:
+        return SynthesisConfig()
+    if not isinstance(overrides, dict):
+        raise InputError(f"synthesis settings must be a JSON object of field values, not {type(overrides).__name__}")
+    defaults = SynthesisConfig()
+    names = [f.name for f in dataclasses.fields(defaults)]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise InputError(f"unknown synthesis setting(s) {', '.join(unknown)} (known: {', '.join(names)})")
+
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    values = {}
+    for name, value in overrides.items():
+        default = getattr(defaults, name)
+        if isinstance(default, tuple):
+            ok = isinstance(value, (list, tuple)) and len(value) == len(default) and all(map(number, value))
+        else:
+            ok = number(value)
+        if not ok:
+            raise InputError(f"synthesis setting {name} must be like {default!r}, not {value!r}")
+        values[name] = tuple(value) if isinstance(default, tuple) else value
+    return dataclasses.replace(defaults, **values)
+

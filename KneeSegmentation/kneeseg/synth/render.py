@@ -1,0 +1,220 @@
+"""Rendering: the image of a synthetic volume, painted onto its label map, step by step.
+
+:func:`render` lists the steps in the order they happen, from the label map to the image a scanner
+would write; the helpers below it do one step each. Every random number it needs is drawn in
+``draws`` beforehand, except the noise (texture, thick-slice phase, image noise), which comes from the
+generator it is given. Smooth quantities (the sampling map, fields) are computed on a coarse grid
+(:class:`CoarseGrid`) and interpolated to full size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage
+
+from ..geometry import frame_points
+from ..transforms import LinearWeights, lattice_values, thick_slices, with_bias, with_noise
+from .cache import CachedLabelMap
+from .draws import Appearance, View
+from .tissues import BONE_IDS, OUTSIDE_FIELD_OF_VIEW
+
+COARSE_STRIDE_PX = 8
+
+
+def render(rng, view: View, label_map: CachedLabelMap, look: Appearance, grid: CoarseGrid, target: np.ndarray):
+    """Images (~[0, 1], not normalised) and training labels (``target`` of each tissue id) of the slices
+    of ``view``.
+
+    For each slice:
+      1. sub-slices: a thick slice along the slice axis is the mean of thin ones, the middle one gives
+         the label;
+      2. where the pixels of a sub-slice lie in the model frame (on the coarse grid);
+      3. deformation: where in the label map they look (rotation, scaling, mirroring, smooth warp);
+      4. the tissue at each pixel (nearest neighbour; bone shafts continued beyond the field of view);
+      5. paint: tissue means and texture, background structures, septa, air, fat layer, cortex;
+      6. the mean of the sub-slices;
+      7. a thick 2D acquisition along an in-plane axis;
+      8. blur;
+      9. the bias field;
+      10. noise, Gaussian or Rician.
+    Then for the stack:
+      11. labels: nothing outside a cropped field of view;
+      12. intensities scaled to about [0, 1], the gamma curve, no signal outside the field of view.
+    """
+    images, targets, no_signal = [], [], []
+    for offset_mm in view.slice_offsets_mm:
+        sub_offsets = _sub_slice_offsets(look, offset_mm)  # 1
+        image = np.zeros((grid.size, grid.size), np.float32)
+        for n, sub_offset in enumerate(sub_offsets):
+            q = grid.points(view.plane, view.pixel_mm, sub_offset)  # 2
+            physical = _cache_mm(view, q)  # 3
+            tissue = _lookup_tissue(label_map, _cache_index(label_map, physical, grid), view.extend_shafts)  # 4
+            image += _paint(rng, tissue, q, physical, view, look, grid)  # 5
+            if n == len(sub_offsets) // 2:
+                centre_tissue, centre_q = tissue, q
+        image = image / len(sub_offsets)  # 6
+        if look.thick_axis in ("row", "column") and look.thickness_mm > 1.5 * view.pixel_mm:  # 7
+            axis = 0 if look.thick_axis == "row" else 1
+            image = thick_slices(image, axis, look.thickness_mm / view.pixel_mm, rng.random())
+        if look.blur_sigma_px > 0.1:  # 8
+            image = ndimage.gaussian_filter(image, look.blur_sigma_px)
+        log_bias = lattice_values(look.bias_lattice, centre_q, view.half_extent_mm).astype(np.float32)  # 9
+        image = with_bias(image, grid.to_full(log_bias))
+        images.append(with_noise(rng, image, look.noise_std, look.rician))  # 10
+        targets.append(target[centre_tissue])
+        no_signal.append(centre_tissue == OUTSIDE_FIELD_OF_VIEW)
+    crop = _crop_mask(look, grid.size)  # 11
+    targets = np.stack(targets)
+    targets[:, crop] = 0
+    return _finish_intensities(np.stack(images), np.stack(no_signal) | crop, look), targets  # 12
+
+
+class CoarseGrid:
+    """Smooth quantities are computed on every 8th pixel and interpolated bilinearly to full size.
+
+    The affine part of the sampling map is reproduced exactly; the deformation and the smooth fields
+    vary over centimetres, far more slowly than the 8-pixel grid.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self.n = int(math.ceil((size - 1) / COARSE_STRIDE_PX)) + 1
+        self.upsample = LinearWeights.between(np.arange(size) * (self.n - 1) / (size - 1), np.arange(self.n))
+
+    def points(self, plane: str, pixel_mm: float, offset_mm: float) -> np.ndarray:
+        """Model-frame points (n, n, 3), relative to the view centre, spanning the full image."""
+        coarse_pixel = (self.size - 1) * pixel_mm / (self.n - 1)
+        return frame_points(np.zeros(3), plane, self.n, coarse_pixel, [offset_mm])[0]
+
+    def to_full(self, coarse: np.ndarray) -> np.ndarray:
+        """(..., n, n) -> (..., size, size)."""
+        return self.upsample.along(self.upsample.along(coarse, -2), -1)
+
+
+
+def _cache_mm(view: View, q: np.ndarray) -> np.ndarray:
+    """LPS position (mm) in the label map shown at model-frame points ``q`` (..., 3)."""
+    displacement = np.stack([lattice_values(view.deformation[c], q, view.half_extent_mm) for c in range(3)], -1)
+    return view.centre + (q + displacement) @ view.matrix.T
+
+
+def _cache_index(label_map: CachedLabelMap, physical_mm: np.ndarray, grid: CoarseGrid) -> np.ndarray:
+    """Continuous (z, y, x) cache indices of every pixel, (3, size, size), from coarse positions (n, n, 3)."""
+    index_xyz = (physical_mm - label_map.origin) / label_map.spacing
+    return grid.to_full(np.moveaxis(index_xyz[..., ::-1], -1, 0))
+
+
+def _lookup_tissue(label_map: CachedLabelMap, index_zyx: np.ndarray, extend_shafts: bool) -> np.ndarray:
+    """Nearest-neighbour tissue ids at continuous indices; 255 outside the cached volume."""
+    labels = label_map.labels
+    k, j, i = (np.rint(c).astype(np.intp) for c in index_zyx)
+    if extend_shafts:
+        k = np.clip(k, *label_map.fov_z_range)
+    nz, ny, nx = labels.shape
+    inside = (k >= 0) & (k < nz) & (j >= 0) & (j < ny) & (i >= 0) & (i < nx)
+    flat = (np.clip(k, 0, nz - 1) * ny + np.clip(j, 0, ny - 1)) * nx + np.clip(i, 0, nx - 1)
+    tissue = labels.ravel()[flat]
+    tissue[~inside] = OUTSIDE_FIELD_OF_VIEW
+    return tissue
+
+
+def _skin_depth(outline: dict, physical_mm: np.ndarray) -> np.ndarray:
+    """Approximate depth (mm) below the skin of a random leg outline; negative outside the leg."""
+    x = physical_mm[..., 0] - outline["centre"][0]
+    y = physical_mm[..., 1] - outline["centre"][1]
+    rx = np.where(x < 0, *outline["x_radii"])
+    ry = np.where(y < 0, *outline["y_radii"])
+    angle = np.arctan2(y, x)
+    wobble = 1.0 + sum(c * np.cos(h * angle) + s * np.sin(h * angle)
+                       for h, (c, s) in zip((2, 3, 4), outline["wobble"]))
+    radius = np.sqrt((x / rx) ** 2 + (y / ry) ** 2) / wobble
+    return (1.0 - radius) * np.sqrt(rx * ry)
+
+
+def _unit_texture(rng, size: int, sigma_px: float) -> np.ndarray:
+    noise = ndimage.gaussian_filter(rng.standard_normal((size, size), dtype=np.float32), sigma_px)
+    return noise / max(float(noise.std()), 1e-6)
+
+
+def background_regions(look: Appearance, q: np.ndarray, half_extent_mm: float, grid: CoarseGrid) -> np.ndarray:
+    """Index of the background structure at every pixel (the largest of the random fields), with the
+    fields stretched superior-inferior (LPS z) by ``look.background_stretch``."""
+    q = q * np.array([1.0, 1.0, 1.0 / look.background_stretch])
+    fields = grid.to_full(np.stack([lattice_values(c, q, half_extent_mm)
+                                    for c in look.background_lattices]).astype(np.float32))
+    return np.argmax(fields, axis=0).astype(np.uint8)
+
+
+def region_borders(regions: np.ndarray, width_px: int) -> np.ndarray:
+    """Pixels with a pixel of another region within a ``width_px + 1`` square around them: a band about
+    ``width_px`` wide along every border."""
+    size = width_px + 1
+    return ndimage.maximum_filter(regions, size=size) != ndimage.minimum_filter(regions, size=size)
+
+
+def _cortex(tissue: np.ndarray, width_px: int) -> np.ndarray:
+    """Bone pixels within ``width_px`` of a pixel of another tissue."""
+    bone = np.where(np.isin(tissue, BONE_IDS), tissue, 0)
+    footprint = np.ones((2 * width_px + 1,) * 2, bool)
+    edge = ndimage.maximum_filter(bone, footprint=footprint) != ndimage.minimum_filter(bone, footprint=footprint)
+    return edge & (bone > 0)
+
+
+def _paint(rng, tissue: np.ndarray, q: np.ndarray, physical_mm: np.ndarray, view: View,
+                   look: Appearance, grid: CoarseGrid) -> np.ndarray:
+    """Noise-free image of one slice (values ~[0, 1]) from its tissue ids.
+
+    ``q`` and ``physical_mm`` are the coarse-grid model-frame and label-map positions of the slice:
+    every smooth field is evaluated there and interpolated to full size.
+    """
+    texture = _unit_texture(rng, grid.size, look.texture_sigma_px)
+    image = look.means[tissue] + look.texture_amplitude[tissue] * texture
+    unlabelled = tissue == 0
+    if unlabelled.any():
+        regions = background_regions(look, q, view.half_extent_mm, grid)
+        background = look.background_means[regions] + look.background_texture * texture
+        if look.septum_mean >= 0:
+            septa = region_borders(regions, max(1, int(round(look.septum_mm / view.pixel_mm))))
+            background = np.where(septa, look.septum_mean + look.background_texture * texture, background)
+        if look.outline is not None:
+            depth = grid.to_full(_skin_depth(look.outline, physical_mm).astype(np.float32))
+            if look.fat_mean >= 0:
+                background = np.where(depth < look.fat_layer_mm, look.fat_mean, background)
+            background = np.where(depth >= 0, background, 0.0)
+        image = np.where(unlabelled, background, image)
+    if look.cortex_mm > 0:
+        width = max(1, int(round(look.cortex_mm / view.pixel_mm)))
+        image = np.where(_cortex(tissue, width), look.cortex_mean, image)
+    return image.astype(np.float32)
+
+
+def _sub_slice_offsets(look: Appearance, offset_mm: float) -> np.ndarray:
+    """Offsets averaged into one slice: a thick slice along the slice axis is the mean of thin ones.
+    The middle one (odd count) is the slice itself and gives the training label."""
+    if look.thick_axis != "slice":
+        return np.array([offset_mm])
+    n = 3 if look.thickness_mm < 3.0 else 5
+    return offset_mm + look.thickness_mm * ((np.arange(n) + 0.5) / n - 0.5)
+
+
+
+
+def _finish_intensities(images: np.ndarray, no_signal: np.ndarray, look: Appearance) -> np.ndarray:
+    """Scale to ~[0, 1], gamma curve, zero signal outside the field of view."""
+    scale = max(float(np.percentile(images, 99.5)), 1e-6)
+    images = np.clip(images / scale, 0.0, None) ** look.gamma
+    images[no_signal] = 0.0
+    return images
+
+
+def _crop_mask(look: Appearance, size: int) -> np.ndarray:
+    """True outside the field of view of a cropped acquisition."""
+    outside = np.zeros((size, size), bool)
+    if look.fov_crop is not None:
+        r0, r1, c0, c1 = look.fov_crop
+        outside[:] = True
+        outside[r0:r1, c0:c1] = False
+    return outside
+

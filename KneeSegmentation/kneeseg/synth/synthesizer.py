@@ -1,0 +1,159 @@
+"""The synthesizer: batches of synthetic training slices, and whole synthetic scans for evaluation."""
+
+import dataclasses
+import threading
+
+import numpy as np
+
+from ..geometry import PLANES, check_plane, frame_origin, plane_direction
+from ..preprocess.intensity import standardize
+from ..specs import FrameSpec
+from .cache import CachedLabelMap, cache_files, load_label_map
+from .config import SynthesisConfig
+from .draws import draw_appearance, draw_view
+from .render import CoarseGrid, render
+from .tissues import target_lookup
+
+SCAN_SIZE = 256  # pixels of a synthetic scan's slices (a scanner's matrix, not the model frame)
+SCAN_WINDOW_MM = 160.0  # its in-plane field of view
+SCAN_EXTENT_MM = 120.0  # its extent along the slice axis
+
+
+class SliceSynthesizer:
+    """Batches of synthetic model-frame slices with their bone labels.
+
+    ``batch(index)`` returns ``x`` float32 (B, size, size, 1) and ``y`` uint8 (B, size, size) with the
+    values of ``labels.SEPARATE_BONES`` (``merged``: 1 for any bone, as ``labels.MERGED_BONES``). Each
+    batch holds ``ceil(B / n_slices_per_sample)`` stacks; the slices of one stack come from one
+    synthetic volume (one label map, view and appearance) and are normalised together.
+
+    A batch depends only on (seed, epoch, index), so it is the same in any thread or worker process
+    and in any order. ``on_epoch_end`` moves to the next epoch's fresh batches, unless ``fixed`` (a
+    validation set: the same batches every epoch). ``steps`` is the number of batches per epoch
+    (``len``). Label maps are loaded on first use.
+
+    The slices are cut as ``frame`` says (planes, pixels, normalisation), the frame inference uses;
+    its ``window_mm`` is the nominal field of view, which ``config.window_scale`` varies.
+    """
+
+    def __init__(self, cache, frame: FrameSpec = FrameSpec(), n_slices_per_sample: int = 4, batch_size: int = 8,
+                 seed: int = 0, config: SynthesisConfig = SynthesisConfig(), steps: int = 1000, fixed: bool = False,
+                 merged: bool = False):
+        self.files = cache_files(cache)
+        if not self.files:
+            raise ValueError("no cached label maps to synthesise from")
+        self.frame = frame
+        self.n_slices_per_sample = int(n_slices_per_sample)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.config = config
+        self.steps = int(steps)
+        self.fixed = bool(fixed)
+        self.epoch = 0
+        self._knee_centres, has_fibula = zip(*(self._read_summary(f) for f in self.files))
+        weights = np.where(has_fibula, config.fibula_weight, 1.0)
+        self.map_probabilities = weights / weights.sum()
+        self.grid = CoarseGrid(frame.size)
+        self.target = np.minimum(target_lookup(), 1) if merged else target_lookup()
+        self._maps = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _read_summary(path):
+        with np.load(path, allow_pickle=False) as f:
+            return f["knee_centre_mm"].astype(float), bool(f["has_fibula"])
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_maps"], state["_lock"] = {}, None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def on_epoch_end(self):
+        if not self.fixed:
+            self.epoch += 1
+
+    def __getitem__(self, index: int):
+        return self.batch(index)
+
+    def label_map(self, map_index: int) -> CachedLabelMap:
+        with self._lock:
+            if map_index not in self._maps:
+                self._maps[map_index] = load_label_map(self.files[map_index])
+            return self._maps[map_index]
+
+    def batch(self, index: int):
+        x, y, _ = self.batch_with_info(index)
+        return x, y
+
+    def batch_with_info(self, index: int):
+        """Like ``batch``, plus one dict per slice saying what it shows (source, plane, pixel size...)."""
+        n_stacks = -(-self.batch_size // self.n_slices_per_sample)
+        seeds = np.random.SeedSequence([self.seed, self.epoch, int(index)]).spawn(n_stacks)
+        stacks = [self._stack(seed) for seed in seeds]
+        x = np.concatenate([s[0] for s in stacks])[: self.batch_size, ..., None]
+        y = np.concatenate([s[1] for s in stacks])[: self.batch_size]
+        info = [i for s in stacks for i in s[2]][: self.batch_size]
+        return x, y, info
+
+    def draw(self, seed_sequence, n_slices: int):
+        """(view, label map, appearance, noise generator) of one synthetic volume of ``n_slices`` slices."""
+        geometry_rng, appearance_rng, noise_rng = (np.random.default_rng(s) for s in seed_sequence.spawn(3))
+        view = draw_view(geometry_rng, self.config, self.map_probabilities, self.frame.planes, self._knee_centres,
+                         self.frame.size, self.frame.window_mm / self.frame.size, n_slices)
+        label_map = self.label_map(view.map_index)
+        return view, label_map, draw_appearance(appearance_rng, self.config, label_map, view, self.frame.size), noise_rng
+
+    def _stack(self, seed_sequence):
+        view, label_map, look, noise_rng = self.draw(seed_sequence, self.n_slices_per_sample)
+        images, targets = render(noise_rng, view, label_map, look, self.grid, self.target)
+        x = standardize(images, clip_percentiles=self.frame.normalisation.clip_percentiles)
+        info = [{"source": label_map.source, "subject": label_map.subject, "plane": view.plane,
+                 "pixel_mm": view.pixel_mm, "centre_mm": view.centre.tolist(), "slice_offset_mm": float(offset),
+                 "mirrored": view.mirrored, "thick_axis": look.thick_axis,
+                 "thickness_mm": look.thickness_mm if look.thick_axis else None}
+                for offset in view.slice_offsets_mm]
+        return x, targets, info
+
+
+def synthesize_volume(path, seed: int = 0, plane: str = None, slice_mm: float = None, size: int = SCAN_SIZE,
+                      window_mm: float = SCAN_WINDOW_MM, extent_mm: float = SCAN_EXTENT_MM,
+                      config: SynthesisConfig = SynthesisConfig()):
+    """A whole synthetic scan of one cached knee and its bone labels, as SimpleITK images.
+
+    For judging a model end to end (its own preprocessing included) on held-out label maps: slices of
+    one ``plane`` (random unless given), ``slice_mm`` apart and as thick (random in [1, 4] mm unless
+    given), covering ``extent_mm`` along the slice axis; ``size`` x ``size`` pixels over ``window_mm``.
+    Intensities are raw (0..1000, not standardised), as a scanner would write them.
+    """
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(seed)
+    plane = check_plane(plane or PLANES[int(rng.integers(len(PLANES)))])
+    slice_mm = float(slice_mm or rng.uniform(1.0, 4.0))
+    n_slices = int(extent_mm / slice_mm) // 2 * 2 + 1
+    volume_config = dataclasses.replace(config, window_scale=(1.0, 1.0), slab_half_mm=extent_mm / 2,
+                                        thick_slice_probability=1.0, slice_thickness_mm=(slice_mm, slice_mm),
+                                        fov_crop_probability=0.0)
+    synthesizer = SliceSynthesizer([path], FrameSpec(planes=(plane,), window_mm=window_mm, size=size), seed=seed,
+                                   config=volume_config)
+    view, label_map, look, noise_rng = synthesizer.draw(np.random.SeedSequence([seed, 1]), n_slices)
+    view = dataclasses.replace(view, slice_offsets_mm=(np.arange(n_slices) - (n_slices - 1) / 2) * slice_mm)
+    look = dataclasses.replace(look, thick_axis="slice")
+    images, targets = render(noise_rng, view, label_map, look, synthesizer.grid, synthesizer.target)
+    pixel_mm = window_mm / size
+    origin = frame_origin(view.centre, plane, size, pixel_mm, n_slices, slice_mm)
+    out = []
+    for array in ((images * 1000.0).astype(np.float32), targets):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing((pixel_mm, pixel_mm, slice_mm))
+        image.SetDirection(plane_direction(plane).ravel().tolist())
+        image.SetOrigin(tuple(float(v) for v in origin))
+        out.append(image)
+    return tuple(out)
