@@ -62,6 +62,13 @@ def toy_knee(size=(48, 40, 36), spacing=(1.5, 1.2, 1.0), direction=None, origin=
     return image, lab
 
 
+def pytest_collection_modifyitems(items):
+    """A test that needs the trained tiny model is slow (the model costs a minute): ``-m "not slow"`` skips it."""
+    for item in items:
+        if "tiny_bundle" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def toy_case():
     return toy_knee()
@@ -96,13 +103,14 @@ def write_toy_pairs(folder, n=5, **kwargs):
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory):
-    """A tiny model trained by the real training path on toy knees (a few seconds on 2 cores)."""
+    """A tiny model trained by the real training path on toy knees: 10 epochs of 15 batches, about a
+    minute on 2 idle cores (longer on a busy machine); trained once per test session."""
     from kneeseg.train import TrainConfig
-    from kneeseg.training_data import train_bundle
+    from kneeseg.workflows.train import train_bundle
 
     root = tmp_path_factory.mktemp("tiny_bundle")
     data = write_toy_pairs(root / "data", size=(48, 48, 40), spacing=(1.5, 1.5, 1.5))
-    train_bundle(TrainConfig(**TINY_TRAINING), root / "bundle", root / "work", data=data, name="tiny-test-model",
+    train_bundle(TrainConfig.from_flat(**TINY_TRAINING), root / "bundle", root / "work", data=data, name="tiny-test-model",
                  export_onnx=False)
     return root / "bundle"
 

@@ -104,7 +104,7 @@ def timing_bundle(folder, planes=("sagittal", "coronal", "axial"), onnx=True, **
     folder = Path(folder)
     if (folder / "card.json").exists():
         return folder
-    config = train.TrainConfig(planes=tuple(planes))
+    config = train.TrainConfig.from_flat(planes=tuple(planes))
     model = build_unet_2d(**model_kwargs)
     state = {"epoch": -1, "best": float("nan"), "best_epoch": -1}
     card = train.make_card(config, SEPARATE_BONES, {"data": {"kind": "none: untrained, for benchmarks only"}}, state,

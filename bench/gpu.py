@@ -96,7 +96,7 @@ def training(loop, precision, batch, steps):
     from kneeseg.labels import SEPARATE_BONES
 
     keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
-    config = train.TrainConfig(epochs=3, steps_per_epoch=steps, validation_steps=1, batch_size=batch, patience=99,
+    config = train.TrainConfig.from_flat(epochs=3, steps_per_epoch=steps, validation_steps=1, batch_size=batch, patience=99,
                                planes=("sagittal",))
     ends = []
     start = time.perf_counter()

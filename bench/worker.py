@@ -272,7 +272,7 @@ def task_train(args):
     from kneeseg.labels import SEPARATE_BONES
 
     steps, batch = args.get("steps", 12), 8
-    config = train.TrainConfig(epochs=3, steps_per_epoch=steps, validation_steps=1, batch_size=batch, patience=99,
+    config = train.TrainConfig.from_flat(epochs=3, steps_per_epoch=steps, validation_steps=1, batch_size=batch, patience=99,
                                planes=("sagittal",), workers=args.get("workers", 1))
     epoch_ends = []
     peak_before = common.matmul_gflops()
@@ -297,8 +297,8 @@ def task_train(args):
                 source_kind = "synthetic slices from the label-map cache"
             else:
                 pairs = find_pairs(_toy_pairs(tmp / "data"))
-                train_source = PairedSlices(pairs, planes=config.planes, batch_size=batch, steps=steps, augment=True)
-                val_source = PairedSlices(pairs, planes=config.planes, batch_size=batch, steps=1, augment=False)
+                train_source = PairedSlices(pairs, config.frame, batch_size=batch, steps=steps, augment=True)
+                val_source = PairedSlices(pairs, config.frame, batch_size=batch, steps=1, augment=False)
 
             def progress(stage, fraction, message, **extra):
                 if stage == "epoch":

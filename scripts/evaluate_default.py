@@ -37,7 +37,7 @@ def centre_errors(bundle, npz):
     """Distance (mm, in-plane) of each centre method to the label-derived femur-tibia junction."""
     import SimpleITK as sitk
 
-    from kneeseg.evaluate import slice_as_volume
+    from kneeseg.workflows.evaluate import slice_as_volume
     from kneeseg.preprocess.centre import centre_by_intensity, image_centre, knee_centre_from_labels
     from kneeseg.infer import detect_knee_centre, make_predictor
 
@@ -170,8 +170,7 @@ def main():
     parser.add_argument("--no-card", action="store_true", help="do not store the numbers in the bundle card")
     args = parser.parse_args()
     from kneeseg.bundle import default_bundle_path, load_bundle
-    from kneeseg.evaluate import evaluate_real2d
-    from kneeseg.training_data import evaluate_synthetic
+    from kneeseg.workflows.evaluate import evaluate_real2d, evaluate_synthetic
 
     data = Path(args.data)
     if not data.exists():

@@ -63,9 +63,8 @@ def train(args):
 
 def finalize(args):
     from kneeseg.bundle import load_bundle, save_bundle
-    from kneeseg.evaluate import evaluate_real2d
     from kneeseg.onnx_backend import export_onnx
-    from kneeseg.training_data import evaluate_synthetic
+    from kneeseg.workflows.evaluate import evaluate_real2d, evaluate_synthetic
 
     trained = load_bundle(args.bundle)
     model = trained.load_keras_model()

@@ -293,7 +293,7 @@ def segment_file(input_path, output, model, options, progress=None, seg_nrrd=Non
 
 def cmd_train(args, progress):
     from .train import TrainConfig
-    from .training_data import train_bundle
+    from .workflows.train import train_bundle
 
     weights = None
     if args.class_weights:
@@ -314,7 +314,7 @@ def cmd_train(args, progress):
     synthesis = _synthesis_settings(args.synthesis) if args.synthesis else None
     if synthesis is not None and not args.synthetic:
         raise InputError("--synthesis sets up the image generator: it goes with --synthetic, not --data")
-    config = TrainConfig(dims=args.dims, output=args.output_mode, filters=args.filters, depth=args.depth,
+    config = TrainConfig.from_flat(dims=args.dims, output=args.output_mode, filters=args.filters, depth=args.depth,
                          input_size=args.input_size, planes=_planes(args.planes), window_mm=args.window_mm,
                          epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                          validation_steps=args.validation_steps, batch_size=args.batch_size, patience=args.patience,
@@ -356,8 +356,7 @@ def _synthesis_settings(source) -> dict:
 
 def cmd_evaluate(args, progress):
     from .bundle import load_bundle, update_card
-    from .evaluate import evaluate_real2d
-    from .training_data import evaluate_pairs, evaluate_synthetic
+    from .workflows.evaluate import evaluate_pairs, evaluate_real2d, evaluate_synthetic
 
     if not (args.pairs or args.real2d or args.synthetic):
         raise InputError("nothing to evaluate: give --pairs, --real2d and/or --synthetic")

@@ -127,9 +127,10 @@ class PairedSlices:
     the many empty slices at the edges of a volume do not dominate the batches.
     """
 
-    def __init__(self, pairs, planes, size=224, window_mm=160.0, batch_size=8, seed=0, augment=True,
-                 steps=None, merged=False, augment_config=AugmentConfig(), bone_fraction=0.8, population=None):
-        """``population``: None for per-volume standardisation, "compute" to standardise with the mean
+    def __init__(self, pairs, frame: FrameSpec = FrameSpec(), batch_size=8, seed=0, augment=True, steps=None,
+                 merged=False, augment_config=AugmentConfig(), bone_fraction=0.8, population=None):
+        """Slices of every plane of ``frame``, cut as inference cuts them (window, pixels, slice spacing).
+        ``population``: None for per-volume standardisation, "compute" to standardise with the mean
         and standard deviation of these volumes (then in ``self.population``), or a (mean, std) pair
         (e.g. the training set's, for the validation set)."""
         import SimpleITK as sitk
@@ -140,14 +141,15 @@ class PairedSlices:
         for pair in pairs:
             image, label = load_pair(pair)
             centre = knee_centre_from_labels(label)
-            for plane in planes:
-                frame = model_frame(image, plane, centre, FrameSpec(window_mm=window_mm, size=size))
-                raw.append(sitk.GetArrayFromImage(resample_to_frame(image, frame)))
-                lab = sitk.GetArrayFromImage(resample_to_frame(label, frame, "nearest"))
+            for plane in frame.planes:
+                grid = model_frame(image, plane, centre, frame)
+                raw.append(sitk.GetArrayFromImage(resample_to_frame(image, grid)))
+                lab = sitk.GetArrayFromImage(resample_to_frame(label, grid, "nearest"))
                 labels.append((lab > 0).astype(np.uint8) if merged else lab)
-        self.population = population_statistics(raw) if population == "compute" else population
+        clip = frame.normalisation.clip_percentiles
+        self.population = population_statistics(raw, clip) if population == "compute" else population
         mean, std = self.population if self.population is not None else (None, None)
-        images = [standardize(a, mean, std).astype(np.float16) for a in raw]
+        images = [standardize(a, mean, std, clip).astype(np.float16) for a in raw]
         self.images = np.concatenate(images)
         self.labels = np.concatenate(labels)
         self.bone_slices = np.flatnonzero(self.labels.reshape(len(self.labels), -1).any(axis=1))

@@ -1,5 +1,8 @@
 """Training: seeded, split by subject, Adam with decay, early stopping on validation Dice, resumable.
 
+:class:`TrainConfig` says what is trained: the network (``NetworkSpec``), the frame its slices are
+cut in (``FrameSpec``, stored in the card and used at inference) and the :class:`Recipe`.
+
 Everything a run produces lives in its work folder: ``checkpoint.keras`` (model + optimizer, saved
 every epoch), ``best.keras`` (best validation mean Dice so far), ``state.json`` (epoch, best score,
 patience counter) and ``history.csv``. Running again with the same work folder resumes after the last
@@ -12,27 +15,27 @@ import csv
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 
+from .bundle import load_bundle
+from .errors import BundleError, InputError
 from .io import write_json
+from .labels import MERGED_BONES, SEPARATE_BONES
+from .progress import NO_PROGRESS
+from .specs import FrameSpec, NetworkSpec, Normalisation, SpecError
 
 MONITOR = "val_mean_dice"
 
 
-@dataclass
-class TrainConfig:
-    dims: int = 2
-    output: str = "separate"  # "separate" bones (softmax) or one "merged" bone channel
-    filters: int = 32
-    depth: int = 4
-    dropout: float = 0.5
-    input_size: int = 224
-    planes: tuple = ("sagittal", "coronal", "axial")
-    window_mm: float = 160.0
-    min_slice_mm: float = 1.5
+@dataclass(frozen=True)
+class Recipe:
+    """How the network is trained (the part of a training configuration that is neither the network
+    nor the frame). Stored flat in the card's ``training.config`` with the other two parts."""
+
     epochs: int = 50
     steps_per_epoch: int = 100
     validation_steps: int = 20
@@ -50,7 +53,7 @@ class TrainConfig:
     use_multiprocessing: bool = False  # prepare batches in ``workers`` processes (many-core machines)
     time_limit_min: float = None  # stop after the epoch that crosses this wall-clock budget
     init_from: str = None  # a bundle whose weights start the training (fine-tuning); same architecture
-    normalisation: str = "volume"  # "volume" (each scan its own statistics) or "population" (the training set's)
+    normalisation: str = "volume"  # the frame's statistics: each scan's own, or "population" (fitted on the training set)
     synthesis: dict = None  # synthetic training: overrides of synth.SynthesisConfig (None: the defaults)
     extra: dict = field(default_factory=dict)
 
@@ -61,6 +64,63 @@ class TrainConfig:
             return float(self.learning_rate + t * (self.final_learning_rate - self.learning_rate))
         ratio = self.final_learning_rate / self.learning_rate
         return float(self.learning_rate * ratio ** (min(epoch, self.epochs - 1) / (self.epochs - 1)))
+
+
+_NETWORK_KEYS = ("dims", "output", "filters", "depth", "dropout")
+_FRAME_KEYS = {"input_size": "size", "planes": "planes", "window_mm": "window_mm", "min_slice_mm": "min_slice_mm"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What to train: the network (:class:`~kneeseg.specs.NetworkSpec`), the frame its slices are cut in
+    (:class:`~kneeseg.specs.FrameSpec`, the card's, shared with inference) and the :class:`Recipe`.
+
+    Cards (format version 1) and ``state.json`` keep the three parts in one flat mapping
+    (:meth:`to_flat`, :meth:`from_flat`), the names of the ``kneeseg train`` flags."""
+
+    network: NetworkSpec = field(default_factory=NetworkSpec)
+    frame: FrameSpec = field(default_factory=FrameSpec)
+    recipe: Recipe = field(default_factory=Recipe)
+
+    def __post_init__(self):
+        expected = 1 if self.network.output == "merged" else len(SEPARATE_BONES) + 1
+        if self.network.n_classes != expected:
+            raise InputError(f"a {self.network.output} network for the knee bones has {expected} output "
+                             f"channel(s), not {self.network.n_classes}")
+        try:
+            self.network.check_input_size(self.frame.size)
+        except SpecError as exc:
+            raise InputError(f"training setting {exc}") from None
+
+    @property
+    def labels(self) -> tuple:
+        """The labels the network is trained on."""
+        return MERGED_BONES if self.network.output == "merged" else SEPARATE_BONES
+
+    @classmethod
+    def from_flat(cls, **settings) -> "TrainConfig":
+        """The configuration from flat settings (a card's ``training.config``, the ``kneeseg train``
+        flags); a wrong name or value raises :class:`InputError` naming it."""
+        known = set(_NETWORK_KEYS) | set(_FRAME_KEYS) | {f.name for f in fields(Recipe)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise InputError(f"unknown training setting(s) {', '.join(unknown)}")
+        network = {k: settings.pop(k) for k in _NETWORK_KEYS if k in settings}
+        frame = {name: settings.pop(key) for key, name in _FRAME_KEYS.items() if key in settings}
+        merged = network.get("output") == "merged"
+        try:
+            return cls(NetworkSpec(n_classes=1 if merged else len(SEPARATE_BONES) + 1, **network),
+                       FrameSpec(**frame), Recipe(**settings))
+        except SpecError as exc:
+            raise InputError(f"training setting {exc}") from None
+
+    def to_flat(self) -> dict:
+        """The flat settings, JSON-able, in the layout cards and ``state.json`` have always had."""
+        network, frame = self.network, self.frame
+        return _jsonable({"dims": network.dims, "output": network.output, "filters": network.filters,
+                          "depth": network.depth, "dropout": network.dropout, "input_size": frame.size,
+                          "planes": frame.planes, "window_mm": frame.window_mm, "min_slice_mm": frame.min_slice_mm,
+                          **asdict(self.recipe)})
 
 
 def strategy_scope():
@@ -98,14 +158,14 @@ def _batches(source, workers):
 
 
 @contextlib.contextmanager
-def _sources(config: TrainConfig, train_source, val_source):
+def _sources(recipe: Recipe, train_source, val_source):
     """(train, validation) PyDatasets: threads, or a process pool when ``use_multiprocessing``."""
-    if not config.use_multiprocessing:
-        yield _batches(train_source, config.workers), _batches(val_source, config.workers)
+    if not recipe.use_multiprocessing:
+        yield _batches(train_source, recipe.workers), _batches(val_source, recipe.workers)
         return
     from .batchpool import BatchPool
 
-    with BatchPool({"train": train_source, "validation": val_source}, config.workers) as pool:
+    with BatchPool({"train": train_source, "validation": val_source}, recipe.workers) as pool:
         yield _batches(pool.view("train"), 1), _batches(pool.view("validation"), 1)
 
 
@@ -118,19 +178,18 @@ def _atomic_save(model, path: Path):
 def _monitor_callback(config: TrainConfig, work: Path, state: dict, progress):
     import keras
 
-    import time
-
+    recipe, progress = config.recipe, progress or NO_PROGRESS
     started = time.monotonic()
 
     class Monitor(keras.callbacks.Callback):
         """Checkpoint every epoch, keep the best model, early-stop on validation mean Dice."""
 
         def on_epoch_begin(self, epoch, logs=None):
-            self.model.optimizer.learning_rate.assign(config.learning_rate_at(epoch))
+            self.model.optimizer.learning_rate.assign(recipe.learning_rate_at(epoch))
 
         def on_epoch_end(self, epoch, logs=None):
             logs = {k: float(v) for k, v in (logs or {}).items()}
-            logs["learning_rate"] = config.learning_rate_at(epoch)
+            logs["learning_rate"] = recipe.learning_rate_at(epoch)
             _append_history(work / "history.csv", epoch, logs)
             score = logs.get(MONITOR, -math.inf)
             if score > state["best"]:
@@ -139,18 +198,17 @@ def _monitor_callback(config: TrainConfig, work: Path, state: dict, progress):
             else:
                 state["wait"] += 1
             state["epoch"] = epoch
-            if state["wait"] >= config.patience:
+            if state["wait"] >= recipe.patience:
                 state["stopped_early"] = True
                 self.model.stop_training = True
-            if config.time_limit_min is not None and time.monotonic() - started > 60 * config.time_limit_min:
+            if recipe.time_limit_min is not None and time.monotonic() - started > 60 * recipe.time_limit_min:
                 state["stopped_at_time_limit"] = True
                 self.model.stop_training = True
             _atomic_save(self.model, work / "checkpoint.keras")
             write_json(work / "state.json", state)  # after the stop decision: a rerun honours it
-            if progress is not None:
-                progress("epoch", (epoch + 1) / config.epochs,
-                         f"epoch {epoch + 1}/{config.epochs}: loss {logs.get('loss', float('nan')):.4f}, "
-                         f"val mean Dice {score:.4f}", epoch=epoch + 1, logs=logs)
+            progress("epoch", (epoch + 1) / recipe.epochs,
+                     f"epoch {epoch + 1}/{recipe.epochs}: loss {logs.get('loss', float('nan')):.4f}, "
+                     f"val mean Dice {score:.4f}", epoch=epoch + 1, logs=logs)
 
     return Monitor()
 
@@ -180,38 +238,20 @@ def build_and_compile(config: TrainConfig, labels):
     from .losses import make_loss, training_metrics
     from .model import build_model
 
-    model = build_model(network_spec(config, labels), config.input_size)
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                  loss=make_loss(config.loss, config.class_weights, config.beta),
+    recipe = config.recipe
+    model = build_model(config.network, config.frame.size)
+    model.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate),
+                  loss=make_loss(recipe.loss, recipe.class_weights, recipe.beta),
                   metrics=training_metrics(labels))
     return model
-
-
-def network_spec(config: TrainConfig, labels):
-    from .specs import NetworkSpec
-
-    n_classes = 1 if config.output == "merged" else len(labels) + 1
-    return NetworkSpec(dims=config.dims, n_classes=n_classes, filters=config.filters, depth=config.depth,
-                       dropout=config.dropout, output=config.output)
-
-
-def frame_spec(config: TrainConfig, population=None):
-    from .specs import FrameSpec, Normalisation
-
-    normalisation = (Normalisation() if population is None else
-                     Normalisation(mode="population", mean=population[0], std=population[1]))
-    return FrameSpec(planes=tuple(config.planes), window_mm=config.window_mm, size=config.input_size,
-                     min_slice_mm=config.min_slice_mm, normalisation=normalisation)
 
 
 RESUMABLE_CHANGES = ("epochs", "patience", "time_limit_min", "workers", "use_multiprocessing", "extra")
 
 
 def _check_same_run(saved: dict, config: TrainConfig, inputs: dict, work: Path):
-    """Resuming is only right for the same network, recipe and data: refuse anything else."""
-    from .errors import InputError
-
-    current = _jsonable(asdict(config))
+    """Resuming is only right for the same network, frame, recipe and data: refuse anything else."""
+    current = config.to_flat()
     changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get("config", {}).get(k) != current[k])
     if saved.get("inputs", inputs) != inputs:
         changed.append("training data")
@@ -230,29 +270,29 @@ def fit(config: TrainConfig, labels, train_source, val_source, work_dir, progres
 
     from . import losses  # noqa: F401 - registers the custom losses/metrics that checkpoints refer to
 
+    recipe, progress = config.recipe, progress or NO_PROGRESS
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(config.seed)
+    keras.utils.set_random_seed(recipe.seed)
     state_path = work / "state.json"
     inputs = inputs or {}
     state = {"epoch": -1, "best": -math.inf, "best_epoch": -1, "wait": 0, "stopped_early": False,
-             "config": _jsonable(asdict(config)), "inputs": inputs}
+             "config": config.to_flat(), "inputs": inputs}
     with strategy_scope():
         if state_path.exists() and (work / "checkpoint.keras").exists():
             saved = json.loads(state_path.read_text())
             _check_same_run(saved, config, inputs, work)
-            state.update(saved, config=_jsonable(asdict(config)), inputs=inputs, stopped_at_time_limit=False)
+            state.update(saved, config=config.to_flat(), inputs=inputs, stopped_at_time_limit=False)
             model = keras.models.load_model(work / "checkpoint.keras", safe_mode=True)
-            if progress is not None:
-                progress("resume", (state["epoch"] + 1) / config.epochs, f"resuming after epoch {state['epoch'] + 1}")
+            progress("resume", (state["epoch"] + 1) / recipe.epochs, f"resuming after epoch {state['epoch'] + 1}")
         else:
             model = build_and_compile(config, labels)
-            if config.init_from:
-                _load_initial_weights(model, config.init_from)
+            if recipe.init_from:
+                _load_initial_weights(model, recipe.init_from)
     initial_epoch = state["epoch"] + 1
-    if initial_epoch < config.epochs and not state.get("stopped_early"):
-        with _sources(config, train_source, val_source) as (train_batches, val_batches):
-            model.fit(train_batches, validation_data=val_batches, epochs=config.epochs, initial_epoch=initial_epoch,
+    if initial_epoch < recipe.epochs and not state.get("stopped_early"):
+        with _sources(recipe, train_source, val_source) as (train_batches, val_batches):
+            model.fit(train_batches, validation_data=val_batches, epochs=recipe.epochs, initial_epoch=initial_epoch,
                       callbacks=[_monitor_callback(config, work, state, progress), *callbacks], verbose=0)
     if (work / "best.keras").exists():
         best = keras.models.load_model(work / "best.keras", safe_mode=True)
@@ -262,8 +302,6 @@ def fit(config: TrainConfig, labels, train_source, val_source, work_dir, progres
 
 def _load_initial_weights(model, bundle_path):
     """Start from a bundle's weights (checksum verified); the architectures must match."""
-    from .bundle import load_bundle
-    from .errors import BundleError
 
     source = load_bundle(bundle_path).load_keras_model()
     shapes = [w.shape for w in model.get_weights()]
@@ -310,13 +348,18 @@ def plot_history(history_csv, png_path):
 
 def make_card(config: TrainConfig, labels, provenance: dict, state: dict, metrics=None, name="knee-bones",
               description="", population=None):
-    """The bundle card (:class:`kneeseg.card.Card`) for a model trained with ``config``."""
+    """The bundle card (:class:`kneeseg.card.Card`) for a model trained with ``config``; ``population``:
+    the training set's (mean, std) when the frame's statistics were fitted on it."""
     from .card import card_for
 
-    training = {"config": _jsonable(asdict(config)), "epochs_run": state["epoch"] + 1,
+    training = {"config": config.to_flat(), "epochs_run": state["epoch"] + 1,
                 "best_epoch": state["best_epoch"] + 1, "best_val_mean_dice": state["best"],
                 "stopped_early": state.get("stopped_early", False),
                 "stopped_at_time_limit": state.get("stopped_at_time_limit", False), **provenance}
+    frame = config.frame
+    if population is not None:
+        frame = replace(frame, normalisation=Normalisation(mode="population", mean=population[0], std=population[1],
+                                                           clip_percentiles=frame.normalisation.clip_percentiles))
     # n4_settings empty: preprocess.intensity.N4Settings' defaults (docs/benchmarks.md)
-    return card_for(labels, network_spec(config, labels), frame_spec(config, population), name=name,
-                    description=description, training=training, metrics=metrics)
+    return card_for(labels, config.network, frame, name=name, description=description, training=training,
+                    metrics=metrics)

@@ -105,6 +105,7 @@ def test_info_prints_the_card(tiny_bundle):
     assert "Femur=1 (SCT 71341001)" in proc.stdout and "verified" in proc.stdout
 
 
+@pytest.mark.slow
 def test_train_then_evaluate_end_to_end(tmp_path):
     from conftest import write_toy_pairs
 

@@ -6,7 +6,7 @@ import SimpleITK as sitk
 
 from kneeseg.bundle import load_bundle
 from kneeseg.errors import Cancelled
-from kneeseg.evaluate import evaluate_case
+from kneeseg.metrics import evaluate_case
 from kneeseg.infer import SegmentOptions, segment
 from kneeseg.io import same_geometry
 from kneeseg.postprocess import cleanup

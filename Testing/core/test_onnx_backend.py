@@ -95,7 +95,7 @@ def test_auto_backend_and_the_manual_override(onnx_bundle, tiny_bundle, monkeypa
 
 
 def test_export_without_tf2onnx_raises_a_clear_import_error(monkeypatch, tmp_path):
-    from kneeseg.training_data import _try_export_onnx
+    from kneeseg.workflows.train import _try_export_onnx
 
     monkeypatch.setattr(onnx_backend, "_importable", lambda name: name != "tf2onnx")
     with pytest.raises(ImportError, match="pip install tf2onnx"):

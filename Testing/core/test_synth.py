@@ -333,17 +333,18 @@ def test_example_sheet_is_a_png(phantom_cache, tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_training_from_the_cache_records_split_and_generator(tmp_path):
     """``kneeseg train --synthetic``: subjects split, the fibula's map kept in training, the generator's
     settings in the card."""
     from kneeseg.bundle import load_bundle
     from kneeseg.train import TrainConfig
-    from kneeseg.training_data import train_bundle
+    from kneeseg.workflows.train import train_bundle
 
     for name, shift in (("alpha", 0.0), ("beta", 5.0), ("gamma", -5.0), ("delta", 10.0)):
         write_phantom(tmp_path / "src" / "phantom", name, with_fibula=name == "delta", shift_mm=shift)
     prepare_cache(tmp_path / "src", tmp_path / "cache", spacing_mm=1.0, margin_mm=20.0, sources=(PHANTOM_SOURCE,))
-    config = TrainConfig(filters=4, depth=2, input_size=32, window_mm=80.0, batch_size=2, epochs=1,
+    config = TrainConfig.from_flat(filters=4, depth=2, input_size=32, window_mm=80.0, batch_size=2, epochs=1,
                          steps_per_epoch=2, validation_steps=1, synthesis={"septum_probability": 0.0})
     train_bundle(config, tmp_path / "bundle", tmp_path / "work", synthetic=tmp_path / "cache", export_onnx=False)
     data = load_bundle(tmp_path / "bundle").card.training["data"]
@@ -387,6 +388,7 @@ def test_synthesizer_needs_no_simpleitk(phantom_cache):
 @pytest.mark.realdata
 @pytest.mark.skipif(not (SHARED_DATA / "labelmaps").is_dir(),
                     reason=f"real label maps not present at {SHARED_DATA / 'labelmaps'}")
+@pytest.mark.slow
 def test_real_label_maps(tmp_path):
     source = tmp_path / "labelmaps"
     for relative in ("oai/OAI_AKOA/9014797_00m.nii.gz", "mskt/mskt_dess_bones_fibula.nrrd"):

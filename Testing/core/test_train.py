@@ -55,16 +55,17 @@ class InterruptInEpoch(keras.callbacks.Callback):
 
 
 def _config(**kwargs):
-    return training.TrainConfig(**{**TINY, **kwargs})
+    return training.TrainConfig.from_flat(**{**TINY, **kwargs})
 
 
 def test_learning_rate_decays_from_1e3_to_1e4():
-    config = training.TrainConfig(epochs=11)
+    config = training.Recipe(epochs=11)
     assert config.learning_rate_at(0) == pytest.approx(1e-3)
     assert config.learning_rate_at(10) == pytest.approx(1e-4)
     assert config.learning_rate_at(5) == pytest.approx(np.sqrt(1e-3 * 1e-4))
 
 
+@pytest.mark.slow
 def test_training_writes_checkpoints_history_and_plot(tmp_path):
     model, state = training.fit(_config(epochs=2), SEPARATE_BONES, ToySlices(), ToySlices(seed=1), tmp_path)
     for name in ("checkpoint.keras", "best.keras", "state.json", "history.csv"):
@@ -77,6 +78,7 @@ def test_training_writes_checkpoints_history_and_plot(tmp_path):
     assert state["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_after_patience_and_restores_the_best_weights(tmp_path):
     config = _config(epochs=10, patience=2)
     model = training.build_and_compile(config, SEPARATE_BONES)
@@ -97,6 +99,7 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_weights(tmp_p
         np.testing.assert_allclose(a, b)
 
 
+@pytest.mark.slow
 def test_fit_stops_early_when_validation_dice_does_not_improve(tmp_path):
     frozen = _config(epochs=8, patience=1, learning_rate=0.0, final_learning_rate=0.0)
     model, state = training.fit(frozen, SEPARATE_BONES, ToySlices(), ToySlices(seed=1), tmp_path)
@@ -108,6 +111,7 @@ def test_fit_stops_early_when_validation_dice_does_not_improve(tmp_path):
     assert [e for e in epochs if e is not None] == []
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes_after_the_last_finished_epoch(tmp_path):
     config = _config(epochs=3)
     with pytest.raises(KeyboardInterrupt):
@@ -129,6 +133,7 @@ def test_interrupted_training_resumes_after_the_last_finished_epoch(tmp_path):
     assert checkpoint.optimizer.iterations.numpy() == 3  # the optimizer state was saved too
 
 
+@pytest.mark.slow
 def test_training_is_seeded(tmp_path):
     weights = []
     for run in ("a", "b"):
@@ -201,12 +206,13 @@ def test_fine_tuning_starts_from_a_bundle_and_refuses_another_architecture(tiny_
                      tmp_path / "bad")
 
 
+@pytest.mark.slow
 def test_population_normalisation_is_stored_in_the_card_and_used_at_inference(tmp_path, monkeypatch):
     from conftest import write_toy_pairs
     from kneeseg import infer
     from kneeseg.preprocess import intensity
     from kneeseg.bundle import load_bundle
-    from kneeseg.training_data import train_bundle
+    from kneeseg.workflows.train import train_bundle
 
     data = write_toy_pairs(tmp_path / "data", n=3, size=(32, 32, 24), spacing=(2.0, 2.0, 2.0))
     config = _config(epochs=1, steps_per_epoch=2, validation_steps=1, normalisation="population")
@@ -222,6 +228,7 @@ def test_population_normalisation_is_stored_in_the_card_and_used_at_inference(tm
         train_bundle(config, tmp_path / "b2", tmp_path / "w2", synthetic=tmp_path)
 
 
+@pytest.mark.slow
 def test_resuming_with_other_settings_or_data_is_refused(tmp_path):
     training.fit(_config(epochs=1), SEPARATE_BONES, ToySlices(), ToySlices(seed=1), tmp_path, inputs={"data": "a"})
     with pytest.raises(InputError, match="filters"):
@@ -249,10 +256,37 @@ def test_training_labels_outside_the_bone_values_are_refused(tmp_path):
 
 def test_the_split_does_not_follow_the_training_seed(tmp_path):
     from conftest import write_toy_pairs
-    from kneeseg.training_data import paired_sources
+    from kneeseg.workflows.train import paired_sources
 
     data = write_toy_pairs(tmp_path / "data", n=6, size=(24, 24, 16), spacing=(2.0, 2.0, 2.0))
     splits = [paired_sources(_config(seed=seed), data)[2]["data"]["split"] for seed in (0, 1)]
     assert splits[0] == splits[1]  # a fine-tune with another seed keeps its test subjects held out
     other = paired_sources(_config(split_seed=5), data)[2]["data"]["split"]
     assert sorted(sum(other.values(), [])) == sorted(sum(splits[0].values(), []))
+
+
+def test_config_parts_keep_the_flat_card_layout():
+    """Network, frame and recipe are separate parts; cards and state.json keep the one flat layout."""
+    config = _config(output="merged", min_slice_mm=2.5, epochs=3)
+    assert (config.network.n_classes, config.frame.min_slice_mm, config.recipe.epochs) == (1, 2.5, 3)
+    flat = config.to_flat()
+    assert list(flat)[:9] == ["dims", "output", "filters", "depth", "dropout", "input_size", "planes", "window_mm",
+                              "min_slice_mm"]
+    assert training.TrainConfig.from_flat(**flat) == config
+    for bad, name in (({"input_size": 30}, "input_size"), ({"planes": ("oblique",)}, "planes"),
+                      ({"window_mm": -1.0}, "window_mm"), ({"filtres": 8}, "filtres")):
+        with pytest.raises(InputError, match=name):
+            training.TrainConfig.from_flat(**{**TINY, **bad})
+
+
+def test_min_slice_mm_reaches_the_paired_slices(tmp_path):
+    """The slice spacing written to the card (and used at inference) is the one training data is cut at."""
+    from conftest import write_toy_pairs
+    from kneeseg.workflows.train import paired_sources
+
+    data = write_toy_pairs(tmp_path / "data", n=3, size=(24, 24, 40), spacing=(2.0, 2.0, 1.0))
+    counts = {}
+    for min_slice_mm in (1.0, 4.0):
+        train_source, _, _ = paired_sources(_config(planes=("axial",), min_slice_mm=min_slice_mm), data)
+        counts[min_slice_mm] = len(train_source.images)
+    assert counts[4.0] < 0.5 * counts[1.0]  # axial slices 1 mm apart in the scan, 4 mm in the frame

@@ -1,16 +1,11 @@
-"""Evaluation: per-class overlap scores (numpy) and surface distances in mm (MedPy).
+"""Scores of a segmentation against the truth: per-class overlap (numpy) and surface distances in mm (MedPy).
 
 ``overlap_scores`` counts voxels; ``surface_distances`` uses MedPy's ``assd`` and ``hd95`` (a
-maintained library) with the voxel spacing. Data sets: labelled volume pairs, the real 2D sagittal
-slices (``real_2d``), and synthetic held-out label maps.
+maintained library) with the voxel spacing; ``summarise`` takes them over cases. The evaluation runs
+that produce them are ``workflows.evaluate``.
 """
 
 import numpy as np
-
-from . import geometry
-
-REAL2D_LABELS = {1: 1, 2: 2, 3: 4}  # real_2d femur, tibia, patella -> our Femur, Tibia, Patella
-REAL2D_PIXEL_MM = 0.6  # no spacing survives in the PNG-derived slices; ~16 cm sagittal field of view
 
 
 def overlap_scores(truth: np.ndarray, prediction: np.ndarray, value: int) -> dict:
@@ -76,44 +71,3 @@ def summarise(cases: list, labels, key="dice") -> dict:
     if means:
         summary["mean_over_bones"] = float(np.mean(means))
     return summary
-
-
-def slice_as_volume(slice_2d: np.ndarray, pixel_mm=REAL2D_PIXEL_MM):
-    """A 2D sagittal slice (rows run inferior, columns posterior) as a one-slice 3D SimpleITK image."""
-    import SimpleITK as sitk
-
-    image = sitk.GetImageFromArray(slice_2d[None].astype(np.float32))
-    image.SetSpacing((pixel_mm, pixel_mm, pixel_mm))
-    image.SetDirection(tuple(geometry.plane_direction("sagittal").flatten()))
-    return image
-
-
-def evaluate_real2d(bundle, npz_path, predictor=None, progress=None, centre="auto") -> dict:
-    """Segment each real labelled sagittal slice and score femur, tibia and patella."""
-    import SimpleITK as sitk
-
-    from .infer import SegmentOptions, make_predictor, segment
-
-    data = np.load(npz_path, allow_pickle=False)
-    images, truths = data["images"], data["labels"]
-    predictor = predictor or make_predictor(bundle)
-    label_by_value = {label.value: label for label in bundle.labels}
-    scored = [label_by_value[v] for v in REAL2D_LABELS.values() if v in label_by_value]
-    cases = []
-    for i in range(len(images)):
-        truth = np.zeros_like(truths[i])
-        for theirs, ours in REAL2D_LABELS.items():
-            truth[truths[i] == theirs] = ours
-        result = segment(slice_as_volume(images[i]), bundle, SegmentOptions(planes=("sagittal",), centre=centre),
-                         predictor=predictor)
-        prediction = sitk.GetArrayFromImage(result.labelmap)[0]
-        if bundle.card.network.output == "merged":
-            prediction, truth = (prediction > 0).astype(np.uint8), (truth > 0).astype(np.uint8)
-        case = evaluate_case(truth, prediction, scored if len(bundle.labels) > 1 else bundle.labels)
-        case["slice"] = int(data["slice_ids"][i]) if "slice_ids" in data else i
-        cases.append(case)
-        if progress is not None:
-            progress("evaluate", (i + 1) / len(images), f"real 2D slice {i + 1}/{len(images)}")
-    labels = scored if len(bundle.labels) > 1 else bundle.labels
-    return {"dataset": str(npz_path), "n_slices": len(images), "pixel_mm_assumed": REAL2D_PIXEL_MM,
-            "dice": summarise(cases, labels), "cases": cases}

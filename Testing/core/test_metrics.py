@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kneeseg.evaluate import evaluate_case, overlap_scores, summarise, surface_distances
+from kneeseg.metrics import evaluate_case, overlap_scores, summarise, surface_distances
 from kneeseg.labels import FEMUR, TIBIA
 
 

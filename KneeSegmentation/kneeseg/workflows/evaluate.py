@@ -1,0 +1,115 @@
+"""Evaluation as a use case: a bundle segments data it was not trained on, and is scored.
+
+Three data sets: labelled volume pairs (:func:`evaluate_pairs`), the real labelled sagittal slices
+(:func:`evaluate_real2d`) and synthetic scans of the bundle's held-out label maps
+(:func:`evaluate_synthetic`). The scores themselves are ``metrics``.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import geometry, synth
+from ..datasets import find_pairs, load_pair
+from ..errors import InputError
+from ..infer import SegmentOptions, make_predictor, segment
+from ..metrics import evaluate_case, summarise
+from ..progress import NO_PROGRESS
+
+REAL2D_LABELS = {1: 1, 2: 2, 3: 4}  # real_2d femur, tibia, patella -> our Femur, Tibia, Patella
+REAL2D_PIXEL_MM = 0.6  # no spacing survives in the PNG-derived slices; ~16 cm sagittal field of view
+
+
+def evaluate_pairs(bundle, data, progress=None, options=None) -> dict:
+    """Segment labelled volumes with the bundle and score them (overlap and surface distances)."""
+    import SimpleITK as sitk
+
+    progress = progress or NO_PROGRESS
+    predictor = make_predictor(bundle)
+    pairs = find_pairs(data)
+    cases = []
+    for n, pair in enumerate(pairs):
+        image, label = load_pair(pair)
+        result = segment(image, bundle, options, predictor=predictor)
+        truth = sitk.GetArrayFromImage(label)
+        prediction = sitk.GetArrayFromImage(result.labelmap)
+        if bundle.card.network.output == "merged":
+            truth = (truth > 0).astype("uint8")
+        case = evaluate_case(truth, prediction, bundle.labels, spacing_mm=image.GetSpacing()[::-1])
+        case["case"] = pair.subject
+        cases.append(case)
+        progress("evaluate", (n + 1) / len(pairs), f"case {n + 1}/{len(pairs)}: {pair.subject}")
+    return _report(cases, bundle.labels, str(data))
+
+
+def _report(cases, labels, source):
+    return {"dataset": source, "n_cases": len(cases), "dice": summarise(cases, labels, "dice"),
+            "iou": summarise(cases, labels, "iou"), "assd_mm": summarise(cases, labels, "assd_mm"),
+            "hd95_mm": summarise(cases, labels, "hd95_mm"), "cases": cases}
+
+
+def evaluate_synthetic(bundle, cache, n_cases=6, progress=None, options=None) -> dict:
+    """Score the bundle on synthetic volumes made from its held-out (test) label-map subjects."""
+    import SimpleITK as sitk
+
+    progress = progress or NO_PROGRESS
+    test_ids = set(bundle.card.test_subjects)
+    entries = [e for e in synth.load_manifest(cache)["files"] if not test_ids or e["subject"] in test_ids]
+    held_out = "held-out subjects" if test_ids else "ALL subjects: the bundle records no held-out split"
+    if not entries:
+        raise InputError("no held-out label maps of this bundle are in the cache", cache)
+    predictor = make_predictor(bundle)
+    cases = []
+    for n in range(n_cases):
+        entry = entries[n % len(entries)]
+        image, truth = synth.synthesize_volume(Path(cache) / entry["file"], seed=1000 + n,
+                                               config=synth.EVALUATION_CONFIG)
+        result = segment(image, bundle, options, predictor=predictor)
+        prediction = sitk.GetArrayFromImage(result.labelmap)
+        truth_array = sitk.GetArrayFromImage(truth)
+        if bundle.card.network.output == "merged":
+            truth_array = (truth_array > 0).astype("uint8")
+        case = evaluate_case(truth_array, prediction, bundle.labels, spacing_mm=image.GetSpacing()[::-1])
+        case["case"] = f"{entry['subject']}#{n}"
+        cases.append(case)
+        progress("evaluate", (n + 1) / n_cases, f"synthetic case {n + 1}/{n_cases}")
+    return _report(cases, bundle.labels, f"synthetic from {cache} ({held_out})")
+
+
+def slice_as_volume(slice_2d: np.ndarray, pixel_mm=REAL2D_PIXEL_MM):
+    """A 2D sagittal slice (rows run inferior, columns posterior) as a one-slice 3D SimpleITK image."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(slice_2d[None].astype(np.float32))
+    image.SetSpacing((pixel_mm, pixel_mm, pixel_mm))
+    image.SetDirection(tuple(geometry.plane_direction("sagittal").flatten()))
+    return image
+
+
+def evaluate_real2d(bundle, npz_path, predictor=None, progress=None, centre="auto") -> dict:
+    """Segment each real labelled sagittal slice and score femur, tibia and patella."""
+    import SimpleITK as sitk
+
+    progress = progress or NO_PROGRESS
+    data = np.load(npz_path, allow_pickle=False)
+    images, truths = data["images"], data["labels"]
+    predictor = predictor or make_predictor(bundle)
+    label_by_value = {label.value: label for label in bundle.labels}
+    scored = [label_by_value[v] for v in REAL2D_LABELS.values() if v in label_by_value]
+    cases = []
+    for i in range(len(images)):
+        truth = np.zeros_like(truths[i])
+        for theirs, ours in REAL2D_LABELS.items():
+            truth[truths[i] == theirs] = ours
+        result = segment(slice_as_volume(images[i]), bundle, SegmentOptions(planes=("sagittal",), centre=centre),
+                         predictor=predictor)
+        prediction = sitk.GetArrayFromImage(result.labelmap)[0]
+        if bundle.card.network.output == "merged":
+            prediction, truth = (prediction > 0).astype(np.uint8), (truth > 0).astype(np.uint8)
+        case = evaluate_case(truth, prediction, scored if len(bundle.labels) > 1 else bundle.labels)
+        case["slice"] = int(data["slice_ids"][i]) if "slice_ids" in data else i
+        cases.append(case)
+        progress("evaluate", (i + 1) / len(images), f"real 2D slice {i + 1}/{len(images)}")
+    labels = scored if len(bundle.labels) > 1 else bundle.labels
+    return {"dataset": str(npz_path), "n_slices": len(images), "pixel_mm_assumed": REAL2D_PIXEL_MM,
+            "dice": summarise(cases, labels), "cases": cases}

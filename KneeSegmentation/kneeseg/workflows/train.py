@@ -1,0 +1,117 @@
+"""Training as a use case: data on disk -> a trained, measured bundle (the glue between data sources,
+``train`` and ``bundle``).
+
+Two sources: the user's labelled volumes (``data``: a folder or CSV of pairs) and the label-map cache
+for domain-randomised synthesis (``synthetic``). Both are split by subject into train / validation /
+test; the test subjects are never seen in training and are recorded in the card. Their slices are cut
+in the configuration's frame (``TrainConfig.frame``), which the card hands on to inference.
+"""
+
+import dataclasses
+from pathlib import Path
+
+from .. import synth
+from .. import train as training
+from ..bundle import load_bundle, save_bundle, update_card
+from ..datasets import PairedSlices, find_pairs, split_by_subject
+from ..errors import InputError
+from ..onnx_backend import export_onnx
+from ..progress import NO_PROGRESS
+from .evaluate import evaluate_real2d
+
+
+def paired_sources(config, data, progress=None):
+    """(train, validation sources, provenance) from a folder/CSV of labelled volumes."""
+    pairs = find_pairs(data)
+    recipe, progress = config.recipe, progress or NO_PROGRESS
+    train_ids, val_ids, test_ids = split_by_subject([p.subject for p in pairs], seed=recipe.split_seed)
+    progress("data", 0.0, f"{len(pairs)} pairs: {len(train_ids)} train / {len(val_ids)} validation / "
+             f"{len(test_ids)} test subjects")
+    common = dict(frame=config.frame, batch_size=recipe.batch_size, seed=recipe.seed,
+                  merged=config.network.output == "merged")
+    population = "compute" if recipe.normalisation == "population" else None
+    train_source = PairedSlices([p for p in pairs if p.subject in train_ids], augment=recipe.augment,
+                                steps=recipe.steps_per_epoch, population=population, **common)
+    val_source = PairedSlices([p for p in pairs if p.subject in val_ids], augment=False,
+                              steps=recipe.validation_steps, population=train_source.population, **common)
+    provenance = {"population": train_source.population,
+                  "data": {"kind": "labelled volumes", "source": str(data), "n_pairs": len(pairs),
+                           "split": {"train": train_ids, "validation": val_ids, "test": test_ids}}}
+    return train_source, val_source, provenance
+
+
+def synthetic_sources(config, cache, progress=None):
+    """(train, validation sources, provenance) synthesised from the label-map cache."""
+    recipe, progress = config.recipe, progress or NO_PROGRESS
+    if recipe.normalisation != "volume":
+        raise InputError("synthetic images have random intensities: train them with per-volume normalisation")
+    entries = synth.load_manifest(cache)["files"]
+    subjects = sorted({e["subject"] for e in entries})
+    train_ids, val_ids, test_ids = split_by_subject(subjects, seed=recipe.split_seed)
+    # The only maps with a fibula must reach training: move such subjects from validation/test.
+    fibula_subjects = {e["subject"] for e in entries if e.get("has_fibula")}
+    for ids in (val_ids, test_ids):
+        for s in sorted(fibula_subjects & set(ids)):
+            ids.remove(s)
+            train_ids.append(s)
+
+    def files(ids):
+        return [Path(cache) / e["file"] for e in entries if e["subject"] in ids]
+
+    common = dict(frame=config.frame, batch_size=recipe.batch_size, config=synth.synthesis_config(recipe.synthesis),
+                  merged=config.network.output == "merged")
+    train_source = synth.SliceSynthesizer(files(train_ids), seed=recipe.seed, steps=recipe.steps_per_epoch, **common)
+    val_source = synth.SliceSynthesizer(files(val_ids), seed=recipe.seed + 10_000, steps=recipe.validation_steps,
+                                        fixed=True, **common)
+    progress("data", 0.0, f"{len(subjects)} label-map subjects: {len(train_ids)} train / {len(val_ids)} "
+             f"validation / {len(test_ids)} test")
+    datasets = sorted({(e["dataset"], e["licence"]) for e in entries})
+    provenance = {"data": {"kind": "synthetic images from real label maps (domain randomisation)",
+                           "label_map_sources": [{"dataset": d, "licence": lic,
+                                                  "files": sum(e["dataset"] == d for e in entries)}
+                                                 for d, lic in datasets],
+                           "split": {"train": sorted(train_ids), "validation": sorted(val_ids),
+                                     "test": sorted(test_ids)},
+                           "synthesis": dataclasses.asdict(train_source.config)}}
+    return train_source, val_source, provenance
+
+
+def train_bundle(config, output, work, synthetic=None, data=None, name="knee-bones", real2d=None,
+                 export_onnx=True, progress=None) -> dict:
+    """Train, save the bundle (Keras + optional ONNX), plot the history, measure, fill in the card."""
+    progress = progress or NO_PROGRESS
+    if (synthetic is None) == (data is None):
+        raise InputError("give exactly one training data source (synthetic cache or labelled pairs)")
+    labels = config.labels
+    if synthetic is not None:
+        train_source, val_source, provenance = synthetic_sources(config, synthetic, progress)
+    else:
+        train_source, val_source, provenance = paired_sources(config, data, progress)
+    inputs = {"synthetic": str(Path(synthetic).resolve())} if synthetic is not None else {"data": str(Path(data).resolve())}
+    model, state = training.fit(config, labels, train_source, val_source, work, progress, inputs=inputs)
+    work = Path(work)
+    training.plot_history(work / "history.csv", work / "history.png")
+    population = provenance.pop("population", None)
+    card = training.make_card(config, labels, provenance, state, name=name, population=population,
+                              description=f"{config.network.dims}D U-Net trained by kneeseg train")
+    onnx_path = None
+    if export_onnx:
+        onnx_path = _try_export_onnx(model, work, progress)
+    save_bundle(output, model, card, onnx_path=onnx_path,
+                extra_files=[work / "history.csv", work / "history.png"])
+    metrics = {}
+    if real2d:
+        result = evaluate_real2d(load_bundle(output), real2d, progress=progress)
+        metrics["real2d"] = {k: v for k, v in result.items() if k != "cases"}
+        update_card(output, metrics=metrics)
+    return {"bundle": str(output), "epochs_run": state["epoch"] + 1, "best_epoch": state["best_epoch"] + 1,
+            "best_val_mean_dice": state["best"], "stopped_early": state.get("stopped_early", False),
+            "metrics": metrics}
+
+
+def _try_export_onnx(model, work, progress):
+    try:
+        return export_onnx(model, Path(work) / "model.onnx")
+    except ImportError as exc:
+        (progress or NO_PROGRESS).log(f"no ONNX export ({exc}); the bundle runs with TensorFlow only")
+        return None
