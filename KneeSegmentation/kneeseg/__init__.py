@@ -1,8 +1,10 @@
 """kneeseg: knee bone segmentation in MRI (femur, tibia, fibula, patella) with a U-Net.
 
 The pure core of the KneeSegmentation 3D Slicer extension. It imports no Slicer and no Qt module,
-so it runs in Slicer's Python, a plain virtualenv and on a cluster node alike. Stages, one module
-each: ``io`` -> ``preprocess`` -> ``model`` -> ``train`` / ``infer`` -> ``postprocess``.
+so it runs in Slicer's Python, a plain virtualenv and on a cluster node alike. Floors, in the order
+the data flows: ``io`` -> ``preprocess`` (frame, intensity, centre) -> ``model`` -> ``infer`` ->
+``postprocess`` (fusion, cleanup); ``synth``, ``datasets`` and ``train`` beside them; ``workflows``
+and ``cli`` above (docs/architecture.md).
 Heavy dependencies (TensorFlow/Keras, SimpleITK) are imported inside the functions that need them.
 """
 
