@@ -490,6 +490,10 @@ class KneeSegmentationLogic:
         self.python = python or findPythonExecutable()
         self.moduleDir = Path(moduleDir or MODULE_DIR)
         self.cardReader = cardReader
+        self.useApplication(terminologiesLogic, tempDir)
+
+    def useApplication(self, terminologiesLogic=None, tempDir=None) -> None:
+        """Use the application's terminologies logic (loads the knee terminology) and temporary folder."""
         self.terminologiesLogic = terminologiesLogic
         self.tempDir = tempDir
         terminology.ensureLoaded(terminologiesLogic)

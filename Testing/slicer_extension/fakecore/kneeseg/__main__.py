@@ -82,6 +82,8 @@ def train(args):
         loss = 1.0 / epoch
         emit(stage="epoch", fraction=epoch / args.epochs, message=f"epoch {epoch}/{args.epochs}", epoch=epoch,
              logs={"loss": loss, "val_loss": loss * 1.1, "mean_dice": 1.0 - loss / 3, "val_mean_dice": 1.0 - loss / 2})
+        if MODE == "slowtrain":
+            time.sleep(0.3)
         if MODE == "trainfail" and epoch == 2:
             print("Traceback (most recent call last):\nMemoryError: fake out of memory", file=sys.stderr, flush=True)
             return 1
