@@ -667,7 +667,7 @@ def _buildApplication(qt, tempDir):
         def fileType(self, fileName):
             return "VolumeFile"
 
-        def loadNodes(self, fileType, properties, loadedNodes=None):
+        def loadNodes(self, fileType, properties, loadedNodes=None, userMessages=None):
             if fileType != "VolumeFile":
                 return False
             storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
@@ -737,6 +737,33 @@ class ModuleRepresentation:
 
     def widgetRepresentation(self):
         return self.widget
+
+
+def _scriptedModuleWidgetClass():
+    class qSlicerScriptedLoadableModuleWidget(slicer.qMRMLWidget):
+        """The module panel Slicer gives a scripted widget: ``self()`` is the Python widget; ``reload()``."""
+
+        def __init__(self, moduleName, parent=None):
+            super().__init__(parent)
+            self._moduleName = moduleName
+            self._python = None
+            self.setLayout(QtWidgets.QVBoxLayout())
+
+        def self(self):
+            return self._python
+
+        def reload(self):
+            """Instantiate the (re)loaded module's widget class in this panel, set it up and enter it."""
+            module = sys.modules[self._moduleName]
+            widget = getattr(module, self._moduleName + "Widget")(self)
+            widget.setup()
+            self._python = widget
+            setattr(slicer.modules, self._moduleName + "Widget", widget)
+            widget.enter()
+            return widget
+
+    qSlicerScriptedLoadableModuleWidget.__qualname__ = "qSlicerScriptedLoadableModuleWidget"
+    return qSlicerScriptedLoadableModuleWidget
 
 
 class Slicer:
@@ -816,17 +843,13 @@ class Slicer:
 
     def openModule(self):
         """Create the module widget the way Slicer does (a qMRMLWidget parent with a layout), and enter it."""
-        KneeSegmentation, module, parent = self.loadModule()
-        host = slicer.qMRMLWidget()
-        host.setLayout(self.qt.QVBoxLayout())
+        self.loadModule()
+        host = _scriptedModuleWidgetClass()("KneeSegmentation")
         host.setMRMLScene(slicer.mrmlScene)
-        widget = KneeSegmentation.KneeSegmentationWidget(host)
-        widget.setup()
-        self.modules.kneesegmentation.widget = types.SimpleNamespace(self=lambda: widget)
-        parent.isEntered = True
+        self.modules.kneesegmentation.widget = host
         host.resize(420, 1000)
         host.show()
-        widget.enter()
+        widget = host.reload()
         self.processEvents()
         return widget, host
 

