@@ -7,12 +7,13 @@ SHARED ?= ../shared/data
 DEMO_OUT ?= demo-output
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help venv demo test test-fast coverage-slicer bench eval train-default synth-cache clean
+.PHONY: help venv demo test test-fast coverage-slicer panel-pngs bench eval train-default synth-cache clean
 
 help:
 	@echo "make demo           set up .venv, fetch a real knee MRI (pip, hash-checked), segment it -> $(DEMO_OUT)/"
 	@echo "make test           run the whole test suite (core + Slicer logic on slicer-core + the panel under Qt)"
 	@echo "make coverage-slicer line coverage of KneeSegmentation.py and KneeSegmentationLib by the Slicer tests"
+	@echo "make panel-pngs     render the Slicer panel (default, running, done, training) -> docs/slicer-panel-*.png"
 	@echo "make bench          speed/memory benchmarks -> docs/benchmarks.md (uses $(SHARED) when present)"
 	@echo "make eval           evaluate the shipped model on $(SHARED) -> docs/evaluation.md"
 	@echo "make train-default  retrain the default model from $(SHARED)/labelmaps on this CPU (< 1 h) -> build/default"
@@ -41,6 +42,9 @@ SLICER_COVERAGE_FILES := KneeSegmentation/KneeSegmentation.py,KneeSegmentation/K
 coverage-slicer: venv
 	COVERAGE_FILE=.coverage-slicer $(PY) -m coverage run --include="$(SLICER_COVERAGE_FILES)" -m pytest -q Testing/slicer_extension
 	COVERAGE_FILE=.coverage-slicer $(PY) -m coverage report -m
+
+panel-pngs: venv
+	KNEESEG_PANEL_PNG_DIR=docs $(PY) -m pytest -q Testing/slicer_extension/test_panel.py -m "not slow"
 
 bench: venv
 	$(PY) -m bench.run --out docs/benchmarks.json --markdown docs/benchmarks.md

@@ -2,7 +2,8 @@
 
 Each test drives the panel through the widgets (clicks, selections, the event loop that polls the
 process) on slicer-core's MRML scene. The module's logic runs the stand-in core (failure modes) except
-where a test says otherwise. PNGs of the panel go to docs/ (``KNEESEG_PANEL_PNG_DIR`` overrides).
+where a test says otherwise. The panel is rendered to PNGs at four moments (default, running, done,
+training): into a temporary folder, or into ``KNEESEG_PANEL_PNG_DIR`` (``make panel-pngs``: docs/).
 """
 
 import html
@@ -24,7 +25,7 @@ from mrml_harness import (FAKE_CORE, addVolume, fakeCardReader, obliqueCoronalMa
 from kneeseg import contract  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-PNG_DIR = Path(os.environ.get("KNEESEG_PANEL_PNG_DIR", REPO / "docs"))
+PNG_DIR = os.environ.get("KNEESEG_PANEL_PNG_DIR")
 FOLD_PX = 1080 - 250  # a 1080p screen less Slicer's toolbars, module selector and status bar
 
 
@@ -67,8 +68,10 @@ def _yInHost(widget, host):
 
 
 def _png(host, name):
-    PNG_DIR.mkdir(parents=True, exist_ok=True)
-    qt_harness.render(host, PNG_DIR / name)
+    folder = Path(PNG_DIR) if PNG_DIR else Path(slicer.app.temporaryPath) / "png"
+    folder.mkdir(parents=True, exist_ok=True)
+    image = qt_harness.render(host, folder / name)
+    assert image.width() >= 420 and (folder / name).stat().st_size > 5000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,16 +291,22 @@ def test_loading_a_model_bundle_from_a_folder(app, module, monkeypatch, tmp_path
     assert panel._parameterNode.planeAxial and not panel._parameterNode.n4
 
 
-def test_training_from_a_folder_plots_live_and_selects_the_new_model(app, module, tmp_path):
-    widget, host, panel = module
-    ui = panel.ui
+def _chooseTrainingFolder(ui, tmp_path, output):
+    """Open the training section, choose a (stand-in) data folder and where the model goes."""
     ui.trainingCollapsibleButton.collapsed = False
     data = tmp_path / "data"
     (data / "images").mkdir(parents=True)
     (data / "images" / "case000.nrrd").write_text("stand-in")
-    assert not ui.trainButton.enabled
     ui.dataFolderPathLineEdit.currentPath = str(data)
-    ui.outputBundlePathLineEdit.currentPath = str(tmp_path / "new-model")
+    ui.outputBundlePathLineEdit.currentPath = str(tmp_path / output)
+    return data
+
+
+def test_training_from_a_folder_plots_live_and_selects_the_new_model(app, module, tmp_path):
+    widget, host, panel = module
+    ui = panel.ui
+    assert not ui.trainButton.enabled
+    data = _chooseTrainingFolder(ui, tmp_path, "new-model")
     ui.epochsSpinBox.value = 4
     ui.bonesComboBox.currentIndex = 1
     ui.augmentationCheckBox.checked = False
@@ -363,12 +372,7 @@ def test_training_from_scene_pairs_then_cancel(app, module, monkeypatch, tmp_pat
 def test_a_failing_training_reports_its_error(app, module, monkeypatch, tmp_path):
     widget, host, panel = module
     ui = panel.ui
-    ui.trainingCollapsibleButton.collapsed = False
-    data = tmp_path / "data"
-    (data / "images").mkdir(parents=True)
-    (data / "images" / "case000.nrrd").write_text("stand-in")
-    ui.dataFolderPathLineEdit.currentPath = str(data)
-    ui.outputBundlePathLineEdit.currentPath = str(tmp_path / "out")
+    _chooseTrainingFolder(ui, tmp_path, "out")
     monkeypatch.setenv("KNEESEG_FAKE_MODE", "trainfail")
     _click(ui.trainButton)
     app.waitFor(lambda: not panel._trainingRun.running)
@@ -409,7 +413,17 @@ def test_the_self_test_refuses_bad_input_in_the_running_application(app, module)
     assert "KneeSegmentation" in slicer.selfTests
 
 
-def test_reload_replaces_the_panel_with_fresh_code(app, module):
+@pytest.fixture
+def restoredModules():
+    """Reload replaces the module's Python modules; give the other tests back the ones they imported."""
+    saved = {name: m for name, m in sys.modules.items() if name.startswith("KneeSegmentation")}
+    yield
+    for name in [n for n in sys.modules if n.startswith("KneeSegmentation")]:
+        del sys.modules[name]
+    sys.modules.update(saved)
+
+
+def test_reload_replaces_the_panel_with_fresh_code(app, module, restoredModules):
     widget, host, panel = module
     import KneeSegmentationLib.widget as before
 
