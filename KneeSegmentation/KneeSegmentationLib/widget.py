@@ -495,7 +495,7 @@ class KneeSegmentationPanel(qt.QWidget):
             if self.ui.modelSelector.findData(str(path)) < 0:
                 self._addModelItem(path)
             self._rememberBundle(path)
-            self._parameterNode.modelPath = str(path)
+            (self._parameterNode or self.logic.getParameterNode()).modelPath = str(path)  # also after leaving the module
             self.showMessage(_("Model trained in {minutes:.1f} min and selected for segmentation: {path}").format(
                 minutes=run.elapsed / 60, path=path))
         elif run.status == "cancelled":

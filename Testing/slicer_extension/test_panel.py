@@ -369,6 +369,18 @@ def test_training_from_scene_pairs_then_cancel(app, module, monkeypatch, tmp_pat
     assert ui.trainButton.text == "Train" and not (tmp_path / "scene-model").exists()
 
 
+def test_training_that_ends_after_leaving_the_module_still_selects_its_model(app, module, tmp_path):
+    widget, host, panel = module
+    _chooseTrainingFolder(panel.ui, tmp_path, "later-model")
+    _click(panel.ui.trainButton)
+    widget.exit()  # the user opens another module; the run goes on
+    app.waitFor(lambda: not panel._trainingRun.running)
+    assert panel._trainingRun.status == "succeeded"
+    assert widget.logic.getParameterNode().modelPath == str(tmp_path / "later-model")
+    widget.enter()
+    assert panel.ui.modelSelector.currentText == "later-model"
+
+
 def test_a_failing_training_reports_its_error(app, module, monkeypatch, tmp_path):
     widget, host, panel = module
     ui = panel.ui
