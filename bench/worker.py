@@ -172,11 +172,11 @@ def _stand_in_content(image, bundle, planes, centre, repeats=3):
     stand_in.CopyInformation(labels)
     shift = np.asarray(centre) - np.asarray(preprocess.knee_centre_from_labels(stand_in))
     stand_in.SetOrigin(tuple(np.asarray(labels.GetOrigin()) + shift))
-    pre = bundle.card["preprocessing"]
+    spec = bundle.card.frame
     frames = []
     for plane in planes:
-        frame = preprocess.model_frame(image, plane, centre, window_mm=pre["window_mm"],
-                                       size=bundle.card["model"]["input_size"], min_slice_mm=pre["min_slice_mm"])
+        frame = preprocess.model_frame(image, plane, centre, window_mm=spec.window_mm, size=spec.size,
+                                       min_slice_mm=spec.min_slice_mm)
         one = sitk.GetArrayFromImage(preprocess.resample_to_frame(stand_in, frame, "nearest"))
         probs = np.eye(5, dtype=np.float32)[one]
         probs = ndimage.gaussian_filter(probs, sigma=(0.5, 1.0, 1.0, 0))

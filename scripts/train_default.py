@@ -13,6 +13,7 @@ into the card, and with ``--install`` replaces KneeSegmentation/Resources/Models
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -67,19 +68,18 @@ def finalize(args):
     from kneeseg.training_data import evaluate_synthetic
 
     trained = load_bundle(args.bundle)
-    card = dict(trained.card)
     model = trained.load_keras_model()
     staging = Path(args.bundle).with_name(Path(args.bundle).name + ".final")
     onnx_path = export_onnx(model, Path(args.bundle).with_name("model.onnx"))
     extras = [Path(args.bundle) / f for f in ("history.csv", "history.png") if (Path(args.bundle) / f).exists()]
-    stage1 = load_bundle(args.stage1).card["training"] if args.stage1 else None
-    card["training"] = {**card["training"], "config": {**card["training"]["config"], "init_from": "stage 1"},
-                        "recipe": "scripts/train_default.py (stages below); on a GPU: scripts/gpu_train_default.sh",
-                        "stage1": stage1, "hardware": args.hardware}
-    card["description"] = (f"2D U-Net (thesis architecture, {card['model']['filters']} filters, "
-                           f"{model.count_params():,} parameters) trained only on images synthesised from real knee "
-                           "label maps (domain randomisation); tri-planar fusion at inference")
-    card["metrics"] = {}
+    stage1 = load_bundle(args.stage1).card.training if args.stage1 else None
+    training = {**trained.card.training, "config": {**trained.card.training["config"], "init_from": "stage 1"},
+                "recipe": "scripts/train_default.py (stages below); on a GPU: scripts/gpu_train_default.sh",
+                "stage1": stage1, "hardware": args.hardware}
+    description = (f"2D U-Net (thesis architecture, {trained.card.network.filters} filters, "
+                   f"{model.count_params():,} parameters) trained only on images synthesised from real knee "
+                   "label maps (domain randomisation); tri-planar fusion at inference")
+    card = dataclasses.replace(trained.card, training=training, description=description, metrics={})
     save_bundle(staging, model, card, onnx_path=onnx_path, extra_files=extras)
     bundle = load_bundle(staging)
     metrics = {"measured_on": args.hardware_eval, "date": args.date}

@@ -46,7 +46,7 @@ def coreReadCard(path) -> dict:
             f"The kneeseg core cannot read model bundles ({exc}). Reinstall the KneeSegmentation extension.",
             INTERNAL,
         ) from exc
-    return load_bundle(path).card
+    return load_bundle(path).card.to_json()
 
 
 def readCard(path, reader=None) -> dict:

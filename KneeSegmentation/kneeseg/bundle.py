@@ -7,6 +7,7 @@ verified at load. Weights are a ``.keras`` file that loads with ``safe_mode=True
 layers, no pickle).
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -16,15 +17,10 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .card import CARD_NAME, FORMAT, FORMAT_VERSION, KERAS_NAME, ONNX_NAME, Card, WeightFile, parse_card  # noqa: F401
 from .errors import BundleError
 from .io import write_json
-from .labels import labels_from_json
 
-FORMAT = "kneeseg-bundle"
-FORMAT_VERSION = 1
-CARD_NAME = "card.json"
-KERAS_NAME = "model.keras"
-ONNX_NAME = "model.onnx"
 DEFAULT_BUNDLE_NAME = "knee-bones-default"
 
 
@@ -46,20 +42,20 @@ class Bundle:
     """A verified bundle on disk: its folder and card."""
 
     folder: Path
-    card: dict
+    card: Card
 
     @property
     def labels(self):
-        return labels_from_json(self.card["labels"])
+        return self.card.labels
 
     @property
     def keras_path(self) -> Path:
-        return self.folder / self.card["weights"][KERAS_NAME]["file"]
+        return self.folder / self.card.weights[KERAS_NAME].file
 
     @property
     def onnx_path(self):
-        entry = self.card["weights"].get(ONNX_NAME)
-        return None if entry is None else self.folder / entry["file"]
+        entry = self.card.weights.get(ONNX_NAME)
+        return None if entry is None else self.folder / entry.file
 
     def load_keras_model(self):
         """The Keras model, loaded with ``safe_mode`` (a Lambda layer or pickled code is refused)."""
@@ -112,25 +108,19 @@ def _unpack_zip(path: Path) -> Path:
 
 
 def read_card(path) -> dict:
-    """Read and check a card without verifying the weights (fast; for display)."""
+    """Read and check a card without verifying the weights (fast; for display): its JSON, checked."""
     path = Path(path)
     card_path = path / CARD_NAME if path.is_dir() else path
+    return parse_card(_read_card_json(card_path, path), card_path).raw
+
+
+def _read_card_json(card_path: Path, bundle_path) -> dict:
     if not card_path.exists():
-        raise BundleError(f"no {CARD_NAME} found (is this a model bundle?)", path)
+        raise BundleError(f"no {CARD_NAME} found (is this a model bundle?)", bundle_path)
     try:
-        card = json.loads(card_path.read_text())
+        return json.loads(card_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{CARD_NAME} is not valid JSON ({exc})", card_path) from None
-    if not isinstance(card, dict) or card.get("format") != FORMAT:
-        raise BundleError(f"{CARD_NAME} is not a {FORMAT} card", card_path)
-    version = card.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(f"unknown bundle format version {version!r} (this kneeseg reads version "
-                          f"{FORMAT_VERSION}; update kneeseg or re-export the bundle)", card_path)
-    for key in ("labels", "model", "preprocessing", "weights"):
-        if key not in card:
-            raise BundleError(f"{CARD_NAME} lacks the required entry {key!r}", card_path)
-    return card
 
 
 def load_bundle(path=None) -> Bundle:
@@ -141,19 +131,20 @@ def load_bundle(path=None) -> Bundle:
     folder = _extract_zip(path) if path.is_file() and zipfile.is_zipfile(path) else path
     if folder.is_file():
         raise BundleError("not a model bundle (expected a folder or a .zip holding card.json)", path)
-    card = read_card(folder)
-    for entry in card["weights"].values():
-        weight_path = folder / entry["file"]
+    card_path = folder / CARD_NAME
+    card = parse_card(_read_card_json(card_path, path), card_path)
+    for entry in card.weights.values():
+        weight_path = folder / entry.file
         if not weight_path.exists():
-            raise BundleError(f"weight file {entry['file']} is missing", path)
+            raise BundleError(f"weight file {entry.file} is missing", path)
         actual = sha256_of(weight_path)
-        if actual != entry["sha256"]:
-            raise BundleError(f"checksum mismatch for {entry['file']} (card says {entry['sha256'][:12]}..., "
+        if actual != entry.sha256:
+            raise BundleError(f"checksum mismatch for {entry.file} (card says {entry.sha256[:12]}..., "
                               f"file is {actual[:12]}...): the bundle is corrupt or was modified", path)
     return Bundle(folder, card)
 
 
-def save_bundle(folder, model, card: dict, onnx_path=None, extra_files=()) -> Path:
+def save_bundle(folder, model, card: Card, onnx_path=None, extra_files=()) -> Path:
     """Write ``model`` and ``card`` (checksums filled in) as a bundle folder, atomically.
 
     The bundle is assembled in a temporary sibling folder and renamed into place, so an interrupted
@@ -167,14 +158,15 @@ def save_bundle(folder, model, card: dict, onnx_path=None, extra_files=()) -> Pa
     os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it 0700: a bundle is meant to be shared
     try:
         _without_optimizer(model).save(staging / KERAS_NAME)
-        weights = {KERAS_NAME: {"file": KERAS_NAME, "sha256": sha256_of(staging / KERAS_NAME)}}
+        weights = {KERAS_NAME: WeightFile(KERAS_NAME, sha256_of(staging / KERAS_NAME))}
         if onnx_path is not None:
             shutil.copyfile(onnx_path, staging / ONNX_NAME)
-            weights[ONNX_NAME] = {"file": ONNX_NAME, "sha256": sha256_of(staging / ONNX_NAME)}
+            weights[ONNX_NAME] = WeightFile(ONNX_NAME, sha256_of(staging / ONNX_NAME))
         for extra in extra_files:
             shutil.copyfile(extra, staging / Path(extra).name)
-        card = {"format": FORMAT, "format_version": FORMAT_VERSION, **card, "weights": weights}
-        (staging / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n")
+        card_json = dataclasses.replace(card, weights=weights).to_json()
+        parse_card(card_json, staging / CARD_NAME)  # what is written must read back
+        (staging / CARD_NAME).write_text(json.dumps(card_json, indent=2) + "\n")
         if folder.exists():
             old = folder.with_name(f".{folder.name}-old")
             shutil.rmtree(old, ignore_errors=True)
@@ -202,6 +194,7 @@ def update_card(folder, **entries) -> dict:
     folder = Path(folder)
     card = read_card(folder)
     card.update(entries)
+    parse_card(card, folder / CARD_NAME)
     write_json(folder / CARD_NAME, card)
     return card
 

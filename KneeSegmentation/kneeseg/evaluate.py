@@ -107,7 +107,7 @@ def evaluate_real2d(bundle, npz_path, predictor=None, progress=None, centre="aut
         result = segment(slice_as_volume(images[i]), bundle, SegmentOptions(planes=("sagittal",), centre=centre),
                          predictor=predictor)
         prediction = sitk.GetArrayFromImage(result.labelmap)[0]
-        if bundle.card["model"]["output"] == "merged":
+        if bundle.card.network.output == "merged":
             prediction, truth = (prediction > 0).astype(np.uint8), (truth > 0).astype(np.uint8)
         case = evaluate_case(truth, prediction, scored if len(bundle.labels) > 1 else bundle.labels)
         case["slice"] = int(data["slice_ids"][i]) if "slice_ids" in data else i

@@ -56,7 +56,7 @@ class KerasPredictor:
     def __init__(self, bundle, precision=None):
         self.model = bundle.load_keras_model()
         self.precision = resolve_precision(precision)
-        self._call = _compiled_call(self.model, self.precision, bundle.card["model"])
+        self._call = _compiled_call(self.model, self.precision, bundle.card)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self._call(np.asarray(batch, dtype=np.float32)), dtype=np.float32)
@@ -95,12 +95,12 @@ def resolve_precision(precision=None) -> str:
     return "float32" if tf.config.list_logical_devices("GPU") else "bfloat16"
 
 
-def _compiled_call(model, precision, spec):
+def _compiled_call(model, precision, card):
     """``model``'s forward pass as a function numpy -> tensor, compiled once where the backend allows."""
     import keras
 
     if precision == "bfloat16":
-        model = _bfloat16_copy(model, spec) or model
+        model = _bfloat16_copy(model, card) or model
     if keras.backend.backend() != "tensorflow":
         return lambda batch: keras.ops.convert_to_numpy(model(batch, training=False))
     import tensorflow as tf
@@ -110,7 +110,7 @@ def _compiled_call(model, precision, spec):
     return lambda batch: forward(batch).numpy()
 
 
-def _bfloat16_copy(model, spec):
+def _bfloat16_copy(model, card):
     """The same network built with the mixed_bfloat16 policy and ``model``'s weights (None if it fails)."""
     import keras
 
@@ -119,7 +119,7 @@ def _bfloat16_copy(model, spec):
     previous = keras.config.dtype_policy()
     try:
         keras.config.set_dtype_policy("mixed_bfloat16")
-        copy = build_model(spec)
+        copy = build_model(card.network, card.frame.size)
         copy.set_weights(model.get_weights())
         return copy
     except (ValueError, KeyError, TypeError):
@@ -187,7 +187,7 @@ def _check_cancel(cancel):
 
 def predict_frame(predictor, frame_array, card, batch_size=8, cancel=None):
     """Class probabilities for a normalised model-frame array (slices, rows, cols) -> (..., classes)."""
-    if card["model"]["dims"] == 3:
+    if card.network.dims == 3:
         return _predict_volume_3d(predictor, frame_array)
     out = []
     for start in range(0, frame_array.shape[0], batch_size):
@@ -217,15 +217,12 @@ def frame_probabilities(image, predictor, card, plane, centre, batch_size=8, can
     """(frame, probabilities on the frame) for one plane."""
     import SimpleITK as sitk
 
-    pre = card["preprocessing"]
-    frame = preprocess.model_frame(image, plane, centre, window_mm=pre["window_mm"],
-                                   size=card["model"]["input_size"], min_slice_mm=pre.get("min_slice_mm", 1.5))
+    spec = card.frame
+    frame = preprocess.model_frame(image, plane, centre, window_mm=spec.window_mm, size=spec.size,
+                                   min_slice_mm=spec.min_slice_mm)
     array = sitk.GetArrayFromImage(preprocess.resample_to_frame(image, frame))
-    norm = card.get("normalisation", {})
-    if norm.get("mode") == "population":
-        array = preprocess.standardize(array, norm["mean"], norm["std"])
-    else:
-        array = preprocess.standardize(array)
+    mean, std = spec.normalisation.statistics
+    array = preprocess.standardize(array, mean, std, clip_percentiles=spec.normalisation.clip_percentiles)
     return frame, _probabilities(predict_frame(predictor, array, card, batch_size, cancel))
 
 
@@ -239,15 +236,15 @@ def detect_knee_centre(image, predictor, card, batch_size=8):
     The point where femur and tibia meet: the mean of the femur voxels closest to the tibia and the
     tibia voxels closest to the femur. Returns None when the model finds no femur or no tibia.
     """
-    names = {label["name"]: label["value"] for label in card["labels"]}
+    names = card.label_values
     if "Femur" not in names or "Tibia" not in names:
         return None
     corners = preprocess.physical_bounds(image)
     extent = float(np.max(corners.max(axis=0) - corners.min(axis=0)))
     # At most ~COARSE_SLICES slices (>= 3 mm apart): the junction needs no fine slices.
     coarse_slice_mm = max(3.0, extent / COARSE_SLICES)
-    coarse = {**card, "preprocessing": {**card["preprocessing"], "window_mm": extent, "min_slice_mm": coarse_slice_mm}}
-    plane = card["preprocessing"]["planes"][0]
+    coarse = card.with_frame(window_mm=extent, min_slice_mm=coarse_slice_mm)
+    plane = card.frame.planes[0]
     frame, probs = frame_probabilities(image, predictor, coarse, plane, preprocess.image_centre(image), batch_size)
     labels = np.argmax(probs, axis=-1)
     points = {}
@@ -297,19 +294,18 @@ def segment(image, bundle, options: SegmentOptions = None, progress=None, cancel
     options = options or SegmentOptions()
     card = bundle.card
     labels = bundle.labels
-    planes = tuple(options.planes or card["preprocessing"]["planes"])
+    planes = tuple(options.planes or card.frame.planes)
     timings = {}
     t0 = time.perf_counter()
     predictor = predictor or make_predictor(bundle, options.backend)
     timings["load_model"] = time.perf_counter() - t0
 
     work = image
-    use_n4 = card["preprocessing"].get("n4", False) if options.n4 is None else options.n4
+    use_n4 = card.n4 if options.n4 is None else options.n4
     if use_n4:
         _report(progress, "n4", 0.05, "N4 bias field correction")
         t = time.perf_counter()
-        settings = preprocess.N4Settings(**{**card["preprocessing"].get("n4_settings", {}),
-                                            **(options.n4_settings or {})})
+        settings = preprocess.N4Settings.from_overrides({**card.n4_settings, **(options.n4_settings or {})})
         work = preprocess.n4_bias_correct(image, settings)
         timings["n4"] = time.perf_counter() - t
     _check_cancel(cancel)

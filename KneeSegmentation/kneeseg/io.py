@@ -53,17 +53,23 @@ def _first_line(exc: Exception) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def _read_dicom_folder(folder: Path):
-    """Read the largest DICOM series in ``folder``; for multi-echo series, its first echo."""
+def dicom_series_files(folder) -> list:
+    """The files :func:`read_volume` reads from a DICOM folder, in slice order: the largest series,
+    and of a multi-echo series its first echo (e.g. to reference them from a DICOM SEG)."""
     sitk = _sitk()
+    folder = Path(folder)
     series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series_ids:
         raise InputError("folder holds no DICOM series", folder)
     files_by_series = {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids}
-    files = max(files_by_series.values(), key=len)
-    files = _first_echo(files)
+    return list(_first_echo(max(files_by_series.values(), key=len)))
+
+
+def _read_dicom_folder(folder: Path):
+    """Read the largest DICOM series in ``folder``; for multi-echo series, its first echo."""
+    sitk = _sitk()
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(list(files))
+    reader.SetFileNames(dicom_series_files(folder))
     return reader.Execute()
 
 

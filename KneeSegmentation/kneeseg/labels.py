@@ -22,8 +22,23 @@ class Label:
 
     @classmethod
     def from_json(cls, d: dict) -> "Label":
-        return cls(name=d["name"], value=int(d["value"]), color=tuple(int(c) for c in d["color"]),
-                   snomed_code=str(d["snomed"]["code"]))
+        """A label from a card, checked field by field (raises ``specs.SpecError`` naming the field)."""
+        from .specs import SpecError, check_int
+
+        if not isinstance(d, dict):
+            raise SpecError("label", f"must be a JSON object, not {type(d).__name__}")
+        name = d.get("name")
+        if not isinstance(name, str) or not 0 < len(name) <= 64:
+            raise SpecError("name", f"must be a name of 1 to 64 characters, not {name!r}")
+        value = check_int("value", d.get("value"), 1, 255)
+        color = d.get("color")
+        if not isinstance(color, list) or len(color) != 3:
+            raise SpecError("color", f"must be three numbers 0-255 (RGB), not {color!r}")
+        color = tuple(check_int("color", c, 0, 255) for c in color)
+        code = d.get("snomed", {}).get("code") if isinstance(d.get("snomed"), dict) else None
+        if not isinstance(code, str) or not code.isdigit() or len(code) > 18:
+            raise SpecError("snomed", f"must hold a SNOMED CT code (digits), not {d.get('snomed')!r}")
+        return cls(name=name, value=value, color=color, snomed_code=code)
 
 
 FEMUR = Label("Femur", 1, (241, 214, 145), "71341001")

@@ -85,10 +85,10 @@ def build_unet_3d(input_size=224, n_slices=24, n_classes=5, filters=32, depth=4,
     return keras.Model(inputs, outputs, name=name)
 
 
-def build_model(spec: dict):
-    """Build from a bundle card's ``model`` entry (``dims``, ``input_size``, ``filters``, ...)."""
-    common = dict(input_size=spec["input_size"], n_classes=spec["n_classes"], filters=spec["filters"],
-                  depth=spec["depth"], dropout=spec.get("dropout", 0.5), output=spec["output"])
-    if spec["dims"] == 3:
-        return build_unet_3d(n_slices=spec["n_slices"], **common)
+def build_model(network, input_size: int):
+    """Build the U-Net a :class:`~kneeseg.specs.NetworkSpec` describes, for ``input_size`` pixels."""
+    common = dict(input_size=input_size, n_classes=network.n_classes, filters=network.filters,
+                  depth=network.depth, dropout=network.dropout, output=network.output)
+    if network.dims == 3:
+        return build_unet_3d(n_slices=network.n_slices, **common)
     return build_unet_2d(**common)

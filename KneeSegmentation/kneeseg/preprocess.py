@@ -189,6 +189,36 @@ class N4Settings:
     control_points: int = 4
     fit_spacing_mm: float = 4.4
 
+    def __post_init__(self):
+        from .specs import SpecError, check_int, check_number
+
+        check_int("shrink_factor", self.shrink_factor, 0, 64)
+        iterations = self.iterations
+        if isinstance(iterations, str) or not isinstance(iterations, (list, tuple)) or not 1 <= len(iterations) <= 8:
+            raise SpecError("iterations", f"must be 1 to 8 iteration counts (one per fitting level), not {iterations!r}")
+        object.__setattr__(self, "iterations", tuple(check_int("iterations", i, 1, 1000) for i in iterations))
+        check_number("convergence_threshold", self.convergence_threshold, 0.0, 1.0, lo_inclusive=False)
+        check_int("spline_order", self.spline_order, 1, 5)
+        check_int("control_points", self.control_points, self.spline_order + 1, 64)
+        check_number("fit_spacing_mm", self.fit_spacing_mm, 0.1, 100.0)
+
+    @classmethod
+    def from_overrides(cls, overrides=None) -> "N4Settings":
+        """The defaults with ``overrides`` (a mapping of field names) applied; unknown names are refused."""
+        from dataclasses import fields
+
+        from .specs import SpecError
+
+        overrides = dict(overrides or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise SpecError(f"n4_settings.{unknown[0]}", f"is not an N4 setting (known: {', '.join(sorted(known))})")
+        try:
+            return cls(**overrides)
+        except SpecError as exc:
+            raise SpecError(f"n4_settings.{exc.field}", str(exc).split(": ", 1)[1]) from None
+
     def shrink_factors(self, image) -> list:
         """Per-axis shrink factors for ``image`` (at least 8 voxels left along every axis)."""
         size, spacing = np.array(image.GetSize()), np.array(image.GetSpacing())

@@ -180,21 +180,28 @@ def build_and_compile(config: TrainConfig, labels):
     from .losses import make_loss, training_metrics
     from .model import build_model
 
-    spec = model_spec(config, labels)
-    model = build_model(spec)
+    model = build_model(network_spec(config, labels), config.input_size)
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                   loss=make_loss(config.loss, config.class_weights, config.beta),
                   metrics=training_metrics(labels))
     return model
 
 
-def model_spec(config: TrainConfig, labels) -> dict:
+def network_spec(config: TrainConfig, labels):
+    from .specs import NetworkSpec
+
     n_classes = 1 if config.output == "merged" else len(labels) + 1
-    spec = {"dims": config.dims, "input_size": config.input_size, "n_classes": n_classes,
-            "filters": config.filters, "depth": config.depth, "dropout": config.dropout, "output": config.output}
-    if config.dims == 3:
-        spec["n_slices"] = None
-    return spec
+    return NetworkSpec(dims=config.dims, n_classes=n_classes, filters=config.filters, depth=config.depth,
+                       dropout=config.dropout, output=config.output)
+
+
+def frame_spec(config: TrainConfig, population=None):
+    from .specs import FrameSpec, Normalisation
+
+    normalisation = (Normalisation() if population is None else
+                     Normalisation(mode="population", mean=population[0], std=population[1]))
+    return FrameSpec(planes=tuple(config.planes), window_mm=config.window_mm, size=config.input_size,
+                     min_slice_mm=config.min_slice_mm, normalisation=normalisation)
 
 
 RESUMABLE_CHANGES = ("epochs", "patience", "time_limit_min", "workers", "use_multiprocessing", "extra")
@@ -302,25 +309,14 @@ def plot_history(history_csv, png_path):
 
 
 def make_card(config: TrainConfig, labels, provenance: dict, state: dict, metrics=None, name="knee-bones",
-              description="", population=None) -> dict:
-    """The bundle card for a model trained with ``config``."""
-    from .labels import labels_to_json
+              description="", population=None):
+    """The bundle card (:class:`kneeseg.card.Card`) for a model trained with ``config``."""
+    from .card import card_for
 
-    return {
-        "name": name,
-        "description": description,
-        "labels": labels_to_json(labels),
-        "model": model_spec(config, labels),
-        "preprocessing": {"planes": list(config.planes), "window_mm": config.window_mm,
-                          "min_slice_mm": config.min_slice_mm, "n4": False,
-                          "n4_settings": {},  # preprocess.N4Settings' defaults (docs/benchmarks.md)
-                          "centre": "model first pass, falling back to the image centre"},
-        "normalisation": ({"mode": "volume", "clip_percentiles": [0.5, 99.5]} if population is None else
-                          {"mode": "population", "mean": population[0], "std": population[1],
-                           "clip_percentiles": [0.5, 99.5]}),
-        "training": {"config": _jsonable(asdict(config)), "epochs_run": state["epoch"] + 1,
-                     "best_epoch": state["best_epoch"] + 1, "best_val_mean_dice": state["best"],
-                     "stopped_early": state.get("stopped_early", False),
-                     "stopped_at_time_limit": state.get("stopped_at_time_limit", False), **provenance},
-        "metrics": metrics or {},
-    }
+    training = {"config": _jsonable(asdict(config)), "epochs_run": state["epoch"] + 1,
+                "best_epoch": state["best_epoch"] + 1, "best_val_mean_dice": state["best"],
+                "stopped_early": state.get("stopped_early", False),
+                "stopped_at_time_limit": state.get("stopped_at_time_limit", False), **provenance}
+    # n4_settings empty: preprocess.N4Settings' defaults (docs/benchmarks.md)
+    return card_for(labels, network_spec(config, labels), frame_spec(config, population), name=name,
+                    description=description, training=training, metrics=metrics)

@@ -145,7 +145,7 @@ def evaluate_pairs(bundle, data, progress=None, options=None) -> dict:
         result = segment(image, bundle, options, predictor=predictor)
         truth = sitk.GetArrayFromImage(label)
         prediction = sitk.GetArrayFromImage(result.labelmap)
-        if bundle.card["model"]["output"] == "merged":
+        if bundle.card.network.output == "merged":
             truth = (truth > 0).astype("uint8")
         case = evaluate_case(truth, prediction, bundle.labels, spacing_mm=image.GetSpacing()[::-1])
         case["case"] = pair.subject
@@ -171,8 +171,7 @@ def evaluate_synthetic(bundle, cache, n_cases=6, progress=None, options=None) ->
     from .evaluate import evaluate_case
     from .infer import make_predictor, segment
 
-    split = bundle.card.get("training", {}).get("data", {}).get("split", {})
-    test_ids = set(split.get("test", []))
+    test_ids = set(bundle.card.test_subjects)
     entries = [e for e in synth.load_manifest(cache)["files"] if not test_ids or e["subject"] in test_ids]
     held_out = "held-out subjects" if test_ids else "ALL subjects: the bundle records no held-out split"
     if not entries:
@@ -186,7 +185,7 @@ def evaluate_synthetic(bundle, cache, n_cases=6, progress=None, options=None) ->
         result = segment(image, bundle, options, predictor=predictor)
         prediction = sitk.GetArrayFromImage(result.labelmap)
         truth_array = sitk.GetArrayFromImage(truth)
-        if bundle.card["model"]["output"] == "merged":
+        if bundle.card.network.output == "merged":
             truth_array = (truth_array > 0).astype("uint8")
         case = evaluate_case(truth_array, prediction, bundle.labels, spacing_mm=image.GetSpacing()[::-1])
         case["case"] = f"{entry['subject']}#{n}"

@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 
 from kneeseg import bundle as bundles
+from kneeseg.card import card_for
 from kneeseg.errors import BundleError
 from kneeseg.labels import SEPARATE_BONES
+from kneeseg.specs import FrameSpec, NetworkSpec
+
+
+def _card():
+    return card_for(SEPARATE_BONES, NetworkSpec(filters=4, depth=2), FrameSpec(size=32))
 
 
 def _copy(src, tmp_path, name="copy"):
@@ -20,7 +26,7 @@ def _copy(src, tmp_path, name="copy"):
 
 
 def test_card_holds_what_users_need(tiny_bundle):
-    card = bundles.load_bundle(tiny_bundle).card
+    card = json.loads((tiny_bundle / "card.json").read_text())
     assert card["format"] == "kneeseg-bundle" and card["format_version"] == bundles.FORMAT_VERSION
     assert [(lab["name"], lab["value"], lab["snomed"]["code"]) for lab in card["labels"]] == [
         ("Femur", 1, "71341001"), ("Tibia", 2, "12611008"), ("Fibula", 3, "87342007"), ("Patella", 4, "64234005")]
@@ -30,6 +36,10 @@ def test_card_holds_what_users_need(tiny_bundle):
     assert card["normalisation"]["mode"] == "volume"
     assert set(card["training"]["data"]["split"]) == {"train", "validation", "test"}
     assert card["weights"]["model.keras"]["sha256"] == bundles.sha256_of(tiny_bundle / "model.keras")
+    typed = bundles.load_bundle(tiny_bundle).card
+    assert typed.frame.planes == ("sagittal", "coronal") and typed.frame.size == 64 and typed.frame.window_mm == 90.0
+    assert [label.name for label in typed.labels] == ["Femur", "Tibia", "Fibula", "Patella"]
+    assert typed.to_json() == card  # the typed card writes back exactly what it read
 
 
 def test_checksum_mismatch_is_refused(tiny_bundle, tmp_path):
@@ -77,7 +87,7 @@ def test_missing_bundle(tmp_path):
 def test_zipped_bundle_loads_and_is_verified(tiny_bundle, tmp_path):
     zipped = bundles.zip_bundle(tiny_bundle, tmp_path / "model.zip")
     loaded = bundles.load_bundle(zipped)
-    assert loaded.card["name"] == "tiny-test-model"
+    assert loaded.card.name == "tiny-test-model"
     assert loaded.load_keras_model().count_params() > 0
     assert bundles.load_bundle(zipped).folder == loaded.folder  # an unchanged zip is unpacked once
     os.utime(zipped, ns=(0, 0))
@@ -91,7 +101,7 @@ def test_save_is_atomic_and_replaces(tmp_path):
     from kneeseg.model import build_unet_2d
 
     model = build_unet_2d(input_size=32, filters=4, depth=2)
-    card = {"labels": [lab.to_json() for lab in SEPARATE_BONES], "model": {}, "preprocessing": {}}
+    card = _card()
     bundles.save_bundle(tmp_path / "b", model, card)
     bundles.save_bundle(tmp_path / "b", model, card)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
@@ -108,7 +118,7 @@ def test_bundles_ship_weights_without_optimizer_state(tmp_path):
     model = build_unet_2d(input_size=32, filters=4, depth=2)
     model.compile(optimizer="adam", loss="mse")
     model.fit(np.zeros((2, 32, 32, 1)), np.zeros((2, 32, 32, 5)), verbose=0)
-    card = {"labels": [lab.to_json() for lab in SEPARATE_BONES], "model": {}, "preprocessing": {}}
+    card = _card()
     bundles.save_bundle(tmp_path / "b", model, card)
     with zipfile.ZipFile(tmp_path / "b" / "model.keras") as z:
         z.extract("model.weights.h5", tmp_path)
@@ -123,7 +133,7 @@ def test_lambda_layers_are_refused_at_load(tmp_path):
     inputs = keras.Input((8, 8, 1))
     outputs = keras.layers.Lambda(lambda x: x * 2)(inputs)
     model = keras.Model(inputs, outputs)
-    card = {"labels": [lab.to_json() for lab in SEPARATE_BONES], "model": {}, "preprocessing": {}}
+    card = _card()
     bundles.save_bundle(tmp_path / "unsafe", model, card)
     with pytest.raises(BundleError, match="cannot be loaded safely"):
         bundles.load_bundle(tmp_path / "unsafe").load_keras_model()
@@ -132,4 +142,4 @@ def test_lambda_layers_are_refused_at_load(tmp_path):
 def test_update_card_keeps_checksums_valid(tiny_bundle, tmp_path):
     copy = _copy(tiny_bundle, tmp_path)
     bundles.update_card(copy, metrics={"real2d": {"dice": 0.5}})
-    assert bundles.load_bundle(copy).card["metrics"]["real2d"]["dice"] == 0.5
+    assert bundles.load_bundle(copy).card.metrics["real2d"]["dice"] == 0.5

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from kneeseg.model import build_model, build_unet_2d, build_unet_3d
+from kneeseg.specs import NetworkSpec
 
 
 def test_thesis_unet_has_about_195k_parameters():
@@ -59,8 +60,7 @@ def test_3d_variant_uses_3x3x3_kernels_and_never_pools_along_z():
 
 
 def test_3d_variant_accepts_any_slice_count():
-    model = build_model({"dims": 3, "input_size": 32, "n_classes": 2, "filters": 4, "depth": 2, "output": "separate",
-                         "n_slices": None})
+    model = build_model(NetworkSpec(dims=3, n_classes=2, filters=4, depth=2), input_size=32)
     for n in (5, 12):
         assert tuple(model(np.zeros((1, n, 32, 32, 1), np.float32)).shape) == (1, n, 32, 32, 2)
 

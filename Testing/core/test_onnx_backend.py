@@ -26,8 +26,7 @@ def onnx_bundle(tiny_bundle, tmp_path_factory):
     model = source.load_keras_model()
     root = tmp_path_factory.mktemp("onnx_bundle")
     graph = onnx_backend.export_onnx(model, root / "work" / "model.onnx")
-    card = {k: v for k, v in source.card.items() if k not in ("format", "format_version", "weights")}
-    return bundles.save_bundle(root / "bundle", model, card, onnx_path=graph)
+    return bundles.save_bundle(root / "bundle", model, source.card, onnx_path=graph)
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +52,7 @@ def test_card_records_the_graph_checksum_and_a_tampered_graph_is_refused(onnx_bu
     import shutil
 
     card = bundles.load_bundle(onnx_bundle).card
-    assert card["weights"]["model.onnx"]["sha256"] == bundles.sha256_of(onnx_bundle / "model.onnx")
+    assert card.weights["model.onnx"].sha256 == bundles.sha256_of(onnx_bundle / "model.onnx")
     broken = tmp_path / "broken"
     shutil.copytree(onnx_bundle, broken)
     with open(broken / "model.onnx", "ab") as f:

@@ -345,7 +345,7 @@ def test_training_from_the_cache_records_split_and_generator(tmp_path):
     config = TrainConfig(filters=4, depth=2, input_size=32, window_mm=80.0, batch_size=2, epochs=1,
                          steps_per_epoch=2, validation_steps=1, synthesis={"septum_probability": 0.0})
     train_bundle(config, tmp_path / "bundle", tmp_path / "work", synthetic=tmp_path / "cache", export_onnx=False)
-    data = load_bundle(tmp_path / "bundle").card["training"]["data"]
+    data = load_bundle(tmp_path / "bundle").card.training["data"]
     assert data["kind"].startswith("synthetic")
     split = data["split"]
     assert sorted(sum(split.values(), [])) == ["P-alpha", "P-beta", "P-delta", "P-gamma"]

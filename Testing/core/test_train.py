@@ -190,8 +190,7 @@ def test_fine_tuning_starts_from_a_bundle_and_refuses_another_architecture(tiny_
     from kneeseg.errors import BundleError
 
     card = load_bundle(tiny_bundle).card
-    spec = card["model"]
-    matching = _config(filters=spec["filters"], depth=spec["depth"], input_size=spec["input_size"], epochs=1,
+    matching = _config(filters=card.network.filters, depth=card.network.depth, input_size=card.frame.size, epochs=1,
                        learning_rate=0.0, final_learning_rate=0.0, init_from=str(tiny_bundle))
     model, _ = training.fit(matching, SEPARATE_BONES, ToySlices(size=64), ToySlices(seed=1, size=64), tmp_path / "ok")
     source = load_bundle(tiny_bundle).load_keras_model()
@@ -211,14 +210,13 @@ def test_population_normalisation_is_stored_in_the_card_and_used_at_inference(tm
     data = write_toy_pairs(tmp_path / "data", n=3, size=(32, 32, 24), spacing=(2.0, 2.0, 2.0))
     config = _config(epochs=1, steps_per_epoch=2, validation_steps=1, normalisation="population")
     train_bundle(config, tmp_path / "bundle", tmp_path / "work", data=data, export_onnx=False)
-    card = load_bundle(tmp_path / "bundle").card
-    norm = card["normalisation"]
-    assert norm["mode"] == "population" and 0.0 < norm["mean"] < 1.0 and norm["std"] > 0
+    norm = load_bundle(tmp_path / "bundle").card.frame.normalisation
+    assert norm.mode == "population" and 0.0 < norm.mean < 1.0 and norm.std > 0
     seen = []
     monkeypatch.setattr(preprocess, "standardize", lambda a, mean=None, std=None, **k: seen.append((mean, std)) or a)
     image, _ = toy_knee(size=(32, 32, 24), spacing=(2.0, 2.0, 2.0))
     infer.segment(image, load_bundle(tmp_path / "bundle"), infer.SegmentOptions(centre="image"))
-    assert seen and all(s == (norm["mean"], norm["std"]) for s in seen)
+    assert seen and all(s == (norm.mean, norm.std) for s in seen)
     with pytest.raises(InputError, match="per-volume"):
         train_bundle(config, tmp_path / "b2", tmp_path / "w2", synthetic=tmp_path)
 

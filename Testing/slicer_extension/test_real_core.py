@@ -37,7 +37,9 @@ def _realFormatBundle(folder: Path) -> Path:
     weights = folder / "model.keras"
     weights.write_bytes(b"stand-in weights")
     card = {"format": "kneeseg-bundle", "format_version": 1, "name": "stand-in",
-            "labels": L.labels_to_json(L.SEPARATE_BONES), "model": {}, "preprocessing": {},
+            "labels": L.labels_to_json(L.SEPARATE_BONES),
+            "model": {"dims": 2, "input_size": 224, "n_classes": 5, "filters": 32, "depth": 4, "output": "separate"},
+            "preprocessing": {"planes": ["sagittal"]},
             "weights": {"model.keras": {"file": "model.keras", "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}}}
     (folder / "card.json").write_text(json.dumps(card))
     return folder

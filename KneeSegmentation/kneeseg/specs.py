@@ -1,0 +1,187 @@
+"""What a model is made of: the network, and the frame its slices are cut in. One place for each default.
+
+:class:`NetworkSpec` builds the U-Net; :class:`FrameSpec` says how a volume becomes the network's
+slices (planes, window, pixel count, slice spacing, normalisation). Training data, synthesis,
+training and inference all take them from a bundle's card (``kneeseg.card``), so none of these
+settings can drift between them. Each spec checks itself when it is made: a wrong type or an
+out-of-range value raises :class:`SpecError` naming the field.
+"""
+
+import math
+from dataclasses import dataclass, field, fields
+
+from .geometry import PLANES
+
+
+class SpecError(ValueError):
+    """A field with a wrong type or value; ``field`` names it."""
+
+    def __init__(self, field_name: str, message: str):
+        self.field = field_name
+        super().__init__(f"{field_name}: {message}")
+
+
+def check_int(name, value, lo, hi) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(name, f"must be a whole number, not {value!r}")
+    if not lo <= value <= hi:
+        raise SpecError(name, f"must be between {lo} and {hi}, not {value}")
+    return value
+
+
+def check_number(name, value, lo, hi, lo_inclusive=True, hi_inclusive=True) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(name, f"must be a number, not {value!r}")
+    value = float(value)
+    above = value >= lo if lo_inclusive else value > lo
+    below = value <= hi if hi_inclusive else value < hi
+    if not math.isfinite(value) or not (above and below):
+        lo_bracket, hi_bracket = "[" if lo_inclusive else "(", "]" if hi_inclusive else ")"
+        raise SpecError(name, f"must lie in {lo_bracket}{lo:g}, {hi:g}{hi_bracket}, not {value:g}")
+    return value
+
+
+def check_choice(name, value, choices):
+    if not isinstance(value, str) or value not in choices:
+        raise SpecError(name, f"must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
+def check_bool(name, value) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(name, f"must be true or false, not {value!r}")
+    return value
+
+
+def check_planes(name, value) -> tuple:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
+        raise SpecError(name, f"must be a non-empty list of planes ({', '.join(PLANES)}), not {value!r}")
+    for plane in value:
+        check_choice(name, plane, PLANES)
+    if len(set(value)) != len(value):
+        raise SpecError(name, f"names a plane twice: {list(value)}")
+    return tuple(value)
+
+
+NORMALISATION_MODES = ("volume", "population")
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """Standard scores after clipping at the volume's own percentiles.
+
+    ``volume``: each volume's own mean and standard deviation; ``population``: ``mean`` and ``std``
+    of the training set (stored in the card).
+    """
+
+    mode: str = "volume"
+    clip_percentiles: tuple = (0.5, 99.5)
+    mean: float = None
+    std: float = None
+
+    def __post_init__(self):
+        check_choice("mode", self.mode, NORMALISATION_MODES)
+        clip = self.clip_percentiles
+        if isinstance(clip, str) or not isinstance(clip, (list, tuple)) or len(clip) != 2:
+            raise SpecError("clip_percentiles", f"must be two percentiles [low, high], not {clip!r}")
+        lo = check_number("clip_percentiles", clip[0], 0.0, 100.0)
+        hi = check_number("clip_percentiles", clip[1], 0.0, 100.0)
+        if lo >= hi:
+            raise SpecError("clip_percentiles", f"the low percentile must be below the high one, not {list(clip)}")
+        object.__setattr__(self, "clip_percentiles", (lo, hi))
+        if self.mode == "population":
+            object.__setattr__(self, "mean", check_number("mean", self.mean, -1e30, 1e30))
+            object.__setattr__(self, "std", check_number("std", self.std, 0.0, 1e30, lo_inclusive=False))
+        elif self.mean is not None or self.std is not None:
+            raise SpecError("mode", "per-volume normalisation takes no mean or std")
+
+    @property
+    def statistics(self):
+        """(mean, std) for population normalisation, (None, None) for per-volume."""
+        return (self.mean, self.std) if self.mode == "population" else (None, None)
+
+    def to_json(self) -> dict:
+        out = {"mode": self.mode}
+        if self.mode == "population":
+            out.update(mean=self.mean, std=self.std)
+        out["clip_percentiles"] = list(self.clip_percentiles)
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Normalisation":
+        _check_keys(data, cls, name="normalisation")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class FrameSpec:
+    """How a volume becomes network slices: per plane, a ``window_mm`` square of ``size`` x ``size``
+    pixels around the knee centre, slices at the volume's own spacing but never finer than
+    ``min_slice_mm``, standardised by ``normalisation``."""
+
+    planes: tuple = PLANES
+    window_mm: float = 160.0
+    size: int = 224
+    min_slice_mm: float = 1.5
+    normalisation: Normalisation = field(default_factory=Normalisation)
+
+    def __post_init__(self):
+        object.__setattr__(self, "planes", check_planes("planes", self.planes))
+        object.__setattr__(self, "window_mm", check_number("window_mm", self.window_mm, 1.0, 2000.0))
+        check_int("size", self.size, 16, 1024)
+        object.__setattr__(self, "min_slice_mm", check_number("min_slice_mm", self.min_slice_mm, 0.01, 200.0))
+        if not isinstance(self.normalisation, Normalisation):
+            raise SpecError("normalisation", f"must be a Normalisation, not {self.normalisation!r}")
+
+    @property
+    def pixel_mm(self) -> float:
+        return self.window_mm / self.size
+
+
+OUTPUTS = ("separate", "merged")
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """The U-Net: ``dims`` 2 (slices) or 3, ``filters`` everywhere, ``depth`` poolings, one Dropout at
+    the bottleneck, ``output`` "separate" (softmax over ``n_classes`` = background + bones) or
+    "merged" (one sigmoid bone channel). ``n_slices``: the 3D network's slab depth (None: any)."""
+
+    dims: int = 2
+    n_classes: int = 5
+    filters: int = 32
+    depth: int = 4
+    dropout: float = 0.5
+    output: str = "separate"
+    n_slices: int = None
+
+    def __post_init__(self):
+        if isinstance(self.dims, bool) or self.dims not in (2, 3):
+            raise SpecError("dims", f"must be 2 or 3, not {self.dims!r}")
+        check_int("filters", self.filters, 1, 512)
+        check_int("depth", self.depth, 1, 8)
+        object.__setattr__(self, "dropout", check_number("dropout", self.dropout, 0.0, 1.0, hi_inclusive=False))
+        check_choice("output", self.output, OUTPUTS)
+        check_int("n_classes", self.n_classes, 1, 64)
+        if self.output == "merged" and self.n_classes != 1:
+            raise SpecError("n_classes", f"a merged output has 1 channel, not {self.n_classes}")
+        if self.output == "separate" and self.n_classes < 2:
+            raise SpecError("n_classes", "a separate output needs background and at least one bone")
+        if self.n_slices is not None:
+            check_int("n_slices", self.n_slices, 1, 4096)
+
+    def check_input_size(self, size: int):
+        """The input must halve ``depth`` times without remainder."""
+        if size % (2 ** self.depth):
+            raise SpecError("input_size", f"{size} pixels do not halve {self.depth} times (depth); use a multiple "
+                            f"of {2 ** self.depth}")
+
+
+def _check_keys(data, cls, extra=(), name=None):
+    """Refuse a mapping with names ``cls`` does not know (a typo must not fall back to a default)."""
+    if not isinstance(data, dict):
+        raise SpecError(name or cls.__name__, f"must be a JSON object, not {type(data).__name__}")
+    known = {f.name for f in fields(cls)} | set(extra)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SpecError(unknown[0], f"is not a known field (known: {', '.join(sorted(known))})")
