@@ -98,6 +98,7 @@ def test_opening_the_module_shows_input_model_output_then_apply(app, module):
     assert "Bones: Femur, Tibia, Fibula, Patella" in summary and "Measured accuracy" in summary
     assert len(summary) < 500 and ui.modelCardGroupBox.collapsed
     assert "Labels" in ui.modelCardTextBrowser.toPlainText()
+    assert "Intended use: For research use only" in ui.modelCardTextBrowser.toPlainText()
     assert ui.advancedGroupBox.collapsed and ui.logGroupBox.collapsed and ui.trainingCollapsibleButton.collapsed
     # defaults agree with the CLI; no 3D training offered (the CLI refuses --dims 3)
     assert ui.patienceSpinBox.value == contract.option("train", "patience").default == 9
