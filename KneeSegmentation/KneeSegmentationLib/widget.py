@@ -348,13 +348,19 @@ class KneeSegmentationPanel(qt.QWidget):
         return tuple(p for p, on in (("sagittal", pn.planeSagittal), ("coronal", pn.planeCoronal),
                                      ("axial", pn.planeAxial)) if on)
 
-    def onApplyButton(self) -> None:
-        if self._segmentationRun is not None and self._segmentationRun.running:
-            self._segmentationRun.cancel()
-            return
-        pn = self._parameterNode
+    def _cancelledOrCleared(self, run) -> bool:
+        """The button of a running ``run`` cancels it (True); otherwise the message and log are cleared."""
+        if run is not None and run.running:
+            run.cancel()
+            return True
         self.clearMessage()
         self.ui.logTextEdit.clear()
+        return False
+
+    def onApplyButton(self) -> None:
+        if self._cancelledOrCleared(self._segmentationRun):
+            return
+        pn = self._parameterNode
         try:
             validateInputVolume(pn.inputVolume)  # bad input is refused before anything is installed or run
             self.logic.readCard(pn.modelPath)
@@ -395,9 +401,13 @@ class KneeSegmentationPanel(qt.QWidget):
             self.showResults(node, run.volumeNode)
             self.showMessage(_("Done in {seconds:.0f} s: '{name}' has {count} segments.").format(
                 seconds=run.elapsed, name=node.GetName(), count=node.GetSegmentation().GetNumberOfSegments()))
-        elif run.status == "cancelled":
+        self.showRunEnd(run)
+
+    def showRunEnd(self, run) -> None:
+        """A cancelled run says so; a failed one shows its error (dialog, log); then the buttons follow."""
+        if run.status == "cancelled":
             self.showMessage(run.error.message)
-        else:
+        elif run.status == "failed":
             self.showError(run.error)
         self.updateButtons()
 
@@ -437,15 +447,12 @@ class KneeSegmentationPanel(qt.QWidget):
         del self._parameterNode.trainingSegmentations[row]
 
     def onTrainButton(self) -> None:
-        if self._trainingRun is not None and self._trainingRun.running:
-            self._trainingRun.cancel()
+        if self._cancelledOrCleared(self._trainingRun):
             return
         pn = self._parameterNode
-        self.clearMessage()
         options = TrainingOptions(epochs=pn.trainingEpochs, patience=pn.trainingPatience,
                                   outputMode=pn.trainingBones.value, width=pn.trainingWidth,
                                   augmentation=pn.trainingAugmentation)
-        self.ui.logTextEdit.clear()
         try:
             self.ensureDependencies(None, training=True)
             kwargs = ({"pairs": list(zip(pn.trainingVolumes, pn.trainingSegmentations))} if pn.trainingFromScene
@@ -498,11 +505,7 @@ class KneeSegmentationPanel(qt.QWidget):
             (self._parameterNode or self.logic.getParameterNode()).modelPath = str(path)  # also after leaving the module
             self.showMessage(_("Model trained in {minutes:.1f} min and selected for segmentation: {path}").format(
                 minutes=run.elapsed / 60, path=path))
-        elif run.status == "cancelled":
-            self.showMessage(run.error.message)
-        else:
-            self.showError(run.error)
-        self.updateButtons()
+        self.showRunEnd(run)
 
     # -- dependencies and messages
     def ensureDependencies(self, bundlePath, training) -> None:

@@ -208,6 +208,19 @@ def _observe(vtkObject, event, widget, method):
     return tag
 
 
+def _refreshingProperty(kind, attribute, convert):
+    """A Qt property kept in ``attribute``; setting it refreshes the widget (``_refresh``)."""
+
+    def get(widget):
+        return getattr(widget, attribute)
+
+    def set_(widget, value):
+        setattr(widget, attribute, convert(value))
+        widget._refresh()
+
+    return QtCore.Property(kind, get, set_)
+
+
 # ---------------------------------------------------------------------------------------------
 # CTK (commontk/CTK Libs/Widgets): the classes the panel and Slicer's Python layer use
 
@@ -446,38 +459,10 @@ def _build(qt):
         def nodeCount(self):
             return len(self._nodes())
 
-        def _getNodeTypes(self):
-            return self._nodeTypes
-
-        def _setNodeTypes(self, types_):
-            self._nodeTypes = list(types_)
-            self._refresh()
-
-        def _getHidden(self):
-            return self._hideChildNodeTypes
-
-        def _setHidden(self, types_):
-            self._hideChildNodeTypes = list(types_)
-            self._refresh()
-
-        def _getNoneEnabled(self):
-            return self._noneEnabled
-
-        def _setNoneEnabled(self, enabled):
-            self._noneEnabled = bool(enabled)
-            self._refresh()
-
-        def _getNoneDisplay(self):
-            return self._noneDisplay
-
-        def _setNoneDisplay(self, text):
-            self._noneDisplay = text
-            self._refresh()
-
-        nodeTypes = QtCore.Property("QStringList", _getNodeTypes, _setNodeTypes)
-        hideChildNodeTypes = QtCore.Property("QStringList", _getHidden, _setHidden)
-        noneEnabled = QtCore.Property(bool, _getNoneEnabled, _setNoneEnabled)
-        noneDisplay = QtCore.Property(str, _getNoneDisplay, _setNoneDisplay)
+        nodeTypes = _refreshingProperty("QStringList", "_nodeTypes", list)
+        hideChildNodeTypes = _refreshingProperty("QStringList", "_hideChildNodeTypes", list)
+        noneEnabled = _refreshingProperty(bool, "_noneEnabled", bool)
+        noneDisplay = _refreshingProperty(str, "_noneDisplay", str)
         addEnabled = QtCore.Property(bool, lambda s: s._flags["addEnabled"],
                                      lambda s, v: s._flags.__setitem__("addEnabled", bool(v)))
         removeEnabled = QtCore.Property(bool, lambda s: s._flags["removeEnabled"],
