@@ -9,6 +9,10 @@ With 4 levels and 32 filters it has 195k parameters.
 import keras
 from keras import layers
 
+from .specs import FrameSpec, NetworkSpec
+
+_NETWORK, _FRAME = NetworkSpec(), FrameSpec()  # the builders' defaults are the specs' own
+
 
 def _conv_block(x, filters, conv, kernel, name):
     for i in (1, 2):
@@ -32,8 +36,8 @@ def _check(output, n_classes, depth, filters):
         raise ValueError("depth and filters must be positive")
 
 
-def build_unet_2d(input_size=224, n_classes=5, filters=32, depth=4, dropout=0.5, output="separate",
-                  name="unet2d"):
+def build_unet_2d(input_size=_FRAME.size, n_classes=_NETWORK.n_classes, filters=_NETWORK.filters,
+                  depth=_NETWORK.depth, dropout=_NETWORK.dropout, output=_NETWORK.output, name="unet2d"):
     """The thesis 2D U-Net.
 
     ``depth`` poolings (levels), ``filters`` convolution filters everywhere, ``output`` "separate"
@@ -61,8 +65,8 @@ def build_unet_2d(input_size=224, n_classes=5, filters=32, depth=4, dropout=0.5,
     return keras.Model(inputs, outputs, name=name)
 
 
-def build_unet_3d(input_size=224, n_slices=24, n_classes=5, filters=32, depth=4, dropout=0.5,
-                  output="separate", name="unet3d"):
+def build_unet_3d(input_size=_FRAME.size, n_slices=24, n_classes=_NETWORK.n_classes, filters=_NETWORK.filters,
+                  depth=_NETWORK.depth, dropout=_NETWORK.dropout, output=_NETWORK.output, name="unet3d"):
     """The 3D variant: 3x3x3 kernels, pooling in-plane only (the thick z axis is never pooled)."""
     _check(output, n_classes, depth, filters)
     if input_size % (2 ** depth):
