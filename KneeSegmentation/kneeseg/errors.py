@@ -1,8 +1,9 @@
 """Error types shared by the whole package.
 
 ``InputError`` is the user's fault (a bad file, a bad option, a broken model bundle): the CLI reports
-it on one line and exits with ``EXIT_BAD_INPUT``. Anything else escaping the CLI is an internal error
-(``EXIT_INTERNAL``).
+it on one line and exits with ``EXIT_BAD_INPUT``. ``OutputError`` (a full disk, a folder that cannot
+be written) is reported the same way: the cause lies outside the program and the line says what to
+fix. Anything else escaping the CLI is an internal error (``EXIT_INTERNAL``).
 """
 
 EXIT_OK = 0
@@ -21,6 +22,10 @@ class InputError(ValueError):
 
 class BundleError(InputError):
     """A model bundle that cannot be used (missing file, checksum mismatch, unknown format)."""
+
+
+class OutputError(InputError):
+    """An output that cannot be written (no space left, no permission): the run stops, nothing is left half-written."""
 
 
 class Cancelled(RuntimeError):

@@ -77,9 +77,8 @@ def overlay_sheet(image, labelmap, labels, path, n_slices=12, columns=4, tile=25
         sheet.paste(t, ((n % columns) * tile, header + (n // columns) * tile))
     legend = "  ".join(label.name for label in labels)
     ImageDraw.Draw(sheet).text((6, sheet.height - 14), legend, fill=(255, 255, 255))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    sheet.save(tmp)
-    tmp.replace(path)
-    return path
+    from .writing import atomic_path
+
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG")
+    return Path(path)
