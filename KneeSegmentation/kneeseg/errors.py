@@ -17,6 +17,7 @@ class InputError(ValueError):
 
     def __init__(self, message: str, path=None):
         self.path = None if path is None else str(path)
+        self.reason = message
         super().__init__(f"{self.path}: {message}" if self.path else message)
 
 

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, OutputError
 from .writing import fault_point, temp_path_for, write_error
 
 LABELMAP_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha")  # one file each (.mhd/.nhdr write two)
@@ -203,8 +203,8 @@ class StagedOutputs:
     def temp(self, final) -> Path:
         """A new hidden temporary file beside ``final`` for a writer to fill."""
         final = Path(final)
-        fault_point("write", final)
         try:
+            fault_point("write", final)
             self._make_folders(final.parent)
             tmp = temp_path_for(final)
         except OSError as exc:
@@ -269,6 +269,12 @@ def staging(marker):
     staged = StagedOutputs(Path(marker))
     try:
         yield staged
+    except OutputError as exc:  # name the output the user asked for, not its temporary file
+        final = next((f for f, t in staged.temps.items() if str(t) == exc.path), None)
+        staged.discard()
+        if final is None:
+            raise
+        raise OutputError(exc.reason, final) from None
     except BaseException:
         staged.discard()
         raise
