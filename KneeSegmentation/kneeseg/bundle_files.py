@@ -103,7 +103,8 @@ def check_member_names(infos, path):
         mode = info.external_attr >> 16
         if stat.S_ISLNK(mode):
             raise BundleError(f"zip member {name!r} is a symbolic link; a bundle holds plain files", path)
-        if mode and not info.is_dir() and not stat.S_ISREG(mode):
+        kind = stat.S_IFMT(mode)  # 0 when the zip records no file type (plain files from most tools)
+        if kind and not info.is_dir() and kind != stat.S_IFREG:
             raise BundleError(f"zip member {name!r} is not a plain file", path)
         key = name.rstrip("/").casefold()
         if key in seen:
