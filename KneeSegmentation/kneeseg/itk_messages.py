@@ -17,6 +17,8 @@ KNOWN_CAUSES = (
     (r"Zero-valued spacing", "it has a voxel spacing of zero"),
     (r"does not fully contain the requested region",
      "its data is smaller than its header says (a truncated file, or slices of different sizes)"),
+    (r"fwrite wrote only|failed to write to file|couldn't write|cannot be written",
+     "the data could not be written completely"),
     (r"fread got only|expected \d+ bytes but received|_nrrdEncoding\w*_read|data not read completely",
      "its data is shorter than its header says (a truncated file)"),
     (r"Unable to determine ImageIO reader", "not an image format SimpleITK reads"),
