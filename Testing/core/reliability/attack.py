@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,9 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import toy_knee
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Testing/core: its helpers are shared here
+from test_io import _write_dicom_series  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
 SHIPPED = REPO / "KneeSegmentation" / "Resources" / "Models" / "knee-bones-default"
@@ -146,29 +150,9 @@ def copy_tree(src, dst):
 
 def write_series(folder, n=8, shape=(16, 16), spacing=(0.5, 0.5, 2.0), positions=None,
                  orientation=(1, 0, 0, 0, 1, 0), sizes=None, echo=None, series_uid="1.2.826.0.9", first=0):
-    """A real DICOM MR series written slice by slice with SimpleITK, its position tags set: by default
-    ``n`` slices ``spacing[2]`` mm apart along the normal. ``positions``/``orientation`` (lists per
-    slice allowed) and ``sizes`` break it the way a test wants."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
+    """A real DICOM MR series of ``n`` random slices (test_io's writer): ``positions``, ``orientation``
+    (lists per slice allowed) and ``sizes`` break it the way a test wants."""
     rng = np.random.default_rng(n)
-    for k in range(n):
-        rows, cols = sizes[k] if sizes else shape
-        image = sitk.GetImageFromArray((rng.random((rows, cols)) * 1000 + 100).astype(np.int16))
-        image.SetSpacing(spacing[:2])
-        orient = orientation[k] if isinstance(orientation, list) else orientation
-        normal = np.cross(orient[:3], orient[3:])
-        position = positions[k] if positions else tuple(float(v) for v in normal * k * spacing[2])
-        tags = {"0008|0060": "MR", "0020|000d": "1.2.826.0.1", "0020|000e": series_uid,
-                "0020|0032": "\\".join(f"{v:g}" for v in position), "0020|0037": "\\".join(f"{v:g}" for v in orient),
-                "0020|0013": str(k + 1), "0028|0030": f"{spacing[1]}\\{spacing[0]}", "0018|0050": str(spacing[2]),
-                "0008|0018": f"{series_uid}.{first + k}"}
-        if echo is not None:
-            tags["0018|0086"] = str(echo)
-        for tag, value in tags.items():
-            image.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"IM{first + k:04d}.dcm"))
-        writer.Execute(image)
-    return folder
+    slices = [rng.random(sizes[k] if sizes else shape) * 1000 + 100 for k in range(n)]
+    _write_dicom_series(Path(folder), slices, spacing, echo, series_uid, first, positions, orientation)
+    return Path(folder)

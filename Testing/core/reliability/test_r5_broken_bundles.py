@@ -8,16 +8,13 @@ never leaves an output behind.
 
 import copy
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from attack import (assert_one_line_error, fake_model, run_cli, set_weight, tree, write_fake_bundle,  # noqa: F401
                     write_volume)
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from test_card import _DELETE, BAD_FIELDS, _set  # noqa: E402
+from test_card import _DELETE, BAD_FIELDS, _set  # noqa: E402  (Testing/core is on the path through attack)
 
 
 @pytest.fixture

@@ -24,17 +24,9 @@ def _nrrd(path, directions="(1,0,0) (0,1,0) (0,0,1)", encoding="raw", cut=0):
     return path
 
 
-def _truncated_gzip_nrrd(path):
+def _cut_in_half(path, compress):
     sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((10, 10, 10)).astype(np.float32)),
-                    str(path), True)
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    return path
-
-
-def _truncated_mha(path):
-    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((10, 10, 10)).astype(np.float32)),
-                    str(path), False)
+                    str(path), compress)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     return path
@@ -45,8 +37,8 @@ BROKEN_FILES = {
     "zero spacing": (lambda p: _nrrd(p / "a.nrrd", "(1,0,0) (0,0,0) (0,0,1)"), "spacing of zero"),
     "NaN in a header field": (lambda p: _nrrd(p / "a.nrrd", "(1,0,0) (0,nan,0) (0,0,1)"), "'space directions'"),
     "raw data cut short": (lambda p: _nrrd(p / "a.nrrd", cut=100), "truncated"),
-    "gzip data cut short": (lambda p: _truncated_gzip_nrrd(p / "a.nrrd"), "truncated"),
-    "MetaImage data cut short": (lambda p: _truncated_mha(p / "a.mha"), "MetaImage"),
+    "gzip data cut short": (lambda p: _cut_in_half(p / "a.nrrd", True), "truncated"),
+    "MetaImage data cut short": (lambda p: _cut_in_half(p / "a.mha", False), "MetaImage"),
     "text with an image name": (lambda p: (p / "a.nrrd").write_text("hello") and p / "a.nrrd",
                                 "not an image format SimpleITK reads"),
     "a PNG picture": (lambda p: (p / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64) and p / "a.png",
