@@ -105,3 +105,40 @@ def tiny_bundle(tmp_path_factory):
     train_bundle(TrainConfig(**TINY_TRAINING), root / "bundle", root / "work", data=data, name="tiny-test-model",
                  export_onnx=False)
     return root / "bundle"
+
+
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+
+
+def write_dicom_series(folder, image, echoes=1, uid_root="1.2.826.0.1.3680043.10.1234"):
+    """Write a 3D SimpleITK image as an MR DICOM series, one file per slice (and per echo), with the
+    position/orientation tags a scanner writes. Returns the list of files (echo 1 first)."""
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = sitk.Cast(sitk.RescaleIntensity(image, 0, 1000), sitk.sitkInt16)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    orientation = "\\".join(f"{v:.6f}" for v in np.concatenate([direction[:, 0], direction[:, 1]]))
+    common = {"0008|0060": "MR", "0008|0016": MR_IMAGE_STORAGE, "0010|0010": "Knee^Test", "0010|0020": "KNEE0001",
+              "0010|0030": "19700101", "0010|0040": "O", "0008|0020": "20261202", "0008|0030": "120000",
+              "0008|0050": "ACC0001", "0008|0090": "", "0020|0010": "1", "0020|0011": "3",
+              "0020|000d": f"{uid_root}.1", "0020|000e": f"{uid_root}.2", "0020|0052": f"{uid_root}.3",
+              "0008|0070": "kneeseg tests", "0018|0050": f"{image.GetSpacing()[2]:.4f}", "0020|0037": orientation}
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    files = []
+    for echo in range(1, echoes + 1):
+        for k in range(image.GetSize()[2]):
+            frame = pixels[:, :, k] * echo if echo > 1 else pixels[:, :, k]
+            for tag, value in common.items():
+                frame.SetMetaData(tag, value)
+            position = image.TransformIndexToPhysicalPoint((0, 0, k))
+            frame.SetMetaData("0020|0032", "\\".join(f"{v:.6f}" for v in position))
+            frame.SetMetaData("0020|0013", str(k + 1 + (echo - 1) * image.GetSize()[2]))
+            frame.SetMetaData("0018|0086", str(echo))
+            frame.SetMetaData("0008|0018", f"{uid_root}.4.{echo}.{k + 1}")
+            path = folder / f"e{echo}_{k:03d}.dcm"
+            writer.SetFileName(str(path))
+            writer.Execute(frame)
+            files.append(path)
+    return files

@@ -7,3 +7,6 @@ Heavy dependencies (TensorFlow/Keras, SimpleITK) are imported inside the functio
 """
 
 __version__ = "0.1.0"
+
+INTENDED_USE = ("For research use only: not a medical device, not for diagnosis or treatment decisions. "
+                "Check every result before you use it.")

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from . import INTENDED_USE
 from .errors import BundleError
 from .labels import Label, labels_to_json
 from .specs import FrameSpec, NetworkSpec, Normalisation, SpecError, _check_keys, check_bool, check_int
@@ -55,6 +56,17 @@ class Card:
     def label_values(self) -> dict:
         """Label name -> value."""
         return {label.name: label.value for label in self.labels}
+
+    @property
+    def intended_use(self) -> str:
+        return self.raw.get("intended_use") or INTENDED_USE
+
+    @property
+    def data_licences(self) -> list:
+        """(dataset, licence) of the data the model was trained on, as its card records them."""
+        data = self.training.get("data", {}) if isinstance(self.training, dict) else {}
+        sources = data.get("label_map_sources") or []
+        return [(s.get("dataset", "?"), s.get("licence", "?")) for s in sources if isinstance(s, dict)]
 
     @property
     def test_subjects(self) -> list:
@@ -105,6 +117,7 @@ def parse_card(data, source=None) -> Card:
         weights = _within("weights", _weights, data["weights"])
         name = _text("name", data.get("name", ""))
         description = _text("description", data.get("description", ""), 20000)
+        _text("intended_use", data.get("intended_use", ""), 2000)
         for key in ("training", "metrics"):
             if not isinstance(data.get(key, {}), dict):
                 raise SpecError(key, f"must be a JSON object, not {type(data[key]).__name__}")
@@ -120,7 +133,8 @@ def card_for(labels, network: NetworkSpec, frame: FrameSpec, name="knee-bones", 
     """A new card (e.g. for a model just trained), checked as a read card would be."""
     card = Card(name=name, labels=tuple(labels), network=network, frame=frame, weights=dict(weights or {}), n4=n4,
                 n4_settings=dict(n4_settings or {}), description=description, training=training or {},
-                metrics=metrics or {}, raw={"preprocessing": {"centre": "model first pass, falling back to the "
+                metrics=metrics or {}, raw={"intended_use": INTENDED_USE,
+                                            "preprocessing": {"centre": "model first pass, falling back to the "
                                                               "image centre"}})
     network.check_input_size(frame.size)
     _check_labels_fit(card.labels, network)

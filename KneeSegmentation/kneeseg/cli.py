@@ -13,7 +13,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from . import __version__
+from . import INTENDED_USE, __version__
 from .errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK, Cancelled, InputError
 from .io import write_json
 from .progress import Progress
@@ -23,6 +23,15 @@ class _ArgumentParser(argparse.ArgumentParser):
     def error(self, message):  # usage errors are bad input too, with the same exit code
         self.print_usage(sys.stderr)
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
+class _Version(argparse.Action):
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"kneeseg {__version__}\n{INTENDED_USE}")
+        parser.exit()
 
 
 def _add_progress(p):
@@ -38,7 +47,7 @@ def _add_device(p):
 def build_parser():
     parser = _ArgumentParser(prog="kneeseg", description="Knee bone segmentation in MRI (femur, tibia, fibula, "
                              "patella) with a U-Net.")
-    parser.add_argument("--version", action="version", version=f"kneeseg {__version__}")
+    parser.add_argument("--version", action=_Version, help="show the version and the intended use, and exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_ArgumentParser)
 
     p = sub.add_parser("segment", help="segment one volume or a cohort",
@@ -413,6 +422,9 @@ def cmd_info(args, progress):
           f"output {network.output}, input {frame.size}x{frame.size}")
     print(f"  planes: {', '.join(frame.planes)}; window {frame.window_mm} mm; N4 {'on' if card.n4 else 'off'}")
     print("  labels: " + ", ".join(f"{label.name}={label.value} (SCT {label.snomed_code})" for label in card.labels))
+    print(f"  intended use: {card.intended_use}")
+    for dataset, licence in card.data_licences:
+        print(f"  trained on {dataset}: {licence}")
     for name, entry in card.weights.items():
         print(f"  {name}: sha256 {entry.sha256} (verified)")
     if card.metrics:
@@ -478,6 +490,9 @@ def main(argv=None):
         progress.error(str(exc), "input")
         print(f"kneeseg: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:  # e.g. `kneeseg info | head`: the reader has gone, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except (Cancelled, KeyboardInterrupt) as exc:
         progress.error(str(exc) or "cancelled", "cancelled")
         print("kneeseg: cancelled", file=sys.stderr)

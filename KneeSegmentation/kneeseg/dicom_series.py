@@ -38,8 +38,9 @@ class SliceHeader:
         return Path(self.file).name
 
 
-def read_dicom_folder(folder):
-    """The largest DICOM series in ``folder`` (for a multi-echo series its first echo), checked."""
+def series_files(folder) -> list:
+    """The files of the largest DICOM series in ``folder`` (of a multi-echo series its first echo),
+    ordered along the slice normal, after checking that they form a regular grid."""
     import SimpleITK as sitk
 
     folder = Path(folder)
@@ -49,9 +50,15 @@ def read_dicom_folder(folder):
     files_by_series = {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids}
     check_no_damaged_slices(folder, {f for files in files_by_series.values() for f in files})
     headers = first_echo([read_slice_header(f) for f in max(files_by_series.values(), key=len)])
-    headers = check_slice_grid(headers, folder)
+    return [h.file for h in check_slice_grid(headers, folder)]
+
+
+def read_dicom_folder(folder):
+    """The volume of :func:`series_files`."""
+    import SimpleITK as sitk
+
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames([h.file for h in headers])
+    reader.SetFileNames(series_files(folder))
     warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's spacing warning: the grid was checked above
     try:

@@ -53,6 +53,15 @@ def read_volume(path, validate: bool = True):
     return image
 
 
+def dicom_series_files(folder) -> list:
+    """The files :func:`read_volume` reads from a DICOM folder, in slice order: the largest series,
+    and of a multi-echo series its first echo (e.g. to reference them from a DICOM SEG). The slices
+    are checked to form a regular grid first (:mod:`kneeseg.dicom_series`)."""
+    from .dicom_series import series_files
+
+    return series_files(folder)
+
+
 def validate_volume(image, path=None):
     """Raise :class:`InputError` unless ``image`` is a finite, non-constant 3D scalar volume with a
     sound geometry (positive spacing, finite origin, an orthonormal direction matrix).

@@ -5,6 +5,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+LEGEND_HEIGHT = 20
+
 
 def acquisition_axis(image) -> int:
     """The numpy axis (k=0, j=1, i=2) with the coarsest spacing: slices through it look like the scan."""
@@ -70,15 +72,32 @@ def overlay_sheet(image, labelmap, labels, path, n_slices=12, columns=4, tile=25
         tiles.append(canvas)
     rows = int(np.ceil(len(tiles) / columns))
     header = 24 if title else 0
-    sheet = Image.new("RGB", (columns * tile, rows * tile + header), (0, 0, 0))
+    sheet = Image.new("RGB", (columns * tile, rows * tile + header + LEGEND_HEIGHT), (0, 0, 0))
     if title:
         ImageDraw.Draw(sheet).text((6, 6), title, fill=(255, 255, 255))
     for n, t in enumerate(tiles):
         sheet.paste(t, ((n % columns) * tile, header + (n // columns) * tile))
-    legend = "  ".join(label.name for label in labels)
-    ImageDraw.Draw(sheet).text((6, sheet.height - 14), legend, fill=(255, 255, 255))
-    from .writing import atomic_path
+    draw_legend(sheet, labels)
+    return save_png(sheet, path)
 
+
+def draw_legend(canvas, labels, y=None):
+    """Each bone's colour swatch and name along the bottom of ``canvas``: the PNG alone says which is which."""
+    draw = ImageDraw.Draw(canvas)
+    y = canvas.height - 16 if y is None else y
+    x = 6
+    for label in labels:
+        draw.rectangle((x, y + 2, x + 10, y + 12), fill=tuple(label.color), outline=(255, 255, 255))
+        draw.text((x + 14, y + 1), label.name, fill=(255, 255, 255))
+        x += 14 + int(draw.textlength(label.name)) + 12
+    return canvas
+
+
+def save_png(picture, path) -> Path:
+    """Save a pillow image as PNG atomically (a temporary name beside it, then a rename)."""
+    from .io import atomic_path
+
+    path = Path(path)
     with atomic_path(path) as tmp:
-        sheet.save(tmp, format="PNG")
-    return Path(path)
+        picture.save(tmp, format="PNG")
+    return path

@@ -176,3 +176,21 @@ def test_training_options_are_checked(tmp_path):
     proc = run_cli("train", "--synthetic", tmp_path, "-o", tmp_path / "b", "--synthesis", tmp_path / "synthesis.json")
     assert proc.returncode == EXIT_BAD_INPUT and "unknown synthesis setting(s) septum_chance" in proc.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_version_and_info_state_the_intended_use_and_the_training_licences():
+    version = run_cli("--version")
+    assert version.returncode == 0 and "research use only" in version.stdout.lower()
+    assert "not a medical device" in version.stdout
+    info = run_cli("info")
+    assert info.returncode == 0, info.stderr
+    assert "intended use: For research use only" in info.stdout
+    assert "trained on OAI_AKOA: " in info.stdout and "research use" in info.stdout
+
+
+def test_a_reader_that_stops_early_is_not_an_internal_error():
+    env = {**os.environ, "PYTHONPATH": str(REPO / "KneeSegmentation"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(f"'{sys.executable}' -m kneeseg info | head -n 1", shell=True, capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.stdout.startswith("knee-bones-default") and "Traceback" not in proc.stderr
+    assert "internal error" not in proc.stderr

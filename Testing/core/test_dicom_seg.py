@@ -1,0 +1,91 @@
+"""DICOM SEG: read back with pydicom/highdicom, every frame references its source image and matches the label map."""
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from conftest import toy_knee, write_dicom_series
+from kneeseg import dicom_seg, io
+from kneeseg.errors import InputError
+from kneeseg.labels import SEPARATE_BONES
+
+SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory, request):
+    """(folder, image read from it, label map on its grid) for an oblique toy knee written as DICOM."""
+    a = np.deg2rad(20)
+    tilt = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    image, labels = toy_knee(size=(40, 36, 20), spacing=(1.2, 1.2, 3.0), direction=tilt)
+    folder = tmp_path_factory.mktemp("dicom") / "series"
+    write_dicom_series(folder, image, echoes=2)
+    read = io.read_volume(folder)
+    labelmap = sitk.GetImageFromArray(sitk.GetArrayFromImage(labels))
+    labelmap.CopyInformation(read)
+    return folder, read, labelmap
+
+
+def _frames(seg_path):
+    """Per frame: (referenced source SOP instance UID, segment number, plane position, mask)."""
+    seg = pydicom.dcmread(seg_path)
+    pixels = seg.pixel_array.reshape((-1, int(seg.Rows), int(seg.Columns)))
+    out = []
+    for groups, mask in zip(seg.PerFrameFunctionalGroupsSequence, pixels):
+        source = groups.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        number = int(groups.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        position = [float(v) for v in groups.PlanePositionSequence[0].ImagePositionPatient]
+        out.append((source, number, position, mask.astype(bool)))
+    return seg, out
+
+
+def test_every_frame_references_its_source_image_and_matches_the_label_map(series, tmp_path):
+    folder, image, labelmap = series
+    path = dicom_seg.write_dicom_seg(labelmap, SEPARATE_BONES, folder, tmp_path / "bones.dcm", "knee-bones-test", "1.2")
+    seg, frames = _frames(path)
+    assert seg.SOPClassUID == SEG_STORAGE and seg.SegmentationType == "BINARY"
+    sources = {ds.SOPInstanceUID: ds for ds in dicom_seg.source_datasets(folder)}
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == next(iter(sources.values())).SeriesInstanceUID
+    assert seg.StudyInstanceUID == next(iter(sources.values())).StudyInstanceUID
+    names = {int(s.SegmentNumber): s for s in seg.SegmentSequence}
+    assert [names[n].SegmentLabel for n in sorted(names)] == ["Femur", "Tibia", "Fibula", "Patella"]
+    for number, label in zip(sorted(names), SEPARATE_BONES):
+        segment = names[number]
+        assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == label.snomed_code
+        assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "123037004"
+        assert segment.SegmentAlgorithmType == "AUTOMATIC"
+        assert segment.SegmentAlgorithmName == "knee-bones-test"
+    array = sitk.GetArrayViewFromImage(labelmap)
+    seen = set()
+    for source_uid, number, position, mask in frames:
+        source = sources[source_uid]
+        np.testing.assert_allclose(position, [float(v) for v in source.ImagePositionPatient], atol=1e-3)
+        k = int(np.argmin([np.linalg.norm(np.array(image.TransformIndexToPhysicalPoint((0, 0, k))) - position)
+                           for k in range(array.shape[0])]))
+        np.testing.assert_array_equal(mask, array[k] == SEPARATE_BONES[number - 1].value)
+        seen.add((k, number))
+    expected = {(k, label.value) for k in range(array.shape[0]) for label in SEPARATE_BONES
+                if (array[k] == label.value).any()}
+    assert seen == expected  # every non-empty frame of every bone, no other
+
+
+def test_a_multi_echo_series_references_the_echo_that_was_segmented(series, tmp_path):
+    folder, _, labelmap = series
+    path = dicom_seg.write_dicom_seg(labelmap, SEPARATE_BONES, folder, tmp_path / "bones.dcm", "m", "1")
+    _, frames = _frames(path)
+    echoes = {pydicom.dcmread(f).SOPInstanceUID: int(pydicom.dcmread(f).EchoNumbers) for f in folder.iterdir()}
+    assert {echoes[uid] for uid, *_ in frames} == {1}
+
+
+def test_a_label_map_not_made_from_the_series_is_refused(series, tmp_path):
+    folder, _, labelmap = series
+    moved = sitk.Image(labelmap)
+    moved.SetOrigin(tuple(np.array(labelmap.GetOrigin()) + 5.0))
+    with pytest.raises(InputError, match="lies on no slice"):
+        dicom_seg.write_dicom_seg(moved, SEPARATE_BONES, folder, tmp_path / "x.dcm", "m", "1")
+    empty = sitk.Image(labelmap.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(labelmap)
+    with pytest.raises(InputError, match="empty"):
+        dicom_seg.write_dicom_seg(empty, SEPARATE_BONES, folder, tmp_path / "y.dcm", "m", "1")
+    assert not list(tmp_path.glob("*.dcm")) and not list(tmp_path.glob(".*"))
