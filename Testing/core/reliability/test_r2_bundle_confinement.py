@@ -22,7 +22,9 @@ from attack import REPO, assert_one_line_error, run_cli, set_weight, tree, write
 
 
 @pytest.fixture
-def bundle(tmp_path):
+def bundle(tmp_path, monkeypatch):
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # unpacked zips land here, seen by no other run
     return write_fake_bundle(tmp_path / "bundle")
 
 
@@ -34,7 +36,7 @@ def _refused_info(bundle, capsys, *words):
 
 
 def _unpacked_copies():
-    return set(Path(tempfile.gettempdir()).glob("kneeseg-bundle-*"))
+    return set(Path(tempfile.gettempdir()).iterdir())
 
 
 def test_a_weight_file_linked_out_of_the_bundle(bundle, tmp_path, capsys):
