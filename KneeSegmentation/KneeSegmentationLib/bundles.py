@@ -89,9 +89,9 @@ def describeCard(card: dict, path=None) -> str:
     esc = html.escape
     title = card.get("name") or (Path(path).name if path else "Model bundle")
     lines = [f"<b>{esc(str(title))}</b>"]
-    for key in ("version", "description"):
+    for key in ("version", "description", "intended_use"):
         if card.get(key):
-            lines.append(f"{esc(key.capitalize())}: {esc(_fmt(card[key]))}")
+            lines.append(f"{esc(key.replace('_', ' ').capitalize())}: {esc(_fmt(card[key]))}")
     swatches = []
     for label in card.get("labels", []):
         color = label.get("color") or [128, 128, 128]

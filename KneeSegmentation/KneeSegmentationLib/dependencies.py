@@ -32,18 +32,38 @@ class Package:
     purpose: str
 
 
+REQUIREMENTS_FILE = Path(__file__).resolve().parent.parent / "Resources" / "requirements.txt"
+
+
+def requirements(path=REQUIREMENTS_FILE) -> dict:
+    """{distribution name: requirement} of ``Resources/requirements.txt`` that apply to this platform."""
+    from packaging.requirements import Requirement  # noqa: PLC0415 (ships with Slicer)
+
+    found = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", "-")):
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate():
+                found[requirement.name] = f"{requirement.name}{requirement.specifier}"
+    return found
+
+
+def _package(name, module, downloadMB, purpose) -> Package:
+    return Package(name, module, requirements()[name], downloadMB, purpose)
+
+
 def _tensorflowPackage() -> Package:
-    x86 = platform.machine().lower() in ("x86_64", "amd64")
-    name = "tensorflow-cpu" if x86 and platform.system() != "Darwin" else "tensorflow"
-    return Package(name, "tensorflow", f"{name}>=2.16", 260, "runs and trains the U-Net")
+    name = next(n for n in requirements() if n.startswith("tensorflow"))
+    return _package(name, "tensorflow", 260, "runs and trains the U-Net")
 
 
 CORE = (
-    Package("scipy", "scipy", "scipy>=1.10", 38, "image post-processing"),
-    Package("pillow", "PIL", "pillow>=9", 5, "image utilities"),
+    _package("scipy", "scipy", 38, "image post-processing"),
+    _package("pillow", "PIL", 5, "image utilities"),
 )
-KERAS = Package("keras", "keras", "keras>=3.3", 2, "model format")
-ONNXRUNTIME = Package("onnxruntime", "onnxruntime", "onnxruntime>=1.17", 16, "light inference without TensorFlow")
+KERAS = _package("keras", "keras", 2, "model format")
+ONNXRUNTIME = _package("onnxruntime", "onnxruntime", 16, "light inference without TensorFlow")
 
 
 def isInstalled(module: str) -> bool:

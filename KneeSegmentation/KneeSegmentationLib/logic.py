@@ -32,16 +32,18 @@ import numpy as np
 import slicer
 import vtk
 
+from kneeseg import contract
+from kneeseg.contract import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_OK
+
 from . import bundles, terminology
 from .errors import CANCELLED, DEPENDENCY, INPUT, INTERNAL, KneeSegmentationError
 from .plotting import TrainingPlot
-from .process import (EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_OK, MODULE_DIR, ProcessRun, coreEnvironment,
-                      findPythonExecutable)
+from .process import MODULE_DIR, ProcessRun, coreEnvironment, findPythonExecutable
 
 BINARY_LABELMAP = "Binary labelmap"
-PLANES = ("sagittal", "coronal", "axial")
-DEVICES = ("auto", "cpu", "gpu")
-OUTPUT_MODES = ("separate", "merged")
+PLANES = contract.PLANES
+DEVICES = contract.DEVICES
+OUTPUT_MODES = contract.OUTPUT_MODES
 GEOMETRY_TOLERANCE = 1e-3  # mm / direction cosine
 ATTRIBUTE_PREFIX = "KneeSegmentation."
 
@@ -63,13 +65,19 @@ class SegmentationOptions:
             raise KneeSegmentationError(f"Unknown device {self.device!r}; use {', '.join(DEVICES)}.", INPUT)
 
 
+def _trainDefault(dest):
+    return contract.option("train", dest).default
+
+
 @dataclass
 class TrainingOptions:
-    epochs: int = 50
-    patience: int = 10
-    dims: int = 2
-    outputMode: str = "separate"
-    width: int = 32
+    """Options of one training run; the defaults are the ``kneeseg train`` defaults (``kneeseg.contract``)."""
+
+    epochs: int = _trainDefault("epochs")
+    patience: int = _trainDefault("patience")  # epochs without a better validation score before stopping
+    dims: int = _trainDefault("dims")
+    outputMode: str = _trainDefault("output_mode")
+    width: int = _trainDefault("filters")  # filters in the first U-Net level
     augmentation: bool = True
 
     def check(self):
@@ -77,8 +85,9 @@ class TrainingOptions:
             raise KneeSegmentationError("Epochs must be at least 1.", INPUT)
         if int(self.patience) < 0:
             raise KneeSegmentationError("Patience cannot be negative.", INPUT)
-        if int(self.dims) not in (2, 3):
-            raise KneeSegmentationError("Model dimension must be 2 or 3.", INPUT)
+        if int(self.dims) not in contract.TRAINABLE_DIMS:
+            raise KneeSegmentationError(f"Only {' or '.join(f'{d}D' for d in contract.TRAINABLE_DIMS)} models can be "
+                                        f"trained; a {int(self.dims)}D model cannot.", INPUT)
         if self.outputMode not in OUTPUT_MODES:
             raise KneeSegmentationError(f"Output mode must be one of {', '.join(OUTPUT_MODES)}.", INPUT)
         if int(self.width) < 4:
@@ -382,15 +391,15 @@ class CoreRun:
 
     def _failure(self) -> KneeSegmentationError:
         rc = self.returncode
-        detail = (self.errorEvent or {}).get("message", "").strip()
+        event = self.errorEvent or {}
+        detail = event.get("message", "").strip()
         lastLines = [line for line in self.log if line.strip() and not line.startswith(("$ ", "["))]
-        missing = next((line.split("No module named", 1)[1].strip(" '\"") for line in lastLines
-                        if "No module named" in line), None)
-        if missing:
+        if event.get("error") == contract.ERROR_MISSING_PACKAGE:
+            package = event.get("package") or "?"
             return KneeSegmentationError(
-                f"The Python package '{missing.split('.')[0]}' is missing, so the {self.what} cannot run. "
+                f"The Python package '{package}' is missing, so the {self.what} cannot run. "
                 "Install the dependencies (Apply offers to) and try again.", DEPENDENCY)
-        if rc == EXIT_BAD_INPUT or (self.errorEvent or {}).get("error") == "input":
+        if rc == EXIT_BAD_INPUT or event.get("error") == contract.ERROR_INPUT:
             return KneeSegmentationError(detail or (lastLines[-1] if lastLines else f"the {self.what} refused its input"), INPUT)
         if rc is not None and rc < 0:
             import signal as _signal
@@ -481,6 +490,10 @@ class KneeSegmentationLogic:
         self.python = python or findPythonExecutable()
         self.moduleDir = Path(moduleDir or MODULE_DIR)
         self.cardReader = cardReader
+        self.useApplication(terminologiesLogic, tempDir)
+
+    def useApplication(self, terminologiesLogic=None, tempDir=None) -> None:
+        """Use the application's terminologies logic (loads the knee terminology) and temporary folder."""
         self.terminologiesLogic = terminologiesLogic
         self.tempDir = tempDir
         terminology.ensureLoaded(terminologiesLogic)
@@ -503,16 +516,17 @@ class KneeSegmentationLogic:
         return Path(tempfile.mkdtemp(prefix=prefix, dir=self.tempDir))
 
     # -- segmentation
+    def _command(self, command, **values) -> list:
+        try:
+            return [self.python, "-m", "kneeseg", *contract.command_line(command, progress="json", **values)]
+        except ValueError as exc:
+            raise KneeSegmentationError(str(exc), INPUT) from exc
+
     def segmentationCommand(self, inputPath, outputPath, bundlePath, options, volumesJson=None) -> list:
-        command = [self.python, "-m", "kneeseg", "segment", str(inputPath), "-o", str(outputPath),
-                   "--model", str(bundlePath), "--progress", "json", "--device", options.device]
-        if options.n4 is not None:
-            command.append("--n4" if options.n4 else "--no-n4")
-        if options.planes:
-            command += ["--planes", ",".join(options.planes)]
-        if volumesJson:
-            command += ["--volumes-json", str(volumesJson)]
-        return command
+        return self._command("segment", inputs=[str(inputPath)], output=str(outputPath), model=str(bundlePath),
+                             device=options.device, n4=options.n4,
+                             planes=",".join(options.planes) if options.planes else None,
+                             volumes_json=str(volumesJson) if volumesJson else None)
 
     def startSegmentation(self, volumeNode, model=None, outputSegmentation=None, options=None,
                           onProgress=None, onLog=None, onFinished=None, keepFiles=False, **optionKwargs) -> SegmentationRun:
@@ -662,13 +676,9 @@ class KneeSegmentationLogic:
 
     # -- training
     def trainingCommand(self, dataDir, outputBundle, options) -> list:
-        command = [self.python, "-m", "kneeseg", "train", "--data", str(dataDir), "--output", str(outputBundle),
-                   "--epochs", str(int(options.epochs)), "--patience", str(int(options.patience)),
-                   "--dims", str(int(options.dims)), "--output-mode", options.outputMode,
-                   "--width", str(int(options.width)), "--progress", "json"]
-        if not options.augmentation:
-            command.append("--no-augment")
-        return command
+        return self._command("train", data=str(dataDir), output=str(outputBundle), epochs=int(options.epochs),
+                             patience=int(options.patience), dims=int(options.dims), output_mode=options.outputMode,
+                             filters=int(options.width), no_augment=not options.augmentation)
 
     def exportTrainingPairs(self, pairs, folder) -> list:
         """Write (volume node, segmentation node) pairs as ``images/<case>.nrrd`` + ``labels/<case>.nrrd``.

@@ -9,10 +9,10 @@ blocking path for scripts and tests.
 The child is started in its own process group (POSIX: new session; Windows: new process group) so
 that :meth:`ProcessRun.cancel` can end the whole tree it spawned, not just the top process.
 
-This module imports nothing from Slicer or Qt.
+The line format and the exit codes are the core's (``kneeseg.contract``). This module imports
+nothing from Slicer or Qt.
 """
 
-import json
 import os
 import queue
 import shutil
@@ -24,11 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Exit codes of the kneeseg CLI (kneeseg.errors; repeated here so this module stands alone).
-EXIT_OK = 0
-EXIT_INTERNAL = 1
-EXIT_BAD_INPUT = 2
-EXIT_CANCELLED = 130
+from kneeseg.contract import parse_progress_line
 
 MODULE_DIR = Path(__file__).resolve().parent.parent  # the KneeSegmentation/ module folder
 
@@ -60,25 +56,6 @@ def coreEnvironment(moduleDir=None, base=None) -> dict:
     env.setdefault("PYTHONIOENCODING", "utf-8")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ banner out of the log
     return env
-
-
-def parseProgressLine(line: str):
-    """The progress object of one stdout line, or None when the line is not a progress object."""
-    text = line.strip()
-    if not (text.startswith("{") and text.endswith("}")):
-        return None
-    try:
-        obj = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(obj, dict) or not isinstance(obj.get("stage"), str):
-        return None
-    try:
-        obj["fraction"] = min(1.0, max(0.0, float(obj.get("fraction", 0.0))))
-    except (TypeError, ValueError):
-        obj["fraction"] = 0.0
-    obj["message"] = str(obj.get("message", ""))
-    return obj
 
 
 @dataclass
@@ -136,7 +113,7 @@ class ProcessRun:
         try:
             for line in iter(stream.readline, ""):
                 line = line.rstrip("\r\n")
-                progress = parseProgressLine(line) if name == "stdout" else None
+                progress = parse_progress_line(line) if name == "stdout" else None
                 if progress is not None:
                     self._queue.put(Event("progress", progress=progress, text=line, stream=name))
                 elif line.strip():

@@ -11,7 +11,8 @@ pytest.importorskip("slicer", reason="slicer-core is not installed")
 from kneeseg import labels as L
 from KneeSegmentationLib import bundles, dependencies
 from KneeSegmentationLib.errors import KneeSegmentationError
-from KneeSegmentationLib.process import ProcessRun, coreEnvironment, findPythonExecutable, parseProgressLine
+from kneeseg.contract import parse_progress_line as parseProgressLine
+from KneeSegmentationLib.process import ProcessRun, coreEnvironment, findPythonExecutable
 
 
 def test_progress_line_parser():

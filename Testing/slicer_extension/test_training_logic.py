@@ -106,8 +106,9 @@ def test_training_option_and_path_errors(fakeLogic, tmp_path):
         fakeLogic.startTraining(tmp_path / "o", dataDir=data, epochs=0)
     with pytest.raises(KneeSegmentationError, match="Output mode"):
         fakeLogic.startTraining(tmp_path / "o", dataDir=data, outputMode="fused")
-    with pytest.raises(KneeSegmentationError, match="dimension"):
-        fakeLogic.startTraining(tmp_path / "o", dataDir=data, dims=4)
+    for dims in (3, 4):  # the CLI refuses --dims 3 (kneeseg.contract.TRAINABLE_DIMS): refused before anything starts
+        with pytest.raises(KneeSegmentationError, match=f"Only 2D models can be trained; a {dims}D model cannot"):
+            fakeLogic.startTraining(tmp_path / "o", dataDir=data, dims=dims)
     with pytest.raises(KneeSegmentationError, match="where to write"):
         fakeLogic.startTraining("", dataDir=data)
     with pytest.raises(KneeSegmentationError, match="does not exist or is empty"):

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+from kneeseg import contract
+
 MODE = os.environ.get("KNEESEG_FAKE_MODE", "ok")
 
 
@@ -19,6 +21,7 @@ def segment(args):
 
     print("fake-kneeseg: a warning line that is not JSON", flush=True)
     print("fake-kneeseg: stderr chatter", file=sys.stderr, flush=True)
+    args.input = args.inputs[0]
     emit(stage="load", fraction=0.05, message=f"reading {os.path.basename(args.input)}")
     if MODE == "badinput":
         emit(stage="error", fraction=0.05, message=f"{args.input}: is constant (every voxel is 0); nothing to segment", error="input")
@@ -27,9 +30,12 @@ def segment(args):
         emit(stage="error", fraction=0.0, message=f"{args.model}: checksum mismatch for model.keras (bundle is damaged)", error="input")
         return 2
     if MODE == "missingmodule":
-        print("Traceback (most recent call last):\n  File \"x\", line 1\nModuleNotFoundError: No module named 'tensorflow'",
-              file=sys.stderr, flush=True)
-        return 1
+        exc = ModuleNotFoundError("No module named 'tensorflow.keras'", name="tensorflow.keras")
+        print(f"Traceback (most recent call last):\n  File \"x\", line 1\nModuleNotFoundError: {exc}", file=sys.stderr,
+              flush=True)
+        emit(stage=contract.STAGE_ERROR, fraction=0.1, message=f"internal error: {exc}", error=contract.error_kind(exc),
+             **contract.error_fields(exc))
+        return contract.EXIT_CODE_OF_ERROR[contract.error_kind(exc)]
     if MODE == "crash":
         print("Traceback (most recent call last):\n  File \"infer.py\", line 42, in predict\nRuntimeError: fake failure in predict",
               file=sys.stderr, flush=True)
@@ -76,6 +82,8 @@ def train(args):
         loss = 1.0 / epoch
         emit(stage="epoch", fraction=epoch / args.epochs, message=f"epoch {epoch}/{args.epochs}", epoch=epoch,
              logs={"loss": loss, "val_loss": loss * 1.1, "mean_dice": 1.0 - loss / 3, "val_mean_dice": 1.0 - loss / 2})
+        if MODE == "slowtrain":
+            time.sleep(0.3)
         if MODE == "trainfail" and epoch == 2:
             print("Traceback (most recent call last):\nMemoryError: fake out of memory", file=sys.stderr, flush=True)
             return 1
@@ -93,26 +101,8 @@ def train(args):
 def main():
     parser = argparse.ArgumentParser(prog="kneeseg")
     sub = parser.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("segment")
-    s.add_argument("input")
-    s.add_argument("-o", "--output", required=True)
-    s.add_argument("--model", required=True)
-    s.add_argument("--progress", default="bar")
-    s.add_argument("--device", default="auto")
-    s.add_argument("--n4", action=argparse.BooleanOptionalAction, default=None)
-    s.add_argument("--planes")
-    s.add_argument("--confidence")
-    s.add_argument("--volumes-json")
-    t = sub.add_parser("train")
-    t.add_argument("--data", required=True)
-    t.add_argument("--output", required=True)
-    t.add_argument("--epochs", type=int, default=3)
-    t.add_argument("--patience", type=int, default=2)
-    t.add_argument("--dims", type=int, default=2)
-    t.add_argument("--output-mode", default="separate")
-    t.add_argument("--width", type=int, default=8)
-    t.add_argument("--no-augment", action="store_true")
-    t.add_argument("--progress", default="bar")
+    for command in ("segment", "train"):
+        contract.add_options(sub.add_parser(command), command)
     args = parser.parse_args()
     return segment(args) if args.command == "segment" else train(args)
 
