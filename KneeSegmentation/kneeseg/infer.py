@@ -13,6 +13,7 @@ import numpy as np
 
 from . import postprocess, preprocess
 from .errors import Cancelled, InputError
+from .io import validate_volume
 
 
 @dataclass
@@ -289,6 +290,7 @@ def segment(image, bundle, options: SegmentOptions = None, progress=None, cancel
     ``progress(stage, fraction, message)`` is called along the way; ``cancel()`` returning True stops
     the run (raises :class:`Cancelled`). The input image is never modified.
     """
+    validate_volume(image)  # InputError naming the problem: NaN/Inf, constant, 2D, 4D, vector, one slice
     import SimpleITK as sitk
 
     options = options or SegmentOptions()
