@@ -13,7 +13,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from . import INTENDED_USE, __version__
+from . import INTENDED_USE, __version__, contract
 from .errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK, Cancelled, InputError
 from .io import write_json
 from .progress import Progress
@@ -498,7 +498,8 @@ def main(argv=None):
         print("kneeseg: cancelled", file=sys.stderr)
         return EXIT_CANCELLED
     except Exception as exc:  # noqa: BLE001 - the last line of defence: report, keep the traceback
-        progress.error(f"internal error: {type(exc).__name__}: {exc}", "internal")
+        progress.error(f"internal error: {type(exc).__name__}: {exc}", contract.error_kind(exc),
+                       **contract.error_fields(exc))
         traceback.print_exc(file=sys.stderr)
         print(f"kneeseg: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_INTERNAL
