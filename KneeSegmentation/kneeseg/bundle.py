@@ -4,7 +4,8 @@
 value, colour, SNOMED CT code), slice planes, input size, window, normalisation, preprocessing,
 training data provenance with licences, measured metrics, and the SHA-256 of every weight file,
 verified at load. Weights are a ``.keras`` file that loads with ``safe_mode=True`` (no Lambda
-layers, no pickle).
+layers, no pickle). Every file is read confined to the bundle and bounded in size, and a zip is
+unpacked within bounds (``kneeseg.bundle_files``).
 """
 
 import dataclasses
@@ -17,6 +18,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import bundle_files
 from .card import CARD_NAME, FORMAT, FORMAT_VERSION, KERAS_NAME, ONNX_NAME, Card, WeightFile, parse_card  # noqa: F401
 from .errors import BundleError
 from .io import write_json
@@ -58,13 +60,32 @@ class Bundle:
         return None if entry is None else self.folder / entry.file
 
     def load_keras_model(self):
-        """The Keras model, loaded with ``safe_mode`` (a Lambda layer or pickled code is refused)."""
+        """The Keras model, loaded with ``safe_mode`` (a Lambda layer or pickled code is refused), and
+        checked against the card: damaged weights or another network are a :class:`BundleError`."""
         import keras
 
         try:
-            return keras.models.load_model(self.keras_path, compile=False, safe_mode=True)
+            model = keras.models.load_model(self.keras_path, compile=False, safe_mode=True)
         except ValueError as exc:
             raise BundleError(f"the weights cannot be loaded safely ({_first_sentence(exc)})", self.keras_path) from None
+        except ImportError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a damaged archive fails in zipfile, h5py, json, ...
+            raise BundleError(f"the Keras weights are damaged ({type(exc).__name__}: {_first_sentence(exc)})",
+                              self.keras_path) from None
+        self.check_network_shape(tuple(model.inputs[0].shape), tuple(model.outputs[0].shape), self.keras_path)
+        return model
+
+    def check_network_shape(self, input_shape, output_shape, path):
+        """Refuse a network whose slice size or output channels are not the card's."""
+        size, network = self.card.frame.size, self.card.network
+        channels = 1 if network.output == "merged" else network.n_classes
+        fixed = [d for d in (*input_shape[-3:-1], output_shape[-1]) if isinstance(d, int)]  # ONNX: names for free axes
+        expected = [v for d, v in zip((*input_shape[-3:-1], output_shape[-1]), (size, size, channels))
+                    if isinstance(d, int)]
+        if fixed != expected:
+            raise BundleError(f"the network takes {tuple(input_shape[1:])} and gives {output_shape[-1]} channels, but "
+                              f"the card says {size}x{size} slices and {channels} channels", path)
 
 
 def _first_sentence(exc) -> str:
@@ -94,16 +115,13 @@ def _unpack_zip(path: Path) -> Path:
     target = Path(tempfile.mkdtemp(prefix="kneeseg-bundle-"))
     atexit.register(shutil.rmtree, target, True)
     try:
-        with zipfile.ZipFile(path) as z:
-            for member in z.namelist():
-                if member.startswith("/") or ".." in Path(member).parts:
-                    raise BundleError(f"unsafe path {member!r} in zip", path)
-            z.extractall(target)
-    except zipfile.BadZipFile:
-        raise BundleError("not a valid zip file", path) from None
-    cards = list(target.rglob(CARD_NAME))
-    if len(cards) != 1:
-        raise BundleError(f"a bundle zip must hold exactly one {CARD_NAME}", path)
+        bundle_files.unpack_zip(path, target)
+        cards = list(target.rglob(CARD_NAME))
+        if len(cards) != 1:
+            raise BundleError(f"a bundle zip must hold exactly one {CARD_NAME}", path)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
     return cards[0].parent
 
 
@@ -115,12 +133,15 @@ def read_card(path) -> dict:
 
 
 def _read_card_json(card_path: Path, bundle_path) -> dict:
-    if not card_path.exists():
+    if not os.path.lexists(card_path):
         raise BundleError(f"no {CARD_NAME} found (is this a model bundle?)", bundle_path)
+    text = bundle_files.read_card_text(card_path.parent, card_path.name, bundle_path)
     try:
-        return json.loads(card_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
         raise BundleError(f"{CARD_NAME} is not valid JSON ({exc})", card_path) from None
+    except RecursionError:
+        raise BundleError(f"{CARD_NAME} is nested too deeply to be a card", card_path) from None
 
 
 def load_bundle(path=None) -> Bundle:
@@ -134,10 +155,7 @@ def load_bundle(path=None) -> Bundle:
     card_path = folder / CARD_NAME
     card = parse_card(_read_card_json(card_path, path), card_path)
     for entry in card.weights.values():
-        weight_path = folder / entry.file
-        if not weight_path.exists():
-            raise BundleError(f"weight file {entry.file} is missing", path)
-        actual = sha256_of(weight_path)
+        actual = bundle_files.weight_sha256(folder, entry.file, path)
         if actual != entry.sha256:
             raise BundleError(f"checksum mismatch for {entry.file} (card says {entry.sha256[:12]}..., "
                               f"file is {actual[:12]}...): the bundle is corrupt or was modified", path)

@@ -13,7 +13,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from . import INTENDED_USE, __version__
+from . import INTENDED_USE, __version__, contract
 from .errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK, Cancelled, InputError
 from .io import write_json
 from .progress import Progress
@@ -197,12 +197,13 @@ def _planes(text):
 
 def cmd_segment(args, progress):
     from .cohort import expand_inputs, run_cohort
+    from .outputs import output_is_folder
 
     options = _segment_options(args)
     if args.batch_size < 1:
         raise InputError("--batch-size must be 1 or more")
     inputs = expand_inputs(args.inputs)
-    if len(inputs) == 1 and not Path(args.output).is_dir() and not args.output.endswith(os.sep):
+    if not output_is_folder(inputs, args.output):
         result = segment_file(inputs[0], args.output, args.model, options, progress, args.seg_nrrd,
                               args.confidence, args.volumes_json, args.overlay)
         progress.done(f"wrote {args.output}", result)
@@ -211,8 +212,13 @@ def cmd_segment(args, progress):
         raise InputError("--seg-nrrd/--confidence/--volumes-json/--overlay apply to a single input; a cohort "
                          "writes them per case into the output folder")
     summary = run_cohort(inputs, args.output, args.model, options, progress, summary=args.summary,
-                         overwrite=args.overwrite, scheduler=args.scheduler)
-    progress.done(f"{summary['done']} done, {summary['skipped']} skipped, {summary['failed']} failed", summary)
+                         overwrite=args.overwrite, scheduler=args.scheduler, sources=args.inputs)
+    if summary["done"] + summary["failed"] == 0:
+        message = (f"nothing to do: all {summary['skipped']} cases already have a label map in {args.output} "
+                   "(--overwrite redoes them)")
+    else:
+        message = f"{summary['done']} done, {summary['skipped']} skipped, {summary['failed']} failed"
+    progress.done(message, summary)
     return EXIT_OK if summary["failed"] == 0 else EXIT_BAD_INPUT
 
 
@@ -240,36 +246,32 @@ def _n4_settings(args):
     return settings or None
 
 
-def check_output_path(path, suffixes, what):
-    """Refuse an output path before any work: wrong suffix, or a folder that cannot be written."""
-    path = Path(path)
-    if not any(path.name.endswith(s) for s in suffixes):
-        raise InputError(f"{what} must end in {' or '.join(suffixes)}", path)
-    parent = path.parent if path.parent != Path("") else Path(".")
-    existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
-    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise InputError("cannot write here (the folder is missing or not writable)", path)
-    return path
-
-
 def segment_file(input_path, output, model, options, progress=None, seg_nrrd=None, confidence=None,
                  volumes_json=None, overlay=None, bundle=None, predictor=None):
     """Read, segment and write one case; returns the JSON-able result.
 
-    Output paths are checked before anything runs. The label map is written last: its presence marks
-    a finished case (cohorts skip such cases when resumed).
+    Output paths are checked against the input, the bundle and each other before anything runs;
+    every output is written under a temporary name and renamed into place, the label map last.
     """
-    from . import io
-    from .bundle import load_bundle
-    from .datasets import IMAGE_SUFFIXES
-    from .infer import segment
+    result, staged = stage_case(input_path, output, model, options, progress, seg_nrrd, confidence, volumes_json,
+                                overlay, bundle, predictor)
+    staged.commit()
+    return result
 
-    check_output_path(output, IMAGE_SUFFIXES, "the label map")
-    for path, suffixes, what in ((seg_nrrd, (".seg.nrrd",), "--seg-nrrd"),
-                                 (confidence, IMAGE_SUFFIXES, "--confidence"),
-                                 (volumes_json, (".json",), "--volumes-json"), (overlay, (".png",), "--overlay")):
-        if path:
-            check_output_path(path, suffixes, what)
+
+def stage_case(input_path, output, model, options, progress=None, seg_nrrd=None, confidence=None,
+               volumes_json=None, overlay=None, bundle=None, predictor=None):
+    """:func:`segment_file` up to the commit: returns (result, :class:`~kneeseg.outputs.StagedOutputs`)."""
+    from . import io
+    from .bundle import default_bundle_path, load_bundle
+    from .infer import segment
+    from .outputs import LABELMAP_SUFFIXES, Output, check_outputs, staging
+
+    wanted = [Output("-o", Path(output), LABELMAP_SUFFIXES)] + [
+        Output(option, Path(path), suffixes) for path, option, suffixes in (
+            (seg_nrrd, "--seg-nrrd", (".seg.nrrd",)), (confidence, "--confidence", LABELMAP_SUFFIXES),
+            (volumes_json, "--volumes-json", (".json",)), (overlay, "--overlay", (".png",))) if path]
+    check_outputs([input_path, model or (bundle.folder if bundle else default_bundle_path())], wanted)
     bundle = bundle or load_bundle(model)
     if progress is not None:
         progress("read", 0.01, f"reading {input_path}")
@@ -278,23 +280,26 @@ def segment_file(input_path, output, model, options, progress=None, seg_nrrd=Non
     if progress is not None:
         progress("write", 0.95, f"writing {output}")
     outputs = {}
-    if seg_nrrd:
-        io.write_seg_nrrd(result.labelmap, seg_nrrd, result.labels)
-        outputs["seg_nrrd"] = str(seg_nrrd)
-    if confidence and result.confidence is not None:
-        io.write_image(result.confidence, confidence)
-        outputs["confidence"] = str(confidence)
-    if volumes_json:
-        write_json(volumes_json, result.volumes_ml)
-        outputs["volumes_json"] = str(volumes_json)
-    if overlay:
-        from .overlay import overlay_sheet
+    with staging(output) as staged:
+        if seg_nrrd:
+            io.write_seg_nrrd(result.labelmap, staged.temp(seg_nrrd), result.labels)
+            outputs["seg_nrrd"] = str(seg_nrrd)
+        if confidence and result.confidence is not None:
+            io.write_image(result.confidence, staged.temp(confidence))
+            outputs["confidence"] = str(confidence)
+        if volumes_json:
+            write_json(staged.temp(volumes_json), result.volumes_ml)
+            outputs["volumes_json"] = str(volumes_json)
+        if overlay:
+            from .overlay import overlay_sheet
 
-        overlay_sheet(image, result.labelmap, result.labels, overlay, title=f"{Path(input_path).name}: kneeseg")
-        outputs["overlay"] = str(overlay)
-    io.write_labelmap(result.labelmap, output)
+            overlay_sheet(image, result.labelmap, result.labels, staged.temp(overlay),
+                          title=f"{Path(input_path).name}: kneeseg")
+            outputs["overlay"] = str(overlay)
+        io.write_labelmap(result.labelmap, staged.temp(output))
     return {"labelmap": str(output), **outputs, "volumes_ml": result.volumes_ml,
-            "centre_lps_mm": list(result.centre), "timings_s": {k: round(v, 3) for k, v in result.timings.items()}}
+            "centre_lps_mm": list(result.centre),
+            "timings_s": {k: round(v, 3) for k, v in result.timings.items()}}, staged
 
 
 # --- train ------------------------------------------------------------------------------------------
@@ -442,14 +447,20 @@ def cmd_synth(args, progress):
 
 def cmd_overlay(args, progress):
     from . import io
-    from .bundle import load_bundle
+    from .bundle import default_bundle_path, load_bundle
+    from .outputs import Output, check_outputs, staging
     from .overlay import overlay_sheet
 
+    check_outputs([args.image, args.labelmap, args.model or default_bundle_path()],
+                  [Output("the overlay", Path(args.output), (".png",))])
     image = io.read_volume(args.image)
     labelmap = io.read_volume(args.labelmap, validate=False)
     if not io.same_geometry(image, labelmap):
         raise InputError("label map geometry differs from the image", args.labelmap)
-    overlay_sheet(image, labelmap, load_bundle(args.model).labels, args.output, title=Path(args.image).name)
+    labels = load_bundle(args.model).labels
+    with staging(args.output) as staged:
+        overlay_sheet(image, labelmap, labels, staged.temp(args.output), title=Path(args.image).name)
+        staged.commit()
     progress.done(f"wrote {args.output}", {"overlay": args.output})
     return EXIT_OK
 
@@ -486,7 +497,8 @@ def main(argv=None):
         print("kneeseg: cancelled", file=sys.stderr)
         return EXIT_CANCELLED
     except Exception as exc:  # noqa: BLE001 - the last line of defence: report, keep the traceback
-        progress.error(f"internal error: {type(exc).__name__}: {exc}", "internal")
+        progress.error(f"internal error: {type(exc).__name__}: {exc}", contract.error_kind(exc),
+                       **contract.error_fields(exc))
         traceback.print_exc(file=sys.stderr)
         print(f"kneeseg: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_INTERNAL

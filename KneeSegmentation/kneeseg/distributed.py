@@ -13,6 +13,8 @@ paths (a shared file system), and the workers need kneeseg installed in the same
 import threading
 from pathlib import Path
 
+from .errors import OutputError
+
 _CACHE = {}
 _CACHE_LOCK = threading.Lock()
 
@@ -30,15 +32,19 @@ def _resources(model, backend):
         return _CACHE[key]
 
 
-def run_case(input_path, output_dir, model, options) -> dict:
-    """One case on a worker: :func:`cohort.segment_case` with this worker's cached model."""
+def run_case(input_path, output_dir, model, options) -> tuple:
+    """One case on a worker: :func:`cohort.segment_case` with this worker's cached model.
+
+    Returns (row, staged): the outputs stay under temporary names in the shared output folder until
+    the client has recorded the row and commits them (the label map, the case's done-marker, last).
+    """
     from .cohort import case_name, segment_case
 
     try:
         bundle, predictor = _resources(model, options.backend)
     except Exception as exc:  # noqa: BLE001 - a worker that cannot load the model fails its cases, not the run
         return {"case": case_name(Path(input_path)), "input": str(input_path), "status": "failed",
-                "error": f"worker could not load the model: {type(exc).__name__}: {exc}"}
+                "error": f"worker could not load the model: {type(exc).__name__}: {exc}"}, None
     return segment_case(Path(input_path), Path(output_dir), model, options, bundle=bundle, predictor=predictor)
 
 
@@ -59,12 +65,13 @@ def connect(scheduler):
     return Client(str(scheduler), timeout="30s"), True
 
 
-def map_cases(inputs, output_dir, model, options, scheduler, progress=None) -> list:
+def map_cases(inputs, output_dir, model, options, scheduler, progress=None, on_case=None) -> list:
     """Segment ``inputs`` on a Dask cluster; one row dict per case, in input order.
 
     ``scheduler``: a scheduler address (``tcp://host:8786``), a ``distributed.Client`` or a cluster
     object. A case whose task is lost (a worker died twice on it) is recorded as failed; the others
-    go on. ``progress(stage, fraction, message)`` is called as cases finish.
+    go on. As each case finishes, ``on_case(row, staged)`` records it and commits its staged outputs
+    (default: commit only), then ``progress(stage, fraction, message)`` is called.
     """
     from distributed import as_completed
 
@@ -82,12 +89,18 @@ def map_cases(inputs, output_dir, model, options, scheduler, progress=None) -> l
         for done, future in enumerate(as_completed(futures), start=1):
             n = index[future.key]
             try:
-                rows[n] = future.result()
+                rows[n], staged = future.result()
+            except OutputError:
+                raise  # a full disk or an unwritable folder fails every case: stop
             except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker: record, keep going
                 from .cohort import case_name
 
-                rows[n] = {"case": case_name(inputs[n]), "input": str(inputs[n]), "status": "failed",
-                           "error": f"cluster error: {type(exc).__name__}: {exc}"}
+                rows[n], staged = {"case": case_name(inputs[n]), "input": str(inputs[n]), "status": "failed",
+                                   "error": f"cluster error: {type(exc).__name__}: {exc}"}, None
+            if on_case is not None:
+                on_case(rows[n], staged)
+            elif staged is not None:
+                staged.commit()
             if progress is not None:
                 row = rows[n]
                 progress("case", done / len(inputs), f"{done}/{len(inputs)} {row['case']}: {row['status']}")

@@ -1,8 +1,9 @@
 """Error types shared by the whole package.
 
 ``InputError`` is the user's fault (a bad file, a bad option, a broken model bundle): the CLI reports
-it on one line and exits with ``EXIT_BAD_INPUT``. Anything else escaping the CLI is an internal error
-(``EXIT_INTERNAL``).
+it on one line and exits with ``EXIT_BAD_INPUT``. ``OutputError`` (a full disk, a folder that cannot
+be written) is reported the same way: the cause lies outside the program and the line says what to
+fix. Anything else escaping the CLI is an internal error (``EXIT_INTERNAL``).
 """
 
 EXIT_OK = 0
@@ -16,11 +17,16 @@ class InputError(ValueError):
 
     def __init__(self, message: str, path=None):
         self.path = None if path is None else str(path)
+        self.reason = message
         super().__init__(f"{self.path}: {message}" if self.path else message)
 
 
 class BundleError(InputError):
     """A model bundle that cannot be used (missing file, checksum mismatch, unknown format)."""
+
+
+class OutputError(InputError):
+    """An output that cannot be written (no space left, no permission): the run stops, nothing is left half-written."""
 
 
 class Cancelled(RuntimeError):

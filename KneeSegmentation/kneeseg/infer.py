@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import Cancelled, InputError
+from .io import validate_volume
 from .postprocess.cleanup import bone_volumes_ml, clean_labelmap
 from .postprocess.fusion import PlaneProbabilities, fuse_frames
 from .preprocess import intensity
@@ -275,6 +276,7 @@ def segment(image, bundle, options: SegmentOptions = None, progress=None, cancel
     ``progress(stage, fraction, message)`` is called along the way; ``cancel()`` returning True stops
     the run (raises :class:`Cancelled`). The input image is never modified.
     """
+    validate_volume(image)  # InputError naming the problem: NaN/Inf, constant, 2D, 4D, vector, one slice
     import SimpleITK as sitk
 
     options = options or SegmentOptions()

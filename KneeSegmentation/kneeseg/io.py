@@ -4,18 +4,17 @@ Every write goes to a temporary name beside the target and is renamed into place
 never leaves a partial file behind.
 """
 
-import contextlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InputError
+from .itk_messages import plain_reason
 from .labels import ANATOMICAL_STRUCTURE
+from .writing import atomic_path, write_error
 
-_ECHO_NUMBER_TAG = "0018|0086"
+ORTHONORMAL_TOLERANCE = 1e-3
 
 
 def _sitk():
@@ -33,13 +32,20 @@ def read_volume(path, validate: bool = True):
     path = Path(path)
     if not path.exists():
         raise InputError("file not found", path)
+    if not (path.is_file() or path.is_dir()):
+        raise InputError("is not a regular file or a folder (a device, a pipe or a socket)", path)
     sitk = _sitk()
     try:
-        image = _read_dicom_folder(path) if path.is_dir() else sitk.ReadImage(str(path))
+        if path.is_dir():
+            from .dicom_series import read_dicom_folder
+
+            image = read_dicom_folder(path)
+        else:
+            image = sitk.ReadImage(str(path))
     except InputError:
         raise
     except RuntimeError as exc:
-        raise InputError(f"not a readable image ({_first_line(exc)})", path) from None
+        raise InputError(f"not a readable image ({plain_reason(exc)})", path) from None
     if validate:
         validate_volume(image, path)
     if image.GetNumberOfComponentsPerPixel() == 1 and image.GetPixelID() != sitk.sitkFloat32:
@@ -47,51 +53,25 @@ def read_volume(path, validate: bool = True):
     return image
 
 
-def _first_line(exc: Exception) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    # ITK's messages start with a file/line banner; the last line says what went wrong.
-    return lines[-1] if lines else type(exc).__name__
-
-
 def dicom_series_files(folder) -> list:
     """The files :func:`read_volume` reads from a DICOM folder, in slice order: the largest series,
-    and of a multi-echo series its first echo (e.g. to reference them from a DICOM SEG)."""
-    sitk = _sitk()
-    folder = Path(folder)
-    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if not series_ids:
-        raise InputError("folder holds no DICOM series", folder)
-    files_by_series = {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids}
-    return list(_first_echo(max(files_by_series.values(), key=len)))
+    and of a multi-echo series its first echo (e.g. to reference them from a DICOM SEG). The slices
+    are checked to form a regular grid first (:mod:`kneeseg.dicom_series`)."""
+    from .dicom_series import series_files
 
-
-def _read_dicom_folder(folder: Path):
-    """Read the largest DICOM series in ``folder``; for multi-echo series, its first echo."""
-    sitk = _sitk()
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(dicom_series_files(folder))
-    return reader.Execute()
-
-
-def _first_echo(files):
-    """Keep the files of the lowest echo number (a multi-echo series stacks echoes at each position)."""
-    sitk = _sitk()
-    echoes = {}
-    for f in files:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(f)
-        reader.LoadPrivateTagsOff()
-        reader.ReadImageInformation()
-        echo = reader.GetMetaData(_ECHO_NUMBER_TAG).strip() if reader.HasMetaDataKey(_ECHO_NUMBER_TAG) else ""
-        echoes.setdefault(echo, []).append(f)
-    if len(echoes) <= 1:
-        return files
-    first = min(echoes, key=lambda e: float(e) if e.replace(".", "", 1).isdigit() else float("inf"))
-    return echoes[first]
+    return series_files(folder)
 
 
 def validate_volume(image, path=None):
-    """Raise :class:`InputError` unless ``image`` is a finite, non-constant 3D scalar volume."""
+    """Raise :class:`InputError` unless ``image`` is a finite, non-constant 3D scalar volume with a
+    sound geometry (positive spacing, finite origin, an orthonormal direction matrix).
+
+    The message names ``path`` (or "the input image" when there is none) and the problem.
+    """
+    sitk = _sitk()
+    path = path if path is not None else "the input image"
+    if not isinstance(image, sitk.Image):
+        raise InputError(f"is a {type(image).__name__}, not a SimpleITK image", path)
     dim = image.GetDimension()
     if dim == 2:
         raise InputError("is a 2D image; a 3D volume is needed", path)
@@ -106,7 +86,8 @@ def validate_volume(image, path=None):
         raise InputError(f"is empty (size {size[0]}x{size[1]}x{size[2]})", path)
     if sorted(size)[0] < 2:
         raise InputError(f"has a single slice (size {size[0]}x{size[1]}x{size[2]}); a 3D volume is needed", path)
-    array = _sitk().GetArrayViewFromImage(image)
+    check_geometry(image, path)
+    array = sitk.GetArrayViewFromImage(image)
     finite = np.isfinite(array)
     if not finite.all():
         n_bad = int(array.size - np.count_nonzero(finite))
@@ -116,21 +97,19 @@ def validate_volume(image, path=None):
         raise InputError(f"is constant (every voxel is {lo:g}); nothing to segment", path)
 
 
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside ``path`` (same suffixes); rename it onto ``path`` on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}-", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; outputs get the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def check_geometry(image, path=None):
+    """Refuse a spacing that is not positive, an origin that is not finite, or a direction matrix
+    that is not a rotation (sheared or scaled axes): resampling and volumes would silently be wrong."""
+    spacing, origin = np.array(image.GetSpacing()), np.array(image.GetOrigin())
+    if not (np.isfinite(spacing).all() and (spacing > 0).all()):
+        raise InputError(f"has a voxel spacing that is not positive ({', '.join(f'{v:g}' for v in spacing)})", path)
+    if not np.isfinite(origin).all():
+        raise InputError("has an origin that is not a finite point", path)
+    direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
+    error = np.abs(direction.T @ direction - np.eye(3)).max() if np.isfinite(direction).all() else np.inf
+    if not error <= ORTHONORMAL_TOLERANCE:
+        raise InputError(f"has a direction matrix that is not orthonormal (axes sheared or scaled; off by "
+                         f"{error:.3g}); only rotated or flipped grids can be segmented", path)
 
 
 def write_json(path, obj, indent: int = 2):
@@ -139,17 +118,14 @@ def write_json(path, obj, indent: int = 2):
         tmp.write_text(json.dumps(obj, indent=indent) + "\n")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_image(image, path, compress: bool = True):
     """Write a SimpleITK image atomically (format from the extension)."""
     sitk = _sitk()
     with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), compress)
+        try:
+            sitk.WriteImage(image, str(tmp), compress)
+        except RuntimeError as exc:
+            raise write_error(path, exc) from None
     return Path(path)
 
 

@@ -85,9 +85,20 @@ class OnnxPredictor:
         if path is None:
             raise ValueError("this bundle holds no ONNX graph")
         self.path = Path(path)
-        self.session = make_session(self.path, threads)
+        try:
+            self.session = make_session(self.path, threads)
+        except ImportError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own classes for a broken graph
+            from .errors import BundleError
+
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise BundleError(f"the ONNX graph is damaged or not a network ({reason})", self.path) from None
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
+        if bundle is not None:
+            bundle.check_network_shape(self.session.get_inputs()[0].shape, self.session.get_outputs()[0].shape,
+                                       self.path)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)

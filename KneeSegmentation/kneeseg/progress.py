@@ -39,9 +39,10 @@ class Progress:
             self._bar("done", message, force=True)
             self.stderr.write("\n")
 
-    def error(self, message, kind):
+    def error(self, message, kind, **extra):
         if self.mode == "json":
-            self._json({"stage": "error", "fraction": round(self.fraction, 4), "message": message, "error": kind})
+            self._json({"stage": "error", "fraction": round(self.fraction, 4), "message": message, "error": kind,
+                        **extra})
         elif self.mode == "bar":
             self.stderr.write("\n")
 

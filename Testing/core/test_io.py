@@ -22,17 +22,22 @@ def test_reads_common_formats_with_geometry(tmp_path, toy_case, suffix):
     np.testing.assert_allclose(sitk.GetArrayFromImage(read), sitk.GetArrayFromImage(image), atol=1e-6)
 
 
-def _write_dicom_series(folder, array, spacing=(0.5, 0.5, 2.0), echo=None, series_uid="1.2.3.4", first_file=0):
-    folder.mkdir(exist_ok=True)
+def _write_dicom_series(folder, array, spacing=(0.5, 0.5, 2.0), echo=None, series_uid="1.2.3.4", first_file=0,
+                        positions=None, orientation=(1, 0, 0, 0, 1, 0)):
+    """Real DICOM MR slices written one by one with their position tags: ``array`` holds the slices (a 3D
+    array, or a list of 2D ones of any size); by default ``spacing[2]`` mm apart along the normal of
+    ``orientation`` (one for all, or a list per slice), else at ``positions``."""
+    folder.mkdir(parents=True, exist_ok=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
-    for k in range(array.shape[0]):
-        slice_image = sitk.GetImageFromArray(array[k].astype(np.int16))
+    for k, pixels in enumerate(array):
+        slice_image = sitk.GetImageFromArray(np.asarray(pixels).astype(np.int16))
         slice_image.SetSpacing(spacing[:2])
-        position = (0.0, 0.0, k * spacing[2])
+        orient = orientation[k] if isinstance(orientation, list) else orientation
+        position = positions[k] if positions else tuple(np.cross(orient[:3], orient[3:]) * k * spacing[2])
         tags = {
             "0008|0060": "MR", "0020|000d": "1.2.3", "0020|000e": series_uid,
-            "0020|0032": "\\".join(map(str, position)), "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0020|0032": "\\".join(f"{v:g}" for v in position), "0020|0037": "\\".join(f"{v:g}" for v in orient),
             "0020|0013": str(k + 1), "0028|0030": f"{spacing[1]}\\{spacing[0]}", "0018|0050": str(spacing[2]),
             "0008|0018": f"{series_uid}.{first_file + k}",
         }

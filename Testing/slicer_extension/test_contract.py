@@ -222,9 +222,6 @@ def test_the_progress_writer_writes_what_the_parser_reads():
     assert events[2]["error"] in contract.ERROR_KINDS
 
 
-@pytest.mark.xfail(strict=True, reason="the CLI does not emit the missing-package kind yet: cli.main must report "
-                   "contract.error_kind(exc) with contract.error_fields(exc) (see the issue 11 report); once it "
-                   "does, this test passes and strict=True makes the marker's removal due")
 def test_the_cli_reports_a_missing_package_itself(tmp_path, monkeypatch, capsys):
     image = tmp_path / "input.nrrd"
     image.write_bytes(b"")
