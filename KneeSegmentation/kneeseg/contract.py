@@ -20,7 +20,7 @@ import argparse
 import json
 from dataclasses import dataclass
 
-from .errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK, Cancelled, InputError
+from .errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK, Cancelled, InputError, MissingPackage
 from .geometry import PLANES
 from .progress import Progress
 
@@ -50,6 +50,8 @@ EXIT_CODE_OF_ERROR = {ERROR_INPUT: EXIT_BAD_INPUT, ERROR_INTERNAL: EXIT_INTERNAL
 
 def error_kind(exc: BaseException) -> str:
     """The error kind a command reports for an exception that ended it."""
+    if isinstance(exc, MissingPackage):
+        return ERROR_MISSING_PACKAGE
     if isinstance(exc, InputError):
         return ERROR_INPUT
     if isinstance(exc, (Cancelled, KeyboardInterrupt)):
@@ -61,6 +63,8 @@ def error_kind(exc: BaseException) -> str:
 
 def error_fields(exc: BaseException) -> dict:
     """Extra fields of the error line: the top-level package a ``ModuleNotFoundError`` names."""
+    if isinstance(exc, MissingPackage):
+        return {"package": exc.package, "install": exc.install}
     if error_kind(exc) == ERROR_MISSING_PACKAGE:
         return {"package": exc.name.split(".")[0]}
     return {}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, MissingPackage
 from .io import atomic_path, dicom_series_files
 from .labels import ANATOMICAL_STRUCTURE
 
@@ -22,7 +22,7 @@ def _highdicom():
     try:
         import highdicom
     except ImportError:
-        raise InputError("a DICOM SEG needs highdicom: pip install 'kneeseg[dicom]'") from None
+        raise MissingPackage("highdicom", "pip install 'kneeseg[dicom]'", "a DICOM SEG needs highdicom, which is not installed") from None
     return highdicom
 
 

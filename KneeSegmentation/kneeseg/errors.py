@@ -29,5 +29,13 @@ class OutputError(InputError):
     """An output that cannot be written (no space left, no permission): the run stops, nothing is left half-written."""
 
 
+class MissingPackage(InputError):
+    """A package this run needs is not installed; ``install`` is the one command that fixes it."""
+
+    def __init__(self, package: str, install: str, message: str):
+        self.package, self.install = package, install
+        super().__init__(f"{message}: {install}")
+
+
 class Cancelled(RuntimeError):
     """The run was cancelled by the caller (SIGINT/SIGTERM or a cancel callback)."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import Cancelled, InputError
+from .errors import Cancelled, InputError, MissingPackage
 from .io import validate_volume
 from .postprocess.cleanup import bone_volumes_ml, clean_labelmap
 from .postprocess.fusion import PlaneProbabilities, fuse_frames
@@ -155,23 +155,33 @@ def auto_backend(bundle) -> str:
     return "onnx"
 
 
+ONNX_INSTALL = "pip install 'kneeseg[onnx]'"
+TF_INSTALL = "pip install 'kneeseg[tf]'"
+
+
 def make_predictor(bundle, backend="auto"):
-    """The predictor ``backend`` names for ``bundle``; "auto": see :func:`auto_backend`."""
+    """The predictor ``backend`` names for ``bundle``; "auto": see :func:`auto_backend`.
+
+    A missing engine is a :class:`MissingPackage` naming the one install command that makes this
+    bundle run (the light ONNX Runtime install when the bundle carries a graph).
+    """
     if backend not in ("auto", "keras", "onnx"):
         raise InputError(f"unknown backend {backend!r}; choose auto, keras or onnx")
-    if backend == "auto":
-        backend = auto_backend(bundle)
-    if backend == "onnx":
+    chosen = auto_backend(bundle) if backend == "auto" else backend
+    if chosen == "onnx":
         if bundle.onnx_path is None:
             raise InputError("this bundle holds no ONNX graph; use --backend keras", bundle.folder)
         if not _onnxruntime_installed():
-            raise InputError("the onnx backend needs onnxruntime: pip install onnxruntime")
+            raise MissingPackage("onnxruntime", ONNX_INSTALL, "the onnx backend needs ONNX Runtime, which is not "
+                                 "installed")
         from .onnx_backend import OnnxPredictor
 
         return OnnxPredictor(bundle)
     if not _tensorflow_installed():
-        raise InputError("the keras backend needs TensorFlow (pip install 'kneeseg[tf]'); a bundle with an ONNX "
-                         "graph runs with onnxruntime alone (--backend onnx)", bundle.folder)
+        if backend == "auto" and bundle.onnx_path is not None:
+            raise MissingPackage("onnxruntime", ONNX_INSTALL, "neither TensorFlow nor ONNX Runtime is installed; "
+                                 "this model runs with ONNX Runtime alone (about 130 MB)")
+        raise MissingPackage("tensorflow", TF_INSTALL, "the keras backend needs TensorFlow, which is not installed")
     return KerasPredictor(bundle)
 
 

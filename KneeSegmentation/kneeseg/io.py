@@ -95,6 +95,28 @@ def validate_volume(image, path=None):
     lo, hi = array.min(), array.max()
     if lo == hi:
         raise InputError(f"is constant (every voxel is {lo:g}); nothing to segment", path)
+    values = label_like_values(array)
+    if values is not None:
+        shown = ", ".join(f"{v:g}" for v in values[:8]) + (", ..." if len(values) > 8 else "")
+        raise InputError(f"looks like a label map, not an MRI (only {len(values)} distinct whole-number values: "
+                         f"{shown}); give the scan itself", path)
+
+
+LABEL_MAP_MAX_VALUES = 16
+
+
+def label_like_values(array, sample_size: int = 200_000):
+    """The distinct values of ``array`` when they look like a label map's: a background of 0 and at most
+    ``LABEL_MAP_MAX_VALUES`` whole numbers from 0 to 255 (in an even sample of the voxels). None for
+    anything that looks like a scan, whose grey values are many."""
+    flat = np.asarray(array).ravel()
+    sample = flat[:: max(1, flat.size // sample_size)]
+    if not np.array_equal(sample, np.round(sample)):
+        return None
+    values = np.unique(sample)
+    if len(values) > LABEL_MAP_MAX_VALUES or values[0] != 0 or values[-1] > 255:
+        return None
+    return values
 
 
 def check_geometry(image, path=None):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from conftest import toy_knee
 from kneeseg import io
 from kneeseg.errors import InputError
 from kneeseg.labels import SEPARATE_BONES
@@ -202,3 +203,17 @@ def test_seg_nrrd_header_names_segments(tmp_path, toy_case):
 def test_seg_nrrd_needs_the_right_suffix(tmp_path, toy_case):
     with pytest.raises(InputError, match="seg.nrrd"):
         io.write_seg_nrrd(toy_case[1], tmp_path / "bones.nrrd", SEPARATE_BONES)
+
+
+def test_a_label_map_given_as_the_scan_is_refused_with_the_reason(tmp_path):
+    from kneeseg.errors import InputError
+
+    _, labels = toy_knee()
+    path = tmp_path / "labels.nrrd"
+    sitk.WriteImage(labels, str(path))
+    with pytest.raises(InputError, match=r"looks like a label map, not an MRI \(only 5 distinct whole-number values: "
+                                         r"0, 1, 2, 3, 4\)"):
+        io.read_volume(path)
+    scan, _ = toy_knee()
+    quantised = sitk.Cast(sitk.RescaleIntensity(scan, 0, 4095), sitk.sitkInt16)  # a real scan's whole numbers
+    io.validate_volume(quantised)

@@ -94,6 +94,27 @@ def test_auto_backend_and_the_manual_override(onnx_bundle, tiny_bundle, monkeypa
         infer.make_predictor(without_graph)
 
 
+def test_a_missing_engine_names_the_one_install_command_and_is_reported_as_such(onnx_bundle, tiny_bundle,
+                                                                                monkeypatch):
+    from kneeseg import contract
+    from kneeseg.errors import MissingPackage
+
+    with_graph, without_graph = bundles.load_bundle(onnx_bundle), bundles.load_bundle(tiny_bundle)
+
+    monkeypatch.setattr(infer, "_tensorflow_installed", lambda: False)
+    monkeypatch.setattr(infer, "_onnxruntime_installed", lambda: False)
+    cases = [((with_graph, "auto"), "onnxruntime", "pip install 'kneeseg[onnx]'"),
+             ((with_graph, "onnx"), "onnxruntime", "pip install 'kneeseg[onnx]'"),
+             ((with_graph, "keras"), "tensorflow", "pip install 'kneeseg[tf]'"),
+             ((without_graph, "auto"), "tensorflow", "pip install 'kneeseg[tf]'")]
+    for args, package, command in cases:
+        with pytest.raises(MissingPackage) as info:
+            infer.make_predictor(*args)
+        assert str(info.value).endswith(command) and "\n" not in str(info.value)
+        assert contract.error_kind(info.value) == contract.ERROR_MISSING_PACKAGE
+        assert contract.error_fields(info.value) == {"package": package, "install": command}
+
+
 def test_export_without_tf2onnx_raises_a_clear_import_error(monkeypatch, tmp_path):
     from kneeseg.workflows.train import _try_export_onnx
 
