@@ -45,7 +45,9 @@ def evaluate_pairs(bundle, data, progress=None, options=None) -> dict:
 def _report(cases, labels, source):
     return {"dataset": source, "n_cases": len(cases), "dice": summarise(cases, labels, "dice"),
             "iou": summarise(cases, labels, "iou"), "assd_mm": summarise(cases, labels, "assd_mm"),
-            "hd95_mm": summarise(cases, labels, "hd95_mm"), "cases": cases}
+            "hd95_mm": summarise(cases, labels, "hd95_mm"),
+            "signed_surface_mm": summarise(cases, labels, "signed_surface_mm"),
+            "volume_ratio": summarise(cases, labels, "volume_ratio"), "cases": cases}
 
 
 def evaluate_synthetic(bundle, cache, n_cases=6, progress=None, options=None) -> dict:
@@ -106,10 +108,13 @@ def evaluate_real2d(bundle, npz_path, predictor=None, progress=None, centre="aut
         prediction = sitk.GetArrayFromImage(result.labelmap)[0]
         if bundle.card.network.output == "merged":
             prediction, truth = (prediction > 0).astype(np.uint8), (truth > 0).astype(np.uint8)
-        case = evaluate_case(truth, prediction, scored if len(bundle.labels) > 1 else bundle.labels)
+        case = evaluate_case(truth, prediction, scored if len(bundle.labels) > 1 else bundle.labels,
+                             spacing_mm=(REAL2D_PIXEL_MM, REAL2D_PIXEL_MM))
         case["slice"] = int(data["slice_ids"][i]) if "slice_ids" in data else i
         cases.append(case)
         progress("evaluate", (i + 1) / len(images), f"real 2D slice {i + 1}/{len(images)}")
     labels = scored if len(bundle.labels) > 1 else bundle.labels
+    # Distances in mm at the assumed pixel size: divide by ``pixel_mm_assumed`` for pixels.
     return {"dataset": str(npz_path), "n_slices": len(images), "pixel_mm_assumed": REAL2D_PIXEL_MM,
-            "dice": summarise(cases, labels), "cases": cases}
+            "dice": summarise(cases, labels), "signed_surface_mm": summarise(cases, labels, "signed_surface_mm"),
+            "area_ratio": summarise(cases, labels, "volume_ratio"), "cases": cases}
