@@ -406,3 +406,69 @@ def test_real_label_maps(tmp_path):
         assert tibia_z < label_map.knee_centre_mm[2] < femur_z
     y = SliceSynthesizer(tmp_path / "cache", FrameSpec(size=96), batch_size=16, n_slices_per_sample=4).batch(0)[1]
     assert {1, 2} <= set(np.unique(y))
+
+
+# --- the cortical rim's side of the label edge (issue 12) ---------------------------------------------
+
+
+def test_cortical_rim_lies_inside_the_bone_label_or_just_outside_it():
+    from kneeseg.synth import OUTSIDE_FIELD_OF_VIEW, TISSUE_IDS
+
+    tissue = np.zeros((9, 9), np.uint8)
+    tissue[3:6, 3:6] = TISSUE_IDS["femur"]
+    tissue[0, :] = OUTSIDE_FIELD_OF_VIEW
+    bone = tissue == TISSUE_IDS["femur"]
+    inside = render._cortex(tissue, 1)
+    outside = render._rim_outside(tissue, 1)
+    assert not (inside & ~bone).any() and inside[3, 3] and not inside[4, 4]  # the bone's own edge pixels
+    ring = np.zeros_like(bone)
+    ring[2:7, 2:7] = True
+    assert np.array_equal(outside, ring & ~bone)  # the 8-connected ring around the bone, no bone in it
+    assert not render._rim_outside(tissue, 3)[0].any()  # never drawn where the scan has no signal
+
+
+def test_rim_outside_darkens_the_tissue_around_the_bone_label(phantom_cache):
+    from scipy import ndimage
+
+    cache, _, _ = phantom_cache
+    plain = dataclasses.replace(EXACT, cortex_probability=1.0, cortex_mm=(1.9, 1.9), dark_cortex_probability=1.0,
+                                texture_std=(0.0, 0.0), bias_std=(0.0, 0.0), noise_std=(0.0, 0.0),
+                                blur_sigma_px=(0.0, 0.0), thick_slice_probability=0.0, gamma_log_std=0.0,
+                                air_probability=0.0, slab_half_mm=10.0)
+    for rim_outside in (0.0, 1.0):
+        config = dataclasses.replace(plain, rim_outside_probability=rim_outside)
+        x, y = make(cache, planes=("sagittal",), config=config).batch(0)
+        for image, labels in zip(x[..., 0], y):
+            bone = labels > 0
+            ring_out = ndimage.binary_dilation(bone, np.ones((3, 3), bool)) & ~bone
+            ring_in = bone & ~ndimage.binary_erosion(bone, np.ones((3, 3), bool), border_value=1)
+            rim, other = (ring_out, ring_in) if rim_outside else (ring_in, ring_out)
+            # the dark rim fills the ring on its side of the label edge (one value), not the other side
+            assert np.ptp(image[rim]) < 1e-4 and image[rim][0] < np.median(image)
+            assert np.abs(image[other] - image[rim][0]).min() > 1e-3
+
+
+def test_moving_the_rim_outside_changes_no_other_draw(phantom_cache):
+    """Drawn last: a benchmark can switch the rim's side and keep every other draw (contrast, noise...)."""
+    from kneeseg.synth.draws import draw_appearance
+
+    cache, _, _ = phantom_cache
+    synthesizer = make(cache)
+    view, label_map, _, _ = synthesizer.draw(np.random.SeedSequence(3), 2)
+    looks = [draw_appearance(np.random.default_rng(7), dataclasses.replace(synthesizer.config,
+                                                                           rim_outside_probability=p),
+                             label_map, view, SIZE) for p in (0.0, 1.0)]
+    assert not looks[0].rim_outside and looks[1].rim_outside
+    for field in dataclasses.fields(looks[0]):
+        if field.name != "rim_outside":
+            np.testing.assert_equal(getattr(looks[0], field.name), getattr(looks[1], field.name), err_msg=field.name)
+
+
+def test_staple_source_names_the_person_so_both_knees_share_a_subject():
+    from kneeseg.synth import DEFAULT_SOURCES, TISSUES
+
+    staple = next(s for s in DEFAULT_SOURCES if s.dataset == "STAPLE")
+    assert staple.subject("staple_JIA_MRI_l") == staple.subject("staple_JIA_MRI_r") == "STAPLE-JIA"
+    assert staple.subject("staple_MC22_r") == "STAPLE-MC22"
+    assert staple.licence.startswith("CC BY-NC 4.0")
+    assert [TISSUES[i].target for i in staple.lookup(4)[1:]] == [1, 2, 3, 4]  # femur tibia fibula patella
