@@ -472,3 +472,108 @@ def test_staple_source_names_the_person_so_both_knees_share_a_subject():
     assert staple.subject("staple_MC22_r") == "STAPLE-MC22"
     assert staple.licence.startswith("CC BY-NC 4.0")
     assert [TISSUES[i].target for i in staple.lookup(4)[1:]] == [1, 2, 3, 4]  # femur tibia fibula patella
+
+
+def test_a_split_file_holds_a_fibula_subject_out_of_synthetic_training(tmp_path):
+    """With a split file the fibula's map may stay held out (a drawn split moves it into training)."""
+    from kneeseg.train import TrainConfig
+    from kneeseg.workflows.train import synthetic_sources
+
+    for name, shift in (("alpha", 0.0), ("beta", 5.0), ("gamma", -5.0), ("delta", 10.0)):
+        write_phantom(tmp_path / "src" / "phantom", name, with_fibula=name == "delta", shift_mm=shift)
+    prepare_cache(tmp_path / "src", tmp_path / "cache", spacing_mm=1.0, margin_mm=20.0, sources=(PHANTOM_SOURCE,))
+    split_file = tmp_path / "split.json"
+    split_file.write_text(json.dumps({"train": ["P-alpha", "P-beta"], "validation": ["P-gamma"], "test": ["P-delta"],
+                                      "note": "delta has the only fibula"}))
+    config = TrainConfig.from_flat(input_size=32, window_mm=80.0, batch_size=2, split=str(split_file))
+    train_source, val_source, provenance = synthetic_sources(config, tmp_path / "cache")
+    data = provenance["data"]
+    assert data["split"] == {"train": ["P-alpha", "P-beta"], "validation": ["P-gamma"], "test": ["P-delta"]}
+    assert data["split_source"] == f"file {split_file.resolve()}"
+    names = [sorted(Path(f).name for f in source.files) for source in (train_source, val_source)]
+    assert [[n.split(".")[0] for n in part] for part in names] == [["phantom_alpha", "phantom_beta"], ["phantom_gamma"]]
+
+
+# --- the pinned synthetic evaluation (issue 12) --------------------------------------------------------
+
+
+def test_the_rim_outside_evaluation_keeps_the_volumes_and_moves_only_the_rim(phantom_cache):
+    from scipy import ndimage
+
+    from kneeseg.synth import EVALUATION_CONFIG, EVALUATION_CONFIG_RIM_OUTSIDE
+
+    assert EVALUATION_CONFIG.rim_outside_probability == 0.0  # the shipped model's benchmark, unchanged
+    assert dataclasses.replace(EVALUATION_CONFIG_RIM_OUTSIDE, rim_outside_probability=0.0) == EVALUATION_CONFIG
+    cache, _, _ = phantom_cache
+    volumes = [synthesize_volume(cache / "phantom_knee.npz", seed=1000, plane="sagittal", slice_mm=3.0, size=48,
+                                 window_mm=96.0, config=config)
+               for config in (EVALUATION_CONFIG, EVALUATION_CONFIG_RIM_OUTSIDE)]
+    (image_in, truth_in), (image_out, truth_out) = [[sitk.GetArrayFromImage(v) for v in pair] for pair in volumes]
+    assert np.array_equal(truth_in, truth_out)  # the same view of the same knee
+    change = np.abs(image_out - image_in)
+    bone = truth_in > 0
+    distance_mm = np.where(bone, ndimage.distance_transform_edt(bone, sampling=(3.0, 2.0, 2.0)),
+                           ndimage.distance_transform_edt(~bone, sampling=(3.0, 2.0, 2.0)))  # to the label edge
+    near = distance_mm <= 4.0
+    assert change[near].mean() > 3 * change[~near].mean()  # the rim moved; away from it the scan is the same
+
+
+class _PerfectModel:
+    """Stands in for ``segment``: returns the truth of the volume synthesised last."""
+
+    def __init__(self, monkeypatch):
+        from kneeseg.workflows import evaluate
+
+        self.truths, self.calls = [], []
+        real = evaluate.synth.synthesize_volume
+
+        def synthesize(path, **kwargs):
+            self.calls.append((Path(path).name, kwargs))
+            image, truth = real(path, size=48, window_mm=96.0, extent_mm=30.0, slice_mm=3.0, **kwargs)
+            self.truths.append(truth)
+            return image, truth
+
+        monkeypatch.setattr(evaluate.synth, "synthesize_volume", synthesize)
+        monkeypatch.setattr(evaluate, "make_predictor", lambda bundle: None)
+        monkeypatch.setattr(evaluate, "segment", lambda image, *a, **k: type("R", (), {"labelmap": self.truths[-1]}))
+
+
+def _bundle(test_subjects):
+    from types import SimpleNamespace
+
+    from kneeseg.labels import SEPARATE_BONES
+
+    card = SimpleNamespace(test_subjects=test_subjects, network=SimpleNamespace(output="separate"))
+    return SimpleNamespace(card=card, labels=SEPARATE_BONES)
+
+
+def test_held_out_fibula_maps_get_volumes_of_their_own(phantom_cache, monkeypatch):
+    from kneeseg.synth import EVALUATION_CONFIG_RIM_OUTSIDE
+    from kneeseg.workflows.evaluate import FIBULA_PLANES, FIBULA_SEEDS, evaluate_synthetic_fibula
+
+    cache, _, _ = phantom_cache
+    model = _PerfectModel(monkeypatch)
+    report = evaluate_synthetic_fibula(_bundle(["P-knee", "P-other"]), cache, config=EVALUATION_CONFIG_RIM_OUTSIDE)
+    assert report["maps"] == ["phantom_knee.npz"] and report["n_cases"] == len(FIBULA_PLANES) * len(FIBULA_SEEDS) == 6
+    assert sorted((kw["plane"], kw["seed"]) for _, kw in model.calls) == sorted(
+        (p, 2000 + s) for p in FIBULA_PLANES for s in FIBULA_SEEDS)
+    assert all(kw["config"] is EVALUATION_CONFIG_RIM_OUTSIDE for _, kw in model.calls)
+    assert report["dice"]["Fibula"]["n"] >= 1 and report["dice"]["Fibula"]["mean"] == 1.0
+    assert report["signed_surface_mm"]["Fibula"]["mean"] == 0.0
+    none = evaluate_synthetic_fibula(_bundle(["P-elsewhere"]), cache)  # no held-out map has a fibula
+    assert none["n_cases"] == 0 and none["maps"] == [] and "Fibula" not in none["dice"]
+
+
+def test_synthetic_evaluation_takes_the_pinned_generator_it_is_given(phantom_cache, monkeypatch):
+    from kneeseg.synth import EVALUATION_CONFIG, EVALUATION_CONFIG_RIM_OUTSIDE
+    from kneeseg.workflows.evaluate import evaluate_synthetic
+
+    cache, _, _ = phantom_cache
+    model = _PerfectModel(monkeypatch)
+    evaluate_synthetic(_bundle(["P-knee"]), cache, n_cases=2)  # both phantom maps are of one knee
+    report = evaluate_synthetic(_bundle(["P-knee"]), cache, n_cases=2, config=EVALUATION_CONFIG_RIM_OUTSIDE)
+    assert [kw["config"] for _, kw in model.calls] == [EVALUATION_CONFIG] * 2 + [EVALUATION_CONFIG_RIM_OUTSIDE] * 2
+    assert [kw["seed"] for _, kw in model.calls] == [1000, 1001] * 2  # the same volumes
+    assert [name for name, _ in model.calls[2:]] == ["phantom_knee.npz", "phantom_other.npz"]
+    assert report["n_cases"] == 2
+    assert report["volume_ratio"]["Femur"]["mean"] == 1.0

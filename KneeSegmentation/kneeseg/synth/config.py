@@ -102,6 +102,9 @@ class SynthesisConfig:
 # The held-out synthetic benchmark (``evaluate_synthetic``) keeps the generator it was first reported
 # with, so that its numbers stay comparable across models: no stretched structures, no septa.
 EVALUATION_CONFIG = SynthesisConfig(muscle_stretch_probability=0.0, septum_probability=0.0)
+# The same volumes with the dark cortical rim just outside the bone label (the convention of real
+# annotations, issue 12): only the rim moves, every other draw is the same (it is drawn last).
+EVALUATION_CONFIG_RIM_OUTSIDE = dataclasses.replace(EVALUATION_CONFIG, rim_outside_probability=1.0)
 
 
 def synthesis_config(overrides=None) -> SynthesisConfig:
