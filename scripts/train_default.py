@@ -2,8 +2,16 @@
 """The recipe of the shipped default model: train on synthetic images from real label maps, measure, install.
 
     python scripts/train_default.py train --cache .cache/labelmaps --preset gpu|cpu --out build/default
+    python scripts/train_default.py round2 --cache .cache/labelmaps --out build/round2 [--time-limit-min 50]
     python scripts/train_default.py finalize build/default/stage2 --stage1 build/default/stage1 \
         --cache .cache/labelmaps --real2d ../shared/data/real_2d/sagittal_slices_dev.npz [--install]
+
+``round2`` is the round-2 recipe (issue 12): one fine-tune of the shipped model on the 78 label maps
+(STAPLE's fibula knees included) with the dark cortical rim drawn outside the bone label, the fibula
+maps drawn 3x as often as the others and the fixed split ``scripts/round2_split.json``. It is
+resumable: each run stops after ``--time-limit-min`` and the same command continues from the work
+folder's checkpoint, so several short runs add up to the whole training; every run leaves a bundle
+of the best epoch so far in ``--out`` for ``finalize``.
 
 ``train`` runs two stages with ``kneeseg train``: stage 1 from scratch (Adam 1e-3 -> 1e-4), stage 2 a
 fine-tune of stage 1 at a lower learning rate (3e-4 -> 3e-5). On a GPU machine the same stages run
@@ -61,6 +69,54 @@ def train(args):
           f"{out / 'stage1'} --real2d ...")
 
 
+ROUND2_SPLIT = REPO / "scripts" / "round2_split.json"
+# The shipped card's generator (no stretched muscles, no septa) with the two round-2 changes.
+ROUND2_SYNTHESIS = {"muscle_stretch_probability": 0.0, "septum_probability": 0.0,
+                    "rim_outside_probability": 1.0, "fibula_weight": 3.0}
+ROUND2 = {"dims": 2, "output": "separate", "filters": 32, "depth": 4, "input_size": 224, "window_mm": 160.0,
+          "planes": ("sagittal", "coronal", "axial"), "loss": "dice+ce", "learning_rate": 2e-4,
+          "final_learning_rate": 2e-5, "batch_size": 8, "steps_per_epoch": 100, "validation_steps": 5, "epochs": 40,
+          "patience": 12, "seed": 3, "split": str(ROUND2_SPLIT), "init_from": str(INSTALLED),
+          "synthesis": ROUND2_SYNTHESIS}
+
+
+def check_cache_holds_split(cache, split_file):
+    """Every subject the split names must be in the cache (a cache of the 72 maps before STAPLE lacks
+    the held-out fibula): refuse before training rather than train on a silently smaller split."""
+    from kneeseg.datasets import read_split
+    from kneeseg.errors import InputError
+    from kneeseg.synth import DEFAULT_SOURCES, load_manifest
+
+    entries = load_manifest(cache)["files"]
+    sources = {source.dataset: source for source in DEFAULT_SOURCES}
+    # a knee published twice carries the first copy's subject; the name of its own file counts too
+    present = {e["subject"] for e in entries} | {sources[e["dataset"]].subject(Path(e["source"]).name.split(".")[0])
+                                                 for e in entries if e["dataset"] in sources}
+    split = read_split(split_file)
+    missing = sorted({s for part in ("train", "validation", "test") for s in split[part]} - present)
+    if missing:
+        raise InputError(f"the label-map cache lacks subject(s) {', '.join(missing)} of {split_file}: rerun "
+                         "kneeseg synth prepare ../shared/data/labelmaps on a fresh cache folder", cache)
+
+
+def round2(args):
+    from kneeseg.progress import Progress
+    from kneeseg.train import TrainConfig
+    from kneeseg.workflows.train import train_bundle
+
+    check_cache_holds_split(args.cache, ROUND2_SPLIT)
+    workers = max(1, (os.cpu_count() or 2) - 1)
+    config = TrainConfig.from_flat(**ROUND2, time_limit_min=args.time_limit_min, workers=workers,
+                                   use_multiprocessing=workers > 1)
+    result = train_bundle(config, Path(args.out), Path(args.work or f"{args.out}.work"), synthetic=args.cache,
+                          name="knee-bones-default", export_onnx=False, progress=Progress("bar"))
+    print(json.dumps(result, indent=2))
+    done = result["epochs_run"] >= ROUND2["epochs"] or result["stopped_early"]
+    print(f"{'finished' if done else 'not finished: rerun the same command to continue'}; bundle of the best "
+          f"epoch so far: {args.out}; then: scripts/train_default.py finalize {args.out} --cache {args.cache} "
+          "--real2d ../shared/data/real_2d/sagittal_slices_dev.npz")
+
+
 def finalize(args):
     from kneeseg.bundle import load_bundle, save_bundle
     from kneeseg.onnx_backend import export_onnx
@@ -72,9 +128,15 @@ def finalize(args):
     onnx_path = export_onnx(model, Path(args.bundle).with_name("model.onnx"))
     extras = [Path(args.bundle) / f for f in ("history.csv", "history.png") if (Path(args.bundle) / f).exists()]
     stage1 = load_bundle(args.stage1).card.training if args.stage1 else None
-    training = {**trained.card.training, "config": {**trained.card.training["config"], "init_from": "stage 1"},
-                "recipe": "scripts/train_default.py (stages below); on a GPU: scripts/gpu_train_default.sh",
-                "stage1": stage1, "hardware": args.hardware}
+    if args.stage1:
+        training = {**trained.card.training, "config": {**trained.card.training["config"], "init_from": "stage 1"},
+                    "recipe": "scripts/train_default.py (stages below); on a GPU: scripts/gpu_train_default.sh",
+                    "stage1": stage1, "hardware": args.hardware}
+    else:
+        training = {**trained.card.training, "config": {**trained.card.training["config"],
+                                                        "init_from": "the shipped default model before round 2"},
+                    "recipe": "scripts/train_default.py round2 (a fine-tune of the shipped model)",
+                    "hardware": args.hardware}
     description = (f"2D U-Net (thesis architecture, {trained.card.network.filters} filters, "
                    f"{model.count_params():,} parameters) trained only on images synthesised from real knee "
                    "label maps (domain randomisation); tri-planar fusion at inference")
@@ -86,8 +148,14 @@ def finalize(args):
         result = evaluate_real2d(bundle, args.real2d)
         metrics["real2d"] = {k: v for k, v in result.items() if k != "cases"}
     if args.cache:
-        result = evaluate_synthetic(bundle, args.cache, args.synthetic_cases)
-        metrics["synthetic"] = {k: v for k, v in result.items() if k != "cases"}
+        from kneeseg.synth import EVALUATION_CONFIG_RIM_OUTSIDE
+        from kneeseg.workflows.evaluate import evaluate_synthetic_fibula
+
+        for key, config in (("synthetic", None), ("synthetic_rim_outside", EVALUATION_CONFIG_RIM_OUTSIDE)):
+            result = evaluate_synthetic(bundle, args.cache, args.synthetic_cases, config=config)
+            metrics[key] = {k: v for k, v in result.items() if k != "cases"}
+        result = evaluate_synthetic_fibula(bundle, args.cache, config=EVALUATION_CONFIG_RIM_OUTSIDE)
+        metrics["synthetic_fibula"] = {k: v for k, v in result.items() if k != "cases"}
     from kneeseg.bundle import update_card
 
     update_card(staging, metrics=metrics)
@@ -109,6 +177,11 @@ def main():
     p.add_argument("--cache", default=".cache/labelmaps")
     p.add_argument("--preset", choices=PRESETS, default="cpu")
     p.add_argument("--out", default="build/default")
+    p = sub.add_parser("round2", help="the round-2 fine-tune (issue 12); rerun to continue")
+    p.add_argument("--cache", default=".cache/labelmaps")
+    p.add_argument("--out", default="build/round2")
+    p.add_argument("--work", default=None, help="checkpoints (default: OUT.work); the same folder resumes")
+    p.add_argument("--time-limit-min", type=float, default=50.0, help="stop after the epoch that crosses this")
     p = sub.add_parser("finalize")
     p.add_argument("bundle")
     p.add_argument("--stage1")
@@ -124,7 +197,7 @@ def main():
         import datetime
 
         args.date = datetime.date.today().isoformat()
-    {"train": train, "finalize": finalize}[args.command](args)
+    {"train": train, "round2": round2, "finalize": finalize}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Both are split by subject (never by slice), so no subject is in two splits.
 """
 
 import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +94,47 @@ def split_by_subject(subjects, fractions=(0.7, 0.15, 0.15), seed=0):
     if n_train < 1:
         raise InputError(f"{n} subjects are too few for the split {fractions}")
     return unique[:n_train], unique[n_train:n_train + n_val], unique[n_train + n_val:]
+
+
+SPLIT_PARTS = ("train", "validation", "test")
+
+
+def read_split(path) -> dict:
+    """A fixed split from a JSON file: ``{"train": [...], "validation": [...], "test": [...]}`` of subject
+    ids (an optional ``"note"`` is text for people). Lists must be disjoint; train and validation not empty."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise InputError(f"cannot read the split file ({exc.strerror})", path) from None
+    except ValueError as exc:
+        raise InputError(f"the split file is not JSON ({exc})", path) from None
+    if not isinstance(data, dict) or set(data) - {*SPLIT_PARTS, "note"} or not set(SPLIT_PARTS) <= set(data):
+        raise InputError("a split file is a JSON object with the lists train, validation and test "
+                         "(and an optional note)", path)
+    for part in SPLIT_PARTS:
+        if not isinstance(data[part], list) or not all(isinstance(s, str) for s in data[part]):
+            raise InputError(f"the split's {part} must be a list of subject ids (strings)", path)
+    for i, a in enumerate(SPLIT_PARTS):
+        for b in SPLIT_PARTS[i + 1:]:
+            both = sorted(set(data[a]) & set(data[b]))
+            if both:
+                raise InputError(f"subject(s) {', '.join(both)} are in both {a} and {b} of the split", path)
+    return {part: list(data[part]) for part in SPLIT_PARTS}
+
+
+def fixed_split(subjects, split: dict, path=None):
+    """(train, validation, test) of ``subjects`` as a split file gives them. A subject of the data the file
+    does not name is refused (it would otherwise land in some part unnoticed); a named subject the data
+    lacks is left out."""
+    present = set(subjects)
+    unnamed = sorted(present - {s for part in SPLIT_PARTS for s in split[part]})
+    if unnamed:
+        raise InputError(f"the split file names no part for subject(s) {', '.join(unnamed)}", path)
+    parts = tuple(sorted(present & set(split[part])) for part in SPLIT_PARTS)
+    for part, ids in zip(SPLIT_PARTS[:2], parts):
+        if not ids:
+            raise InputError(f"none of the split's {part} subjects is in the training data", path)
+    return parts
 
 
 def load_pair(pair: Pair):

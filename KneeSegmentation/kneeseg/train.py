@@ -49,6 +49,7 @@ class Recipe:
     augment: bool = True
     seed: int = 0  # weights, batches, augmentation
     split_seed: int = 0  # the train/validation/test split: kept apart from ``seed`` so a fine-tune keeps it
+    split: str = None  # a JSON file of train/validation/test subjects (datasets.read_split): overrides split_seed
     workers: int = 1
     use_multiprocessing: bool = False  # prepare batches in ``workers`` processes (many-core machines)
     time_limit_min: float = None  # stop after the epoch that crosses this wall-clock budget

@@ -406,3 +406,174 @@ def test_real_label_maps(tmp_path):
         assert tibia_z < label_map.knee_centre_mm[2] < femur_z
     y = SliceSynthesizer(tmp_path / "cache", FrameSpec(size=96), batch_size=16, n_slices_per_sample=4).batch(0)[1]
     assert {1, 2} <= set(np.unique(y))
+
+
+# --- the cortical rim's side of the label edge (issue 12) ---------------------------------------------
+
+
+def test_cortical_rim_lies_inside_the_bone_label_or_just_outside_it():
+    from kneeseg.synth import OUTSIDE_FIELD_OF_VIEW, TISSUE_IDS
+
+    tissue = np.zeros((9, 9), np.uint8)
+    tissue[3:6, 3:6] = TISSUE_IDS["femur"]
+    tissue[0, :] = OUTSIDE_FIELD_OF_VIEW
+    bone = tissue == TISSUE_IDS["femur"]
+    inside = render._cortex(tissue, 1)
+    outside = render._rim_outside(tissue, 1)
+    assert not (inside & ~bone).any() and inside[3, 3] and not inside[4, 4]  # the bone's own edge pixels
+    ring = np.zeros_like(bone)
+    ring[2:7, 2:7] = True
+    assert np.array_equal(outside, ring & ~bone)  # the 8-connected ring around the bone, no bone in it
+    assert not render._rim_outside(tissue, 3)[0].any()  # never drawn where the scan has no signal
+
+
+def test_rim_outside_darkens_the_tissue_around_the_bone_label(phantom_cache):
+    from scipy import ndimage
+
+    cache, _, _ = phantom_cache
+    plain = dataclasses.replace(EXACT, cortex_probability=1.0, cortex_mm=(1.9, 1.9), dark_cortex_probability=1.0,
+                                texture_std=(0.0, 0.0), bias_std=(0.0, 0.0), noise_std=(0.0, 0.0),
+                                blur_sigma_px=(0.0, 0.0), thick_slice_probability=0.0, gamma_log_std=0.0,
+                                air_probability=0.0, slab_half_mm=10.0)
+    for rim_outside in (0.0, 1.0):
+        config = dataclasses.replace(plain, rim_outside_probability=rim_outside)
+        x, y = make(cache, planes=("sagittal",), config=config).batch(0)
+        for image, labels in zip(x[..., 0], y):
+            bone = labels > 0
+            ring_out = ndimage.binary_dilation(bone, np.ones((3, 3), bool)) & ~bone
+            ring_in = bone & ~ndimage.binary_erosion(bone, np.ones((3, 3), bool), border_value=1)
+            rim, other = (ring_out, ring_in) if rim_outside else (ring_in, ring_out)
+            # the dark rim fills the ring on its side of the label edge (one value), not the other side
+            assert np.ptp(image[rim]) < 1e-4 and image[rim][0] < np.median(image)
+            assert np.abs(image[other] - image[rim][0]).min() > 1e-3
+
+
+def test_moving_the_rim_outside_changes_no_other_draw(phantom_cache):
+    """Drawn last: a benchmark can switch the rim's side and keep every other draw (contrast, noise...)."""
+    from kneeseg.synth.draws import draw_appearance
+
+    cache, _, _ = phantom_cache
+    synthesizer = make(cache)
+    view, label_map, _, _ = synthesizer.draw(np.random.SeedSequence(3), 2)
+    looks = [draw_appearance(np.random.default_rng(7), dataclasses.replace(synthesizer.config,
+                                                                           rim_outside_probability=p),
+                             label_map, view, SIZE) for p in (0.0, 1.0)]
+    assert not looks[0].rim_outside and looks[1].rim_outside
+    for field in dataclasses.fields(looks[0]):
+        if field.name != "rim_outside":
+            np.testing.assert_equal(getattr(looks[0], field.name), getattr(looks[1], field.name), err_msg=field.name)
+
+
+def test_staple_source_names_the_person_so_both_knees_share_a_subject():
+    from kneeseg.synth import DEFAULT_SOURCES, TISSUES
+
+    staple = next(s for s in DEFAULT_SOURCES if s.dataset == "STAPLE")
+    assert staple.subject("staple_JIA_MRI_l") == staple.subject("staple_JIA_MRI_r") == "STAPLE-JIA"
+    assert staple.subject("staple_MC22_r") == "STAPLE-MC22"
+    assert staple.licence.startswith("CC BY-NC 4.0")
+    assert [TISSUES[i].target for i in staple.lookup(4)[1:]] == [1, 2, 3, 4]  # femur tibia fibula patella
+
+
+def test_a_split_file_holds_a_fibula_subject_out_of_synthetic_training(tmp_path):
+    """With a split file the fibula's map may stay held out (a drawn split moves it into training)."""
+    from kneeseg.train import TrainConfig
+    from kneeseg.workflows.train import synthetic_sources
+
+    for name, shift in (("alpha", 0.0), ("beta", 5.0), ("gamma", -5.0), ("delta", 10.0)):
+        write_phantom(tmp_path / "src" / "phantom", name, with_fibula=name == "delta", shift_mm=shift)
+    prepare_cache(tmp_path / "src", tmp_path / "cache", spacing_mm=1.0, margin_mm=20.0, sources=(PHANTOM_SOURCE,))
+    split_file = tmp_path / "split.json"
+    split_file.write_text(json.dumps({"train": ["P-alpha", "P-beta"], "validation": ["P-gamma"], "test": ["P-delta"],
+                                      "note": "delta has the only fibula"}))
+    config = TrainConfig.from_flat(input_size=32, window_mm=80.0, batch_size=2, split=str(split_file))
+    train_source, val_source, provenance = synthetic_sources(config, tmp_path / "cache")
+    data = provenance["data"]
+    assert data["split"] == {"train": ["P-alpha", "P-beta"], "validation": ["P-gamma"], "test": ["P-delta"]}
+    assert data["split_source"] == f"file {split_file.resolve()}"
+    names = [sorted(Path(f).name for f in source.files) for source in (train_source, val_source)]
+    assert [[n.split(".")[0] for n in part] for part in names] == [["phantom_alpha", "phantom_beta"], ["phantom_gamma"]]
+
+
+# --- the pinned synthetic evaluation (issue 12) --------------------------------------------------------
+
+
+def test_the_rim_outside_evaluation_keeps_the_volumes_and_moves_only_the_rim(phantom_cache):
+    from scipy import ndimage
+
+    from kneeseg.synth import EVALUATION_CONFIG, EVALUATION_CONFIG_RIM_OUTSIDE
+
+    assert EVALUATION_CONFIG.rim_outside_probability == 0.0  # the shipped model's benchmark, unchanged
+    assert dataclasses.replace(EVALUATION_CONFIG_RIM_OUTSIDE, rim_outside_probability=0.0) == EVALUATION_CONFIG
+    cache, _, _ = phantom_cache
+    volumes = [synthesize_volume(cache / "phantom_knee.npz", seed=1000, plane="sagittal", slice_mm=3.0, size=48,
+                                 window_mm=96.0, config=config)
+               for config in (EVALUATION_CONFIG, EVALUATION_CONFIG_RIM_OUTSIDE)]
+    (image_in, truth_in), (image_out, truth_out) = [[sitk.GetArrayFromImage(v) for v in pair] for pair in volumes]
+    assert np.array_equal(truth_in, truth_out)  # the same view of the same knee
+    change = np.abs(image_out - image_in)
+    bone = truth_in > 0
+    distance_mm = np.where(bone, ndimage.distance_transform_edt(bone, sampling=(3.0, 2.0, 2.0)),
+                           ndimage.distance_transform_edt(~bone, sampling=(3.0, 2.0, 2.0)))  # to the label edge
+    near = distance_mm <= 4.0
+    assert change[near].mean() > 3 * change[~near].mean()  # the rim moved; away from it the scan is the same
+
+
+class _PerfectModel:
+    """Stands in for ``segment``: returns the truth of the volume synthesised last."""
+
+    def __init__(self, monkeypatch):
+        from kneeseg.workflows import evaluate
+
+        self.truths, self.calls = [], []
+        real = evaluate.synth.synthesize_volume
+
+        def synthesize(path, **kwargs):
+            self.calls.append((Path(path).name, kwargs))
+            image, truth = real(path, size=48, window_mm=96.0, extent_mm=30.0, slice_mm=3.0, **kwargs)
+            self.truths.append(truth)
+            return image, truth
+
+        monkeypatch.setattr(evaluate.synth, "synthesize_volume", synthesize)
+        monkeypatch.setattr(evaluate, "make_predictor", lambda bundle: None)
+        monkeypatch.setattr(evaluate, "segment", lambda image, *a, **k: type("R", (), {"labelmap": self.truths[-1]}))
+
+
+def _bundle(test_subjects):
+    from types import SimpleNamespace
+
+    from kneeseg.labels import SEPARATE_BONES
+
+    card = SimpleNamespace(test_subjects=test_subjects, network=SimpleNamespace(output="separate"))
+    return SimpleNamespace(card=card, labels=SEPARATE_BONES)
+
+
+def test_held_out_fibula_maps_get_volumes_of_their_own(phantom_cache, monkeypatch):
+    from kneeseg.synth import EVALUATION_CONFIG_RIM_OUTSIDE
+    from kneeseg.workflows.evaluate import FIBULA_PLANES, FIBULA_SEEDS, evaluate_synthetic_fibula
+
+    cache, _, _ = phantom_cache
+    model = _PerfectModel(monkeypatch)
+    report = evaluate_synthetic_fibula(_bundle(["P-knee", "P-other"]), cache, config=EVALUATION_CONFIG_RIM_OUTSIDE)
+    assert report["maps"] == ["phantom_knee.npz"] and report["n_cases"] == len(FIBULA_PLANES) * len(FIBULA_SEEDS) == 6
+    assert sorted((kw["plane"], kw["seed"]) for _, kw in model.calls) == sorted(
+        (p, 2000 + s) for p in FIBULA_PLANES for s in FIBULA_SEEDS)
+    assert all(kw["config"] is EVALUATION_CONFIG_RIM_OUTSIDE for _, kw in model.calls)
+    assert report["dice"]["Fibula"]["n"] >= 1 and report["dice"]["Fibula"]["mean"] == 1.0
+    assert report["signed_surface_mm"]["Fibula"]["mean"] == 0.0
+    none = evaluate_synthetic_fibula(_bundle(["P-elsewhere"]), cache)  # no held-out map has a fibula
+    assert none["n_cases"] == 0 and none["maps"] == [] and "Fibula" not in none["dice"]
+
+
+def test_synthetic_evaluation_takes_the_pinned_generator_it_is_given(phantom_cache, monkeypatch):
+    from kneeseg.synth import EVALUATION_CONFIG, EVALUATION_CONFIG_RIM_OUTSIDE
+    from kneeseg.workflows.evaluate import evaluate_synthetic
+
+    cache, _, _ = phantom_cache
+    model = _PerfectModel(monkeypatch)
+    evaluate_synthetic(_bundle(["P-knee"]), cache, n_cases=2)  # both phantom maps are of one knee
+    report = evaluate_synthetic(_bundle(["P-knee"]), cache, n_cases=2, config=EVALUATION_CONFIG_RIM_OUTSIDE)
+    assert [kw["config"] for _, kw in model.calls] == [EVALUATION_CONFIG] * 2 + [EVALUATION_CONFIG_RIM_OUTSIDE] * 2
+    assert [kw["seed"] for _, kw in model.calls] == [1000, 1001] * 2  # the same volumes
+    assert [name for name, _ in model.calls[2:]] == ["phantom_knee.npz", "phantom_other.npz"]
+    assert report["n_cases"] == 2
+    assert report["volume_ratio"]["Femur"]["mean"] == 1.0

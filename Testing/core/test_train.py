@@ -290,3 +290,45 @@ def test_min_slice_mm_reaches_the_paired_slices(tmp_path):
         train_source, _, _ = paired_sources(_config(planes=("axial",), min_slice_mm=min_slice_mm), data)
         counts[min_slice_mm] = len(train_source.images)
     assert counts[4.0] < 0.5 * counts[1.0]  # axial slices 1 mm apart in the scan, 4 mm in the frame
+
+
+def _write_split(path, **parts):
+    path.write_text(json.dumps({"train": [], "validation": [], "test": [], **parts}))
+    return path
+
+
+def test_a_split_file_fixes_the_paired_split_and_the_card_says_so(tmp_path):
+    from conftest import write_toy_pairs
+    from kneeseg.workflows.train import paired_sources
+
+    data = write_toy_pairs(tmp_path / "data", n=6, size=(24, 24, 16), spacing=(2.0, 2.0, 2.0))
+    subjects = sorted(p.subject for p in find_pairs(data))
+    split_file = _write_split(tmp_path / "split.json", train=subjects[:3], validation=subjects[3:5],
+                              test=subjects[5:] + ["not-in-the-data"])
+    provenance = paired_sources(_config(split=str(split_file)), data)[2]["data"]
+    assert provenance["split"] == {"train": subjects[:3], "validation": subjects[3:5], "test": subjects[5:]}
+    assert provenance["split_source"] == f"file {split_file.resolve()}"
+    assert paired_sources(_config(), data)[2]["data"]["split_source"] == "drawn with split seed 0"
+    _write_split(split_file, train=subjects[:3], validation=subjects[3:5])  # subjects[5] in no part
+    with pytest.raises(InputError, match=f"names no part for subject.*{subjects[5]}"):
+        paired_sources(_config(split=str(split_file)), data)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[1, 2]", "a JSON object with the lists train, validation and test"),
+    ('{"train": ["a"], "validation": ["b"]}', "a JSON object with the lists"),
+    ('{"train": ["a"], "validation": ["b"], "test": [], "tset": []}', "a JSON object with the lists"),
+    ('{"train": "a", "validation": ["b"], "test": []}', "train must be a list of subject ids"),
+    ('{"train": ["a", "b"], "validation": ["b"], "test": []}', "b are in both train and validation"),
+    ('{"train": ["a"], "validation": ["b"", "test": []}', "not JSON"),
+])
+def test_a_bad_split_file_is_refused_by_name(tmp_path, content, message):
+    from kneeseg.datasets import read_split
+
+    path = tmp_path / "split.json"
+    path.write_text(content)
+    with pytest.raises(InputError, match=message) as info:
+        read_split(path)
+    assert str(path) in str(info.value)
+    with pytest.raises(InputError, match="cannot read the split file"):
+        read_split(tmp_path / "absent.json")

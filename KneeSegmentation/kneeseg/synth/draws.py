@@ -5,6 +5,7 @@ order, so that a setting changes only the draws it governs; rendering (``render`
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -104,6 +105,7 @@ class Appearance:
     rician: bool
     gamma: float
     fov_crop: tuple | None  # (row0, row1, col0, col1) kept, or None
+    rim_outside: bool = False  # the cortical rim lies outside the bone label, not inside
 
 
 def _kind_means(rng, cfg: SynthesisConfig) -> dict:
@@ -176,7 +178,7 @@ def draw_appearance(rng, cfg: SynthesisConfig, label_map: CachedLabelMap, view: 
         septum_mean = float(np.clip(kind_means[("fat", "fibrous")[int(rng.integers(2))]] + rng.normal(0.0, 0.05),
                                     0.0, 1.0))
         septum_mm = float(rng.uniform(*cfg.septum_mm))
-    return Appearance(
+    look = Appearance(
         means=_tissue_means(rng, cfg, kind_means),
         texture_amplitude=texture_amplitude,
         texture_sigma_px=rng.uniform(*cfg.texture_sigma_px),
@@ -200,4 +202,7 @@ def draw_appearance(rng, cfg: SynthesisConfig, label_map: CachedLabelMap, view: 
         gamma=float(np.exp(rng.normal(0.0, cfg.gamma_log_std))),
         fov_crop=_draw_crop(rng, cfg, size),
     )
+    if cfg.rim_outside_probability > 0:  # drawn last: every other draw is that of a generator without it
+        look = dataclasses.replace(look, rim_outside=bool(rng.random() < cfg.rim_outside_probability))
+    return look
 

@@ -33,7 +33,8 @@ def render(rng, view: View, label_map: CachedLabelMap, look: Appearance, grid: C
       2. where the pixels of a sub-slice lie in the model frame (on the coarse grid);
       3. deformation: where in the label map they look (rotation, scaling, mirroring, smooth warp);
       4. the tissue at each pixel (nearest neighbour; bone shafts continued beyond the field of view);
-      5. paint: tissue means and texture, background structures, septa, air, fat layer, cortex;
+      5. paint: tissue means and texture, background structures, septa, air, fat layer, cortex (inside
+         the bone label, or just outside it);
       6. the mean of the sub-slices;
       7. a thick 2D acquisition along an in-plane axis;
       8. blur;
@@ -162,6 +163,13 @@ def _cortex(tissue: np.ndarray, width_px: int) -> np.ndarray:
     return edge & (bone > 0)
 
 
+def _rim_outside(tissue: np.ndarray, width_px: int) -> np.ndarray:
+    """Pixels of other tissues within ``width_px`` of a bone pixel (a band just outside the bone)."""
+    bone = np.isin(tissue, BONE_IDS).view(np.uint8)
+    near = ndimage.maximum_filter(bone, footprint=np.ones((2 * width_px + 1,) * 2, bool)) > 0
+    return near & (bone == 0) & (tissue != OUTSIDE_FIELD_OF_VIEW)
+
+
 def _paint(rng, tissue: np.ndarray, q: np.ndarray, physical_mm: np.ndarray, view: View,
                    look: Appearance, grid: CoarseGrid) -> np.ndarray:
     """Noise-free image of one slice (values ~[0, 1]) from its tissue ids.
@@ -186,7 +194,8 @@ def _paint(rng, tissue: np.ndarray, q: np.ndarray, physical_mm: np.ndarray, view
         image = np.where(unlabelled, background, image)
     if look.cortex_mm > 0:
         width = max(1, int(round(look.cortex_mm / view.pixel_mm)))
-        image = np.where(_cortex(tissue, width), look.cortex_mean, image)
+        rim = _rim_outside(tissue, width) if look.rim_outside else _cortex(tissue, width)
+        image = np.where(rim, look.cortex_mean, image)
     return image.astype(np.float32)
 
 

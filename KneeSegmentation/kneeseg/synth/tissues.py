@@ -118,9 +118,16 @@ _SPL_VALUES = {
 _OAI_LICENCE = ("Osteoarthritis Initiative manual segmentations (Woo et al., arXiv 2211.16696); no licence file: "
                 "research use, cite the paper")
 
+_STAPLE_LICENCE = ("CC BY-NC 4.0, non-commercial (STAPLE toolbox bone datasets; cite Modenese & Renault, "
+                   "J Biomech 2021, and each set's paper)")
+
 DEFAULT_SOURCES = (
     LabelSource("OAI_AKOA", "oai/OAI_AKOA/*.nii.gz", _OAI_VALUES, _OAI_LICENCE, "OAI-", r"^(\d+)_"),
     LabelSource("OAI_ZIB-UQ", "oai/OAI_ZIB-UQ/*.nii.gz", _OAI_VALUES, _OAI_LICENCE, "OAI-", r"^(\d+)"),
     LabelSource("mskt", "mskt/*.nrrd", _MSKT_VALUES, "MIT (pymskt, PyPI mskt 0.1.22)", "mskt-"),
     LabelSource("SPL", "spl_atlas/*.nrrd", _SPL_VALUES, "3D Slicer licence (SPL knee atlas)", "SPL-"),
+    # Whole bones voxelised from meshes: no cartilage or soft tissue (drawn as random background).
+    # The subject is the person: staple_JIA_MRI_l and staple_JIA_MRI_r are one subject.
+    LabelSource("STAPLE", "staple/*.nii.gz", {1: "femur", 2: "tibia", 3: "fibula", 4: "patella"}, _STAPLE_LICENCE,
+                "STAPLE-", r"^staple_([A-Za-z0-9]+?)(?:_MRI)?_[lr]$"),
 )

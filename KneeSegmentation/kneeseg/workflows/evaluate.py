@@ -45,35 +45,77 @@ def evaluate_pairs(bundle, data, progress=None, options=None) -> dict:
 def _report(cases, labels, source):
     return {"dataset": source, "n_cases": len(cases), "dice": summarise(cases, labels, "dice"),
             "iou": summarise(cases, labels, "iou"), "assd_mm": summarise(cases, labels, "assd_mm"),
-            "hd95_mm": summarise(cases, labels, "hd95_mm"), "cases": cases}
+            "hd95_mm": summarise(cases, labels, "hd95_mm"),
+            "signed_surface_mm": summarise(cases, labels, "signed_surface_mm"),
+            "volume_ratio": summarise(cases, labels, "volume_ratio"), "cases": cases}
 
 
-def evaluate_synthetic(bundle, cache, n_cases=6, progress=None, options=None) -> dict:
-    """Score the bundle on synthetic volumes made from its held-out (test) label-map subjects."""
-    import SimpleITK as sitk
+FIBULA_PLANES = ("sagittal", "coronal", "axial")
+FIBULA_SEEDS = (0, 1)
 
-    progress = progress or NO_PROGRESS
+
+def _held_out_entries(bundle, cache, fibula_only=False):
+    """(manifest entries of the bundle's test subjects, how they were chosen)."""
     test_ids = set(bundle.card.test_subjects)
     entries = [e for e in synth.load_manifest(cache)["files"] if not test_ids or e["subject"] in test_ids]
-    held_out = "held-out subjects" if test_ids else "ALL subjects: the bundle records no held-out split"
+    if fibula_only:
+        entries = [e for e in entries if e.get("has_fibula")]
+    return entries, "held-out subjects" if test_ids else "ALL subjects: the bundle records no held-out split"
+
+
+def _score_volume(bundle, predictor, options, image, truth):
+    import SimpleITK as sitk
+
+    result = segment(image, bundle, options, predictor=predictor)
+    prediction = sitk.GetArrayFromImage(result.labelmap)
+    truth_array = sitk.GetArrayFromImage(truth)
+    if bundle.card.network.output == "merged":
+        truth_array = (truth_array > 0).astype("uint8")
+    return evaluate_case(truth_array, prediction, bundle.labels, spacing_mm=image.GetSpacing()[::-1])
+
+
+def evaluate_synthetic(bundle, cache, n_cases=6, progress=None, options=None, config=None) -> dict:
+    """Score the bundle on synthetic volumes made from its held-out (test) label-map subjects.
+
+    ``config``: the pinned generator, ``synth.EVALUATION_CONFIG`` unless given (e.g.
+    ``synth.EVALUATION_CONFIG_RIM_OUTSIDE``: the same volumes with the rim outside the label)."""
+    progress = progress or NO_PROGRESS
+    config = config or synth.EVALUATION_CONFIG
+    entries, held_out = _held_out_entries(bundle, cache)
     if not entries:
         raise InputError("no held-out label maps of this bundle are in the cache", cache)
     predictor = make_predictor(bundle)
     cases = []
     for n in range(n_cases):
         entry = entries[n % len(entries)]
-        image, truth = synth.synthesize_volume(Path(cache) / entry["file"], seed=1000 + n,
-                                               config=synth.EVALUATION_CONFIG)
-        result = segment(image, bundle, options, predictor=predictor)
-        prediction = sitk.GetArrayFromImage(result.labelmap)
-        truth_array = sitk.GetArrayFromImage(truth)
-        if bundle.card.network.output == "merged":
-            truth_array = (truth_array > 0).astype("uint8")
-        case = evaluate_case(truth_array, prediction, bundle.labels, spacing_mm=image.GetSpacing()[::-1])
+        image, truth = synth.synthesize_volume(Path(cache) / entry["file"], seed=1000 + n, config=config)
+        case = _score_volume(bundle, predictor, options, image, truth)
         case["case"] = f"{entry['subject']}#{n}"
         cases.append(case)
         progress("evaluate", (n + 1) / n_cases, f"synthetic case {n + 1}/{n_cases}")
     return _report(cases, bundle.labels, f"synthetic from {cache} ({held_out})")
+
+
+def evaluate_synthetic_fibula(bundle, cache, progress=None, options=None, config=None) -> dict:
+    """Score the bundle on volumes of every held-out label map that has a fibula: one per plane of
+    ``FIBULA_PLANES`` and seed of ``FIBULA_SEEDS`` (pinned, like ``evaluate_synthetic``), so that the
+    fibula, rare among the maps, gets a number of its own. ``n_cases`` 0 when no held-out map has one."""
+    progress = progress or NO_PROGRESS
+    config = config or synth.EVALUATION_CONFIG
+    entries, held_out = _held_out_entries(bundle, cache, fibula_only=True)
+    predictor = make_predictor(bundle) if entries else None
+    runs = [(e, plane, seed) for e in entries for plane in FIBULA_PLANES for seed in FIBULA_SEEDS]
+    cases = []
+    for n, (entry, plane, seed) in enumerate(runs):
+        image, truth = synth.synthesize_volume(Path(cache) / entry["file"], seed=2000 + seed, plane=plane,
+                                               config=config)
+        case = _score_volume(bundle, predictor, options, image, truth)
+        case["case"] = f"{entry['subject']}:{Path(entry['file']).name}:{plane}#{seed}"
+        cases.append(case)
+        progress("evaluate", (n + 1) / len(runs), f"synthetic fibula case {n + 1}/{len(runs)}")
+    report = _report(cases, bundle.labels, f"synthetic from the fibula maps in {cache} ({held_out})")
+    report["maps"] = [entry["file"] for entry in entries]
+    return report
 
 
 def slice_as_volume(slice_2d: np.ndarray, pixel_mm=REAL2D_PIXEL_MM):
@@ -106,10 +148,13 @@ def evaluate_real2d(bundle, npz_path, predictor=None, progress=None, centre="aut
         prediction = sitk.GetArrayFromImage(result.labelmap)[0]
         if bundle.card.network.output == "merged":
             prediction, truth = (prediction > 0).astype(np.uint8), (truth > 0).astype(np.uint8)
-        case = evaluate_case(truth, prediction, scored if len(bundle.labels) > 1 else bundle.labels)
+        case = evaluate_case(truth, prediction, scored if len(bundle.labels) > 1 else bundle.labels,
+                             spacing_mm=(REAL2D_PIXEL_MM, REAL2D_PIXEL_MM))
         case["slice"] = int(data["slice_ids"][i]) if "slice_ids" in data else i
         cases.append(case)
         progress("evaluate", (i + 1) / len(images), f"real 2D slice {i + 1}/{len(images)}")
     labels = scored if len(bundle.labels) > 1 else bundle.labels
+    # Distances in mm at the assumed pixel size: divide by ``pixel_mm_assumed`` for pixels.
     return {"dataset": str(npz_path), "n_slices": len(images), "pixel_mm_assumed": REAL2D_PIXEL_MM,
-            "dice": summarise(cases, labels), "cases": cases}
+            "dice": summarise(cases, labels), "signed_surface_mm": summarise(cases, labels, "signed_surface_mm"),
+            "area_ratio": summarise(cases, labels, "volume_ratio"), "cases": cases}

@@ -3,7 +3,8 @@
 
 Two sources: the user's labelled volumes (``data``: a folder or CSV of pairs) and the label-map cache
 for domain-randomised synthesis (``synthetic``). Both are split by subject into train / validation /
-test; the test subjects are never seen in training and are recorded in the card. Their slices are cut
+test (by ``Recipe.split_seed``, or as a split file ``Recipe.split`` lists them); the test subjects are
+never seen in training and are recorded in the card with where the split came from. Their slices are cut
 in the configuration's frame (``TrainConfig.frame``), which the card hands on to inference.
 """
 
@@ -13,18 +14,27 @@ from pathlib import Path
 from .. import synth
 from .. import train as training
 from ..bundle import load_bundle, save_bundle, update_card
-from ..datasets import PairedSlices, find_pairs, split_by_subject
+from ..datasets import PairedSlices, find_pairs, fixed_split, read_split, split_by_subject
 from ..errors import InputError
 from ..onnx_backend import export_onnx
 from ..progress import NO_PROGRESS
 from .evaluate import evaluate_real2d
 
 
+def split_subjects(subjects, recipe):
+    """(train, validation, test, how): the recipe's split file when it names one, else drawn by its seed."""
+    if recipe.split:
+        train_ids, val_ids, test_ids = fixed_split(subjects, read_split(recipe.split), recipe.split)
+        return list(train_ids), list(val_ids), list(test_ids), f"file {Path(recipe.split).resolve()}"
+    train_ids, val_ids, test_ids = split_by_subject(subjects, seed=recipe.split_seed)
+    return train_ids, val_ids, test_ids, f"drawn with split seed {recipe.split_seed}"
+
+
 def paired_sources(config, data, progress=None):
     """(train, validation sources, provenance) from a folder/CSV of labelled volumes."""
     pairs = find_pairs(data)
     recipe, progress = config.recipe, progress or NO_PROGRESS
-    train_ids, val_ids, test_ids = split_by_subject([p.subject for p in pairs], seed=recipe.split_seed)
+    train_ids, val_ids, test_ids, how = split_subjects([p.subject for p in pairs], recipe)
     progress("data", 0.0, f"{len(pairs)} pairs: {len(train_ids)} train / {len(val_ids)} validation / "
              f"{len(test_ids)} test subjects")
     common = dict(frame=config.frame, batch_size=recipe.batch_size, seed=recipe.seed,
@@ -36,7 +46,7 @@ def paired_sources(config, data, progress=None):
                               steps=recipe.validation_steps, population=train_source.population, **common)
     provenance = {"population": train_source.population,
                   "data": {"kind": "labelled volumes", "source": str(data), "n_pairs": len(pairs),
-                           "split": {"train": train_ids, "validation": val_ids, "test": test_ids}}}
+                           "split": {"train": train_ids, "validation": val_ids, "test": test_ids}, "split_source": how}}
     return train_source, val_source, provenance
 
 
@@ -47,13 +57,14 @@ def synthetic_sources(config, cache, progress=None):
         raise InputError("synthetic images have random intensities: train them with per-volume normalisation")
     entries = synth.load_manifest(cache)["files"]
     subjects = sorted({e["subject"] for e in entries})
-    train_ids, val_ids, test_ids = split_by_subject(subjects, seed=recipe.split_seed)
-    # The only maps with a fibula must reach training: move such subjects from validation/test.
-    fibula_subjects = {e["subject"] for e in entries if e.get("has_fibula")}
-    for ids in (val_ids, test_ids):
-        for s in sorted(fibula_subjects & set(ids)):
-            ids.remove(s)
-            train_ids.append(s)
+    train_ids, val_ids, test_ids, how = split_subjects(subjects, recipe)
+    if not recipe.split:
+        # A drawn split moves the maps with a fibula (few) into training; a split file decides for itself.
+        fibula_subjects = {e["subject"] for e in entries if e.get("has_fibula")}
+        for ids in (val_ids, test_ids):
+            for s in sorted(fibula_subjects & set(ids)):
+                ids.remove(s)
+                train_ids.append(s)
 
     def files(ids):
         return [Path(cache) / e["file"] for e in entries if e["subject"] in ids]
@@ -72,6 +83,7 @@ def synthetic_sources(config, cache, progress=None):
                                                  for d, lic in datasets],
                            "split": {"train": sorted(train_ids), "validation": sorted(val_ids),
                                      "test": sorted(test_ids)},
+                           "split_source": how,
                            "synthesis": dataclasses.asdict(train_source.config)}}
     return train_source, val_source, provenance
 

@@ -1,0 +1,57 @@
+"""The round-2 recipe (scripts/train_default.py round2, issue 12): its split file and settings."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import shared_data
+from kneeseg.datasets import read_split
+from kneeseg.errors import InputError
+from kneeseg.synth import DEFAULT_SOURCES, synthesis_config
+from kneeseg.train import TrainConfig
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _recipe():
+    spec = importlib.util.spec_from_file_location("train_default", REPO / "scripts" / "train_default.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_round2_settings_are_a_valid_configuration_with_the_fixed_split():
+    recipe = _recipe()
+    config = TrainConfig.from_flat(**recipe.ROUND2)
+    generator = synthesis_config(config.recipe.synthesis)
+    assert (generator.rim_outside_probability, generator.fibula_weight) == (1.0, 3.0)
+    assert (generator.muscle_stretch_probability, generator.septum_probability) == (0.0, 0.0)  # as shipped
+    split = read_split(config.recipe.split)
+    assert "STAPLE-TLEM2" in split["test"] and "STAPLE-MC22" in split["validation"]
+    shipped = json.loads((recipe.INSTALLED / "card.json").read_text())["training"]
+    assert set(shipped["data"]["split"]["test"]) <= set(split["test"])  # the shipped held-out subjects stay out
+    network = ("dims", "output", "filters", "depth", "dropout", "input_size", "planes", "window_mm", "min_slice_mm")
+    flat = json.loads(json.dumps(config.to_flat()))
+    assert {k: flat[k] for k in network} == {k: shipped["config"][k] for k in network}  # it fine-tunes the shipped net
+
+
+def test_the_round2_split_names_every_subject_of_the_label_maps():
+    labelmaps = shared_data("labelmaps")
+    split = read_split(REPO / "scripts" / "round2_split.json")
+    named = {s for part in split.values() for s in part}
+    subjects = {source.subject(path.name.split(".")[0])
+                for source in DEFAULT_SOURCES for path in labelmaps.glob(source.pattern)}
+    assert len(subjects) >= 52 and subjects <= named  # 78 maps; a knee published twice has two names here
+
+
+def test_the_recipe_refuses_a_cache_without_the_split_subjects(tmp_path):
+    recipe = _recipe()
+    from kneeseg.synth.cache import CACHE_FORMAT, MANIFEST_NAME
+
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps({"format": CACHE_FORMAT, "files": [
+        {"file": "a.npz", "source": "oai/OAI_ZIB-UQ/9001104.nii.gz", "dataset": "OAI_ZIB-UQ", "subject": "OAI-9001104"},
+    ]}))
+    with pytest.raises(InputError, match="lacks subject.*STAPLE-TLEM2.*synth prepare"):
+        recipe.check_cache_holds_split(tmp_path, recipe.ROUND2_SPLIT)
