@@ -195,3 +195,22 @@ def test_a_reader_that_stops_early_is_not_an_internal_error():
                           text=True, env=env, timeout=120)
     assert proc.stdout.startswith("knee-bones-default") and "Traceback" not in proc.stderr
     assert "internal error" not in proc.stderr
+
+
+def test_synth_prepare_reports_the_number_of_cached_label_maps(monkeypatch, tmp_path):
+    """The count is that of the manifest's files, not of its keys (format, spacing, tissues, ...)."""
+    from kneeseg import synth
+
+    files = [{"file": "a.npz"}, {"file": "b.npz"}]
+    manifest = {"format": "f", "spacing_mm": 0.7, "margin_mm": 40.0, "tissues": [], "outside_field_of_view": 0,
+                "files": files}
+    monkeypatch.setattr(synth, "prepare_cache", lambda source, cache: manifest)
+    done = []
+
+    class Recorder:
+        def done(self, message, result):
+            done.append(result)
+
+    args = cli.build_parser().parse_args(["synth", "prepare", str(tmp_path / "src"), str(tmp_path / "cache")])
+    assert cli.cmd_synth(args, Recorder()) == 0
+    assert done == [{"cache": str(tmp_path / "cache"), "entries": 2}]

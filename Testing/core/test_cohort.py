@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from kneeseg import cli
-from kneeseg.cohort import expand_inputs, run_cohort
+from kneeseg.workflows.cohort import expand_inputs, run_cohort
 from kneeseg.errors import EXIT_BAD_INPUT
 from kneeseg.infer import SegmentOptions
 from conftest import REPO, toy_knee
@@ -90,7 +90,7 @@ def test_local_dask_cluster_of_two_workers(cohort, tiny_bundle, tmp_path):
 
 
 def test_same_case_names_are_refused_before_anything_runs(tmp_path):
-    from kneeseg.cohort import check_unique_case_names, expand_inputs
+    from kneeseg.workflows.cohort import check_unique_case_names, expand_inputs
     from kneeseg.errors import InputError
 
     for sub in ("a", "b"):
@@ -101,7 +101,7 @@ def test_same_case_names_are_refused_before_anything_runs(tmp_path):
 
 
 def test_hidden_files_do_not_turn_a_cohort_folder_into_one_dicom_series(tmp_path):
-    from kneeseg.cohort import expand_inputs
+    from kneeseg.workflows.cohort import expand_inputs
 
     (tmp_path / ".DS_Store").write_bytes(b"x")
     for sub in ("subj1", "subj2"):
