@@ -214,3 +214,61 @@ def test_synth_prepare_reports_the_number_of_cached_label_maps(monkeypatch, tmp_
     args = cli.build_parser().parse_args(["synth", "prepare", str(tmp_path / "src"), str(tmp_path / "cache")])
     assert cli.cmd_synth(args, Recorder()) == 0
     assert done == [{"cache": str(tmp_path / "cache"), "entries": 2}]
+
+
+def test_segment_a_dicom_series_writes_meshes_and_a_dicom_seg(tiny_bundle, tmp_path):
+    """``--meshes DIR --dicom-seg out.dcm`` on a DICOM series folder, as a user runs it."""
+    import pydicom
+
+    from conftest import write_dicom_series
+
+    image, _ = toy_knee(seed=31, size=(48, 48, 40), spacing=(1.5, 1.5, 1.5))
+    series = tmp_path / "series"
+    write_dicom_series(series, image)
+    out = tmp_path / "out"
+    proc = run_cli("segment", series, "-o", out / "labels.nrrd", "--model", tiny_bundle, "--meshes", out / "meshes",
+                   "--dicom-seg", out / "bones.dcm", "--progress", "json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.splitlines()[-1])["result"]
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labels.nrrd")))
+    present = {name for name, value in (("Femur", 1), ("Tibia", 2), ("Fibula", 3), ("Patella", 4))
+               if np.any(labels == value)}
+    assert present and set(result["meshes"]) == present
+    assert sorted(p.name for p in (out / "meshes").iterdir()) == sorted(
+        f"{name.lower()}{suffix}" for name in present for suffix in (".stl", ".vtp"))
+    seg = pydicom.dcmread(out / "bones.dcm")
+    assert seg.Modality == "SEG" and {s.SegmentLabel for s in seg.SegmentSequence} == present
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == pydicom.dcmread(
+        next(series.iterdir())).SeriesInstanceUID
+    assert sorted(p.name for p in out.iterdir()) == ["bones.dcm", "labels.nrrd", "meshes"]
+
+
+def test_dicom_seg_of_a_volume_file_is_refused_before_any_work(toy_volume, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = run_cli("segment", toy_volume, "-o", out / "labels.nrrd", "--dicom-seg", out / "bones.dcm")
+    assert proc.returncode == EXIT_BAD_INPUT
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert errors[-1].startswith("kneeseg: error: --dicom-seg needs a DICOM series folder") and len(
+        [e for e in errors if "error" in e]) == 1, proc.stderr
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--meshes", "{series}/meshes"], "lies inside the input folder"),
+    (["--dicom-seg", "{out}/bones.nrrd"], "--dicom-seg must end in .dcm"),
+    (["--dicom-seg", "{series}/e1_000.dcm"], "lies inside the input folder"),
+])
+def test_mesh_and_dicom_seg_outputs_are_checked_like_the_others(tiny_bundle, tmp_path, args, fragment):
+    from conftest import write_dicom_series
+
+    image, _ = toy_knee(seed=31, size=(24, 24, 8), spacing=(1.5, 1.5, 1.5))
+    series = tmp_path / "series"
+    write_dicom_series(series, image)
+    before = sorted(p.name for p in series.iterdir())
+    out = tmp_path / "out"
+    out.mkdir()
+    args = [a.format(series=series, out=out) for a in args]
+    proc = run_cli("segment", series, "-o", out / "labels.nrrd", "--model", tiny_bundle, *args)
+    assert proc.returncode == EXIT_BAD_INPUT and fragment in proc.stderr, proc.stderr
+    assert list(out.iterdir()) == [] and sorted(p.name for p in series.iterdir()) == before
