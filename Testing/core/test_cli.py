@@ -272,3 +272,29 @@ def test_mesh_and_dicom_seg_outputs_are_checked_like_the_others(tiny_bundle, tmp
     proc = run_cli("segment", series, "-o", out / "labels.nrrd", "--model", tiny_bundle, *args)
     assert proc.returncode == EXIT_BAD_INPUT and fragment in proc.stderr, proc.stderr
     assert list(out.iterdir()) == [] and sorted(p.name for p in series.iterdir()) == before
+
+
+def test_train_flags_default_to_the_specs_and_each_reaches_its_setting(tmp_path, monkeypatch):
+    """No flag: the TrainConfig of the specs' defaults. Every flag that names a setting: its value arrives."""
+    import kneeseg.workflows.train
+    from kneeseg import contract
+    from kneeseg.train import TrainConfig
+
+    configs = []
+    monkeypatch.setattr(kneeseg.workflows.train, "train_bundle", lambda config, *a, **k: configs.append(config) or {})
+    base = ["train", "--data", str(tmp_path), "-o", str(tmp_path / "b"), "--progress", "none"]
+    assert cli.main(base) == 0
+    assert configs.pop() == TrainConfig()
+    changed = {"output_mode": "merged", "filters": 12, "depth": 3, "input_size": 96, "planes": "axial,sagittal",
+               "window_mm": 120.0, "epochs": 7, "steps_per_epoch": 11, "validation_steps": 5, "batch_size": 3,
+               "patience": 2, "learning_rate": 0.01, "final_learning_rate": 0.002, "loss": "dice+ce", "beta": 2.0,
+               "normalisation": "population", "seed": 4, "split_seed": 5, "workers": 2, "multiprocessing": True,
+               "time_limit_min": 3.5, "init_from": str(tmp_path / "old")}
+    settings = {spec.dest: spec.setting for spec in contract.TRAIN_OPTIONS if spec.setting}
+    assert set(settings) - {"dims"} == set(changed)  # every setting-bearing flag is tried
+    argv = base + contract.command_line("train", data=str(tmp_path), output=str(tmp_path / "b"), **changed)[1:]
+    assert cli.main(argv) == 0
+    flat = configs.pop().to_flat()
+    for dest, value in changed.items():
+        expected = list(value.split(",")) if dest == "planes" else value
+        assert flat[settings[dest]] == expected, dest

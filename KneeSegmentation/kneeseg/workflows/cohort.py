@@ -144,7 +144,8 @@ def run_cohort(inputs, output_dir, model, options, progress=None, summary=None, 
         if scheduler is not None:
             from .cluster import map_cases as map_on_cluster
 
-            case_fn = partial(segment_case, output_dir=output_dir.resolve(), model=model, options=options)
+            case_fn = partial(segment_case, output_dir=output_dir.resolve(), options=options,
+                              model=str(Path(model).resolve()) if model is not None else None)
             rows = map_on_cluster(case_fn, todo, on_case, scheduler, model, options.backend, progress)
         else:
             predictor = predictor or (infer.make_predictor(bundle, options.backend) if todo else None)
