@@ -34,14 +34,9 @@ class _Version(argparse.Action):
         parser.exit()
 
 
-def _add_progress(p):
-    p.add_argument("--progress", choices=Progress.MODES, default="bar",
-                   help="bar: a progress bar on stderr (default); json: one JSON object per line on stdout; none")
-
-
-def _add_device(p):
-    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
-                   help="where the network runs (default: a GPU when one is visible)")
+def _add_device_and_progress(p):
+    for dest in ("device", "progress"):
+        contract.option("segment", dest).add_to(p)
 
 
 def build_parser():
@@ -53,78 +48,12 @@ def build_parser():
     p = sub.add_parser("segment", help="segment one volume or a cohort",
                        description="Segment knee bones. INPUT: a volume file (NRRD, NIfTI, MHA/MHD, ...), a "
                        "DICOM series folder, a folder of volumes, a glob pattern, or a CSV with a 'path' column.")
-    p.add_argument("inputs", nargs="+", metavar="INPUT")
-    p.add_argument("-o", "--output", required=True,
-                   help="label map file for one input (e.g. out.nrrd); an output folder for several")
-    p.add_argument("--model", help="model bundle folder or zip (default: the shipped model)")
-    p.add_argument("--seg-nrrd", help="also write a Slicer segmentation (.seg.nrrd) [single input]")
-    p.add_argument("--confidence", help="also write the per-voxel confidence (max probability) [single input]")
-    p.add_argument("--volumes-json", help="also write bone volumes in mL as JSON [single input]")
-    p.add_argument("--overlay", help="also write an overlay PNG sheet [single input]")
-    p.add_argument("--n4", action=argparse.BooleanOptionalAction, default=None,
-                   help="N4 bias field correction before segmenting (default: as the bundle says)")
-    p.add_argument("--n4-shrink", type=int, help="N4: shrink every axis by this factor for the fit (default: per axis, "
-                   "to voxels of about 4.4 mm)")
-    p.add_argument("--n4-iterations", help="N4: iterations per fitting level, comma-separated (default 25,25,50,50)")
-    p.add_argument("--planes", help="comma-separated slice planes to fuse (default: the bundle's)")
-    p.add_argument("--centre", default="auto", help="knee centre: auto (model, else image centre), model, intensity, "
-                   "image, or 'x,y,z' in LPS mm")
-    p.add_argument("--backend", choices=("auto", "keras", "onnx"), default="auto",
-                   help="inference engine (auto: ONNX Runtime when the bundle has a graph and it is installed)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--no-postprocess", action="store_true", help="skip largest-component and hole filling")
-    p.add_argument("--summary", help="cohort: summary CSV of bone volumes (default OUTPUT/summary.csv)")
-    p.add_argument("--overwrite", action="store_true", help="cohort: redo cases whose output exists")
-    p.add_argument("--scheduler", help="cohort: a Dask scheduler address (e.g. tcp://host:8786) to spread cases")
-    _add_device(p)
-    _add_progress(p)
-
+    contract.add_options(p, "segment")
     p = sub.add_parser("train", help="train a model bundle",
                        description="Train a U-Net and write a model bundle. Data: --synthetic CACHE (images "
                        "synthesised from real label maps, see 'kneeseg synth prepare') or --data DIR|CSV (your "
                        "image/label pairs: DIR/images + DIR/labels with matching names, or a CSV image,label[,subject]).")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--synthetic", help="label-map cache folder (from 'kneeseg synth prepare')")
-    src.add_argument("--data", help="folder or CSV of image/label pairs")
-    p.add_argument("-o", "--output", required=True, help="bundle folder to write")
-    p.add_argument("--work", help="work folder for checkpoints/history (default OUTPUT.work); rerun to resume")
-    p.add_argument("--dims", type=int, choices=(2, 3), default=2)
-    p.add_argument("--output-mode", choices=("separate", "merged"), default="separate")
-    p.add_argument("--filters", "--width", dest="filters", type=int, default=32)
-    p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--input-size", type=int, default=224)
-    p.add_argument("--planes", default="sagittal,coronal,axial")
-    p.add_argument("--window-mm", type=float, default=160.0)
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--steps-per-epoch", type=int, default=100)
-    p.add_argument("--validation-steps", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--patience", type=int, default=9)
-    p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--final-learning-rate", type=float, default=1e-4)
-    p.add_argument("--loss", choices=("dice", "fbeta", "ce", "dice+ce"), default="dice")
-    p.add_argument("--beta", type=float, default=1.0)
-    p.add_argument("--class-weights", help="comma-separated weights per bone (femur,tibia,fibula,patella)")
-    p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--normalisation", choices=("volume", "population"), default="volume",
-                   help="standard scores per volume, or with the training set's statistics (stored in the card)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the weights, batches and augmentation")
-    p.add_argument("--split-seed", type=int, default=0,
-                   help="seed of the train/validation/test split by subject (keep it when fine-tuning)")
-    p.add_argument("--workers", type=int, default=1, help="threads (or processes) preparing batches")
-    p.add_argument("--multiprocessing", action="store_true", help="prepare batches in worker processes")
-    p.add_argument("--time-limit-min", type=float, help="stop after the epoch that crosses this many minutes")
-    p.add_argument("--synthesis", metavar="JSON|BUNDLE",
-                   help="with --synthetic: generator settings, as a JSON file of kneeseg.synth.SynthesisConfig "
-                   "fields to change, or a bundle (folder or card.json) whose recorded settings to reuse")
-    p.add_argument("--init-from", help="start from this bundle's weights (fine-tune, e.g. the shipped model on "
-                   "your own data); the network settings must match it")
-    p.add_argument("--name", default="knee-bones")
-    p.add_argument("--real2d", help="also measure Dice on real labelled sagittal slices (.npz) for the card")
-    p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True,
-                   help="export an ONNX graph into the bundle when tf2onnx is installed (default on)")
-    _add_device(p)
-    _add_progress(p)
+    contract.add_options(p, "train")
 
     p = sub.add_parser("evaluate", help="measure a model on labelled data",
                        description="Score a bundle: --pairs (labelled volumes: Dice, IoU, precision, recall, "
@@ -138,8 +67,7 @@ def build_parser():
     p.add_argument("--report", help="write the full results as JSON here")
     p.add_argument("--update-card", action="store_true", help="store the summary in the bundle card's metrics")
     p.add_argument("--planes", help="fuse these planes instead of the bundle's (volumes: --pairs, --synthetic)")
-    _add_device(p)
-    _add_progress(p)
+    _add_device_and_progress(p)
 
     p = sub.add_parser("info", help="show a model bundle's card")
     p.add_argument("model", nargs="?", help="bundle (default: the shipped model)")
@@ -196,21 +124,22 @@ def _planes(text):
 
 
 def cmd_segment(args, progress):
-    from .cohort import expand_inputs, run_cohort
     from .outputs import output_is_folder
+    from .workflows.cohort import expand_inputs, run_cohort
+    from .workflows.segment import segment_file
 
     options = _segment_options(args)
+    side = _side_outputs(args)
     if args.batch_size < 1:
         raise InputError("--batch-size must be 1 or more")
     inputs = expand_inputs(args.inputs)
     if not output_is_folder(inputs, args.output):
-        result = segment_file(inputs[0], args.output, args.model, options, progress, args.seg_nrrd,
-                              args.confidence, args.volumes_json, args.overlay)
+        result = segment_file(inputs[0], args.output, args.model, options, progress, side)
         progress.done(f"wrote {args.output}", result)
         return EXIT_OK
-    if args.seg_nrrd or args.confidence or args.volumes_json or args.overlay:
-        raise InputError("--seg-nrrd/--confidence/--volumes-json/--overlay apply to a single input; a cohort "
-                         "writes them per case into the output folder")
+    if side.any():
+        raise InputError(f"{'/'.join(SIDE_OUTPUT_FLAGS)} apply to a single input; a cohort writes its label maps, "
+                         "segmentations, summary and report into the output folder")
     summary = run_cohort(inputs, args.output, args.model, options, progress, summary=args.summary,
                          overwrite=args.overwrite, scheduler=args.scheduler, sources=args.inputs)
     if summary["done"] + summary["failed"] == 0:
@@ -220,6 +149,16 @@ def cmd_segment(args, progress):
         message = f"{summary['done']} done, {summary['skipped']} skipped, {summary['failed']} failed"
     progress.done(message, summary)
     return EXIT_OK if summary["failed"] == 0 else EXIT_BAD_INPUT
+
+
+SIDE_OUTPUT_FLAGS = ("--seg-nrrd", "--confidence", "--volumes-json", "--overlay", "--meshes", "--dicom-seg")
+
+
+def _side_outputs(args):
+    from .workflows.segment import SideOutputs
+
+    paths = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag in SIDE_OUTPUT_FLAGS}
+    return SideOutputs(**{name: Path(path) for name, path in paths.items() if path})
 
 
 def _segment_options(args):
@@ -244,62 +183,6 @@ def _n4_settings(args):
         except ValueError:
             raise InputError(f"--n4-iterations takes comma-separated integers, not {args.n4_iterations!r}") from None
     return settings or None
-
-
-def segment_file(input_path, output, model, options, progress=None, seg_nrrd=None, confidence=None,
-                 volumes_json=None, overlay=None, bundle=None, predictor=None):
-    """Read, segment and write one case; returns the JSON-able result.
-
-    Output paths are checked against the input, the bundle and each other before anything runs;
-    every output is written under a temporary name and renamed into place, the label map last.
-    """
-    result, staged = stage_case(input_path, output, model, options, progress, seg_nrrd, confidence, volumes_json,
-                                overlay, bundle, predictor)
-    staged.commit()
-    return result
-
-
-def stage_case(input_path, output, model, options, progress=None, seg_nrrd=None, confidence=None,
-               volumes_json=None, overlay=None, bundle=None, predictor=None):
-    """:func:`segment_file` up to the commit: returns (result, :class:`~kneeseg.outputs.StagedOutputs`)."""
-    from . import io
-    from .bundle import default_bundle_path, load_bundle
-    from .infer import segment
-    from .outputs import LABELMAP_SUFFIXES, Output, check_outputs, staging
-
-    wanted = [Output("-o", Path(output), LABELMAP_SUFFIXES)] + [
-        Output(option, Path(path), suffixes) for path, option, suffixes in (
-            (seg_nrrd, "--seg-nrrd", (".seg.nrrd",)), (confidence, "--confidence", LABELMAP_SUFFIXES),
-            (volumes_json, "--volumes-json", (".json",)), (overlay, "--overlay", (".png",))) if path]
-    check_outputs([input_path, model or (bundle.folder if bundle else default_bundle_path())], wanted)
-    bundle = bundle or load_bundle(model)
-    if progress is not None:
-        progress("read", 0.01, f"reading {input_path}")
-    image = io.read_volume(input_path)
-    result = segment(image, bundle, options, progress=progress, predictor=predictor)
-    if progress is not None:
-        progress("write", 0.95, f"writing {output}")
-    outputs = {}
-    with staging(output) as staged:
-        if seg_nrrd:
-            io.write_seg_nrrd(result.labelmap, staged.temp(seg_nrrd), result.labels)
-            outputs["seg_nrrd"] = str(seg_nrrd)
-        if confidence and result.confidence is not None:
-            io.write_image(result.confidence, staged.temp(confidence))
-            outputs["confidence"] = str(confidence)
-        if volumes_json:
-            write_json(staged.temp(volumes_json), result.volumes_ml)
-            outputs["volumes_json"] = str(volumes_json)
-        if overlay:
-            from .overlay import overlay_sheet
-
-            overlay_sheet(image, result.labelmap, result.labels, staged.temp(overlay),
-                          title=f"{Path(input_path).name}: kneeseg")
-            outputs["overlay"] = str(overlay)
-        io.write_labelmap(result.labelmap, staged.temp(output))
-    return {"labelmap": str(output), **outputs, "volumes_ml": result.volumes_ml,
-            "centre_lps_mm": list(result.centre),
-            "timings_s": {k: round(v, 3) for k, v in result.timings.items()}}, staged
 
 
 # --- train ------------------------------------------------------------------------------------------
@@ -328,16 +211,10 @@ def cmd_train(args, progress):
     synthesis = _synthesis_settings(args.synthesis) if args.synthesis else None
     if synthesis is not None and not args.synthetic:
         raise InputError("--synthesis sets up the image generator: it goes with --synthetic, not --data")
-    config = TrainConfig.from_flat(dims=args.dims, output=args.output_mode, filters=args.filters, depth=args.depth,
-                         input_size=args.input_size, planes=_planes(args.planes), window_mm=args.window_mm,
-                         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-                         validation_steps=args.validation_steps, batch_size=args.batch_size, patience=args.patience,
-                         learning_rate=args.learning_rate, final_learning_rate=args.final_learning_rate,
-                         loss=args.loss, beta=args.beta, class_weights=weights, augment=not args.no_augment,
-                         seed=args.seed, split_seed=args.split_seed, workers=args.workers,
-                         use_multiprocessing=args.multiprocessing,
-                         time_limit_min=args.time_limit_min, init_from=args.init_from,
-                         normalisation=args.normalisation, synthesis=synthesis)
+    settings = {spec.setting: getattr(args, spec.dest) for spec in contract.TRAIN_OPTIONS if spec.setting}
+    settings.update(planes=_planes(args.planes), class_weights=weights, augment=not args.no_augment,
+                    synthesis=synthesis)
+    config = TrainConfig.from_flat(**settings)
     work = Path(args.work) if args.work else Path(args.output).with_name(Path(args.output).name + ".work")
     result = train_bundle(config, args.output, work, synthetic=args.synthetic, data=args.data, name=args.name,
                           real2d=args.real2d, export_onnx=args.onnx, progress=progress)
@@ -437,8 +314,7 @@ def cmd_synth(args, progress):
 
     if args.synth_command == "prepare":
         manifest = synth.prepare_cache(args.source, args.cache)
-        progress.done(f"wrote cache {args.cache}", {"cache": args.cache, "entries": len(manifest) if hasattr(
-            manifest, "__len__") else None})
+        progress.done(f"wrote cache {args.cache}", {"cache": args.cache, "entries": len(manifest["files"])})
     else:
         synth.write_example_sheet(args.cache, args.output, n=args.n, seed=args.seed)
         progress.done(f"wrote {args.output}", {"sheet": args.output})

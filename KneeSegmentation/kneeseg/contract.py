@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from .errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK, Cancelled, InputError, MissingPackage
 from .geometry import PLANES
 from .progress import Progress
+from .specs import NORMALISATION_MODES, OUTPUTS, setting_defaults
 
 __all__ = [
     "EXIT_OK", "EXIT_INTERNAL", "EXIT_BAD_INPUT", "EXIT_CANCELLED", "PROGRESS_MODES", "DEVICES", "PLANES",
@@ -110,6 +111,7 @@ class Option:
     nargs: str = None
     metavar: str = None
     group: str = None  # options sharing a group are mutually exclusive, and one of them is required
+    setting: str = None  # train: the flat training setting (kneeseg.specs.setting_defaults) the value goes to
 
     @property
     def positional(self) -> bool:
@@ -177,9 +179,9 @@ def _progress():
 
 DEVICES = ("auto", "cpu", "gpu")
 BACKENDS = ("auto", "keras", "onnx")
-OUTPUT_MODES = ("separate", "merged")
+OUTPUT_MODES = OUTPUTS
 LOSSES = ("dice", "fbeta", "ce", "dice+ce")
-NORMALISATIONS = ("volume", "population")
+NORMALISATIONS = NORMALISATION_MODES
 TRAINABLE_DIMS = (2,)  # --dims 3 parses but the training data sources give 2D slices: train refuses it
 
 SEGMENT_OPTIONS = (
@@ -191,6 +193,10 @@ SEGMENT_OPTIONS = (
     Option(("--confidence",), "confidence", "also write the per-voxel confidence (max probability) [single input]"),
     Option(("--volumes-json",), "volumes_json", "also write bone volumes in mL as JSON [single input]"),
     Option(("--overlay",), "overlay", "also write an overlay PNG sheet [single input]"),
+    Option(("--meshes",), "meshes", "also write one closed surface per bone (STL and VTP, LPS mm) into this "
+           "folder [single input]", metavar="DIR"),
+    Option(("--dicom-seg",), "dicom_seg", "also write a DICOM Segmentation referencing the source series (.dcm) "
+           "[single input, a DICOM series folder]"),
     Option(("--n4",), "n4", "N4 bias field correction before segmenting (default: as the bundle says)",
            action=BOOLEAN_OPTIONAL),
     Option(("--n4-shrink",), "n4_shrink", "N4: shrink every axis by this factor for the fit (default: per axis, "
@@ -211,43 +217,56 @@ SEGMENT_OPTIONS = (
     _progress(),
 )
 
+_DEFAULTS = setting_defaults()  # the NetworkSpec, FrameSpec and Recipe defaults: one place each
+
+
+def _trained(flags, dest, help="", setting=None, **kwargs) -> Option:
+    """An option that sets the training setting ``setting``, with that setting's default (planes as text)."""
+    default = _DEFAULTS[setting]
+    return Option(flags, dest, help, default=",".join(default) if isinstance(default, tuple) else default,
+                  setting=setting, **kwargs)
+
+
 TRAIN_OPTIONS = (
     Option(("--synthetic",), "synthetic", "label-map cache folder (from 'kneeseg synth prepare')", group="source"),
     Option(("--data",), "data", "folder or CSV of image/label pairs", group="source"),
     Option(("-o", "--output"), "output", "bundle folder to write", required=True),
     Option(("--work",), "work", "work folder for checkpoints/history (default OUTPUT.work); rerun to resume"),
-    Option(("--dims",), "dims", type=int, default=2, choices=(2, 3)),
-    Option(("--output-mode",), "output_mode", default="separate", choices=OUTPUT_MODES),
-    Option(("--filters", "--width"), "filters", type=int, default=32),
-    Option(("--depth",), "depth", type=int, default=4),
-    Option(("--input-size",), "input_size", type=int, default=224),
-    Option(("--planes",), "planes", default="sagittal,coronal,axial"),
-    Option(("--window-mm",), "window_mm", type=float, default=160.0),
-    Option(("--epochs",), "epochs", type=int, default=50),
-    Option(("--steps-per-epoch",), "steps_per_epoch", type=int, default=100),
-    Option(("--validation-steps",), "validation_steps", type=int, default=20),
-    Option(("--batch-size",), "batch_size", type=int, default=8),
-    Option(("--patience",), "patience", type=int, default=9),
-    Option(("--learning-rate",), "learning_rate", type=float, default=1e-3),
-    Option(("--final-learning-rate",), "final_learning_rate", type=float, default=1e-4),
-    Option(("--loss",), "loss", default="dice", choices=LOSSES),
-    Option(("--beta",), "beta", type=float, default=1.0),
+    _trained(("--dims",), "dims", type=int, setting="dims", choices=(2, 3)),
+    _trained(("--output-mode",), "output_mode", setting="output", choices=OUTPUT_MODES),
+    _trained(("--filters", "--width"), "filters", type=int, setting="filters"),
+    _trained(("--depth",), "depth", type=int, setting="depth"),
+    _trained(("--input-size",), "input_size", type=int, setting="input_size"),
+    _trained(("--planes",), "planes", setting="planes"),
+    _trained(("--window-mm",), "window_mm", type=float, setting="window_mm"),
+    _trained(("--epochs",), "epochs", type=int, setting="epochs"),
+    _trained(("--steps-per-epoch",), "steps_per_epoch", type=int, setting="steps_per_epoch"),
+    _trained(("--validation-steps",), "validation_steps", type=int, setting="validation_steps"),
+    _trained(("--batch-size",), "batch_size", type=int, setting="batch_size"),
+    _trained(("--patience",), "patience", type=int, setting="patience"),
+    _trained(("--learning-rate",), "learning_rate", type=float, setting="learning_rate"),
+    _trained(("--final-learning-rate",), "final_learning_rate", type=float, setting="final_learning_rate"),
+    _trained(("--loss",), "loss", setting="loss", choices=LOSSES),
+    _trained(("--beta",), "beta", type=float, setting="beta"),
     Option(("--class-weights",), "class_weights", "comma-separated weights per bone (femur,tibia,fibula,patella)"),
     Option(("--no-augment",), "no_augment", action=STORE_TRUE),
-    Option(("--normalisation",), "normalisation", "standard scores per volume, or with the training set's "
-           "statistics (stored in the card)", default="volume", choices=NORMALISATIONS),
-    Option(("--seed",), "seed", "seed of the weights, batches and augmentation", type=int, default=0),
-    Option(("--split-seed",), "split_seed", "seed of the train/validation/test split by subject (keep it when "
-           "fine-tuning)", type=int, default=0),
-    Option(("--workers",), "workers", "threads (or processes) preparing batches", type=int, default=1),
-    Option(("--multiprocessing",), "multiprocessing", "prepare batches in worker processes", action=STORE_TRUE),
+    _trained(("--normalisation",), "normalisation", "standard scores per volume, or with the training set's "
+           "statistics (stored in the card)", setting="normalisation", choices=NORMALISATIONS),
+    _trained(("--seed",), "seed", "seed of the weights, batches and augmentation", type=int, setting="seed"),
+    _trained(("--split-seed",), "split_seed", "seed of the train/validation/test split by subject (keep it when "
+           "fine-tuning)", type=int, setting="split_seed"),
+    Option(("--split",), "split", "a JSON file naming the train, validation and test subjects (e.g. "
+           "scripts/round2_split.json); replaces the split drawn with --split-seed", setting="split"),
+    _trained(("--workers",), "workers", "threads (or processes) preparing batches", type=int, setting="workers"),
+    Option(("--multiprocessing",), "multiprocessing", "prepare batches in worker processes", action=STORE_TRUE,
+           setting="use_multiprocessing"),
     Option(("--time-limit-min",), "time_limit_min", "stop after the epoch that crosses this many minutes",
-           type=float),
+           type=float, setting="time_limit_min"),
     Option(("--synthesis",), "synthesis", "with --synthetic: generator settings, as a JSON file of "
            "kneeseg.synth.SynthesisConfig fields to change, or a bundle (folder or card.json) whose recorded "
            "settings to reuse", metavar="JSON|BUNDLE"),
     Option(("--init-from",), "init_from", "start from this bundle's weights (fine-tune, e.g. the shipped model on "
-           "your own data); the network settings must match it"),
+           "your own data); the network settings must match it", setting="init_from"),
     Option(("--name",), "name", default="knee-bones"),
     Option(("--real2d",), "real2d", "also measure Dice on real labelled sagittal slices (.npz) for the card"),
     Option(("--onnx",), "onnx", "export an ONNX graph into the bundle when tf2onnx is installed (default on)",

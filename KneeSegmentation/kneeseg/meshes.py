@@ -130,17 +130,28 @@ def write_surface(surface, path):
     return path
 
 
-def write_meshes(labelmap, labels, folder, formats=FORMATS, **options) -> dict:
+def mesh_path(folder, bone: str, suffix: str) -> Path:
+    """The file of one bone's surface in ``folder``: ``femur.stl``, ``patella.vtp``, ..."""
+    return Path(folder) / f"{bone.lower()}{suffix}"
+
+
+def write_meshes(labelmap, labels, folder, formats=FORMATS, temp_for=None, **options) -> dict:
     """Write ``<bone>.stl`` and ``<bone>.vtp`` for every bone present into ``folder``.
 
-    Returns bone name -> {"files": [...], "volume_ml": enclosed volume, "triangles": count}.
+    ``temp_for(final)``: the file to write instead of each final path (a staging area that renames
+    it into place later, :class:`kneeseg.outputs.StagedOutputs`). Returns bone name ->
+    {"files": [final paths], "volume_ml": enclosed volume, "triangles": count}.
     """
     vtk = _vtk()
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    if temp_for is None:
+        folder.mkdir(parents=True, exist_ok=True)
     written = {}
     for name, surface in label_surfaces(labelmap, labels, **options).items():
-        files = [str(write_surface(surface, folder / f"{name.lower()}{suffix}")) for suffix in formats]
+        files = [mesh_path(folder, name, suffix) for suffix in formats]
+        for final in files:
+            write_surface(surface, temp_for(final) if temp_for else final)
+        files = [str(f) for f in files]
         mass = vtk.vtkMassProperties()
         mass.SetInputData(surface)
         written[name] = {"files": files, "volume_ml": round(mass.GetVolume() / 1000.0, 3),

@@ -1,10 +1,13 @@
-"""What a model is made of: the network, and the frame its slices are cut in. One place for each default.
+"""What a model is made of: the network, the frame its slices are cut in, and the recipe it is trained
+with. One place for each default.
 
 :class:`NetworkSpec` builds the U-Net; :class:`FrameSpec` says how a volume becomes the network's
 slices (planes, window, pixel count, slice spacing, normalisation). Training data, synthesis,
 training and inference all take them from a bundle's card (``kneeseg.card``), so none of these
 settings can drift between them. Each spec checks itself when it is made: a wrong type or an
-out-of-range value raises :class:`SpecError` naming the field.
+out-of-range value raises :class:`SpecError` naming the field. :class:`Recipe` (how the network is
+trained) sits here too, so that the ``kneeseg train`` flags (:mod:`kneeseg.contract`) take their
+defaults from these classes without importing the training code.
 """
 
 import math
@@ -186,3 +189,53 @@ def _check_keys(data, cls, extra=(), name=None):
     unknown = sorted(set(data) - known)
     if unknown:
         raise SpecError(unknown[0], f"is not a known field (known: {', '.join(sorted(known))})")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the network is trained (the part of a training configuration that is neither the network
+    nor the frame). Stored flat in the card's ``training.config`` with the other two parts."""
+
+    epochs: int = 50
+    steps_per_epoch: int = 100
+    validation_steps: int = 20
+    batch_size: int = 8
+    patience: int = 9
+    learning_rate: float = 1e-3
+    final_learning_rate: float = 1e-4
+    loss: str = "dice"  # "dice" (soft F1), "fbeta", "ce", "dice+ce"
+    beta: float = 1.0
+    class_weights: tuple = None  # one per foreground class
+    augment: bool = True
+    seed: int = 0  # weights, batches, augmentation
+    split_seed: int = 0  # the train/validation/test split: kept apart from ``seed`` so a fine-tune keeps it
+    split: str = None  # a JSON file of train/validation/test subjects (datasets.read_split): overrides split_seed
+    workers: int = 1
+    use_multiprocessing: bool = False  # prepare batches in ``workers`` processes (many-core machines)
+    time_limit_min: float = None  # stop after the epoch that crosses this wall-clock budget
+    init_from: str = None  # a bundle whose weights start the training (fine-tuning); same architecture
+    normalisation: str = "volume"  # the frame's statistics: each scan's own, or "population" (fitted on the training set)
+    synthesis: dict = None  # synthetic training: overrides of synth.SynthesisConfig (None: the defaults)
+    extra: dict = field(default_factory=dict)
+
+    def learning_rate_at(self, epoch: int) -> float:
+        """Exponential decay from ``learning_rate`` (first epoch) to ``final_learning_rate`` (last)."""
+        if self.epochs <= 1 or min(self.learning_rate, self.final_learning_rate) <= 0:
+            t = 0.0 if self.epochs <= 1 else min(epoch, self.epochs - 1) / (self.epochs - 1)
+            return float(self.learning_rate + t * (self.final_learning_rate - self.learning_rate))
+        ratio = self.final_learning_rate / self.learning_rate
+        return float(self.learning_rate * ratio ** (min(epoch, self.epochs - 1) / (self.epochs - 1)))
+
+
+NETWORK_SETTINGS = ("dims", "output", "filters", "depth", "dropout")  # flat name = NetworkSpec field
+FRAME_SETTINGS = {"input_size": "size", "planes": "planes", "window_mm": "window_mm", "min_slice_mm": "min_slice_mm"}
+
+
+def setting_defaults() -> dict:
+    """The default of every flat training setting (a card's ``training.config``, the ``kneeseg train``
+    flags): the NetworkSpec, FrameSpec and Recipe defaults under their flat names."""
+    network, frame = NetworkSpec(), FrameSpec()
+    defaults = {name: getattr(network, name) for name in NETWORK_SETTINGS}
+    defaults.update({flat: getattr(frame, name) for flat, name in FRAME_SETTINGS.items()})
+    defaults.update({f.name: getattr(Recipe(), f.name) for f in fields(Recipe)})
+    return defaults

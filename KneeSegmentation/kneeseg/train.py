@@ -26,49 +26,9 @@ from .errors import BundleError, InputError
 from .io import write_json
 from .labels import MERGED_BONES, SEPARATE_BONES
 from .progress import NO_PROGRESS
-from .specs import FrameSpec, NetworkSpec, Normalisation, SpecError
+from .specs import FRAME_SETTINGS, NETWORK_SETTINGS, FrameSpec, NetworkSpec, Normalisation, Recipe, SpecError
 
 MONITOR = "val_mean_dice"
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How the network is trained (the part of a training configuration that is neither the network
-    nor the frame). Stored flat in the card's ``training.config`` with the other two parts."""
-
-    epochs: int = 50
-    steps_per_epoch: int = 100
-    validation_steps: int = 20
-    batch_size: int = 8
-    patience: int = 9
-    learning_rate: float = 1e-3
-    final_learning_rate: float = 1e-4
-    loss: str = "dice"  # "dice" (soft F1), "fbeta", "ce", "dice+ce"
-    beta: float = 1.0
-    class_weights: tuple = None  # one per foreground class
-    augment: bool = True
-    seed: int = 0  # weights, batches, augmentation
-    split_seed: int = 0  # the train/validation/test split: kept apart from ``seed`` so a fine-tune keeps it
-    split: str = None  # a JSON file of train/validation/test subjects (datasets.read_split): overrides split_seed
-    workers: int = 1
-    use_multiprocessing: bool = False  # prepare batches in ``workers`` processes (many-core machines)
-    time_limit_min: float = None  # stop after the epoch that crosses this wall-clock budget
-    init_from: str = None  # a bundle whose weights start the training (fine-tuning); same architecture
-    normalisation: str = "volume"  # the frame's statistics: each scan's own, or "population" (fitted on the training set)
-    synthesis: dict = None  # synthetic training: overrides of synth.SynthesisConfig (None: the defaults)
-    extra: dict = field(default_factory=dict)
-
-    def learning_rate_at(self, epoch: int) -> float:
-        """Exponential decay from ``learning_rate`` (first epoch) to ``final_learning_rate`` (last)."""
-        if self.epochs <= 1 or min(self.learning_rate, self.final_learning_rate) <= 0:
-            t = 0.0 if self.epochs <= 1 else min(epoch, self.epochs - 1) / (self.epochs - 1)
-            return float(self.learning_rate + t * (self.final_learning_rate - self.learning_rate))
-        ratio = self.final_learning_rate / self.learning_rate
-        return float(self.learning_rate * ratio ** (min(epoch, self.epochs - 1) / (self.epochs - 1)))
-
-
-_NETWORK_KEYS = ("dims", "output", "filters", "depth", "dropout")
-_FRAME_KEYS = {"input_size": "size", "planes": "planes", "window_mm": "window_mm", "min_slice_mm": "min_slice_mm"}
 
 
 @dataclass(frozen=True)
@@ -102,12 +62,12 @@ class TrainConfig:
     def from_flat(cls, **settings) -> "TrainConfig":
         """The configuration from flat settings (a card's ``training.config``, the ``kneeseg train``
         flags); a wrong name or value raises :class:`InputError` naming it."""
-        known = set(_NETWORK_KEYS) | set(_FRAME_KEYS) | {f.name for f in fields(Recipe)}
+        known = set(NETWORK_SETTINGS) | set(FRAME_SETTINGS) | {f.name for f in fields(Recipe)}
         unknown = sorted(set(settings) - known)
         if unknown:
             raise InputError(f"unknown training setting(s) {', '.join(unknown)}")
-        network = {k: settings.pop(k) for k in _NETWORK_KEYS if k in settings}
-        frame = {name: settings.pop(key) for key, name in _FRAME_KEYS.items() if key in settings}
+        network = {k: settings.pop(k) for k in NETWORK_SETTINGS if k in settings}
+        frame = {name: settings.pop(key) for key, name in FRAME_SETTINGS.items() if key in settings}
         merged = network.get("output") == "merged"
         try:
             return cls(NetworkSpec(n_classes=1 if merged else len(SEPARATE_BONES) + 1, **network),

@@ -195,3 +195,106 @@ def test_a_reader_that_stops_early_is_not_an_internal_error():
                           text=True, env=env, timeout=120)
     assert proc.stdout.startswith("knee-bones-default") and "Traceback" not in proc.stderr
     assert "internal error" not in proc.stderr
+
+
+def test_synth_prepare_reports_the_number_of_cached_label_maps(monkeypatch, tmp_path):
+    """The count is that of the manifest's files, not of its keys (format, spacing, tissues, ...)."""
+    from kneeseg import synth
+
+    files = [{"file": "a.npz"}, {"file": "b.npz"}]
+    manifest = {"format": "f", "spacing_mm": 0.7, "margin_mm": 40.0, "tissues": [], "outside_field_of_view": 0,
+                "files": files}
+    monkeypatch.setattr(synth, "prepare_cache", lambda source, cache: manifest)
+    done = []
+
+    class Recorder:
+        def done(self, message, result):
+            done.append(result)
+
+    args = cli.build_parser().parse_args(["synth", "prepare", str(tmp_path / "src"), str(tmp_path / "cache")])
+    assert cli.cmd_synth(args, Recorder()) == 0
+    assert done == [{"cache": str(tmp_path / "cache"), "entries": 2}]
+
+
+def test_segment_a_dicom_series_writes_meshes_and_a_dicom_seg(tiny_bundle, tmp_path):
+    """``--meshes DIR --dicom-seg out.dcm`` on a DICOM series folder, as a user runs it."""
+    import pydicom
+
+    from conftest import write_dicom_series
+
+    image, _ = toy_knee(seed=31, size=(48, 48, 40), spacing=(1.5, 1.5, 1.5))
+    series = tmp_path / "series"
+    write_dicom_series(series, image)
+    out = tmp_path / "out"
+    proc = run_cli("segment", series, "-o", out / "labels.nrrd", "--model", tiny_bundle, "--meshes", out / "meshes",
+                   "--dicom-seg", out / "bones.dcm", "--progress", "json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.splitlines()[-1])["result"]
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labels.nrrd")))
+    present = {name for name, value in (("Femur", 1), ("Tibia", 2), ("Fibula", 3), ("Patella", 4))
+               if np.any(labels == value)}
+    assert present and set(result["meshes"]) == present
+    assert sorted(p.name for p in (out / "meshes").iterdir()) == sorted(
+        f"{name.lower()}{suffix}" for name in present for suffix in (".stl", ".vtp"))
+    seg = pydicom.dcmread(out / "bones.dcm")
+    assert seg.Modality == "SEG" and {s.SegmentLabel for s in seg.SegmentSequence} == present
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == pydicom.dcmread(
+        next(series.iterdir())).SeriesInstanceUID
+    assert sorted(p.name for p in out.iterdir()) == ["bones.dcm", "labels.nrrd", "meshes"]
+
+
+def test_dicom_seg_of_a_volume_file_is_refused_before_any_work(toy_volume, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = run_cli("segment", toy_volume, "-o", out / "labels.nrrd", "--dicom-seg", out / "bones.dcm")
+    assert proc.returncode == EXIT_BAD_INPUT
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert errors[-1].startswith("kneeseg: error: --dicom-seg needs a DICOM series folder") and len(
+        [e for e in errors if "error" in e]) == 1, proc.stderr
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--meshes", "{series}/meshes"], "lies inside the input folder"),
+    (["--dicom-seg", "{out}/bones.nrrd"], "--dicom-seg must end in .dcm"),
+    (["--dicom-seg", "{series}/e1_000.dcm"], "lies inside the input folder"),
+])
+def test_mesh_and_dicom_seg_outputs_are_checked_like_the_others(tiny_bundle, tmp_path, args, fragment):
+    from conftest import write_dicom_series
+
+    image, _ = toy_knee(seed=31, size=(24, 24, 8), spacing=(1.5, 1.5, 1.5))
+    series = tmp_path / "series"
+    write_dicom_series(series, image)
+    before = sorted(p.name for p in series.iterdir())
+    out = tmp_path / "out"
+    out.mkdir()
+    args = [a.format(series=series, out=out) for a in args]
+    proc = run_cli("segment", series, "-o", out / "labels.nrrd", "--model", tiny_bundle, *args)
+    assert proc.returncode == EXIT_BAD_INPUT and fragment in proc.stderr, proc.stderr
+    assert list(out.iterdir()) == [] and sorted(p.name for p in series.iterdir()) == before
+
+
+def test_train_flags_default_to_the_specs_and_each_reaches_its_setting(tmp_path, monkeypatch):
+    """No flag: the TrainConfig of the specs' defaults. Every flag that names a setting: its value arrives."""
+    import kneeseg.workflows.train
+    from kneeseg import contract
+    from kneeseg.train import TrainConfig
+
+    configs = []
+    monkeypatch.setattr(kneeseg.workflows.train, "train_bundle", lambda config, *a, **k: configs.append(config) or {})
+    base = ["train", "--data", str(tmp_path), "-o", str(tmp_path / "b"), "--progress", "none"]
+    assert cli.main(base) == 0
+    assert configs.pop() == TrainConfig()
+    changed = {"output_mode": "merged", "filters": 12, "depth": 3, "input_size": 96, "planes": "axial,sagittal",
+               "window_mm": 120.0, "epochs": 7, "steps_per_epoch": 11, "validation_steps": 5, "batch_size": 3,
+               "patience": 2, "learning_rate": 0.01, "final_learning_rate": 0.002, "loss": "dice+ce", "beta": 2.0,
+               "normalisation": "population", "seed": 4, "split_seed": 5, "workers": 2, "multiprocessing": True,
+               "time_limit_min": 3.5, "init_from": str(tmp_path / "old"), "split": str(tmp_path / "split.json")}
+    settings = {spec.dest: spec.setting for spec in contract.TRAIN_OPTIONS if spec.setting}
+    assert set(settings) - {"dims"} == set(changed)  # every setting-bearing flag is tried
+    argv = base + contract.command_line("train", data=str(tmp_path), output=str(tmp_path / "b"), **changed)[1:]
+    assert cli.main(argv) == 0
+    flat = configs.pop().to_flat()
+    for dest, value in changed.items():
+        expected = list(value.split(",")) if dest == "planes" else value
+        assert flat[settings[dest]] == expected, dest

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from kneeseg import cli
-from kneeseg.cohort import expand_inputs, run_cohort
+from kneeseg.workflows.cohort import expand_inputs, run_cohort
 from kneeseg.errors import EXIT_BAD_INPUT
 from kneeseg.infer import SegmentOptions
 from conftest import REPO, toy_knee
@@ -90,7 +90,7 @@ def test_local_dask_cluster_of_two_workers(cohort, tiny_bundle, tmp_path):
 
 
 def test_same_case_names_are_refused_before_anything_runs(tmp_path):
-    from kneeseg.cohort import check_unique_case_names, expand_inputs
+    from kneeseg.workflows.cohort import check_unique_case_names, expand_inputs
     from kneeseg.errors import InputError
 
     for sub in ("a", "b"):
@@ -101,10 +101,63 @@ def test_same_case_names_are_refused_before_anything_runs(tmp_path):
 
 
 def test_hidden_files_do_not_turn_a_cohort_folder_into_one_dicom_series(tmp_path):
-    from kneeseg.cohort import expand_inputs
+    from kneeseg.workflows.cohort import expand_inputs
 
     (tmp_path / ".DS_Store").write_bytes(b"x")
     for sub in ("subj1", "subj2"):
         (tmp_path / sub).mkdir()
         (tmp_path / sub / "IM0001").write_bytes(b"x")
     assert expand_inputs([str(tmp_path)]) == [tmp_path / "subj1", tmp_path / "subj2"]
+
+
+def _report_images(page):
+    """The image paths the report page references."""
+    import re
+
+    return re.findall(r"<img src='([^']+)'", page)
+
+
+def test_a_cohort_writes_a_report_with_a_thumbnail_per_case(cohort, tiny_bundle, tmp_path):
+    """Through the CLI as a user runs it: report.html beside summary.csv, every image it shows decodes."""
+    import subprocess
+    import sys
+    from urllib.parse import unquote
+
+    from PIL import Image
+
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "KneeSegmentation"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-m", "kneeseg", "segment", str(cohort), "-o", str(out), "--model",
+                           str(tiny_bundle), "--progress", "none"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == EXIT_BAD_INPUT, proc.stderr  # the broken case failed, the others finished
+    page = (out / "report.html").read_text()
+    images = _report_images(page)
+    assert {f"thumbnails/{name}.png" for name in CASES} <= set(images)
+    for image in images:
+        with Image.open(out / unquote(image)) as picture:
+            picture.load()
+    assert page.index("broken") < min(page.index(name) for name in CASES)  # the failed case first
+
+
+def test_a_killed_cohort_still_has_a_report_of_the_cases_it_finished(cohort, tmp_path, monkeypatch):
+    """The report is rewritten after every case, so a cohort stopped half-way has one."""
+    from kneeseg import infer, writing
+    from kneeseg.errors import Cancelled
+
+    monkeypatch.syspath_prepend(str(REPO / "Testing" / "core" / "reliability"))
+    from attack import fake_predictor, write_fake_bundle
+
+    monkeypatch.setattr(infer, "make_predictor", lambda bundle, backend="auto": fake_predictor)
+    bundle = tmp_path / "bundle"
+    write_fake_bundle(bundle)
+
+    def stop_at_the_second_case(step, path):
+        if path.name.endswith("knee_b.seg.nrrd"):
+            raise Cancelled("stopped")
+
+    out = tmp_path / "out"
+    with pytest.raises(Cancelled), writing.inject_faults(stop_at_the_second_case):
+        run_cohort(expand_inputs([str(cohort)]), out, bundle, SegmentOptions())
+    page = (out / "report.html").read_text()
+    assert "knee_a" in page and "broken" in page and "knee_b" not in page
+    assert (out / "thumbnails" / "knee_a.png").is_file()

@@ -13,6 +13,7 @@ import json
 import pytest
 
 import kneeseg.bundle
+import kneeseg.workflows.segment
 import kneeseg.workflows.train
 from kneeseg import cli, contract
 from kneeseg.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, InputError
@@ -229,7 +230,7 @@ def test_the_cli_reports_a_missing_package_itself(tmp_path, monkeypatch, capsys)
     def missing(*args, **kwargs):
         raise ModuleNotFoundError("No module named 'onnxruntime'", name="onnxruntime")
 
-    monkeypatch.setattr(cli, "segment_file", missing)
+    monkeypatch.setattr(kneeseg.workflows.segment, "segment_file", missing)
     rc = cli.main(["segment", str(image), "-o", str(tmp_path / "out.nrrd"), "--progress", "json"])
     lines = [contract.parse_progress_line(line) for line in capsys.readouterr().out.splitlines()]
     error = [line for line in lines if line and line["stage"] == contract.STAGE_ERROR][-1]

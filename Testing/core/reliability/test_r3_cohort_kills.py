@@ -39,7 +39,7 @@ def cohort(tmp_path, fake_model):  # noqa: F811
 
 
 def _run(root, out, overwrite=False):
-    from kneeseg.cohort import expand_inputs, run_cohort
+    from kneeseg.workflows.cohort import expand_inputs, run_cohort
     from kneeseg.infer import SegmentOptions
 
     return run_cohort(expand_inputs([str(root / "cohort")]), out, root / "bundle", SegmentOptions(),
@@ -137,7 +137,7 @@ def test_a_kill_during_an_overwrite_run_never_leaves_outputs_that_disagree(cohor
 
 def test_a_kill_between_a_case_and_its_summary_row(cohort, reference, monkeypatch):
     """The row of a finished case is written before the case counts as done."""
-    from kneeseg import cohort as cohorts
+    from kneeseg.workflows import cohort as cohorts
 
     real, calls = cohorts.write_summary, []
 
@@ -157,7 +157,7 @@ def test_a_kill_between_a_case_and_its_summary_row(cohort, reference, monkeypatc
 
 
 def test_temporary_and_hidden_files_are_never_cases(cohort):
-    from kneeseg.cohort import expand_inputs
+    from kneeseg.workflows.cohort import expand_inputs
 
     folder = cohort / "cohort"
     write_volume(folder / ".kneeseg-tmp-abc123-case9.nrrd", seed=5)
@@ -200,7 +200,8 @@ def test_a_real_kill_9_between_a_case_and_its_row(cohort, reference):
 import os, signal, sys
 from pathlib import Path
 from attack import fake_predictor
-from kneeseg import cohort, infer
+from kneeseg import infer
+from kneeseg.workflows import cohort
 infer.make_predictor = lambda bundle, backend="auto": fake_predictor
 real, calls = cohort.write_summary, []
 def write_summary(*args, **kwargs):

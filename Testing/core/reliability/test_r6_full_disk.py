@@ -143,6 +143,9 @@ def test_a_rerun_that_runs_out_of_space_keeps_the_earlier_outputs(scene, capsys)
     _assert_nothing_written(scene, before)  # the earlier label map with its own side outputs, untouched
 
 
+REPORT = ["report.html", "summary.csv", "thumbnails"]  # the cohort's report and summary (issue 13)
+
+
 def test_a_cohort_that_runs_out_of_space_stops_and_resumes(scene, capsys):
     from kneeseg import writing
 
@@ -157,11 +160,14 @@ def test_a_cohort_that_runs_out_of_space_stops_and_resumes(scene, capsys):
     with writing.inject_faults(full_at_c1):
         code, lines = run_cli(["segment", "cohort", "-o", "res", "--model", "bundle"], capsys)
     assert_one_line_error(code, lines, "no space left on device", "c1")
-    assert sorted(p.name for p in (scene / "res").iterdir()) == ["c0.nrrd", "c0.seg.nrrd", "summary.csv"]
+    assert sorted(p.name for p in (scene / "res").iterdir()) == ["c0.nrrd", "c0.seg.nrrd", *REPORT]
+    assert sorted(p.name for p in (scene / "res" / "thumbnails").iterdir()) == ["c0.png", "legend.png"]
     code, lines = run_cli(["segment", "cohort", "-o", "res", "--model", "bundle"], capsys)
     assert code == 0, lines
     assert sorted(p.name for p in (scene / "res").iterdir()) == [
-        "c0.nrrd", "c0.seg.nrrd", "c1.nrrd", "c1.seg.nrrd", "c2.nrrd", "c2.seg.nrrd", "summary.csv"]
+        "c0.nrrd", "c0.seg.nrrd", "c1.nrrd", "c1.seg.nrrd", "c2.nrrd", "c2.seg.nrrd", *REPORT]
+    assert sorted(p.name for p in (scene / "res" / "thumbnails").iterdir()) == ["c0.png", "c1.png", "c2.png",
+                                                                                "legend.png"]
     assert tree(scene / "cohort", scene / "bundle") == inputs
 
 

@@ -1,20 +1,26 @@
-"""Cohorts: many inputs, one output folder, a summary CSV; resumable; one bad case never stops the rest.
+"""Cohorts: many inputs, one output folder, a summary CSV and an HTML report; resumable; one bad case
+never stops the rest.
 
-The per-case function :func:`segment_case` is the unit of work everywhere: run in a loop here, or
-spread over a Dask cluster (``scheduler=`` an address, see docs/cohorts.md). It writes a case's
-outputs under temporary names; :func:`finish_case` then records the case's summary row and only
-then commits the outputs, the label map last. The label map is the case's done-marker: a run
-killed at any point and resumed redoes exactly the cases without one, and rewrites (never
-duplicates) their rows. Temporary files a killed run left are removed when the cohort resumes.
+The per-case function (:func:`kneeseg.workflows.case.segment_case`) is the unit of work: run in a
+loop here (:func:`map_cases`), or spread over a Dask cluster (``scheduler=`` an address,
+:mod:`.cluster`, docs/cohorts.md). It writes a case's outputs under temporary names;
+:func:`finish_case` then records the case's summary row, commits the outputs, the label map last,
+and rewrites the report. The label map is the case's done-marker: a run killed at any point and
+resumed redoes exactly the cases without one, and rewrites (never duplicates) their rows. Temporary
+files a killed run left are removed when the cohort resumes.
 """
 
 import csv
 import glob
+from functools import partial
 from pathlib import Path
 
-from .datasets import IMAGE_SUFFIXES, volume_stem
-from .errors import Cancelled, InputError, OutputError
-from .writing import atomic_path, is_temp_name
+from ..datasets import IMAGE_SUFFIXES
+from ..errors import InputError
+from ..progress import NO_PROGRESS
+from ..report import REPORT_NAME, THUMBNAIL_FOLDER, write_report
+from ..writing import atomic_path, is_temp_name, remove_stale_temps
+from .case import case_name, case_output, case_side_outputs, segment_case
 
 SUMMARY_NAME = "summary.csv"
 
@@ -58,10 +64,6 @@ def expand_inputs(items) -> list:
     return out
 
 
-def case_name(path: Path) -> str:
-    return volume_stem(Path(path)) if Path(path).is_file() else Path(path).name
-
-
 def check_unique_case_names(inputs):
     """Refuse inputs whose outputs would overwrite each other (e.g. a/knee.nrrd and b/knee.nrrd)."""
     by_name = {}
@@ -74,111 +76,103 @@ def check_unique_case_names(inputs):
                          "them into separate output folders")
 
 
-def case_output(output_dir, input_path) -> Path:
-    return Path(output_dir) / f"{case_name(input_path)}.nrrd"
-
-
-def segment_case(input_path, output_dir, model, options, bundle=None, predictor=None):
-    """Segment one case into ``output_dir`` (label map + .seg.nrrd) under temporary names.
-
-    Returns (row, staged): the summary row and the :class:`~kneeseg.outputs.StagedOutputs` to commit
-    once the row is recorded (None for a failed case). A bad case never raises; an output that
-    cannot be written (:class:`OutputError`, e.g. a full disk) does: it would fail every case.
-    """
-    from .cli import stage_case
-
-    name = case_name(input_path)
-    out = case_output(output_dir, input_path)
-    try:
-        result, staged = stage_case(input_path, out, model, options, seg_nrrd=Path(output_dir) / f"{name}.seg.nrrd",
-                                    bundle=bundle, predictor=predictor)
-        return {"case": name, "input": str(input_path), "status": "done", "error": "", **result}, staged
-    except (OutputError, Cancelled):
-        raise  # stopping the cohort is not a failure of this case
-    except InputError as exc:
-        return {"case": name, "input": str(input_path), "status": "failed", "error": str(exc)}, None
-    except Exception as exc:  # noqa: BLE001 - one broken case must not stop a cohort
-        return {"case": name, "input": str(input_path), "status": "failed",
-                "error": f"internal error: {type(exc).__name__}: {exc}"}, None
-
-
-def finish_case(row, staged, summary_path, bone_names):
-    """Record the case's summary row, then commit its outputs (the label map, its done-marker, last)."""
-    write_summary(summary_path, [row], bone_names)
-    if staged is not None:
-        staged.commit()
-
-
 def check_cohort_outputs(inputs, output_dir, summary_path, model, sources=()):
     """Every output of the cohort checked against every input and each other, before any work."""
-    from .bundle import default_bundle_path
-    from .outputs import LABELMAP_SUFFIXES, Output, check_cohort_folder, check_outputs
+    from ..bundle import default_bundle_path
+    from ..outputs import LABELMAP_SUFFIXES, Output, check_cohort_folder, check_outputs
 
     check_cohort_folder(inputs, output_dir, sources)
-    planned = [Output("--summary", Path(summary_path), (".csv",))]
+    planned = [Output("--summary", Path(summary_path), (".csv",)),
+               Output("the report", Path(output_dir) / REPORT_NAME, (".html",))]
     for path in inputs:
-        planned.append(Output(f"the label map of case {case_name(path)}", case_output(output_dir, path),
-                              LABELMAP_SUFFIXES))
-        planned.append(Output(f"the segmentation of case {case_name(path)}",
-                              Path(output_dir) / f"{case_name(path)}.seg.nrrd", (".seg.nrrd",)))
+        side = case_side_outputs(output_dir, path)
+        planned += [Output(f"the label map of case {case_name(path)}", case_output(output_dir, path), LABELMAP_SUFFIXES),
+                    Output(f"the segmentation of case {case_name(path)}", side.seg_nrrd, (".seg.nrrd",)),
+                    Output(f"the thumbnail of case {case_name(path)}", side.thumbnail, (".png",))]
     read = list(inputs) + [Path(s) for s in sources if Path(s).is_file()] + [model or default_bundle_path()]
     check_outputs(read, planned, input_folders=[s for s in sources if Path(s).is_dir()])
 
 
+def map_cases(case_fn, inputs, on_case, progress=None) -> list:
+    """Run ``case_fn(input_path)`` -> (row, staged) on every input in turn; ``on_case(row, staged)``
+    records each case as soon as it is done (an interruption loses nothing). Returns the rows."""
+    progress = progress or NO_PROGRESS
+    rows = []
+    for n, path in enumerate(inputs):
+        progress("case", n / max(len(inputs), 1), f"case {n + 1}/{len(inputs)}: {path}")
+        row, staged = case_fn(path)
+        on_case(row, staged)
+        rows.append(row)
+        if row["status"] == "failed":
+            progress.log(f"failed: {row['error']}")
+    return rows
+
+
+def finish_case(row, staged, summary_path, labels, output_dir):
+    """Record the case's summary row, commit its outputs (the label map, its done-marker, last), then
+    rewrite the report with every row of the summary."""
+    write_summary(summary_path, [row], [label.name for label in labels])
+    if staged is not None:
+        staged.commit()
+    write_report(read_summary(summary_path), output_dir, labels)
+
+
 def run_cohort(inputs, output_dir, model, options, progress=None, summary=None, overwrite=False, scheduler=None,
                sources=(), predictor=None):
-    """Segment every input; returns counts and writes the summary CSV (bone volumes per case).
+    """Segment every input; returns counts and writes the summary CSV (bone volumes per case) and report.html.
 
     ``sources``: what the user named (folders, CSV files), protected like the inputs. Outputs are
     checked before anything runs; a second cohort into the same folder at once is refused.
     """
-    from .bundle import load_bundle
-    from .infer import make_predictor
-    from .outputs import exclusive_folder
-    from .writing import remove_stale_temps
+    from .. import infer
+    from ..bundle import load_bundle
+    from ..outputs import exclusive_folder
 
+    progress = progress or NO_PROGRESS
     output_dir = Path(output_dir)
     check_unique_case_names(inputs)
     summary_path = Path(summary) if summary else output_dir / SUMMARY_NAME
     check_cohort_outputs(inputs, output_dir, summary_path, model, sources)
     bundle = load_bundle(model)
     output_dir.mkdir(parents=True, exist_ok=True)
-    bones = [label.name for label in bundle.labels]
+    on_case = partial(finish_case, summary_path=summary_path, labels=bundle.labels, output_dir=output_dir)
     with exclusive_folder(output_dir):
-        stale = remove_stale_temps(output_dir)
-        if stale and hasattr(progress, "log"):
+        stale = remove_stale_temps(output_dir) + remove_stale_temps(output_dir / THUMBNAIL_FOLDER)
+        if stale:
             progress.log(f"removed {len(stale)} temporary file(s) left by an interrupted run in {output_dir}")
         todo = [p for p in inputs if overwrite or not case_output(output_dir, p).exists()]
-        skipped = len(inputs) - len(todo)
         if scheduler is not None:
-            from .distributed import map_cases
+            from .cluster import map_cases as map_on_cluster
 
-            rows = map_cases(todo, output_dir, model, options, scheduler, progress,
-                             on_case=lambda row, staged: finish_case(row, staged, summary_path, bones))
+            case_fn = partial(segment_case, output_dir=output_dir.resolve(), options=options,
+                              model=str(Path(model).resolve()) if model is not None else None)
+            rows = map_on_cluster(case_fn, todo, on_case, scheduler, model, options.backend, progress)
         else:
-            rows = []
-            predictor = predictor or (make_predictor(bundle, options.backend) if todo else None)
-            for n, path in enumerate(todo):
-                if progress is not None:
-                    progress("case", n / max(len(todo), 1), f"case {n + 1}/{len(todo)}: {path}")
-                row, staged = segment_case(path, output_dir, model, options, bundle=bundle, predictor=predictor)
-                finish_case(row, staged, summary_path, bones)  # after every case: an interruption loses nothing
-                rows.append(row)
-                if row["status"] == "failed" and hasattr(progress, "log"):
-                    progress.log(f"failed: {row['error']}")
+            predictor = predictor or (infer.make_predictor(bundle, options.backend) if todo else None)
+            case_fn = partial(segment_case, output_dir=output_dir, model=model, options=options, bundle=bundle,
+                              predictor=predictor)
+            rows = map_cases(case_fn, todo, on_case, progress)
+        if not rows and summary_path.exists():
+            write_report(read_summary(summary_path), output_dir, bundle.labels)  # e.g. one a kill cut short
     failed = sum(r["status"] == "failed" for r in rows)
-    return {"done": len(rows) - failed, "skipped": skipped, "failed": failed, "summary": str(summary_path),
+    return {"done": len(rows) - failed, "skipped": len(inputs) - len(todo), "failed": failed,
+            "summary": str(summary_path), "report": str(output_dir / REPORT_NAME),
             "failures": [{"case": r["case"], "error": r["error"]} for r in rows if r["status"] == "failed"]}
+
+
+def read_summary(path: Path) -> list:
+    """The rows of a summary CSV (none when it does not exist yet)."""
+    if not Path(path).exists():
+        return []
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if r.get("case")]
 
 
 def write_summary(path: Path, rows, bone_names):
     """Merge this run's rows into the summary CSV (rows of earlier runs for other cases are kept; a
     case's row is replaced, never repeated)."""
     fields = ["case", "input", "status", "error"] + [f"{b}_ml" for b in bone_names]
-    existing = {}
-    if path.exists():
-        with open(path, newline="") as f:
-            existing = {r["case"]: r for r in csv.DictReader(f) if r.get("case")}
+    existing = {r["case"]: r for r in read_summary(path)}
     for r in rows:
         flat = {k: r.get(k, "") for k in ("case", "input", "status", "error")}
         for b in bone_names:

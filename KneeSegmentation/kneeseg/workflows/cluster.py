@@ -1,10 +1,10 @@
 """Cohorts on a Dask distributed cluster: the same per-case function, spread over many machines.
 
 ``kneeseg segment cohort/ -o out/ --scheduler tcp://host:8786`` sends one task per case to the
-cluster; each worker process loads the model bundle once and runs :func:`cohort.segment_case` on
-the cases it receives, writing its outputs into the shared output folder. The client collects one
-row per case (bone volumes or the error) for the summary CSV. Why Dask rather than Ray, and how to
-start a cluster: docs/cohorts.md.
+cluster; each worker process loads the model bundle once and runs the per-case function
+(:func:`kneeseg.workflows.case.segment_case`) on the cases it receives, staging its outputs in the
+shared output folder. The client records one row per case (bone volumes or the error) and commits
+the case's outputs. Why Dask rather than Ray, and how to start a cluster: docs/cohorts.md.
 
 Input paths, the output folder and the model bundle must be visible to every worker under the same
 paths (a shared file system), and the workers need kneeseg installed in the same version.
@@ -13,7 +13,9 @@ paths (a shared file system), and the workers need kneeseg installed in the same
 import threading
 from pathlib import Path
 
-from .errors import OutputError
+from ..errors import OutputError
+from ..progress import NO_PROGRESS
+from .case import failed_row
 
 _CACHE = {}
 _CACHE_LOCK = threading.Lock()
@@ -24,28 +26,25 @@ def _resources(model, backend):
     key = (str(model) if model is not None else None, backend)
     with _CACHE_LOCK:
         if key not in _CACHE:
-            from .bundle import load_bundle
-            from .infer import make_predictor
+            from ..bundle import load_bundle
+            from ..infer import make_predictor
 
             bundle = load_bundle(model)
             _CACHE[key] = (bundle, make_predictor(bundle, backend))
         return _CACHE[key]
 
 
-def run_case(input_path, output_dir, model, options) -> tuple:
-    """One case on a worker: :func:`cohort.segment_case` with this worker's cached model.
+def run_case(case_fn, input_path, model, backend) -> tuple:
+    """On a worker: ``case_fn(input_path, bundle=, predictor=)`` with this worker's cached model.
 
     Returns (row, staged): the outputs stay under temporary names in the shared output folder until
     the client has recorded the row and commits them (the label map, the case's done-marker, last).
     """
-    from .cohort import case_name, segment_case
-
     try:
-        bundle, predictor = _resources(model, options.backend)
+        bundle, predictor = _resources(model, backend)
     except Exception as exc:  # noqa: BLE001 - a worker that cannot load the model fails its cases, not the run
-        return {"case": case_name(Path(input_path)), "input": str(input_path), "status": "failed",
-                "error": f"worker could not load the model: {type(exc).__name__}: {exc}"}, None
-    return segment_case(Path(input_path), Path(output_dir), model, options, bundle=bundle, predictor=predictor)
+        return failed_row(input_path, f"worker could not load the model: {type(exc).__name__}: {exc}"), None
+    return case_fn(Path(input_path), bundle=bundle, predictor=predictor)
 
 
 def connect(scheduler):
@@ -65,24 +64,26 @@ def connect(scheduler):
     return Client(str(scheduler), timeout="30s"), True
 
 
-def map_cases(inputs, output_dir, model, options, scheduler, progress=None, on_case=None) -> list:
-    """Segment ``inputs`` on a Dask cluster; one row dict per case, in input order.
+def map_cases(case_fn, inputs, on_case, scheduler, model=None, backend="auto", progress=None) -> list:
+    """Run ``case_fn`` on every input on a Dask cluster; one row dict per case, in input order.
 
-    ``scheduler``: a scheduler address (``tcp://host:8786``), a ``distributed.Client`` or a cluster
-    object. A case whose task is lost (a worker died twice on it) is recorded as failed; the others
-    go on. As each case finishes, ``on_case(row, staged)`` records it and commits its staged outputs
-    (default: commit only), then ``progress(stage, fraction, message)`` is called.
+    ``case_fn(input_path, bundle=, predictor=)`` -> (row, staged) must be picklable (a module-level
+    function or a ``functools.partial`` of one, with absolute paths). ``scheduler``: an address
+    (``tcp://host:8786``), a ``distributed.Client`` or a cluster object; ``model``/``backend``: what
+    each worker loads once. A case whose task is lost (a worker died twice on it) is recorded as
+    failed; the others go on. As each case finishes, ``on_case(row, staged)`` records it and commits
+    its staged outputs, then ``progress(stage, fraction, message)`` is called.
     """
     from distributed import as_completed
 
+    progress = progress or NO_PROGRESS
     inputs = [Path(p) for p in inputs]
     if not inputs:
         return []
     client, owned = connect(scheduler)
-    output_dir = str(Path(output_dir).resolve())
     model = str(Path(model).resolve()) if model is not None else None
     try:
-        futures = [client.submit(run_case, str(p.resolve()), output_dir, model, options, pure=False,
+        futures = [client.submit(run_case, case_fn, str(p.resolve()), model, backend, pure=False,
                                  key=f"kneeseg-case-{n}-{p.name}") for n, p in enumerate(inputs)]
         index = {f.key: n for n, f in enumerate(futures)}
         rows = [None] * len(inputs)
@@ -93,17 +94,9 @@ def map_cases(inputs, output_dir, model, options, scheduler, progress=None, on_c
             except OutputError:
                 raise  # a full disk or an unwritable folder fails every case: stop
             except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker: record, keep going
-                from .cohort import case_name
-
-                rows[n], staged = {"case": case_name(inputs[n]), "input": str(inputs[n]), "status": "failed",
-                                   "error": f"cluster error: {type(exc).__name__}: {exc}"}, None
-            if on_case is not None:
-                on_case(rows[n], staged)
-            elif staged is not None:
-                staged.commit()
-            if progress is not None:
-                row = rows[n]
-                progress("case", done / len(inputs), f"{done}/{len(inputs)} {row['case']}: {row['status']}")
+                rows[n], staged = failed_row(inputs[n], f"cluster error: {type(exc).__name__}: {exc}"), None
+            on_case(rows[n], staged)
+            progress("case", done / len(inputs), f"{done}/{len(inputs)} {rows[n]['case']}: {rows[n]['status']}")
         return rows
     finally:
         if owned:
