@@ -64,14 +64,16 @@ def build_parser():
     p.add_argument("--real2d", help="real labelled sagittal slices (.npz)")
     p.add_argument("--synthetic", help="label-map cache folder; scores the bundle's held-out test subjects")
     p.add_argument("--synthetic-cases", type=int, default=6)
-    p.add_argument("--report", help="write the full results as JSON here")
+    p.add_argument("--report", help="write the full results (every case) as JSON here")
+    p.add_argument("--json", action="store_true",
+                   help="print the summary as JSON instead of the table (default: a table per data set)")
     p.add_argument("--update-card", action="store_true", help="store the summary in the bundle card's metrics")
     p.add_argument("--planes", help="fuse these planes instead of the bundle's (volumes: --pairs, --synthetic)")
     _add_device_and_progress(p)
 
     p = sub.add_parser("info", help="show a model bundle's card")
     p.add_argument("model", nargs="?", help="bundle (default: the shipped model)")
-    p.add_argument("--json", action="store_true", help="print the card as JSON")
+    p.add_argument("--json", action="store_true", help="print the whole card as JSON (default: its essentials)")
 
     p = sub.add_parser("synth", help="synthetic training data from real label maps")
     synth_sub = p.add_subparsers(dest="synth_command", required=True, parser_class=_ArgumentParser)
@@ -274,7 +276,9 @@ def cmd_evaluate(args, progress):
         metrics.update({name + suffix: value for name, value in summary.items()})
         update_card(bundle.folder, metrics=metrics)
     if progress.mode != "json":
-        print(json.dumps(summary, indent=2))
+        from .tables import evaluation_table
+
+        print(json.dumps(summary, indent=2) if args.json else evaluation_table(results))
     progress.done("evaluation finished", summary)
     return EXIT_OK
 
@@ -290,22 +294,9 @@ def cmd_info(args, progress):
     if args.json:
         print(json.dumps(card.to_json(), indent=2))
         return EXIT_OK
-    network, frame = card.network, card.frame
-    print(f"{card.name or '?'}  ({args.model or default_bundle_path()})")
-    if card.description:
-        print(f"  {card.description}")
-    print(f"  network: {network.dims}D U-Net, {network.filters} filters, depth {network.depth}, "
-          f"output {network.output}, input {frame.size}x{frame.size}")
-    print(f"  planes: {', '.join(frame.planes)}; window {frame.window_mm} mm; N4 {'on' if card.n4 else 'off'}")
-    print("  labels: " + ", ".join(f"{label.name}={label.value} (SCT {label.snomed_code})" for label in card.labels))
-    print(f"  intended use: {card.intended_use}")
-    for dataset, licence in card.data_licences:
-        print(f"  trained on {dataset}: {licence}")
-    for name, entry in card.weights.items():
-        print(f"  {name}: sha256 {entry.sha256} (verified)")
-    if card.metrics:
-        print("  measured metrics:")
-        print("    " + json.dumps(card.metrics, indent=2).replace("\n", "\n    "))
+    from .tables import card_table
+
+    print(card_table(card, args.model or default_bundle_path()))
     return EXIT_OK
 
 

@@ -97,12 +97,46 @@ def test_internal_errors_exit_1_with_a_json_error(monkeypatch, capsys):
     assert "internal error: RuntimeError: boom" in capsys.readouterr().err
 
 
-def test_info_prints_the_card(tiny_bundle):
+def test_info_prints_the_cards_essentials_and_the_whole_card_with_json(tiny_bundle):
     proc = run_cli("info", tiny_bundle, "--json")
     assert proc.returncode == 0
     assert json.loads(proc.stdout)["name"] == "tiny-test-model"
     proc = run_cli("info", tiny_bundle)
-    assert "Femur=1 (SCT 71341001)" in proc.stdout and "verified" in proc.stdout
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert text.startswith("tiny-test-model") and "bones: Femur=1" in text and "planes: " in text
+    assert "intended use: For research use only" in text and "verified" in text
+    assert "measured Dice" in text and "{" not in text and len(text.splitlines()) < 25
+
+
+def test_info_of_the_shipped_model_shows_training_data_and_measured_dice():
+    proc = run_cli("info")
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert "training data: synthetic images from real label maps" in text and "OAI_AKOA" in text
+    assert "synthetic (14): Femur 0.930" in text and "{" not in text and len(text.splitlines()) < 25
+
+
+def test_evaluate_prints_a_table_by_default_and_json_on_request(tiny_bundle, tmp_path):
+    from conftest import write_toy_pairs
+
+    data = write_toy_pairs(tmp_path / "data", n=2, size=(48, 48, 40), spacing=(1.5, 1.5, 1.5))
+    report = tmp_path / "report.json"
+    proc = run_cli("evaluate", "--model", tiny_bundle, "--pairs", data, "--report", report, "--progress", "none")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(f"pairs: {data} (2 cases)")
+    header = lines[1].split()
+    assert header[0] == "bone" and "Dice" in header and "ASSD" in header and "HD95" in header
+    assert [line.split()[0] for line in lines[2:6]] == ["Femur", "Tibia", "Fibula", "Patella"]
+    assert any(line.startswith("  worst case: ") for line in lines)
+    assert "{" not in proc.stdout and "missed" not in proc.stdout
+    full = json.loads(report.read_text())["pairs"]
+    assert len(full["cases"]) == 2 and f"{full['dice']['Femur']['mean']:.3f}" in lines[2]
+    proc = run_cli("evaluate", "--model", tiny_bundle, "--pairs", data, "--json", "--progress", "none")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["pairs"]["n_cases"] == 2 and "cases" not in summary["pairs"]
 
 
 @pytest.mark.slow
