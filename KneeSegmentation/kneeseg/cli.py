@@ -80,6 +80,7 @@ def build_parser():
     q = synth_sub.add_parser("prepare", help="build the label-map cache used for training")
     q.add_argument("source", help="folder of label maps (e.g. ../shared/data/labelmaps)")
     q.add_argument("cache", help="cache folder to write")
+    contract.option("segment", "progress").add_to(q)
     q = synth_sub.add_parser("sheet", help="write a PNG sheet of synthetic training images")
     q.add_argument("cache")
     q.add_argument("output", help="PNG path")
@@ -91,6 +92,7 @@ def build_parser():
     p.add_argument("labelmap")
     p.add_argument("output")
     p.add_argument("--model", help="bundle whose labels name the colours (default: the shipped model)")
+    contract.option("segment", "progress").add_to(p)
     return parser
 
 
@@ -304,7 +306,7 @@ def cmd_synth(args, progress):
     from . import synth
 
     if args.synth_command == "prepare":
-        manifest = synth.prepare_cache(args.source, args.cache)
+        manifest = synth.prepare_cache(args.source, args.cache, progress=progress)
         progress.done(f"wrote cache {args.cache}", {"cache": args.cache, "entries": len(manifest["files"])})
     else:
         synth.write_example_sheet(args.cache, args.output, n=args.n, seed=args.seed)
@@ -320,11 +322,13 @@ def cmd_overlay(args, progress):
 
     check_outputs([args.image, args.labelmap, args.model or default_bundle_path()],
                   [Output("the overlay", Path(args.output), (".png",))])
+    progress("read", 0.1, f"reading {args.image} and {args.labelmap}")
     image = io.read_volume(args.image)
     labelmap = io.read_volume(args.labelmap, validate=False)
     if not io.same_geometry(image, labelmap):
         raise InputError("label map geometry differs from the image", args.labelmap)
     labels = load_bundle(args.model).labels
+    progress("draw", 0.5, f"drawing {args.output}")
     with staging(args.output) as staged:
         overlay_sheet(image, labelmap, labels, staged.temp(args.output), title=Path(args.image).name)
         staged.commit()

@@ -238,7 +238,7 @@ def test_synth_prepare_reports_the_number_of_cached_label_maps(monkeypatch, tmp_
     files = [{"file": "a.npz"}, {"file": "b.npz"}]
     manifest = {"format": "f", "spacing_mm": 0.7, "margin_mm": 40.0, "tissues": [], "outside_field_of_view": 0,
                 "files": files}
-    monkeypatch.setattr(synth, "prepare_cache", lambda source, cache: manifest)
+    monkeypatch.setattr(synth, "prepare_cache", lambda source, cache, **_: manifest)
     done = []
 
     class Recorder:
@@ -248,6 +248,45 @@ def test_synth_prepare_reports_the_number_of_cached_label_maps(monkeypatch, tmp_
     args = cli.build_parser().parse_args(["synth", "prepare", str(tmp_path / "src"), str(tmp_path / "cache")])
     assert cli.cmd_synth(args, Recorder()) == 0
     assert done == [{"cache": str(tmp_path / "cache"), "entries": 2}]
+
+
+def _fractions(proc):
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert events[-1]["stage"] == "done"
+    return [e["fraction"] for e in events]
+
+
+def test_progress_of_every_command_ends_at_one_and_never_goes_back(tiny_bundle, toy_volume, tmp_path):
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    for name in ("a", "b"):
+        (cohort / f"{name}.nrrd").write_bytes(toy_volume.read_bytes())
+    labels = tmp_path / "labels"
+    _, labelmap = toy_knee(seed=4, size=(48, 48, 40), spacing=(1.5, 1.5, 1.5))
+    (labels / "staple").mkdir(parents=True)
+    sitk.WriteImage(labelmap, str(labels / "staple" / "staple_toy_MRI_l.nii.gz"))
+    runs = {"segment": ("segment", toy_volume, "-o", tmp_path / "one.nrrd", "--model", tiny_bundle),
+            "cohort": ("segment", cohort, "-o", tmp_path / "many", "--model", tiny_bundle),
+            "overlay": ("overlay", toy_volume, tmp_path / "one.nrrd", tmp_path / "overlay.png", "--model", tiny_bundle),
+            "synth prepare": ("synth", "prepare", labels, tmp_path / "cache")}
+    for name, args in runs.items():
+        fractions = _fractions(run_cli(*args, "--progress", "json"))
+        assert fractions[-1] == 1.0 and len(fractions) > 1, name
+        assert fractions == sorted(fractions), (name, fractions)
+    assert (tmp_path / "cache" / "manifest.json").exists() and (tmp_path / "overlay.png").exists()
+
+
+def test_the_bar_shows_100_percent_when_a_command_is_done():
+    import io
+
+    from kneeseg.progress import Progress
+
+    stderr = io.StringIO()
+    bar = Progress("bar", stderr=stderr)
+    bar("write", 0.5, "half way")
+    bar.done("finished", {})
+    assert "100.0% done: finished" in stderr.getvalue().splitlines()[-1]
 
 
 def test_segment_a_dicom_series_writes_meshes_and_a_dicom_seg(tiny_bundle, tmp_path):
