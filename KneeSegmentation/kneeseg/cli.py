@@ -100,6 +100,11 @@ def _configure_device(device):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    elif device == "gpu":
+        from .devices import gpu_visible
+
+        if not gpu_visible():
+            raise InputError("--device gpu: no GPU was found; --device cpu or --device auto runs on the CPU")
 
 
 def _parse_centre(text):
@@ -352,9 +357,9 @@ def _raise_cancelled(signum, frame):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     progress = Progress(getattr(args, "progress", "bar"))
-    _configure_device(getattr(args, "device", "auto"))
     signal.signal(signal.SIGTERM, _raise_cancelled)
     try:
+        _configure_device(getattr(args, "device", "auto"))
         return COMMANDS[args.command](args, progress)
     except InputError as exc:
         progress.error(str(exc), "input")

@@ -250,6 +250,29 @@ def test_synth_prepare_reports_the_number_of_cached_label_maps(monkeypatch, tmp_
     assert done == [{"cache": str(tmp_path / "cache"), "entries": 2}]
 
 
+def _no_gpu():
+    from kneeseg.devices import gpu_visible
+
+    return not gpu_visible()
+
+
+@pytest.mark.skipif(not _no_gpu(), reason="a GPU is visible here: --device gpu is allowed")
+def test_device_gpu_without_a_gpu_is_bad_input_and_auto_stays_silent(tiny_bundle, toy_volume, tmp_path):
+    out = tmp_path / "labels.nrrd"
+    for args in (("segment", toy_volume, "-o", out, "--model", tiny_bundle),
+                 ("evaluate", "--model", tiny_bundle, "--pairs", tmp_path),
+                 ("train", "--data", tmp_path, "-o", tmp_path / "bundle")):
+        proc = run_cli(*args, "--device", "gpu", "--progress", "json")
+        assert proc.returncode == EXIT_BAD_INPUT, (args[0], proc.stderr)
+        error_lines = [line for line in proc.stderr.splitlines() if line.startswith("kneeseg: error:")]
+        assert len(error_lines) == 1, proc.stderr
+        assert "no GPU was found" in error_lines[0] and "--device cpu" in error_lines[0] and "auto" in error_lines[0]
+        assert json.loads(proc.stdout.splitlines()[-1])["error"] == "input"
+    assert list(tmp_path.iterdir()) == [toy_volume]
+    proc = run_cli("segment", toy_volume, "-o", out, "--model", tiny_bundle, "--device", "auto", "--progress", "none")
+    assert proc.returncode == 0 and "GPU" not in proc.stderr and out.exists(), proc.stderr
+
+
 def _fractions(proc):
     assert proc.returncode == 0, proc.stderr
     events = [json.loads(line) for line in proc.stdout.splitlines()]
