@@ -64,20 +64,23 @@ def build_parser():
     p.add_argument("--real2d", help="real labelled sagittal slices (.npz)")
     p.add_argument("--synthetic", help="label-map cache folder; scores the bundle's held-out test subjects")
     p.add_argument("--synthetic-cases", type=int, default=6)
-    p.add_argument("--report", help="write the full results as JSON here")
+    p.add_argument("--report", help="write the full results (every case) as JSON here")
+    p.add_argument("--json", action="store_true",
+                   help="print the summary as JSON instead of the table (default: a table per data set)")
     p.add_argument("--update-card", action="store_true", help="store the summary in the bundle card's metrics")
     p.add_argument("--planes", help="fuse these planes instead of the bundle's (volumes: --pairs, --synthetic)")
     _add_device_and_progress(p)
 
     p = sub.add_parser("info", help="show a model bundle's card")
     p.add_argument("model", nargs="?", help="bundle (default: the shipped model)")
-    p.add_argument("--json", action="store_true", help="print the card as JSON")
+    p.add_argument("--json", action="store_true", help="print the whole card as JSON (default: its essentials)")
 
     p = sub.add_parser("synth", help="synthetic training data from real label maps")
     synth_sub = p.add_subparsers(dest="synth_command", required=True, parser_class=_ArgumentParser)
     q = synth_sub.add_parser("prepare", help="build the label-map cache used for training")
     q.add_argument("source", help="folder of label maps (e.g. ../shared/data/labelmaps)")
     q.add_argument("cache", help="cache folder to write")
+    contract.option("segment", "progress").add_to(q)
     q = synth_sub.add_parser("sheet", help="write a PNG sheet of synthetic training images")
     q.add_argument("cache")
     q.add_argument("output", help="PNG path")
@@ -89,6 +92,7 @@ def build_parser():
     p.add_argument("labelmap")
     p.add_argument("output")
     p.add_argument("--model", help="bundle whose labels name the colours (default: the shipped model)")
+    contract.option("segment", "progress").add_to(p)
     return parser
 
 
@@ -96,6 +100,11 @@ def _configure_device(device):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    elif device == "gpu":
+        from .devices import gpu_visible
+
+        if not gpu_visible():
+            raise InputError("--device gpu: no GPU was found; --device cpu or --device auto runs on the CPU")
 
 
 def _parse_centre(text):
@@ -274,7 +283,9 @@ def cmd_evaluate(args, progress):
         metrics.update({name + suffix: value for name, value in summary.items()})
         update_card(bundle.folder, metrics=metrics)
     if progress.mode != "json":
-        print(json.dumps(summary, indent=2))
+        from .tables import evaluation_table
+
+        print(json.dumps(summary, indent=2) if args.json else evaluation_table(results))
     progress.done("evaluation finished", summary)
     return EXIT_OK
 
@@ -290,22 +301,9 @@ def cmd_info(args, progress):
     if args.json:
         print(json.dumps(card.to_json(), indent=2))
         return EXIT_OK
-    network, frame = card.network, card.frame
-    print(f"{card.name or '?'}  ({args.model or default_bundle_path()})")
-    if card.description:
-        print(f"  {card.description}")
-    print(f"  network: {network.dims}D U-Net, {network.filters} filters, depth {network.depth}, "
-          f"output {network.output}, input {frame.size}x{frame.size}")
-    print(f"  planes: {', '.join(frame.planes)}; window {frame.window_mm} mm; N4 {'on' if card.n4 else 'off'}")
-    print("  labels: " + ", ".join(f"{label.name}={label.value} (SCT {label.snomed_code})" for label in card.labels))
-    print(f"  intended use: {card.intended_use}")
-    for dataset, licence in card.data_licences:
-        print(f"  trained on {dataset}: {licence}")
-    for name, entry in card.weights.items():
-        print(f"  {name}: sha256 {entry.sha256} (verified)")
-    if card.metrics:
-        print("  measured metrics:")
-        print("    " + json.dumps(card.metrics, indent=2).replace("\n", "\n    "))
+    from .tables import card_table
+
+    print(card_table(card, args.model or default_bundle_path()))
     return EXIT_OK
 
 
@@ -313,7 +311,7 @@ def cmd_synth(args, progress):
     from . import synth
 
     if args.synth_command == "prepare":
-        manifest = synth.prepare_cache(args.source, args.cache)
+        manifest = synth.prepare_cache(args.source, args.cache, progress=progress)
         progress.done(f"wrote cache {args.cache}", {"cache": args.cache, "entries": len(manifest["files"])})
     else:
         synth.write_example_sheet(args.cache, args.output, n=args.n, seed=args.seed)
@@ -329,11 +327,13 @@ def cmd_overlay(args, progress):
 
     check_outputs([args.image, args.labelmap, args.model or default_bundle_path()],
                   [Output("the overlay", Path(args.output), (".png",))])
+    progress("read", 0.1, f"reading {args.image} and {args.labelmap}")
     image = io.read_volume(args.image)
     labelmap = io.read_volume(args.labelmap, validate=False)
     if not io.same_geometry(image, labelmap):
         raise InputError("label map geometry differs from the image", args.labelmap)
     labels = load_bundle(args.model).labels
+    progress("draw", 0.5, f"drawing {args.output}")
     with staging(args.output) as staged:
         overlay_sheet(image, labelmap, labels, staged.temp(args.output), title=Path(args.image).name)
         staged.commit()
@@ -357,9 +357,9 @@ def _raise_cancelled(signum, frame):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     progress = Progress(getattr(args, "progress", "bar"))
-    _configure_device(getattr(args, "device", "auto"))
     signal.signal(signal.SIGTERM, _raise_cancelled)
     try:
+        _configure_device(getattr(args, "device", "auto"))
         return COMMANDS[args.command](args, progress)
     except InputError as exc:
         progress.error(str(exc), "input")

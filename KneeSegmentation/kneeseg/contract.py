@@ -168,7 +168,8 @@ class Option:
 
 
 def _device():
-    return Option(("--device",), "device", "where the network runs (default: a GPU when one is visible)",
+    return Option(("--device",), "device", "where the network runs: auto (default) a GPU when one is visible, else the "
+                  "CPU; cpu; gpu (exit 2 when no GPU is visible)",
                   default="auto", choices=DEVICES)
 
 

@@ -33,6 +33,7 @@ class Progress:
             self._bar(stage, message)
 
     def done(self, message, result):
+        self.fraction = 1.0
         if self.mode == "json":
             self._json({"stage": "done", "fraction": 1.0, "message": message, "result": result})
         elif self.mode == "bar":

@@ -97,12 +97,46 @@ def test_internal_errors_exit_1_with_a_json_error(monkeypatch, capsys):
     assert "internal error: RuntimeError: boom" in capsys.readouterr().err
 
 
-def test_info_prints_the_card(tiny_bundle):
+def test_info_prints_the_cards_essentials_and_the_whole_card_with_json(tiny_bundle):
     proc = run_cli("info", tiny_bundle, "--json")
     assert proc.returncode == 0
     assert json.loads(proc.stdout)["name"] == "tiny-test-model"
     proc = run_cli("info", tiny_bundle)
-    assert "Femur=1 (SCT 71341001)" in proc.stdout and "verified" in proc.stdout
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert text.startswith("tiny-test-model") and "bones: Femur=1" in text and "planes: " in text
+    assert "intended use: For research use only" in text and "verified" in text
+    assert "measured Dice" in text and "{" not in text and len(text.splitlines()) < 25
+
+
+def test_info_of_the_shipped_model_shows_training_data_and_measured_dice():
+    proc = run_cli("info")
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert "training data: synthetic images from real label maps" in text and "OAI_AKOA" in text
+    assert "synthetic (14): Femur 0.930" in text and "{" not in text and len(text.splitlines()) < 25
+
+
+def test_evaluate_prints_a_table_by_default_and_json_on_request(tiny_bundle, tmp_path):
+    from conftest import write_toy_pairs
+
+    data = write_toy_pairs(tmp_path / "data", n=2, size=(48, 48, 40), spacing=(1.5, 1.5, 1.5))
+    report = tmp_path / "report.json"
+    proc = run_cli("evaluate", "--model", tiny_bundle, "--pairs", data, "--report", report, "--progress", "none")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(f"pairs: {data} (2 cases)")
+    header = lines[1].split()
+    assert header[0] == "bone" and "Dice" in header and "ASSD" in header and "HD95" in header
+    assert [line.split()[0] for line in lines[2:6]] == ["Femur", "Tibia", "Fibula", "Patella"]
+    assert any(line.startswith("  worst case: ") for line in lines)
+    assert "{" not in proc.stdout and "missed" not in proc.stdout
+    full = json.loads(report.read_text())["pairs"]
+    assert len(full["cases"]) == 2 and f"{full['dice']['Femur']['mean']:.3f}" in lines[2]
+    proc = run_cli("evaluate", "--model", tiny_bundle, "--pairs", data, "--json", "--progress", "none")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["pairs"]["n_cases"] == 2 and "cases" not in summary["pairs"]
 
 
 @pytest.mark.slow
@@ -204,7 +238,7 @@ def test_synth_prepare_reports_the_number_of_cached_label_maps(monkeypatch, tmp_
     files = [{"file": "a.npz"}, {"file": "b.npz"}]
     manifest = {"format": "f", "spacing_mm": 0.7, "margin_mm": 40.0, "tissues": [], "outside_field_of_view": 0,
                 "files": files}
-    monkeypatch.setattr(synth, "prepare_cache", lambda source, cache: manifest)
+    monkeypatch.setattr(synth, "prepare_cache", lambda source, cache, **_: manifest)
     done = []
 
     class Recorder:
@@ -214,6 +248,68 @@ def test_synth_prepare_reports_the_number_of_cached_label_maps(monkeypatch, tmp_
     args = cli.build_parser().parse_args(["synth", "prepare", str(tmp_path / "src"), str(tmp_path / "cache")])
     assert cli.cmd_synth(args, Recorder()) == 0
     assert done == [{"cache": str(tmp_path / "cache"), "entries": 2}]
+
+
+def _no_gpu():
+    from kneeseg.devices import gpu_visible
+
+    return not gpu_visible()
+
+
+@pytest.mark.skipif(not _no_gpu(), reason="a GPU is visible here: --device gpu is allowed")
+def test_device_gpu_without_a_gpu_is_bad_input_and_auto_stays_silent(tiny_bundle, toy_volume, tmp_path):
+    out = tmp_path / "labels.nrrd"
+    for args in (("segment", toy_volume, "-o", out, "--model", tiny_bundle),
+                 ("evaluate", "--model", tiny_bundle, "--pairs", tmp_path),
+                 ("train", "--data", tmp_path, "-o", tmp_path / "bundle")):
+        proc = run_cli(*args, "--device", "gpu", "--progress", "json")
+        assert proc.returncode == EXIT_BAD_INPUT, (args[0], proc.stderr)
+        error_lines = [line for line in proc.stderr.splitlines() if line.startswith("kneeseg: error:")]
+        assert len(error_lines) == 1, proc.stderr
+        assert "no GPU was found" in error_lines[0] and "--device cpu" in error_lines[0] and "auto" in error_lines[0]
+        assert json.loads(proc.stdout.splitlines()[-1])["error"] == "input"
+    assert list(tmp_path.iterdir()) == [toy_volume]
+    proc = run_cli("segment", toy_volume, "-o", out, "--model", tiny_bundle, "--device", "auto", "--progress", "none")
+    assert proc.returncode == 0 and "GPU" not in proc.stderr and out.exists(), proc.stderr
+
+
+def _fractions(proc):
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert events[-1]["stage"] == "done"
+    return [e["fraction"] for e in events]
+
+
+def test_progress_of_every_command_ends_at_one_and_never_goes_back(tiny_bundle, toy_volume, tmp_path):
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    for name in ("a", "b"):
+        (cohort / f"{name}.nrrd").write_bytes(toy_volume.read_bytes())
+    labels = tmp_path / "labels"
+    _, labelmap = toy_knee(seed=4, size=(48, 48, 40), spacing=(1.5, 1.5, 1.5))
+    (labels / "staple").mkdir(parents=True)
+    sitk.WriteImage(labelmap, str(labels / "staple" / "staple_toy_MRI_l.nii.gz"))
+    runs = {"segment": ("segment", toy_volume, "-o", tmp_path / "one.nrrd", "--model", tiny_bundle),
+            "cohort": ("segment", cohort, "-o", tmp_path / "many", "--model", tiny_bundle),
+            "overlay": ("overlay", toy_volume, tmp_path / "one.nrrd", tmp_path / "overlay.png", "--model", tiny_bundle),
+            "synth prepare": ("synth", "prepare", labels, tmp_path / "cache")}
+    for name, args in runs.items():
+        fractions = _fractions(run_cli(*args, "--progress", "json"))
+        assert fractions[-1] == 1.0 and len(fractions) > 1, name
+        assert fractions == sorted(fractions), (name, fractions)
+    assert (tmp_path / "cache" / "manifest.json").exists() and (tmp_path / "overlay.png").exists()
+
+
+def test_the_bar_shows_100_percent_when_a_command_is_done():
+    import io
+
+    from kneeseg.progress import Progress
+
+    stderr = io.StringIO()
+    bar = Progress("bar", stderr=stderr)
+    bar("write", 0.5, "half way")
+    bar.done("finished", {})
+    assert "100.0% done: finished" in stderr.getvalue().splitlines()[-1]
 
 
 def test_segment_a_dicom_series_writes_meshes_and_a_dicom_seg(tiny_bundle, tmp_path):

@@ -13,6 +13,7 @@ import json
 import pytest
 
 import kneeseg.bundle
+import kneeseg.devices
 import kneeseg.workflows.segment
 import kneeseg.workflows.train
 from kneeseg import cli, contract
@@ -131,6 +132,7 @@ def test_every_segmentation_command_line_passes_the_real_parser_and_validators(l
         raise _Reached(model)
 
     monkeypatch.setattr(kneeseg.bundle, "load_bundle", loadBundle)
+    monkeypatch.setattr(kneeseg.devices, "gpu_visible", lambda: True)  # the panel may offer gpu: reach the paths
     options = list(_segmentationOptions())
     assert len(options) == len(DEVICES) * 3 * 2 ** len(PLANES)
     for o in options:

@@ -105,6 +105,7 @@ def map_cases(case_fn, inputs, on_case, progress=None) -> list:
         rows.append(row)
         if row["status"] == "failed":
             progress.log(f"failed: {row['error']}")
+        progress("case", (n + 1) / len(inputs), f"case {n + 1}/{len(inputs)}: {row['status']}")
     return rows
 
 
