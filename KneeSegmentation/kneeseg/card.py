@@ -17,7 +17,7 @@ from pathlib import Path
 from . import INTENDED_USE
 from .errors import BundleError
 from .labels import Label, labels_to_json
-from .specs import FrameSpec, NetworkSpec, Normalisation, SpecError, _check_keys, check_bool, check_int
+from .specs import FrameSpec, NetworkSpec, Normalisation, SpecError, check_keys, check_bool, check_int
 
 FORMAT = "kneeseg-bundle"
 FORMAT_VERSION = 1
@@ -176,7 +176,7 @@ def _labels(items) -> tuple:
 
 
 def _network(model) -> tuple:
-    _check_keys(model, NetworkSpec, extra=("input_size",), name="model")
+    check_keys(model, NetworkSpec, extra=("input_size",), name="model")
     if "input_size" not in model:
         raise SpecError("input_size", "is missing")
     check_int("input_size", model["input_size"], 16, 1024)

@@ -113,7 +113,7 @@ class Normalisation:
 
     @classmethod
     def from_json(cls, data: dict) -> "Normalisation":
-        _check_keys(data, cls, name="normalisation")
+        check_keys(data, cls, name="normalisation")
         return cls(**data)
 
 
@@ -181,7 +181,7 @@ class NetworkSpec:
                             f"of {2 ** self.depth}")
 
 
-def _check_keys(data, cls, extra=(), name=None):
+def check_keys(data, cls, extra=(), name=None):
     """Refuse a mapping with names ``cls`` does not know (a typo must not fall back to a default)."""
     if not isinstance(data, dict):
         raise SpecError(name or cls.__name__, f"must be a JSON object, not {type(data).__name__}")
