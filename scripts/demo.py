@@ -66,12 +66,14 @@ def main():
     out = Path(args.out)
     command = [sys.executable, "-m", "kneeseg", "segment", str(dicom), "-o", str(out / "knee_labels.nrrd"),
                "--seg-nrrd", str(out / "knee_bones.seg.nrrd"), "--overlay", str(out / "knee_overlay.png"),
-               "--volumes-json", str(out / "knee_volumes.json")]
+               "--volumes-json", str(out / "knee_volumes.json"), "--dicom-seg", str(out / "knee_bones_seg.dcm"),
+               "--meshes", str(out / "knee_meshes")]
     print("running:", " ".join(command))
     code = subprocess.run(command).returncode
     if code == 0:
         print(f"\nbone volumes (mL): {(out / 'knee_volumes.json').read_text()}")
-        print(f"results in {out}/ - open {out / 'knee_overlay.png'}, or load {out / 'knee_bones.seg.nrrd'} in 3D Slicer")
+        print(f"results in {out}/ - open {out / 'knee_overlay.png'}, or load {out / 'knee_bones.seg.nrrd'} (or the "
+              f"meshes in {out / 'knee_meshes'}) in 3D Slicer; {out / 'knee_bones_seg.dcm'} is a DICOM SEG for PACS")
     return code
 
 
