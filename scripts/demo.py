@@ -15,7 +15,6 @@ import argparse
 import hashlib
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 SAMPLE_PACKAGE = "mskt==0.1.22"
@@ -46,14 +45,9 @@ def fetch_sample(cache: Path) -> Path:
         sys.exit(f"demo: {sdist}: SHA-256 {actual} does not match the pinned {SAMPLE_SHA256}; removed it, rerun")
     folder = cache / "MESE_T2_dicom"
     if not folder.exists():
-        tmp = cache / "MESE_T2_dicom.partial"
-        tmp.mkdir(exist_ok=True)
-        with tarfile.open(sdist) as tar:
-            for member in tar.getmembers():
-                if member.isfile() and member.name.startswith(SAMPLE_MEMBER):
-                    member.name = Path(member.name).name
-                    tar.extract(member, tmp, filter="data")
-        tmp.rename(folder)
+        from kneeseg.io import extract_folder
+
+        extract_folder(sdist, SAMPLE_MEMBER, cache / "MESE_T2_dicom.partial").rename(folder)
     return folder
 
 

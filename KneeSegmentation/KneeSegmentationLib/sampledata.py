@@ -6,7 +6,6 @@ Data downloads the archive and checks its SHA-256; the series is then unpacked n
 echo read by the core (``kneeseg.io.read_volume``) and loaded as a volume named ``KneeMRI``.
 """
 
-import tarfile
 from pathlib import Path
 
 import slicer
@@ -52,15 +51,9 @@ def loadSample():
 
 def _writeFirstEcho(archive: Path, volumePath: Path) -> None:
     import SimpleITK as sitk
-    from kneeseg.io import read_volume
+    from kneeseg.io import extract_folder, read_volume
 
-    folder = archive.with_name(SAMPLE_NAME + "-dicom")
-    folder.mkdir(exist_ok=True)
-    with tarfile.open(archive) as tar:
-        for member in tar.getmembers():
-            if member.isfile() and member.name.startswith(SERIES_MEMBER):
-                member.name = Path(member.name).name
-                tar.extract(member, folder, filter="data")
+    folder = extract_folder(archive, SERIES_MEMBER, archive.with_name(SAMPLE_NAME + "-dicom"))
     partial = volumePath.with_name(volumePath.stem + ".partial.nrrd")
     sitk.WriteImage(read_volume(folder), str(partial), True)
     partial.replace(volumePath)

@@ -216,3 +216,18 @@ def same_geometry(a, b, tolerance: float = 1e-4) -> bool:
         and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tolerance)
         and np.allclose(a.GetDirection(), b.GetDirection(), atol=tolerance)
     )
+
+
+def extract_folder(archive, member_prefix: str, folder) -> Path:
+    """Unpack the files of a tar ``archive`` under ``member_prefix`` flat into ``folder`` (e.g. one DICOM
+    series out of a source distribution); tar's "data" filter refuses links and paths out of ``folder``."""
+    import tarfile
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            if member.isfile() and member.name.startswith(member_prefix):
+                member.name = Path(member.name).name
+                tar.extract(member, folder, filter="data")
+    return folder
