@@ -75,8 +75,8 @@ ROUND2_SYNTHESIS = {"muscle_stretch_probability": 0.0, "septum_probability": 0.0
                     "rim_outside_probability": 1.0, "fibula_weight": 3.0}
 ROUND2 = {"dims": 2, "output": "separate", "filters": 32, "depth": 4, "input_size": 224, "window_mm": 160.0,
           "planes": ("sagittal", "coronal", "axial"), "loss": "dice+ce", "learning_rate": 2e-4,
-          "final_learning_rate": 2e-5, "batch_size": 8, "steps_per_epoch": 100, "validation_steps": 5, "epochs": 16,
-          "patience": 6, "seed": 3, "split": str(ROUND2_SPLIT), "init_from": str(INSTALLED),
+          "final_learning_rate": 2e-5, "batch_size": 8, "steps_per_epoch": 100, "validation_steps": 5, "epochs": 40,
+          "patience": 12, "seed": 3, "split": str(ROUND2_SPLIT), "init_from": str(INSTALLED),
           "synthesis": ROUND2_SYNTHESIS}
 
 
