@@ -13,7 +13,8 @@ Measures per bone, each made a component in [0, 1] (1 = no sign of trouble):
 * **one piece**: the share of the bone's voxels in its largest connected piece before the clean-up
   (``postprocess.cleanup`` counts the pieces);
 * **volume in range**: the bone volume against the range of the training label maps
-  (``bone_volumes.json`` in this package, made by :func:`volume_ranges_from_cache`); a bone every
+  (``bone_volumes.json`` in this package, made by ``kneeseg.synth.bone_volume_ranges`` from the
+  label-map cache, so that segmenting needs no cache); a bone every
   training map has (femur, tibia, patella) that is missing scores 0. Whole scans only: a single slice
   has no bone volume.
 
@@ -182,26 +183,3 @@ def segmentation_measures(labels, fusion_quality, pieces, volumes_ml, bones) -> 
 def load_volume_ranges(path=VOLUME_RANGES_FILE) -> dict:
     """Bone name -> {"min", "max", "n_maps", "in_every_map"} (mL), from the package's JSON."""
     return json.loads(Path(path).read_text())["bones"]
-
-
-def volume_ranges_from_cache(cache) -> dict:
-    """The bone volumes of every label map in a label-map cache (``kneeseg synth prepare``), as the
-    content of ``bone_volumes.json``: per bone the min and max (mL) over the maps that have it."""
-    from .synth import cache_files, load_label_map, load_manifest
-    from .synth.tissues import TISSUES
-
-    bones = {t.id: t.name.capitalize() for t in TISSUES if t.target}
-    volumes = {name: [] for name in bones.values()}
-    files = cache_files(cache)
-    for path in files:
-        cached = load_label_map(path)
-        counts = np.bincount(cached.labels.ravel(), minlength=256)
-        voxel_ml = float(cached.spacing) ** 3 / 1000.0
-        for tissue_id, name in bones.items():
-            if counts[tissue_id]:
-                volumes[name].append(counts[tissue_id] * voxel_ml)
-    manifest = load_manifest(cache)
-    return {"source": f"{len(files)} label maps of the synthesis cache ({manifest.get('format', '')})",
-            "bones": {name: {"min": round(float(min(v)), 1), "max": round(float(max(v)), 1), "n_maps": len(v),
-                             "in_every_map": len(v) == len(files)}
-                      for name, v in volumes.items() if v}}
