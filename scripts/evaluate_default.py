@@ -8,7 +8,9 @@
    volume ratio; with the pinned generator (rim inside the label), the same volumes with the rim outside
    the label, and volumes of the held-out maps that have a fibula;
 4. knee-centre detection without labels: model first pass vs intensity centroid, against the
-   femur-tibia junction of the real slices' labels.
+   femur-tibia junction of the real slices' labels;
+5. the quality score (``kneeseg.quality``): Spearman between each case's score and its mean Dice on
+   the real slices and the synthetic volumes, and the flagged cases against the worst quartile.
 """
 
 import argparse
@@ -186,7 +188,44 @@ def write_report(path, results, bundle_path):
                 "\nThe model's first pass is the default (closest to the junction in the median); when it finds no "
                 "femur and tibia, the centre of the field of view is used (the better of the two label-free "
                 "fallbacks here: the body centroid is pulled towards the thigh).\n"]
+    out += quality_section(results)
     Path(path).write_text("\n".join(out) + hand_written_part(path))
+
+
+QUALITY_ROWS = (("real2d", "real dev slices (one plane: sure voxels, one piece)"),
+                ("synthetic", "held-out synthetic volumes (tri-planar: planes agree, one piece, volume)"),
+                ("synthetic_rim_outside", "the same, rim outside the label"),
+                ("synthetic_fibula", "held-out fibula volumes"))
+
+
+def quality_section(results) -> list:
+    """The "Quality score" section: how well each case's score ranks its true mean Dice."""
+    from kneeseg.quality import FLAG_BELOW, THRESHOLD_RULE
+
+    rows = []
+    for key, name in QUALITY_ROWS:
+        q = (results.get(key) or {}).get("quality")
+        if not q or "spearman" not in q:
+            continue
+        flagged = q["n_flagged"]
+        rows.append([name, q["n"], "-" if q["spearman"] is None else f"{q['spearman']:.2f}", flagged,
+                     f"{q['n_flagged_in_worst_quartile']} of {q['n_worst_quartile']} (Dice <= "
+                     f"{q['worst_quartile_dice']:.2f})",
+                     "-" if q["mean_dice_flagged"] is None else f"{q['mean_dice_flagged']:.2f}",
+                     "-" if q["mean_dice_unflagged"] is None else f"{q['mean_dice_unflagged']:.2f}"])
+    if not rows:
+        return []
+    return ["## Quality score\n",
+            "Every segmentation carries a quality score in [0, 1] and a flag (`kneeseg/quality.py`): per bone the "
+            "weakest of its components (the planes' own labels agree; with one plane instead, the share of the "
+            "bone's voxels the network is sure of; the share in its largest piece before the clean-up; the volume "
+            "against the training label maps' range, whole scans only), averaged over the bones. Does it rank the cases as their true quality does? "
+            "Spearman's rank correlation between the score and the case's mean Dice (over the bones in the truth "
+            "or the prediction; a false or missed bone counts 0), and the flagged cases (score below "
+            f"{FLAG_BELOW}) against the worst quartile of mean Dice:\n",
+            table(["data", "cases", "Spearman", "flagged", "flagged in the worst quartile", "mean Dice flagged",
+                   "mean Dice not flagged"], rows),
+            f"\nThreshold {FLAG_BELOW}: {THRESHOLD_RULE}\n"]
 
 
 HAND_WRITTEN = "<!-- Below: written by hand, kept by make eval -->"

@@ -35,7 +35,7 @@ import vtk
 from kneeseg import contract
 from kneeseg.contract import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_OK
 
-from . import bundles, terminology
+from . import bundles, results, terminology
 from .errors import CANCELLED, DEPENDENCY, INPUT, INTERNAL, KneeSegmentationError
 from .plotting import TrainingPlot
 from .process import MODULE_DIR, ProcessRun, coreEnvironment, findPythonExecutable
@@ -233,6 +233,52 @@ def buildSegmentation(segmentation, labelmapNode, labels, log=None) -> dict:
         segmentation.AddSegment(segment, segmentId)
         counts[str(label["name"])] = int(np.count_nonzero(values == value))
     return counts
+
+
+def boneLabelmapNode(segmentationNode, volumeNode, what):
+    """A label map node on ``volumeNode``'s grid holding the bones of ``segmentationNode`` (segments
+    matched to femur, tibia, fibula and patella by SNOMED code or name, with the kneeseg values).
+    ``what`` names the pair in errors (raised when no segment is a bone or none lies in the volume)."""
+    from kneeseg.labels import SEPARATE_BONES
+
+    byCode = {b.snomed_code: b.value for b in SEPARATE_BONES}
+    byName = {b.name.lower(): b.value for b in SEPARATE_BONES}
+    segmentation = segmentationNode.GetSegmentation()
+    ids, values = vtk.vtkStringArray(), vtk.vtkIntArray()
+    for i in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(i)
+        code = terminology.typeCode(segment.GetTerminology())
+        value = byCode.get(code[1]) if code else None
+        value = value or byName.get(segment.GetName().strip().lower())
+        if value:
+            ids.InsertNextValue(segmentation.GetNthSegmentID(i))
+            values.InsertNextValue(value)
+    if ids.GetNumberOfValues() == 0:
+        raise KneeSegmentationError(
+            f"{what}: '{_name(segmentationNode)}' has no segment named or coded as "
+            + ", ".join(b.name for b in SEPARATE_BONES) + ".", INPUT)
+    reference = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(volumeNode)
+    merged = slicer.vtkOrientedImageData()
+    if not segmentationNode.GenerateMergedLabelmapForAllSegments(
+            merged, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY, reference, ids, values):
+        raise KneeSegmentationError(f"{what}: '{_name(segmentationNode)}' could not be "
+                                    f"resampled onto '{_name(volumeNode)}'.", INPUT)
+    labelNode = slicer.vtkMRMLLabelMapVolumeNode()
+    slicer.vtkSlicerSegmentationsModuleLogic.CopyOrientedImageDataToVolumeNode(merged, labelNode)
+    if not sameGeometry(geometryOf(labelNode), geometryOf(volumeNode)):
+        raise KneeSegmentationError(f"{what}: the label map of '{_name(segmentationNode)}' "
+                                    f"does not match the geometry of '{_name(volumeNode)}'.", INPUT)
+    if not labelArray(merged).any():
+        raise KneeSegmentationError(f"{what}: no bone of '{_name(segmentationNode)}' lies "
+                                    f"inside '{_name(volumeNode)}' (mismatched geometry?).", INPUT)
+    return labelNode
+
+
+def writeLabelmap(labelNode, path, what) -> None:
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    if not storage.WriteData(labelNode):
+        raise KneeSegmentationError(f"Could not write {what}.", INTERNAL)
 
 
 def placeInSubjectHierarchy(scene, dataNode, besideNode) -> int:
@@ -438,9 +484,12 @@ class SegmentationRun(CoreRun):
         self.inputGeometry = geometryOf(volumeNode)
         self.segmentationNode = None
         self.volumesMl = {}
+        self.quality = None  # kneeseg.quality's record: score, flag, reasons (results.qualityWarning words it)
 
     def _succeed(self):
         self.segmentationNode, self.volumesMl = self.logic._importResult(self)
+        self.quality = results.qualityOfResult(self.result, self.workDir / "volumes.json")
+        results.storeQuality(self.segmentationNode, self.quality)
 
 
 class TrainingRun(CoreRun):
@@ -686,13 +735,9 @@ class KneeSegmentationLogic:
         Each segmentation is resampled onto its volume's grid; segments are matched to the bones by
         SNOMED code or name. Raises on a pair whose segments do not fit the volume.
         """
-        from kneeseg.labels import SEPARATE_BONES
-
         folder = Path(folder)
         (folder / "images").mkdir(parents=True, exist_ok=True)
         (folder / "labels").mkdir(parents=True, exist_ok=True)
-        byCode = {b.snomed_code: b.value for b in SEPARATE_BONES}
-        byName = {b.name.lower(): b.value for b in SEPARATE_BONES}
         cases = []
         for index, (volumeNode, segmentationNode) in enumerate(pairs):
             if volumeNode is None:
@@ -700,40 +745,10 @@ class KneeSegmentationLogic:
             validateInputVolume(volumeNode)
             if segmentationNode is None or not segmentationNode.IsA("vtkMRMLSegmentationNode"):
                 raise KneeSegmentationError(f"Training pair {index + 1}: choose a segmentation for '{_name(volumeNode)}'.", INPUT)
-            segmentation = segmentationNode.GetSegmentation()
-            ids, values = vtk.vtkStringArray(), vtk.vtkIntArray()
-            for i in range(segmentation.GetNumberOfSegments()):
-                segment = segmentation.GetNthSegment(i)
-                code = terminology.typeCode(segment.GetTerminology())
-                value = byCode.get(code[1]) if code else None
-                value = value or byName.get(segment.GetName().strip().lower())
-                if value:
-                    ids.InsertNextValue(segmentation.GetNthSegmentID(i))
-                    values.InsertNextValue(value)
-            if ids.GetNumberOfValues() == 0:
-                raise KneeSegmentationError(
-                    f"Training pair {index + 1}: '{_name(segmentationNode)}' has no segment named or coded as "
-                    + ", ".join(b.name for b in SEPARATE_BONES) + ".", INPUT)
-            reference = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(volumeNode)
-            merged = slicer.vtkOrientedImageData()
-            if not segmentationNode.GenerateMergedLabelmapForAllSegments(
-                    merged, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY, reference, ids, values):
-                raise KneeSegmentationError(f"Training pair {index + 1}: '{_name(segmentationNode)}' could not be "
-                                            f"resampled onto '{_name(volumeNode)}'.", INPUT)
-            labelNode = slicer.vtkMRMLLabelMapVolumeNode()
-            slicer.vtkSlicerSegmentationsModuleLogic.CopyOrientedImageDataToVolumeNode(merged, labelNode)
-            if not sameGeometry(geometryOf(labelNode), geometryOf(volumeNode)):
-                raise KneeSegmentationError(f"Training pair {index + 1}: the label map of '{_name(segmentationNode)}' "
-                                            f"does not match the geometry of '{_name(volumeNode)}'.", INPUT)
-            if not labelArray(merged).any():
-                raise KneeSegmentationError(f"Training pair {index + 1}: no bone of '{_name(segmentationNode)}' lies "
-                                            f"inside '{_name(volumeNode)}' (mismatched geometry?).", INPUT)
+            labelNode = boneLabelmapNode(segmentationNode, volumeNode, f"Training pair {index + 1}")
             case = f"case{index:03d}"
             writeVolume(volumeNode, folder / "images" / f"{case}.nrrd")
-            storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-            storage.SetFileName(str(folder / "labels" / f"{case}.nrrd"))
-            if not storage.WriteData(labelNode):
-                raise KneeSegmentationError(f"Could not write the training label map {case}.", INTERNAL)
+            writeLabelmap(labelNode, folder / "labels" / f"{case}.nrrd", f"the training label map {case}")
             cases.append(case)
         return cases
 

@@ -24,7 +24,7 @@ from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.util import VTKObservationMixin
 
-from . import bundles, dependencies, statistics
+from . import bundles, dependencies, results, statistics
 from .errors import DEPENDENCY, KneeSegmentationError
 from .logic import SegmentationOptions, TrainingOptions, validateInputVolume
 
@@ -146,9 +146,10 @@ class KneeSegmentationPanel(qt.QWidget):
         self.ui.removePairButton.connect("clicked(bool)", self.onRemovePair)
         self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)
         self.ui.showPlotInLayoutButton.connect("clicked(bool)", self.onShowPlotInLayout)
+        self.ui.exportMeshesButton.connect("clicked(bool)", self.onExportMeshes)
 
-        for name in ("statusWidget", "messageLabel", "resultsWidget", "trainingStatusWidget", "trainingPlotWidget",
-                     "showPlotInLayoutButton"):
+        for name in ("statusWidget", "messageLabel", "resultsWidget", "qualityLabel", "trainingStatusWidget",
+                     "trainingPlotWidget", "showPlotInLayoutButton"):
             getattr(self.ui, name).visible = False  # nothing to show before a run
         self.populateModelSelector()
         self.initializeParameterNode()
@@ -399,6 +400,7 @@ class KneeSegmentationPanel(qt.QWidget):
         if run.status == "succeeded":
             node = run.segmentationNode
             self.showResults(node, run.volumeNode)
+            self.showQuality(run.quality)
             self.showMessage(_("Done in {seconds:.0f} s: '{name}' has {count} segments.").format(
                 seconds=run.elapsed, name=node.GetName(), count=node.GetSegmentation().GetNumberOfSegments()))
         self.showRunEnd(run)
@@ -418,6 +420,30 @@ class KneeSegmentationPanel(qt.QWidget):
         self.ui.show3DButton.setSegmentationNode(segmentationNode)
         self.ui.resultsWidget.visible = True
         slicer.util.setSliceViewerLayers(background=volumeNode, fit=False)
+
+    def showQuality(self, quality) -> None:
+        """A plain warning above the volumes when the result is flagged (kneeseg's quality score)."""
+        warning = results.qualityWarning(quality)
+        self.ui.qualityLabel.text = f"<span style='color:#b35900'>{html.escape(warning)}</span>" if warning else ""
+        self.ui.qualityLabel.visible = bool(warning)
+
+    def onExportMeshes(self) -> None:
+        run = self._segmentationRun
+        node = run.segmentationNode if run is not None else None
+        if node is None or node.GetScene() is not slicer.mrmlScene:
+            self.showMessage(_("There is no segmentation result to export meshes from."), error=True)
+            return
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Choose a folder for the meshes"))
+        if not folder:
+            return
+        try:
+            with slicer.util.WaitCursor():
+                written = results.exportMeshes(node, run.volumeNode, folder)
+        except KneeSegmentationError as exc:
+            self.showError(exc)
+            return
+        self.showMessage(_("Wrote {count} bone meshes (STL and VTP, LPS mm) to {folder}.").format(
+            count=len(written), folder=folder))
 
     # -- training
     def onTrainingSourceChanged(self, folderChecked) -> None:

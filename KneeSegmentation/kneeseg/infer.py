@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import quality
 from .errors import Cancelled, InputError, MissingPackage
 from .io import validate_volume
-from .postprocess.cleanup import bone_volumes_ml, clean_labelmap
+from .postprocess.cleanup import bone_volumes_ml, clean_labelmap, keep_largest_component
 from .postprocess.fusion import PlaneProbabilities, fuse_frames
 from .preprocess import intensity
 from .preprocess.centre import centre_by_intensity, image_centre, knee_centre
@@ -34,6 +35,8 @@ class SegmentOptions:
     postprocess: bool = True
     confidence: bool = False
     backend: str = "auto"  # "auto", "keras", "onnx"
+    quality: bool = True  # the quality score and flag (kneeseg.quality): measured on the way, little cost
+    single_slice: bool = False  # accept a one-slice image (the evaluation of real 2D slices)
 
 
 @dataclass
@@ -44,6 +47,7 @@ class SegmentationResult:
     centre: tuple
     confidence: object = None  # SimpleITK float32 image (max fused probability), input geometry
     timings: dict = field(default_factory=dict)
+    quality: object = None  # kneeseg.quality.Quality: score in [0, 1], flag, reasons (None if not asked)
 
 
 # --- predictors ----------------------------------------------------------------------------------
@@ -286,10 +290,11 @@ def segment(image, bundle, options: SegmentOptions = None, progress=None, cancel
     ``progress(stage, fraction, message)`` is called along the way; ``cancel()`` returning True stops
     the run (raises :class:`Cancelled`). The input image is never modified.
     """
-    validate_volume(image)  # InputError naming the problem: NaN/Inf, constant, 2D, 4D, vector, one slice
+    options = options or SegmentOptions()
+    # InputError naming the problem: NaN/Inf, constant, 2D, 4D, vector, one slice
+    validate_volume(image, single_slice_ok=options.single_slice)
     import SimpleITK as sitk
 
-    options = options or SegmentOptions()
     progress = progress or NO_PROGRESS
     card = bundle.card
     labels = bundle.labels
@@ -325,11 +330,17 @@ def segment(image, bundle, options: SegmentOptions = None, progress=None, cancel
         _check_cancel(cancel)
 
     progress("postprocess", 0.85, "fusing the planes, largest component per bone, hole filling")
-    label_array, fused_max = fuse_frames(frames, image, confidence=options.confidence, timings=timings)
+    fusion_quality = {} if options.quality else None
+    label_array, fused_max = fuse_frames(frames, image, confidence=options.confidence, timings=timings,
+                                         quality=fusion_quality)
     del frames
     t = time.perf_counter()
+    pieces = {}
     if options.postprocess:
-        label_array = clean_labelmap(label_array, [label.value for label in labels])
+        label_array = clean_labelmap(label_array, [label.value for label in labels], pieces=pieces)
+    elif options.quality:
+        for label in labels:  # no clean-up, but the pieces are still a measure
+            keep_largest_component(label_array == label.value, pieces.setdefault(label.value, []))
     labelmap = sitk.GetImageFromArray(label_array)
     labelmap.CopyInformation(image)
     confidence = None
@@ -338,5 +349,18 @@ def segment(image, bundle, options: SegmentOptions = None, progress=None, cancel
         confidence.CopyInformation(image)
     volumes = bone_volumes_ml(label_array, image.GetSpacing(), labels)
     timings["postprocess"] = time.perf_counter() - t
+    result_quality = None
+    if options.quality:
+        t = time.perf_counter()
+        result_quality = case_quality(label_array, fusion_quality, pieces, volumes, labels, image)
+        timings["quality"] = time.perf_counter() - t
     progress("segmented", 0.9, "segmentation finished")
-    return SegmentationResult(labelmap, labels, volumes, tuple(centre), confidence, timings)
+    return SegmentationResult(labelmap, labels, volumes, tuple(centre), confidence, timings, result_quality)
+
+
+def case_quality(label_array, fusion_quality, pieces, volumes, labels, image):
+    """The :class:`~kneeseg.quality.Quality` of one segmentation; bone volumes are judged only on a
+    whole scan (a single slice has none)."""
+    measures = quality.segmentation_measures(label_array, fusion_quality, pieces, volumes, labels)
+    whole_scan = min(image.GetSize()) > 1
+    return quality.score_case(measures, quality.load_volume_ranges() if whole_scan else None)

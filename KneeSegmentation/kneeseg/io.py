@@ -62,9 +62,10 @@ def dicom_series_files(folder) -> list:
     return series_files(folder)
 
 
-def validate_volume(image, path=None):
+def validate_volume(image, path=None, single_slice_ok=False):
     """Raise :class:`InputError` unless ``image`` is a finite, non-constant 3D scalar volume with a
     sound geometry (positive spacing, finite origin, an orthonormal direction matrix).
+    ``single_slice_ok``: a one-slice volume passes (the evaluation of real 2D slices).
 
     The message names ``path`` (or "the input image" when there is none) and the problem.
     """
@@ -84,7 +85,7 @@ def validate_volume(image, path=None):
     size = image.GetSize()
     if 0 in size:
         raise InputError(f"is empty (size {size[0]}x{size[1]}x{size[2]})", path)
-    if sorted(size)[0] < 2:
+    if sorted(size)[0] < 2 and not (single_slice_ok and sorted(size)[1] >= 2):
         raise InputError(f"has a single slice (size {size[0]}x{size[1]}x{size[2]}); a 3D volume is needed", path)
     check_geometry(image, path)
     array = sitk.GetArrayViewFromImage(image)

@@ -44,7 +44,7 @@ def _flagged(row) -> bool:
     return str(row.get("quality_flag", "")).lower() in ("true", "1", "yes", "check")
 
 
-def _order(row) -> tuple:
+def worst_first(row) -> tuple:
     """Sort key: failed first, then flagged, then by quality score (lowest first), then by name."""
     try:
         score = float(row.get("quality_score"))
@@ -76,7 +76,7 @@ def render_report(rows, bones, title="kneeseg cohort", thumbnails=None, legend=N
     if legend:
         lines.append(f"<p><img src='{html.escape(legend)}' alt='colour legend'></p>")
     lines.append("<table><tr>" + "".join(f"<th class='l'>{html.escape(h)}</th>" for h in head) + "</tr>")
-    for row in sorted(rows, key=_order):
+    for row in sorted(rows, key=worst_first):
         case = str(row.get("case", ""))
         flagged = _flagged(row)
         css = "failed" if row.get("status") == "failed" else ("flagged" if flagged else "")
@@ -85,7 +85,10 @@ def render_report(rows, bones, title="kneeseg cohort", thumbnails=None, legend=N
                  f"<b>{html.escape(case)}</b>",
                  _cell(row.get("status")) + (f"<br><small>{_cell(row.get('error'))}</small>" if row.get("error") else "")]
         if has_quality:
-            cells += [_cell(row.get("quality_score")), "check" if flagged else ""]
+            reasons = row.get("quality_reasons")
+            reasons = "; ".join(reasons) if isinstance(reasons, list) else reasons
+            cells += [_cell(row.get("quality_score")),
+                      ("check" + (f"<br><small>{_cell(reasons)}</small>" if reasons else "")) if flagged else ""]
         volumes = row.get("volumes_ml") or {}
         cells += [_cell(volumes.get(b, row.get(f"{b}_ml"))) for b in bones]
         lines.append(f"<tr class='{css}'>" + "".join(

@@ -53,7 +53,11 @@ def test_segment_writes_every_output_and_reports_json_progress(tiny_bundle, toy_
     labels = sitk.ReadImage(str(out / "labels.nrrd"))
     image = sitk.ReadImage(str(toy_volume))
     assert labels.GetSize() == image.GetSize() and labels.GetOrigin() == image.GetOrigin()
-    assert json.loads((out / "volumes.json").read_text()) == result["volumes_ml"]
+    volumes_json = json.loads((out / "volumes.json").read_text())
+    assert volumes_json == {"volumes_ml": result["volumes_ml"], "quality": result["quality"]}
+    quality = result["quality"]
+    assert 0.0 <= quality["score"] <= 1.0 and quality["flag"] is (quality["score"] < quality["threshold"])
+    assert isinstance(quality["reasons"], list) and set(quality["components"]) <= set(result["volumes_ml"])
     assert (out / "overlay.png").read_bytes()[:4] == b"\x89PNG"
     assert sitk.ReadImage(str(out / "bones.seg.nrrd")).GetMetaData("Segment1_Name") == "Tibia"
     assert sorted(p.name for p in out.iterdir()) == sorted(

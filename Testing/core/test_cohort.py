@@ -45,6 +45,13 @@ def test_folder_cohort_outputs_summary_failure_resume_and_overwrite(cohort, tiny
     for name in CASES:
         assert rows[name]["status"] == "done" and float(rows[name]["Femur_ml"]) > 0
         assert set(rows[name]) >= {"Femur_ml", "Tibia_ml", "Fibula_ml", "Patella_ml"}
+        assert 0.0 <= float(rows[name]["quality_score"]) <= 1.0 and rows[name]["quality_flag"] in ("True", "False")
+    # Worst first: the failed case, then flagged cases, then by ascending score.
+    order = list(rows)
+    assert order[0] == "broken"
+    done = [rows[name] for name in order[1:]]
+    keys = [(r["quality_flag"] != "True", float(r["quality_score"])) for r in done]
+    assert keys == sorted(keys)
 
     # Rerun: finished cases are skipped (outputs untouched), the broken one is tried again.
     stamps = {name: (out / f"{name}.nrrd").stat().st_mtime_ns for name in CASES}

@@ -120,3 +120,38 @@ def test_postprocess_keeps_largest_piece_fills_holes_and_respects_other_bones():
     assert cleaned[16, 16, 16] == 0
     assert (cleaned == 2).sum() == (labels == 2).sum()
     assert cleanup.bone_volumes_ml(cleaned, (2.0, 1.0, 0.5), []) == {}
+
+
+def test_every_result_carries_a_quality_score_measured_on_the_way(bundle):
+    image, _ = toy_knee(seed=15, **TOY)
+    result = segment(image, bundle)
+    quality = result.quality
+    assert 0.0 <= quality.score <= 1.0 and quality.flag is (quality.score < quality.as_dict()["threshold"])
+    labels = sitk.GetArrayFromImage(result.labelmap)
+    for label in bundle.labels:
+        measures = quality.measures[label.name]
+        present = bool((labels == label.value).any())
+        assert (measures["plane_dice"] is not None) == present  # two planes: their agreement is measured
+        assert (measures["sure_fraction"] is not None) == present
+        assert measures["n_pieces"] >= int(present)
+    assert "quality" in result.timings
+    assert segment(image, bundle, SegmentOptions(quality=False)).quality is None
+    one_plane = segment(image, bundle, SegmentOptions(planes=("sagittal",))).quality
+    assert all(m["plane_dice"] is None for m in one_plane.measures.values())
+    assert any("sure_voxels" in c for c in one_plane.components.values())
+
+
+def test_the_real_slice_evaluation_segments_single_slices_and_scores_their_quality(bundle, tmp_path):
+    from kneeseg.workflows.evaluate import evaluate_real2d
+
+    image, truth = toy_knee(seed=16, **TOY)
+    images = sitk.GetArrayFromImage(image)[:, :, 20:23].transpose(2, 0, 1)  # three slices of one orientation
+    labels = sitk.GetArrayFromImage(truth)[:, :, 20:23].transpose(2, 0, 1)
+    theirs = np.zeros_like(labels)  # real_2d's values: 1 femur, 2 tibia, 3 patella
+    theirs[labels == 1], theirs[labels == 2], theirs[labels == 4] = 1, 2, 3
+    np.savez(tmp_path / "slices.npz", images=images.astype(np.float32), labels=theirs)
+    report = evaluate_real2d(bundle, tmp_path / "slices.npz")
+    assert report["n_slices"] == 3 and len(report["cases"]) == 3
+    for case in report["cases"]:
+        assert 0.0 <= case["quality_score"] <= 1.0 and 0.0 <= case["mean_dice"] <= 1.0
+    assert report["quality"]["n"] == 3 and "spearman" in report["quality"]

@@ -99,6 +99,11 @@ def test_single_slice_volume_is_rejected(tmp_path):
     path = tmp_path / "one.nrrd"
     sitk.WriteImage(sitk.GetImageFromArray(np.random.rand(1, 20, 20).astype(np.float32)), str(path))
     _expect_input_error(path, "single slice")
+    # Only the evaluation of real 2D slices asks for one slice: then it passes, but a line still does not.
+    one = sitk.GetImageFromArray(np.random.rand(1, 20, 20).astype(np.float32))
+    io.validate_volume(one, single_slice_ok=True)
+    with pytest.raises(InputError, match="single slice"):
+        io.validate_volume(sitk.GetImageFromArray(np.random.rand(1, 1, 20).astype(np.float32)), single_slice_ok=True)
 
 
 def test_vector_image_is_rejected(tmp_path):

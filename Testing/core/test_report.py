@@ -48,3 +48,27 @@ def test_every_image_exists_and_decodes_and_the_worst_case_comes_first(tmp_path)
         with Image.open(picture) as im:
             im.load()
             assert im.width > 10 and im.height > 10
+
+
+def test_the_summary_carries_score_flag_and_reasons_worst_first_and_the_page_shows_the_reasons(tmp_path):
+    import csv
+
+    from kneeseg.workflows.cohort import read_summary, write_summary
+
+    def row(case, score, reasons=()):
+        return {"case": case, "input": f"{case}.nrrd", "status": "done", "error": "",
+                "volumes_ml": {"Femur": 150.0}, "quality": {"score": score, "flag": score < 0.5, "reasons": list(reasons)}}
+
+    summary = tmp_path / "summary.csv"
+    write_summary(summary, [row("a-good", 0.9), row("b-bad", 0.2, ["Femur: the volume is outside the range (0.00)",
+                                                                       "Tibia: pieces (0.40)"])], ["Femur"])
+    write_summary(summary, [row("c-middle", 0.6), {"case": "d-broken", "input": "d.nrrd", "status": "failed",
+                                                   "error": "not a readable image"}], ["Femur"])
+    with open(summary, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["case"] for r in rows] == ["d-broken", "b-bad", "c-middle", "a-good"]  # worst first
+    assert rows[1]["quality_score"] == "0.2" and rows[1]["quality_flag"] == "True"
+    assert rows[1]["quality_reasons"] == "Femur: the volume is outside the range (0.00); Tibia: pieces (0.40)"
+    assert rows[3]["quality_flag"] == "False" and rows[0]["quality_score"] == ""
+    page = write_report(read_summary(summary), tmp_path, SEPARATE_BONES).read_text()
+    assert "Tibia: pieces (0.40)" in page and page.count("class='flagged'") == 1

@@ -100,6 +100,26 @@ def phantom_cache(tmp_path_factory):
     return root / "cache", labels, manifest
 
 
+def test_bone_volume_ranges_span_the_maps_and_count_the_maps_that_have_each_bone(phantom_cache):
+    from kneeseg.synth import bone_volume_ranges
+
+    cache, _, _ = phantom_cache
+    volumes = {}
+    for name in ("phantom_knee.npz", "phantom_other.npz"):
+        labels = load_label_map(cache / name).labels  # 1 mm voxels: 1000 voxels per mL
+        for tissue, bone in ((1, "Femur"), (2, "Tibia"), (3, "Fibula"), (4, "Patella")):
+            if (labels == tissue).any():
+                volumes.setdefault(bone, []).append(np.count_nonzero(labels == tissue) / 1000.0)
+    ranges = bone_volume_ranges(cache)
+    assert ranges["source"].startswith("2 label maps")
+    assert set(ranges["bones"]) == set(volumes) == {"Femur", "Tibia", "Fibula", "Patella"}
+    for bone, values in volumes.items():
+        entry = ranges["bones"][bone]
+        assert entry["min"] == round(min(values), 1) and entry["max"] == round(max(values), 1)
+        assert entry["n_maps"] == len(values) and entry["in_every_map"] is (len(values) == 2)
+    assert ranges["bones"]["Fibula"]["n_maps"] == 1
+
+
 def make(cache, size=SIZE, window_mm=WINDOW_MM, planes=FrameSpec().planes, **kwargs):
     options = dict(n_slices_per_sample=2, batch_size=4, seed=0)
     options.update(kwargs)

@@ -149,6 +149,7 @@ def test_apply_runs_shows_progress_then_volumes_table_and_3d(app, module):
     assert run.status == "succeeded", run.logText
     assert ui.applyButton.text == "Apply" and not ui.statusWidget.visible and ui.resultsWidget.visible
     assert "Done in" in ui.messageLabel.text and ui.messageLabel.visible
+    assert not ui.qualityLabel.visible and run.quality["flag"] is False  # a good result: no warning
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), before)
     # bone volumes from Segment Statistics, in a table node next to the segmentation
     segmentation = run.segmentationNode
@@ -181,6 +182,63 @@ def test_apply_runs_shows_progress_then_volumes_table_and_3d(app, module):
     assert panel._segmentationRun.segmentationNode is segmentation
     assert ui.volumesTableView.mrmlTableNode() is table
     assert slicer.mrmlScene.GetNodesByClass("vtkMRMLTableNode").GetNumberOfItems() == 1
+
+
+@pytest.mark.parametrize("mode", ["flagged", "qualityinjson"])
+def test_a_flagged_result_shows_a_plain_warning_with_the_reason(app, module, monkeypatch, mode):
+    widget, host, panel = module
+    ui = panel.ui
+    _knee()
+    app.processEvents()
+    monkeypatch.setenv("KNEESEG_FAKE_MODE", mode)
+    _click(ui.applyButton)
+    app.waitFor(lambda: not panel._segmentationRun.running)
+    run = panel._segmentationRun
+    assert run.status == "succeeded", run.logText
+    from KneeSegmentationLib import results
+
+    flagged = mode == "flagged"  # "qualityinjson": a good result whose quality only the volumes JSON holds
+    assert results.qualityFromNode(run.segmentationNode) == run.quality and run.quality["flag"] is flagged
+    assert ui.qualityLabel.visible is flagged and ui.resultsWidget.visible
+    if flagged:
+        text = html.unescape(ui.qualityLabel.text)
+        assert "Check this result" in text and "0.31, below 0.50" in text
+        assert "Patella: the sagittal, coronal and axial predictions disagree" in text
+        _png(host, "slicer-panel-flagged.png")
+    # The next, good, run takes the warning away.
+    monkeypatch.setenv("KNEESEG_FAKE_MODE", "ok")
+    _click(ui.applyButton)
+    app.waitFor(lambda: not panel._segmentationRun.running)
+    assert panel._segmentationRun.status == "succeeded" and not ui.qualityLabel.visible
+
+
+def test_export_meshes_writes_each_bone_into_the_chosen_folder(app, module, monkeypatch, tmp_path):
+    widget, host, panel = module
+    ui = panel.ui
+    volume, labels = _knee()
+    app.processEvents()
+    _click(ui.applyButton)
+    app.waitFor(lambda: not panel._segmentationRun.running)
+    assert panel._segmentationRun.status == "succeeded"
+    import qt
+
+    folder = tmp_path / "meshes"
+    answers = ["", str(folder)]
+    monkeypatch.setattr(qt.QFileDialog, "getExistingDirectory", staticmethod(lambda *a, **k: answers.pop(0)))
+    _click(ui.exportMeshesButton)  # dialog cancelled: nothing written
+    assert not folder.exists()
+    _click(ui.exportMeshesButton)
+    assert not app.messageBoxes, app.messageBoxes
+    present = [name for value, name in ((1, "femur"), (2, "tibia"), (3, "fibula"), (4, "patella"))
+               if (labels == value).any()]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{n}{s}" for n in present for s in (".stl", ".vtp"))
+    assert f"Wrote {len(present)} bone meshes" in ui.messageLabel.text
+    import vtk
+
+    reader = vtk.vtkSTLReader()
+    reader.SetFileName(str(folder / "femur.stl"))
+    reader.Update()
+    assert reader.GetOutput().GetNumberOfPolys() > 100
 
 
 def test_cancel_mid_run_leaves_the_scene_as_it_was(app, module, monkeypatch, tmp_path):

@@ -355,3 +355,60 @@ def test_unstartable_python_is_a_clear_error(mrml, knee, bundle, fakeLogic, tmp_
 
 def test_validate_accepts_an_ordinary_volume(knee):
     validateInputVolume(knee[0])
+
+
+def test_the_result_keeps_its_quality_and_a_flagged_one_is_worded_as_a_warning(knee, bundle, fakeLogic, monkeypatch):
+    from KneeSegmentationLib import results
+
+    volume, _ = knee
+    monkeypatch.setenv("KNEESEG_FAKE_MODE", "flagged")
+    run = fakeLogic.startSegmentation(volume, model=bundle)
+    run.wait(60)
+    assert run.status == "succeeded", run.logText
+    assert run.quality["flag"] is True and results.qualityFromNode(run.segmentationNode) == run.quality
+    warning = results.qualityWarning(run.quality)
+    assert warning == ("Check this result before you use it: its quality score is 0.31, below 0.50. "
+                       "Patella: the sagittal, coronal and axial predictions disagree (0.31).")
+    assert results.qualityWarning({"score": 0.9, "flag": False, "reasons": []}) == ""
+    assert results.qualityWarning(None) == "" and results.qualityFromNode(None) is None
+    assert results.qualityWarning({"flag": True}) == "Check this result before you use it: its quality score is low."
+
+
+def test_export_meshes_writes_closed_surfaces_where_the_segments_are(mrml, knee, bundle, fakeLogic, tmp_path):
+    from KneeSegmentationLib import results
+
+    volume, expected = knee
+    run = fakeLogic.startSegmentation(volume, model=bundle)
+    run.wait(60)
+    assert run.status == "succeeded", run.logText
+    written = results.exportMeshes(run.segmentationNode, volume, tmp_path / "meshes")
+    voxelMl = abs(np.linalg.det(su.arrayFromVTKMatrix(_ijkToRas(volume))[:3, :3])) / 1000.0
+    present = [b for b in BONES if (expected == b.value).any()]
+    assert sorted(written) == sorted(b.name for b in present)
+    for bone in present:
+        entry = written[bone.name]
+        assert [Path(f).name for f in entry["files"]] == [f"{bone.name.lower()}.stl", f"{bone.name.lower()}.vtp"]
+        assert all(Path(f).is_file() for f in entry["files"])
+        # The toy bones are boxes a few voxels thick: smoothing rounds them off, so only roughly the same
+        # volume (the core's tests hold real-shaped bones to 3 %).
+        labelMl = np.count_nonzero(expected == bone.value) * voxelMl
+        assert 0.5 * labelMl < entry["volume_ml"] < 1.1 * labelMl, bone.name
+    # The meshes lie where the segment is: the femur mesh's centre is the femur voxels' centre (RAS -> LPS).
+    reader = vtk.vtkSTLReader()
+    reader.SetFileName(written["Femur"]["files"][0])
+    reader.Update()
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    points = vtk_to_numpy(reader.GetOutput().GetPoints().GetData())
+    ijk = np.argwhere(expected == 1)[:, ::-1]  # k, j, i -> i, j, k
+    ras = (su.arrayFromVTKMatrix(_ijkToRas(volume)) @ np.c_[ijk, np.ones(len(ijk))].T).T[:, :3]
+    lps = ras * [-1, -1, 1]
+    assert np.linalg.norm(points.mean(axis=0) - lps.mean(axis=0)) < 3.0
+    with pytest.raises(KneeSegmentationError, match="no segment named or coded"):
+        results.exportMeshes(slicer.vtkMRMLSegmentationNode(), volume, tmp_path / "none")
+
+
+def _ijkToRas(volume):
+    matrix = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(matrix)
+    return matrix

@@ -20,14 +20,20 @@ def _components(mask: np.ndarray, full: bool):
     return sitk.GetArrayFromImage(labelled), labeller.GetObjectCount()
 
 
-def keep_largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 26-connected component of a boolean mask (empty stays empty)."""
+def keep_largest_component(mask: np.ndarray, pieces: list = None) -> np.ndarray:
+    """The largest 26-connected component of a boolean mask (empty stays empty).
+
+    ``pieces``: a list to receive the voxel count of every component, largest first."""
     mask = mask.astype(bool, copy=False)
     labelled, n = _components(mask, full=True)
     if n <= 1:
+        if pieces is not None:
+            pieces.extend([int(np.count_nonzero(mask))] if n else [])
         return mask.copy()
     sizes = np.bincount(labelled.ravel(), minlength=n + 1)
     sizes[0] = 0
+    if pieces is not None:
+        pieces.extend(int(v) for v in sorted(sizes[1:], reverse=True))
     return labelled == int(np.argmax(sizes))
 
 
@@ -49,15 +55,21 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return mask | ~outside[background]
 
 
-def clean_labelmap(labelmap: np.ndarray, label_values, fill: bool = True) -> np.ndarray:
-    """Keep each bone's largest connected component and (``fill``) fill its holes, never over another bone."""
+def clean_labelmap(labelmap: np.ndarray, label_values, fill: bool = True, pieces: dict = None) -> np.ndarray:
+    """Keep each bone's largest connected component and (``fill``) fill its holes, never over another bone.
+
+    ``pieces``: a dict to receive, per label value, the voxel counts of its connected pieces before the
+    clean-up, largest first (empty for a bone that is absent)."""
     out = np.zeros_like(labelmap)
     for value in label_values:
         mask = labelmap == value
+        sizes = []
+        if pieces is not None:
+            pieces[value] = sizes
         if not mask.any():
             continue
         box = ndimage.find_objects(mask.astype(np.uint8))[0]
-        sub = keep_largest_component(mask[box])
+        sub = keep_largest_component(mask[box], sizes)
         inner = ndimage.find_objects(sub.astype(np.uint8))[0]  # the kept piece's own box: holes lie inside it
         box = tuple(slice(b.start + i.start, b.start + i.stop) for b, i in zip(box, inner))
         sub = sub[inner]

@@ -151,7 +151,35 @@ class PlaneProbabilities:
                                                      sitk.sitkFloat32)) for source in self.sources]
 
 
-def fuse_frames(planes, reference, confidence=False, slab_voxels=1 << 21, timings=None):
+def _argmax_with_background(channels):
+    """(winner, best, background) of [background, *channels] voxel by voxel; first maximum wins (as
+    np.argmax). Channel by channel: numpy reduces a short last axis 5-8x slower than it combines
+    whole channels."""
+    best = np.array(channels[0], dtype=np.float32)
+    total = best.copy()
+    winner = np.ones(best.shape, dtype=np.uint8)
+    for c in range(1, len(channels)):
+        channel = channels[c]
+        total += channel
+        better = channel > best
+        np.copyto(best, channel, where=better)
+        winner[better] = c + 1
+    background = 1.0 - total
+    winner[best <= background] = 0
+    return winner, best, background
+
+
+def _pairwise_confusions(winners, n_classes):
+    """One (classes x classes) count matrix per pair of planes' labels (rows: the first plane)."""
+    out = []
+    for p in range(len(winners)):
+        for q in range(p + 1, len(winners)):
+            codes = winners[p].astype(np.intp) * n_classes + winners[q]
+            out.append(np.bincount(codes.ravel(), minlength=n_classes * n_classes).reshape(n_classes, n_classes))
+    return out
+
+
+def fuse_frames(planes, reference, confidence=False, slab_voxels=1 << 21, timings=None, quality=None):
     """Average the class probabilities of several planes on ``reference``'s grid and take the argmax.
 
     ``planes``: a list of ``(frame, probabilities)`` with probabilities (slices, rows, cols, classes),
@@ -170,12 +198,21 @@ def fuse_frames(planes, reference, confidence=False, slab_voxels=1 << 21, timing
     * slab by slab (about ``slab_voxels`` voxels each), never the full multi-channel volume;
     * frames parallel to the reference grid (the usual case: plane-aligned frames and an axis-
       aligned scan) are interpolated separably in numpy; others through SimpleITK.
+
+    ``quality``: a dict to fill, on the way, with what the quality score needs (``kneeseg.quality``):
+    ``"box"`` (lo, hi) and ``"box_confidence"`` (the winning fused probability on that box, where
+    every bone lies), and ``"plane_confusions"``: per pair of planes, the counts of their own argmax
+    labels against each other (classes x classes), summed over the box.
     """
     t0 = time.perf_counter()
     size = tuple(reference.GetSize()[::-1])  # k, j, i
     labels = np.zeros(size, dtype=np.uint8)
     conf = np.ones(size, dtype=np.float32) if confidence else None
     samplers = [p if isinstance(p, PlaneProbabilities) else PlaneProbabilities(p[0], p[1], reference) for p in planes]
+    n_classes = samplers[0].n_bones + 1
+    if quality is not None:
+        quality.update(box=None, box_confidence=None, plane_confusions=[np.zeros((n_classes, n_classes), np.int64)
+                                                                        for _ in range(_pairs(len(samplers)))])
     if samplers[0].n_bones == 0:
         return labels, conf
     if confidence:
@@ -188,42 +225,53 @@ def fuse_frames(planes, reference, confidence=False, slab_voxels=1 << 21, timing
     lo, hi = box
     plane_area = int((hi[1] - lo[1] + 1) * (hi[2] - lo[2] + 1))
     step = max(1, slab_voxels // plane_area)
+    box_conf = None
+    if quality is not None:
+        box_conf = np.empty(tuple(int(h - l + 1) for l, h in zip(lo, hi)), dtype=np.float32)
+        quality.update(box=(tuple(int(v) for v in lo), tuple(int(v) for v in hi)), box_confidence=box_conf)
 
     def fuse_slab(k0):
         k1 = min(k0 + step - 1, int(hi[0]))
         slab_lo, slab_hi = (k0, lo[1], lo[2]), (k1, hi[1], hi[2])
-        fused = [np.array(c, dtype=np.float32) for c in samplers[0].sample(slab_lo, slab_hi)]  # contiguous
-        for sampler in samplers[1:]:
-            for acc, channel in zip(fused, sampler.sample(slab_lo, slab_hi)):
-                acc += channel
+        plane_winners = []  # each plane's own argmax, for the quality score (uint8: small)
+        fused = None
+        for sampler in samplers:
+            sample = sampler.sample(slab_lo, slab_hi)
+            if box_conf is not None and len(samplers) > 1:
+                plane_winners.append(_argmax_with_background(sample)[0])
+            if fused is None:
+                fused = [np.array(c, dtype=np.float32) for c in sample]  # contiguous
+            else:
+                for acc, channel in zip(fused, sample):
+                    acc += channel
+            del sample
         for acc in fused:
             acc /= len(samplers)
-        # argmax over [background, bones] (first maximum wins, as np.argmax), channel by channel:
-        # numpy reduces a short last axis 5-8x slower than it combines whole channels.
-        best = fused[0].copy()
-        total = fused[0].copy()
-        winner = np.ones(best.shape, dtype=np.uint8)
-        for c in range(1, len(fused)):
-            channel = fused[c]
-            total += channel
-            better = channel > best
-            np.copyto(best, channel, where=better)
-            winner[better] = c + 1
-        background = 1.0 - total
-        winner[best <= background] = 0
+        winner, best, background = _argmax_with_background(fused)
         target = (slice(k0, k1 + 1), slice(int(lo[1]), int(hi[1]) + 1), slice(int(lo[2]), int(hi[2]) + 1))
         labels[target] = winner
         if conf is not None:
             conf[target] = np.maximum(best, background)
+        if box_conf is None:
+            return None
+        box_conf[k0 - int(lo[0]):k1 - int(lo[0]) + 1] = np.maximum(best, background)
+        return _pairwise_confusions(plane_winners, n_classes) if plane_winners else None
 
     starts = range(int(lo[0]), int(hi[0]) + 1, step)
     workers = min(len(starts), available_cpus(), 4)
     if workers > 1:  # numpy and SimpleITK release the GIL: slabs in parallel threads
         with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(fuse_slab, starts))
+            confusions = list(pool.map(fuse_slab, starts))
     else:
-        for k0 in starts:
-            fuse_slab(k0)
+        confusions = [fuse_slab(k0) for k0 in starts]
+    if quality is not None:
+        for slab in confusions:
+            for total, counts in zip(quality["plane_confusions"], slab or ()):
+                total += counts
     if timings is not None:
         timings["resample_back"] = time.perf_counter() - t0
     return labels, conf
+
+
+def _pairs(n):
+    return n * (n - 1) // 2

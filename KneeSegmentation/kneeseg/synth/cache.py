@@ -258,3 +258,22 @@ def cache_files(cache_dir_or_files) -> list:
         return [folder / entry["file"] for entry in load_manifest(folder)["files"]]
     return [Path(p) for p in cache_dir_or_files]
 
+
+def bone_volume_ranges(cache_dir) -> dict:
+    """The bone volumes of every label map of the cache, as ``kneeseg/bone_volumes.json`` holds them
+    (``kneeseg.quality`` judges a result's volumes by them): per bone the min and max (mL) over the
+    maps that have it, how many do, and whether every map does."""
+    bones = {t.id: t.name.capitalize() for t in TISSUES if t.target}
+    volumes = {name: [] for name in bones.values()}
+    files = cache_files(cache_dir)
+    for path in files:
+        cached = load_label_map(path)
+        counts = np.bincount(cached.labels.ravel(), minlength=256)
+        voxel_ml = float(cached.spacing) ** 3 / 1000.0
+        for tissue_id, name in bones.items():
+            if counts[tissue_id]:
+                volumes[name].append(float(counts[tissue_id]) * voxel_ml)
+    return {"source": f"{len(files)} label maps of the synthesis cache ({load_manifest(cache_dir)['format']})",
+            "bones": {name: {"min": round(min(v), 1), "max": round(max(v), 1), "n_maps": len(v),
+                             "in_every_map": len(v) == len(files)}
+                      for name, v in volumes.items() if v}}

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..datasets import IMAGE_SUFFIXES
 from ..errors import InputError
 from ..progress import NO_PROGRESS
-from ..report import REPORT_NAME, THUMBNAIL_FOLDER, write_report
+from ..report import REPORT_NAME, THUMBNAIL_FOLDER, worst_first, write_report
 from ..writing import atomic_path, is_temp_name, remove_stale_temps
 from .case import case_name, case_output, case_side_outputs, segment_case
 
@@ -171,11 +171,16 @@ def read_summary(path: Path) -> list:
 
 def write_summary(path: Path, rows, bone_names):
     """Merge this run's rows into the summary CSV (rows of earlier runs for other cases are kept; a
-    case's row is replaced, never repeated)."""
-    fields = ["case", "input", "status", "error"] + [f"{b}_ml" for b in bone_names]
+    case's row is replaced, never repeated), worst first (:func:`kneeseg.report.worst_first`): failed
+    cases, then flagged ones, then by quality score, lowest first."""
+    fields = (["case", "input", "status", "error", "quality_score", "quality_flag", "quality_reasons"]
+              + [f"{b}_ml" for b in bone_names])
     existing = {r["case"]: r for r in read_summary(path)}
     for r in rows:
         flat = {k: r.get(k, "") for k in ("case", "input", "status", "error")}
+        quality = r.get("quality") or {}
+        flat.update(quality_score=quality.get("score", ""), quality_flag=quality.get("flag", ""),
+                    quality_reasons="; ".join(quality.get("reasons", [])))
         for b in bone_names:
             flat[f"{b}_ml"] = r.get("volumes_ml", {}).get(b, "")
         existing[r["case"]] = flat
@@ -183,5 +188,5 @@ def write_summary(path: Path, rows, bone_names):
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             writer.writeheader()
-            for case in sorted(existing):
-                writer.writerow(existing[case])
+            for row in sorted(existing.values(), key=worst_first):
+                writer.writerow(row)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import geometry, synth
+from .. import geometry, quality, synth
 from ..datasets import find_pairs, load_pair
 from ..errors import InputError
 from ..infer import SegmentOptions, make_predictor, segment
@@ -36,6 +36,7 @@ def evaluate_pairs(bundle, data, progress=None, options=None) -> dict:
         if bundle.card.network.output == "merged":
             truth = (truth > 0).astype("uint8")
         case = evaluate_case(truth, prediction, bundle.labels, spacing_mm=image.GetSpacing()[::-1])
+        case = _with_quality(case, result, bundle.labels)
         case["case"] = pair.subject
         cases.append(case)
         progress("evaluate", (n + 1) / len(pairs), f"case {n + 1}/{len(pairs)}: {pair.subject}")
@@ -47,7 +48,50 @@ def _report(cases, labels, source):
             "iou": summarise(cases, labels, "iou"), "assd_mm": summarise(cases, labels, "assd_mm"),
             "hd95_mm": summarise(cases, labels, "hd95_mm"),
             "signed_surface_mm": summarise(cases, labels, "signed_surface_mm"),
-            "volume_ratio": summarise(cases, labels, "volume_ratio"), "cases": cases}
+            "volume_ratio": summarise(cases, labels, "volume_ratio"),
+            "quality": quality_vs_dice(cases), "cases": cases}
+
+
+def case_mean_dice(case, labels):
+    """A case's mean Dice over the bones in its truth or its prediction (a bone only one of them has
+    scores 0: a missed bone and a false one are both errors); None when neither has any bone."""
+    scores = [case[label.name]["dice"] for label in labels
+              if case[label.name]["truth_voxels"] or case[label.name]["predicted_voxels"]]
+    return float(np.mean(scores)) if scores else None
+
+
+def _with_quality(case, result, labels):
+    """``case`` with the segmentation's quality score, flag and reasons, and its mean Dice beside them."""
+    if getattr(result, "quality", None) is not None:
+        case.update(quality_score=result.quality.score, quality_flag=result.quality.flag,
+                    quality_reasons=result.quality.reasons, quality_components=result.quality.components,
+                    quality_measures=result.quality.measures)
+    case["mean_dice"] = case_mean_dice(case, labels)
+    return case
+
+
+def quality_vs_dice(cases) -> dict:
+    """How well the quality score predicts quality over ``cases`` (each with ``quality_score``,
+    ``quality_flag`` and ``mean_dice``): the Spearman rank correlation between score and mean Dice, and
+    how many flagged cases lie in the worst quartile of mean Dice (the quartile: the cases at or below
+    its 25th percentile). Cases without a score or a Dice are left out."""
+    from scipy.stats import spearmanr
+
+    scored = [c for c in cases if c.get("quality_score") is not None and c.get("mean_dice") is not None]
+    out = {"n": len(scored), "threshold": quality.FLAG_BELOW}
+    if len(scored) < 3:
+        return out
+    score = np.array([c["quality_score"] for c in scored], dtype=float)
+    dice = np.array([c["mean_dice"] for c in scored], dtype=float)
+    flagged = np.array([bool(c["quality_flag"]) for c in scored])
+    rho, p_value = spearmanr(score, dice)
+    worst = dice <= np.percentile(dice, 25)
+    out.update(spearman=None if np.isnan(rho) else float(rho), p_value=None if np.isnan(p_value) else float(p_value),
+               worst_quartile_dice=float(np.percentile(dice, 25)), n_worst_quartile=int(worst.sum()),
+               n_flagged=int(flagged.sum()), n_flagged_in_worst_quartile=int((flagged & worst).sum()),
+               mean_dice_flagged=float(dice[flagged].mean()) if flagged.any() else None,
+               mean_dice_unflagged=float(dice[~flagged].mean()) if (~flagged).any() else None)
+    return out
 
 
 FIBULA_PLANES = ("sagittal", "coronal", "axial")
@@ -71,7 +115,8 @@ def _score_volume(bundle, predictor, options, image, truth):
     truth_array = sitk.GetArrayFromImage(truth)
     if bundle.card.network.output == "merged":
         truth_array = (truth_array > 0).astype("uint8")
-    return evaluate_case(truth_array, prediction, bundle.labels, spacing_mm=image.GetSpacing()[::-1])
+    case = evaluate_case(truth_array, prediction, bundle.labels, spacing_mm=image.GetSpacing()[::-1])
+    return _with_quality(case, result, bundle.labels)
 
 
 def evaluate_synthetic(bundle, cache, n_cases=6, progress=None, options=None, config=None) -> dict:
@@ -143,13 +188,14 @@ def evaluate_real2d(bundle, npz_path, predictor=None, progress=None, centre="aut
         truth = np.zeros_like(truths[i])
         for theirs, ours in REAL2D_LABELS.items():
             truth[truths[i] == theirs] = ours
-        result = segment(slice_as_volume(images[i]), bundle, SegmentOptions(planes=("sagittal",), centre=centre),
-                         predictor=predictor)
+        result = segment(slice_as_volume(images[i]), bundle,
+                         SegmentOptions(planes=("sagittal",), centre=centre, single_slice=True), predictor=predictor)
         prediction = sitk.GetArrayFromImage(result.labelmap)[0]
         if bundle.card.network.output == "merged":
             prediction, truth = (prediction > 0).astype(np.uint8), (truth > 0).astype(np.uint8)
-        case = evaluate_case(truth, prediction, scored if len(bundle.labels) > 1 else bundle.labels,
-                             spacing_mm=(REAL2D_PIXEL_MM, REAL2D_PIXEL_MM))
+        case_labels = scored if len(bundle.labels) > 1 else bundle.labels
+        case = evaluate_case(truth, prediction, case_labels, spacing_mm=(REAL2D_PIXEL_MM, REAL2D_PIXEL_MM))
+        case = _with_quality(case, result, case_labels)
         case["slice"] = int(data["slice_ids"][i]) if "slice_ids" in data else i
         cases.append(case)
         progress("evaluate", (i + 1) / len(images), f"real 2D slice {i + 1}/{len(images)}")
@@ -157,4 +203,5 @@ def evaluate_real2d(bundle, npz_path, predictor=None, progress=None, centre="aut
     # Distances in mm at the assumed pixel size: divide by ``pixel_mm_assumed`` for pixels.
     return {"dataset": str(npz_path), "n_slices": len(images), "pixel_mm_assumed": REAL2D_PIXEL_MM,
             "dice": summarise(cases, labels), "signed_surface_mm": summarise(cases, labels, "signed_surface_mm"),
-            "area_ratio": summarise(cases, labels, "volume_ratio"), "cases": cases}
+            "area_ratio": summarise(cases, labels, "volume_ratio"), "quality": quality_vs_dice(cases),
+            "cases": cases}

@@ -85,8 +85,16 @@ def stage_case(input_path, output, model, options, progress=None, side=SideOutpu
         written = _write_side_outputs(side, staged, image, result, bundle, input_path)
         io.write_labelmap(result.labelmap, staged.temp(output))
     return {"labelmap": str(output), **written, "volumes_ml": result.volumes_ml,
+            **({"quality": quality_record(result.quality)} if result.quality is not None else {}),
             "centre_lps_mm": list(result.centre),
             "timings_s": {k: round(v, 3) for k, v in result.timings.items()}}, staged
+
+
+def quality_record(quality) -> dict:
+    """The quality score as results carry it: score, flag, reasons, threshold and the components."""
+    record = quality.as_dict()
+    record.pop("measures", None)  # the raw measures stay in Python (SegmentationResult.quality)
+    return record
 
 
 def _write_side_outputs(side, staged, image, result, bundle, input_path) -> dict:
@@ -101,7 +109,10 @@ def _write_side_outputs(side, staged, image, result, bundle, input_path) -> dict
         io.write_image(result.confidence, staged.temp(side.confidence))
         written["confidence"] = str(side.confidence)
     if side.volumes_json:
-        io.write_json(staged.temp(side.volumes_json), result.volumes_ml)
+        record = {"volumes_ml": result.volumes_ml}
+        if result.quality is not None:
+            record["quality"] = quality_record(result.quality)
+        io.write_json(staged.temp(side.volumes_json), record)
         written["volumes_json"] = str(side.volumes_json)
     if side.overlay:
         from ..overlay import overlay_sheet

@@ -66,12 +66,19 @@ def segment(args):
     voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
     names = {1: "Femur", 2: "Tibia", 3: "Fibula", 4: "Patella"}
     volumes = {name: float(np.count_nonzero(labels == v)) * voxel_ml for v, name in names.items()}
+    flagged = MODE == "flagged"
+    quality = {"score": 0.31 if flagged else 0.87, "flag": flagged, "threshold": 0.5,
+               "reasons": ["Patella: the sagittal, coronal and axial predictions disagree (0.31)"] if flagged else [],
+               "components": {}}
     if args.volumes_json:
         with open(args.volumes_json, "w") as f:
-            json.dump({"volumes_ml": volumes}, f)
+            json.dump({"volumes_ml": volumes, "quality": quality}, f)
     with open(os.path.join(os.path.dirname(args.output), "argv.json"), "w") as f:
         json.dump(sys.argv[1:], f)
-    emit(stage="done", fraction=1.0, message="done", result={"labelmap": args.output, "volumes_ml": volumes})
+    result = {"labelmap": args.output, "volumes_ml": volumes}
+    if MODE != "qualityinjson":  # the quality only in the volumes JSON
+        result["quality"] = quality
+    emit(stage="done", fraction=1.0, message="done", result=result)
     return 0
 
 

@@ -1,0 +1,209 @@
+"""The quality score: each component on small arrays, the measures fusion and clean-up collect on the
+way, the score and flag, and the check that the score ranks cases by their Dice."""
+
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from kneeseg import quality
+from kneeseg.labels import SEPARATE_BONES
+from kneeseg.postprocess import cleanup, fusion
+from kneeseg.preprocess.centre import image_centre
+from kneeseg.preprocess.frame import model_frame, resample_from_frame
+from kneeseg.specs import FrameSpec
+from conftest import toy_knee
+
+
+def _dice(a, b):
+    return 2.0 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def test_plane_dice_is_the_mean_pairwise_dice_of_the_planes_own_labels():
+    rng = np.random.default_rng(0)
+    planes = [ndimage.binary_opening(rng.random((3, 12, 14)) > 0.3).astype(np.uint8) * 2 for _ in range(3)]
+    planes[0][0, :4, :4] = 1  # a second label in one plane only
+    confusions = fusion._pairwise_confusions(planes, n_classes=3)
+    assert len(confusions) == 3 and all(c.sum() == planes[0].size for c in confusions)
+    expected = np.mean([_dice(planes[p] == 2, planes[q] == 2) for p, q in ((0, 1), (0, 2), (1, 2))])
+    assert quality.plane_dice(confusions, 2) == pytest.approx(expected)
+    assert quality.plane_dice(confusions, 1) == pytest.approx(0.0)  # only plane 0 has it: Dice 0 with both others
+    # Identical planes: 1; a label no plane has: no measure.
+    same = fusion._pairwise_confusions([planes[1]] * 3, n_classes=3)
+    assert quality.plane_dice(same, 2) == pytest.approx(1.0)
+    assert quality.plane_dice(same, 1) is None
+    assert quality.plane_dice([], 2) is None
+
+
+def test_sure_fraction_counts_the_bone_voxels_at_or_above_the_sure_probability():
+    mask = np.zeros((2, 4, 4), bool)
+    mask[0, :2, :2] = True  # 4 voxels
+    confidence = np.full(mask.shape, 0.99, np.float32)
+    confidence[0, 0, :2] = [0.6, quality.SURE_PROBABILITY]  # one unsure, one exactly sure
+    confidence[1] = 0.1  # outside the mask: ignored
+    assert quality.sure_fraction(mask, confidence) == pytest.approx(3 / 4)
+    assert quality.sure_fraction(np.zeros_like(mask), confidence) is None
+
+
+def test_clean_up_reports_the_pieces_it_removed_largest_first():
+    labels = np.zeros((6, 10, 10), np.uint8)
+    labels[1:3, 1:4, 1:4] = 1  # 18 voxels
+    labels[4, 7:9, 7:9] = 1  # 4 voxels, apart
+    labels[0, 0, 9] = 1  # 1 voxel
+    labels[2:4, 6:8, 1:3] = 2  # one piece
+    pieces = {}
+    cleaned = cleanup.clean_labelmap(labels, [1, 2, 4], pieces=pieces)
+    assert pieces == {1: [18, 4, 1], 2: [8], 4: []}
+    assert np.count_nonzero(cleaned == 1) == 18
+    assert quality.largest_piece_fraction(pieces[1]) == pytest.approx(18 / 23)
+    assert quality.largest_piece_fraction(pieces[2]) == 1.0 and quality.largest_piece_fraction([]) is None
+
+
+def test_volume_component_inside_outside_and_missing():
+    femur = {"min": 100.0, "max": 200.0, "in_every_map": True}
+    fibula = {"min": 10.0, "max": 20.0, "in_every_map": False}
+    assert quality.volume_component(150.0, femur) == 1.0
+    assert quality.volume_component(400.0, femur) == pytest.approx(0.0)  # twice the maximum
+    assert quality.volume_component(50.0, femur) == pytest.approx(0.0)  # half the minimum
+    assert quality.volume_component(200.0 * 2 ** 0.5, femur) == pytest.approx(0.5)
+    assert quality.volume_component(100.0 / 2 ** 0.25, femur) == pytest.approx(0.75)
+    assert quality.volume_component(0.0, femur, expected=True) == 0.0  # a missing femur
+    assert quality.volume_component(0.0, fibula, expected=False) == 1.0  # the fibula may be out of view
+    assert quality.volume_component(2.0, fibula, expected=False) == 1.0  # only its tip: no lower bound
+    assert quality.volume_component(40.0, fibula, expected=False) == pytest.approx(0.0)
+
+
+def test_score_is_the_mean_over_bones_of_each_bones_weakest_component_and_flags_below_the_threshold():
+    ranges = {"Femur": {"min": 100.0, "max": 200.0, "in_every_map": True},
+              "Fibula": {"min": 10.0, "max": 20.0, "in_every_map": False}}
+    good = {"plane_dice": 0.95, "sure_fraction": 0.7, "pieces": [1000], "volume_ml": 150.0}
+    bad = {"plane_dice": 0.3, "sure_fraction": 0.8, "pieces": [600, 400], "volume_ml": 150.0}
+    q = quality.score_case({"Femur": good, "Tibia": bad}, ranges)
+    # With planes, their agreement is scored and the sure voxels are not (they repeat it).
+    assert q.components["Femur"] == {"planes_agree": 0.95, "one_piece": 1.0, "volume_in_range": 1.0}
+    assert q.components["Tibia"] == {"planes_agree": 0.3, "one_piece": 0.6}  # no range for the tibia given
+    assert q.score == pytest.approx((0.95 + 0.3) / 2)
+    assert q.flag is (q.score < quality.FLAG_BELOW)
+    assert q.reasons == ["Tibia: the sagittal, coronal and axial predictions disagree (0.30)"]
+    # An absent fibula with no range does not count; a missing expected femur scores 0 and says why.
+    missing = quality.score_case({"Femur": {"pieces": [], "volume_ml": 0.0}, "Fibula": {"pieces": []}}, ranges)
+    assert missing.score == 0.0 and missing.flag and "Femur: the volume is outside" in missing.reasons[0]
+    # A single slice (one plane, no ranges): the sure voxels are scored, the volume is not judged.
+    one_plane = dict(good, plane_dice=None)
+    assert quality.score_case({"Femur": one_plane}).components == {"Femur": {"sure_voxels": 0.7, "one_piece": 1.0}}
+    flagged = quality.score_case({"Femur": one_plane, "Patella": dict(one_plane, sure_fraction=0.1)})
+    assert flagged.score == pytest.approx(0.4) and flagged.flag
+    assert flagged.reasons == ["Patella: the network is unsure over much of the bone (0.10)"]
+    nothing = quality.score_case({"Femur": {"pieces": []}})
+    assert nothing.score == 0.0 and nothing.flag and nothing.reasons == ["no bone was found"]
+    assert json.loads(json.dumps(q.as_dict()))["threshold"] == quality.FLAG_BELOW
+
+
+def _smooth_probabilities(shape, rng):
+    logits = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma=(1, 3, 3, 0)) * 30
+    logits[..., 0] += 0.5
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def test_fusion_collects_the_planes_confusions_and_the_confidence_on_the_bone_box():
+    direction = np.array([[0, 0, -1], [1, 0, 0], [0, -1, 0]], float)
+    image, _ = toy_knee(seed=3, size=(50, 44, 20), spacing=(0.7, 0.7, 2.5), direction=direction)
+    rng = np.random.default_rng(0)
+    planes = []
+    for plane in ("sagittal", "coronal", "axial"):
+        frame = model_frame(image, plane, image_centre(image), FrameSpec(window_mm=40.0, size=32))
+        planes.append((frame, _smooth_probabilities((frame.n_slices, 32, 32, 3), rng)))
+    collected = {}
+    labels, full_confidence = fusion.fuse_frames(planes, image, confidence=True, slab_voxels=5000,
+                                                 quality=collected)
+    # Each plane's own argmax on the scan's grid (background 1 outside its frame), pair by pair.
+    own = [np.argmax(resample_from_frame(p, f, image, default_value=[1.0, 0.0, 0.0]), axis=-1) for f, p in planes]
+    expected = fusion._pairwise_confusions(own, 3)
+    for got, want in zip(collected["plane_confusions"], expected):
+        np.testing.assert_array_equal(got, want)
+    lo, hi = collected["box"]
+    box = tuple(slice(a, b + 1) for a, b in zip(lo, hi))
+    np.testing.assert_allclose(collected["box_confidence"], full_confidence[box], atol=1e-6)
+    # Without the full confidence map only the bone box is computed: every bone voxel lies in it.
+    lean = {}
+    lean_labels, _ = fusion.fuse_frames(planes, image, slab_voxels=5000, quality=lean)
+    np.testing.assert_array_equal(lean_labels, labels)
+    lean_box = tuple(slice(a, b + 1) for a, b in zip(*lean["box"]))
+    inside = np.zeros(labels.shape, bool)
+    inside[lean_box] = True
+    assert labels.any() and not labels[~inside].any()
+    np.testing.assert_allclose(lean["box_confidence"], full_confidence[lean_box], atol=1e-6)
+
+
+def test_segmentation_measures_from_what_the_pipeline_collected():
+    labels = np.zeros((4, 8, 8), np.uint8)
+    labels[1:3, 2:6, 2:6] = 1
+    confidence = np.full((4, 8, 8), 0.95, np.float32)
+    confidence[1, 2, 2:6] = 0.5  # 4 of the femur's 32 voxels unsure
+    collected = {"box": ((0, 0, 0), (3, 7, 7)), "box_confidence": confidence,
+                 "plane_confusions": [np.array([[200, 0, 0, 0, 0], [0, 30, 2, 0, 0], [0] * 5, [0] * 5, [0] * 5])]}
+    measures = quality.segmentation_measures(labels, collected, {1: [32, 3], 2: []}, {"Femur": 1.0, "Tibia": 0.0},
+                                             SEPARATE_BONES)
+    femur = measures["Femur"]
+    assert femur["sure_fraction"] == pytest.approx(28 / 32, abs=1e-4)  # rounded to 4 places
+    assert femur["plane_dice"] == pytest.approx(60 / 62, abs=1e-4)
+    assert femur["pieces"] == [32, 3] and femur["n_pieces"] == 2 and femur["volume_ml"] == 1.0
+    # A plane saw 2 voxels of tibia, but the fused result has none: an absent bone is not judged by its planes.
+    assert measures["Tibia"]["sure_fraction"] is None and measures["Tibia"]["plane_dice"] is None
+    assert measures["Patella"]["plane_dice"] is None and measures["Patella"]["n_pieces"] == 0
+
+
+def test_the_packaged_volume_ranges_are_those_of_the_cache():
+    ranges = quality.load_volume_ranges()
+    assert {"Femur", "Tibia", "Patella"} <= set(ranges)
+    for bone in ("Femur", "Tibia", "Patella"):
+        assert 0 < ranges[bone]["min"] < ranges[bone]["max"] and ranges[bone]["in_every_map"]
+    from pathlib import Path
+
+    cache = Path(__file__).resolve().parents[2] / ".cache" / "labelmaps"
+    if not (cache / "manifest.json").exists():
+        pytest.skip(f"no label-map cache at {cache} (make synth-cache) to recompute the ranges from")
+    from kneeseg.synth import bone_volume_ranges
+
+    assert bone_volume_ranges(cache)["bones"] == ranges
+
+
+def test_quality_against_dice_ranks_and_counts_flagged_cases_in_the_worst_quartile():
+    from kneeseg.workflows.evaluate import case_mean_dice, quality_vs_dice
+
+    dice = [0.1, 0.2, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+    cases = [{"quality_score": d / 2, "quality_flag": d < 0.3, "mean_dice": d} for d in dice]
+    out = quality_vs_dice(cases)
+    assert out["spearman"] == pytest.approx(1.0) and out["n"] == 8
+    assert out["n_worst_quartile"] == 2 and out["n_flagged"] == 2 and out["n_flagged_in_worst_quartile"] == 2
+    reverse = quality_vs_dice([dict(c, quality_score=-c["quality_score"]) for c in cases])
+    assert reverse["spearman"] == pytest.approx(-1.0)
+    assert quality_vs_dice(cases[:2]) == {"n": 2, "threshold": quality.FLAG_BELOW}
+    # A case's mean Dice counts a bone only the prediction has (a false bone) as 0, ignores absent ones.
+    case = {"Femur": {"dice": 0.8, "truth_voxels": 5, "predicted_voxels": 5},
+            "Patella": {"dice": 0.0, "truth_voxels": 0, "predicted_voxels": 3},
+            "Fibula": {"dice": 1.0, "truth_voxels": 0, "predicted_voxels": 0}}
+    bones = [b for b in SEPARATE_BONES if b.name != "Tibia"]
+    assert case_mean_dice(case, bones) == pytest.approx(0.4)
+
+
+def test_make_eval_writes_the_quality_section_for_each_data_set_that_has_one(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "evaluate_default.py"
+    spec = importlib.util.spec_from_file_location("evaluate_default", script)
+    evaluate_default = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evaluate_default)
+    q = {"n": 102, "threshold": quality.FLAG_BELOW, "spearman": 0.623, "p_value": 1e-9, "worst_quartile_dice": 0.43,
+         "n_worst_quartile": 26, "n_flagged": 24, "n_flagged_in_worst_quartile": 18, "mean_dice_flagged": 0.23,
+         "mean_dice_unflagged": 0.71}
+    results = {"date": "2026-12-02", "machine": "test", "real2d": {"dice": {}, "quality": q},
+               "synthetic": {"quality": dict(q, n=10, spearman=0.81)}, "synthetic_fibula": {"quality": {"n": 0}}}
+    text = "\n".join(evaluate_default.quality_section(results))
+    assert "## Quality score" in text and quality.THRESHOLD_RULE in text
+    assert "| real dev slices (one plane: sure voxels, one piece) | 102 | 0.62 | 24 | 18 of 26 (Dice <= 0.43) |" in text
+    assert "| 10 | 0.81 |" in text and "fibula" not in text.split("|---|")[-1]
+    assert evaluate_default.quality_section({"real2d": {}}) == []
