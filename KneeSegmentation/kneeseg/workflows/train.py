@@ -25,7 +25,7 @@ def split_subjects(subjects, recipe):
     """(train, validation, test, how): the recipe's split file when it names one, else drawn by its seed."""
     if recipe.split:
         train_ids, val_ids, test_ids = fixed_split(subjects, read_split(recipe.split), recipe.split)
-        return list(train_ids), list(val_ids), list(test_ids), f"file {Path(recipe.split).resolve()}"
+        return list(train_ids), list(val_ids), list(test_ids), f"file {Path(recipe.split).name}"  # a name, not a machine path: cards travel
     train_ids, val_ids, test_ids = split_by_subject(subjects, seed=recipe.split_seed)
     return train_ids, val_ids, test_ids, f"drawn with split seed {recipe.split_seed}"
 
@@ -45,7 +45,7 @@ def paired_sources(config, data, progress=None):
     val_source = PairedSlices([p for p in pairs if p.subject in val_ids], augment=False,
                               steps=recipe.validation_steps, population=train_source.population, **common)
     provenance = {"population": train_source.population,
-                  "data": {"kind": "labelled volumes", "source": str(data), "n_pairs": len(pairs),
+                  "data": {"kind": "labelled volumes", "source": Path(data).name, "n_pairs": len(pairs),
                            "split": {"train": train_ids, "validation": val_ids, "test": test_ids}, "split_source": how}}
     return train_source, val_source, provenance
 
