@@ -138,7 +138,7 @@ def evaluate_synthetic(bundle, cache, n_cases=6, progress=None, options=None, co
         case["case"] = f"{entry['subject']}#{n}"
         cases.append(case)
         progress("evaluate", (n + 1) / n_cases, f"synthetic case {n + 1}/{n_cases}")
-    return _report(cases, bundle.labels, f"synthetic from {cache} ({held_out})")
+    return _report(cases, bundle.labels, f"synthetic from the label-map cache {Path(cache).name} ({held_out})")
 
 
 def evaluate_synthetic_fibula(bundle, cache, progress=None, options=None, config=None) -> dict:
@@ -158,7 +158,7 @@ def evaluate_synthetic_fibula(bundle, cache, progress=None, options=None, config
         case["case"] = f"{entry['subject']}:{Path(entry['file']).name}:{plane}#{seed}"
         cases.append(case)
         progress("evaluate", (n + 1) / len(runs), f"synthetic fibula case {n + 1}/{len(runs)}")
-    report = _report(cases, bundle.labels, f"synthetic from the fibula maps in {cache} ({held_out})")
+    report = _report(cases, bundle.labels, f"synthetic from the fibula maps in the label-map cache {Path(cache).name} ({held_out})")
     report["maps"] = [entry["file"] for entry in entries]
     return report
 
