@@ -2,8 +2,8 @@
 
 Each test drives the panel through the widgets (clicks, selections, the event loop that polls the
 process) on slicer-core's MRML scene. The module's logic runs the stand-in core (failure modes) except
-where a test says otherwise. The panel is rendered to PNGs at four moments (default, running, done,
-training): into a temporary folder, or into ``KNEESEG_PANEL_PNG_DIR`` (``make panel-pngs``: docs/).
+where a test says otherwise. The panel is rendered to PNGs at five moments (default, running, done,
+flagged, training): into a temporary folder, or into ``KNEESEG_PANEL_PNG_DIR`` (``make panel-pngs``: docs/).
 """
 
 import html
