@@ -85,7 +85,7 @@ def test_score_is_the_mean_over_bones_of_each_bones_weakest_component_and_flags_
     assert q.components["Tibia"] == {"planes_agree": 0.3, "one_piece": 0.6}  # no range for the tibia given
     assert q.score == pytest.approx((0.95 + 0.3) / 2)
     assert q.flag is (q.score < quality.FLAG_BELOW)
-    assert q.reasons == ["Tibia: the sagittal, coronal and axial predictions disagree (0.30)"]
+    assert q.reasons == ["Tibia: the planes' predictions disagree (0.30)"]
     # An absent fibula with no range does not count; a missing expected femur scores 0 and says why.
     missing = quality.score_case({"Femur": {"pieces": [], "volume_ml": 0.0}, "Fibula": {"pieces": []}}, ranges)
     assert missing.score == 0.0 and missing.flag and "Femur: the volume is outside" in missing.reasons[0]
