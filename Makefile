@@ -13,7 +13,7 @@ help:
 	@echo "make demo           set up .venv, fetch a real knee MRI (pip, hash-checked), segment it -> $(DEMO_OUT)/"
 	@echo "make test           run the whole test suite (core + Slicer logic on slicer-core + the panel under Qt)"
 	@echo "make coverage-slicer line coverage of KneeSegmentation.py and KneeSegmentationLib by the Slicer tests"
-	@echo "make panel-pngs     render the Slicer panel (default, running, done, training) -> docs/slicer-panel-*.png"
+	@echo "make panel-pngs     render the Slicer panel (default, running, done, flagged, training) -> docs/slicer-panel-*.png"
 	@echo "make bench          speed/memory benchmarks -> docs/benchmarks.md (uses $(SHARED) when present)"
 	@echo "make eval           evaluate the shipped model on $(SHARED) -> docs/evaluation.md"
 	@echo "make train-default  retrain the default model from $(SHARED)/labelmaps on this CPU (< 1 h) -> build/default"

@@ -233,7 +233,7 @@ def quality_section(results) -> list:
             f"{FLAG_BELOW}) against the worst quartile of mean Dice:\n",
             table(["data", "cases", "Spearman", "flagged", "flagged in the worst quartile", "mean Dice flagged",
                    "mean Dice not flagged"], rows),
-            f"\nThreshold {FLAG_BELOW}: {THRESHOLD_RULE}\n"]
+            f"\nThreshold {FLAG_BELOW}: {THRESHOLD_RULE}.\n"]
 
 
 HAND_WRITTEN = "<!-- Below: written by hand, kept by make eval -->"

@@ -14,9 +14,8 @@ Measures per bone, each made a component in [0, 1] (1 = no sign of trouble):
   (``postprocess.cleanup`` counts the pieces);
 * **volume in range**: the bone volume against the range of the training label maps
   (``bone_volumes.json`` in this package, made by ``kneeseg.synth.bone_volume_ranges`` from the
-  label-map cache, so that segmenting needs no cache); a bone every
-  training map has (femur, tibia, patella) that is missing scores 0. Whole scans only: a single slice
-  has no bone volume.
+  label-map cache, so that segmenting needs no cache); a bone every training map has (femur, tibia,
+  patella) that is missing scores 0. Whole scans only: a single slice has no bone volume.
 
 The case's score is the mean over its bones of each bone's weakest component (like a case's mean
 Dice: a missing or a false bone weighs as much as a good one); the case is flagged when the score is
@@ -43,7 +42,7 @@ SURE_PROBABILITY = 0.9
 VOLUME_HALVING = 2.0  # a volume this many times outside the training range scores 0
 
 COMPONENT_WORDS = {
-    "planes_agree": "the sagittal, coronal and axial predictions disagree",
+    "planes_agree": "the planes' predictions disagree",
     "sure_voxels": "the network is unsure over much of the bone",
     "one_piece": "the prediction came in several pieces",
     "volume_in_range": "the volume is outside the range of the training label maps",
@@ -135,8 +134,7 @@ def score_case(measures: dict, volume_ranges: dict = None) -> Quality:
 
     ``volume_ranges`` (bone name -> range, see :func:`load_volume_ranges`): None for a single slice.
     A bone with no component (absent, and not expected) does not count."""
-    components = {bone: bone_components(m, (volume_ranges or {}).get(bone) if volume_ranges else None)
-                  for bone, m in measures.items()}
+    components = {bone: bone_components(m, (volume_ranges or {}).get(bone)) for bone, m in measures.items()}
     components = {bone: c for bone, c in components.items() if c}
     if not components:
         return Quality(0.0, True, ["no bone was found"], {}, measures)

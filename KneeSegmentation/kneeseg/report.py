@@ -91,8 +91,9 @@ def render_report(rows, bones, title="kneeseg cohort", thumbnails=None, legend=N
                       ("check" + (f"<br><small>{_cell(reasons)}</small>" if reasons else "")) if flagged else ""]
         volumes = row.get("volumes_ml") or {}
         cells += [_cell(volumes.get(b, row.get(f"{b}_ml"))) for b in bones]
+        left = {0, 1, 2, 4} if has_quality else {0, 1, 2}  # text columns (the check column holds the reasons)
         lines.append(f"<tr class='{css}'>" + "".join(
-            f"<td class='l'>{c}</td>" if i < 3 else f"<td>{c}</td>" for i, c in enumerate(cells)) + "</tr>")
+            f"<td class='l'>{c}</td>" if i in left else f"<td>{c}</td>" for i, c in enumerate(cells)) + "</tr>")
     lines += ["</table>", "</body></html>"]
     return "\n".join(lines) + "\n"
 

@@ -40,6 +40,11 @@ def _dataset_block(name, report):
         lines.append(f"  worst case: {worst[0]} (mean Dice {worst[1]:.3f})")
     if "pixel_mm_assumed" in report and any(key != "dice" for key, _, _ in columns):
         lines.append(f"  distances in mm at an assumed {report['pixel_mm_assumed']} mm pixel")
+    quality = report.get("quality") or {}
+    if quality.get("spearman") is not None:
+        lines.append(f"  quality score vs mean Dice: Spearman {quality['spearman']:.2f}; flagged (score < "
+                     f"{quality['threshold']}) {quality['n_flagged']}/{quality['n']}, "
+                     f"{quality['n_flagged_in_worst_quartile']} of them in the worst quartile")
     return "\n".join(lines)
 
 

@@ -85,7 +85,7 @@ def test_score_is_the_mean_over_bones_of_each_bones_weakest_component_and_flags_
     assert q.components["Tibia"] == {"planes_agree": 0.3, "one_piece": 0.6}  # no range for the tibia given
     assert q.score == pytest.approx((0.95 + 0.3) / 2)
     assert q.flag is (q.score < quality.FLAG_BELOW)
-    assert q.reasons == ["Tibia: the sagittal, coronal and axial predictions disagree (0.30)"]
+    assert q.reasons == ["Tibia: the planes' predictions disagree (0.30)"]
     # An absent fibula with no range does not count; a missing expected femur scores 0 and says why.
     missing = quality.score_case({"Femur": {"pieces": [], "volume_ml": 0.0}, "Fibula": {"pieces": []}}, ranges)
     assert missing.score == 0.0 and missing.flag and "Femur: the volume is outside" in missing.reasons[0]
@@ -207,3 +207,17 @@ def test_make_eval_writes_the_quality_section_for_each_data_set_that_has_one(tmp
     assert "| real dev slices (one plane: sure voxels, one piece) | 102 | 0.62 | 24 | 18 of 26 (Dice <= 0.43) |" in text
     assert "| 10 | 0.81 |" in text and "fibula" not in text.split("|---|")[-1]
     assert evaluate_default.quality_section({"real2d": {}}) == []
+
+
+def test_kneeseg_evaluate_prints_how_well_the_score_ranks_the_cases():
+    from kneeseg.tables import evaluation_table
+
+    report = {"dataset": "synthetic", "n_cases": 10, "dice": {"Femur": {"n": 10, "mean": 0.9, "worst": 0.7},
+                                                               "mean_over_bones": 0.9},
+              "quality": {"n": 10, "threshold": 0.5, "spearman": 0.834, "n_flagged": 6,
+                          "n_flagged_in_worst_quartile": 3}}
+    text = evaluation_table({"synthetic": report})
+    assert ("  quality score vs mean Dice: Spearman 0.83; flagged (score < 0.5) 6/10, 3 of them in the worst "
+            "quartile") in text.splitlines()
+    report["quality"] = {"n": 2, "threshold": 0.5}  # too few cases for a rank correlation: no line
+    assert "quality score" not in evaluation_table({"synthetic": report})

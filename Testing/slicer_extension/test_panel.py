@@ -2,8 +2,8 @@
 
 Each test drives the panel through the widgets (clicks, selections, the event loop that polls the
 process) on slicer-core's MRML scene. The module's logic runs the stand-in core (failure modes) except
-where a test says otherwise. The panel is rendered to PNGs at four moments (default, running, done,
-training): into a temporary folder, or into ``KNEESEG_PANEL_PNG_DIR`` (``make panel-pngs``: docs/).
+where a test says otherwise. The panel is rendered to PNGs at five moments (default, running, done,
+flagged, training): into a temporary folder, or into ``KNEESEG_PANEL_PNG_DIR`` (``make panel-pngs``: docs/).
 """
 
 import html
@@ -203,7 +203,7 @@ def test_a_flagged_result_shows_a_plain_warning_with_the_reason(app, module, mon
     if flagged:
         text = html.unescape(ui.qualityLabel.text)
         assert "Check this result" in text and "0.31, below 0.50" in text
-        assert "Patella: the sagittal, coronal and axial predictions disagree" in text
+        assert "Patella: the planes' predictions disagree" in text
         _png(host, "slicer-panel-flagged.png")
     # The next, good, run takes the warning away.
     monkeypatch.setenv("KNEESEG_FAKE_MODE", "ok")

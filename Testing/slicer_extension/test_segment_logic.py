@@ -368,7 +368,7 @@ def test_the_result_keeps_its_quality_and_a_flagged_one_is_worded_as_a_warning(k
     assert run.quality["flag"] is True and results.qualityFromNode(run.segmentationNode) == run.quality
     warning = results.qualityWarning(run.quality)
     assert warning == ("Check this result before you use it: its quality score is 0.31, below 0.50. "
-                       "Patella: the sagittal, coronal and axial predictions disagree (0.31).")
+                       "Patella: the planes' predictions disagree (0.31).")
     assert results.qualityWarning({"score": 0.9, "flag": False, "reasons": []}) == ""
     assert results.qualityWarning(None) == "" and results.qualityFromNode(None) is None
     assert results.qualityWarning({"flag": True}) == "Check this result before you use it: its quality score is low."

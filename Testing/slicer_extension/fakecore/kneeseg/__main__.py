@@ -68,7 +68,7 @@ def segment(args):
     volumes = {name: float(np.count_nonzero(labels == v)) * voxel_ml for v, name in names.items()}
     flagged = MODE == "flagged"
     quality = {"score": 0.31 if flagged else 0.87, "flag": flagged, "threshold": 0.5,
-               "reasons": ["Patella: the sagittal, coronal and axial predictions disagree (0.31)"] if flagged else [],
+               "reasons": ["Patella: the planes' predictions disagree (0.31)"] if flagged else [],
                "components": {}}
     if args.volumes_json:
         with open(args.volumes_json, "w") as f:
