@@ -243,10 +243,29 @@ def cmd_train(args, progress):
     settings.update(planes=_planes(args.planes), class_weights=weights, augment=not args.no_augment,
                     synthesis=synthesis)
     config = TrainConfig.from_flat(**settings)
+    if args.folds is not None:
+        return _cross_validate(args, config, progress)
     work = Path(args.work) if args.work else Path(args.output).with_name(Path(args.output).name + ".work")
     result = train_bundle(config, args.output, work, synthetic=args.synthetic, data=args.data, name=args.name,
                           real2d=args.real2d, export_onnx=args.onnx, progress=progress)
     progress.done(f"wrote bundle {args.output}", result)
+    return EXIT_OK
+
+
+def _cross_validate(args, config, progress):
+    from .workflows.crossval import card_summary, cross_validate, cross_validation_table
+
+    if not args.data:
+        raise InputError("--folds cross-validates labelled scans: it goes with --data, not --synthetic")
+    if args.real2d:
+        raise InputError("--real2d measures one trained bundle: use it without --folds, or run 'kneeseg evaluate "
+                         "--real2d' on the cross-validation's bundle")
+    report = cross_validate(config, args.data, args.output, args.folds, work=args.work, name=args.name,
+                            export_onnx=args.onnx, progress=progress)
+    if progress.mode != "json":
+        print(cross_validation_table(report))
+    progress.done(f"wrote bundle {args.output} (fold {report['bundle']['fold']}) and "
+                  f"{args.output}.folds/", card_summary(report))
     return EXIT_OK
 
 

@@ -283,6 +283,10 @@ TRAIN_OPTIONS = (
     _trained(("--seed",), "seed", "seed of the weights, batches and augmentation", type=int, setting="seed"),
     _trained(("--split-seed",), "split_seed", "seed of the train/validation/test split by subject (keep it when "
            "fine-tuning)", type=int, setting="split_seed"),
+    Option(("--folds",), "folds", "K-fold cross-validation by subject (--data only): trains K models, each "
+           "scored on its held-out fold; writes OUTPUT.folds/ (splits_final.json, a bundle per fold, "
+           "cross_validation.json/.txt: Dice per bone per fold, pooled mean and sd) and OUTPUT = the best "
+           "fold's bundle (default: none, one training)", type=int, metavar="K"),
     Option(("--split",), "split", "a JSON file naming the train, validation and test subjects (e.g. "
            "scripts/round2_split.json); replaces the split drawn with --split-seed (default: none, 70/15/15 "
            "drawn by subject)", setting="split"),
