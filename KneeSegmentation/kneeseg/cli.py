@@ -106,6 +106,19 @@ def build_parser():
     q.add_argument("-n", type=int, default=16, help="number of examples (default: %(default)s)")
     q.add_argument("--seed", type=int, default=0, help="seed of the random draws (default: %(default)s)")
 
+    q = synth_sub.add_parser("volumes", help="write synthetic labelled scans (stand-ins for your own)",
+                             description="Whole synthetic scans with their bone labels from a label-map cache, as "
+                             "a training folder (images/, labels/) and OUTPUT/pairs.csv for 'kneeseg train --data' "
+                             "(the CSV keeps each cached subject one subject): to try paired training, splits "
+                             "and cross-validation before your own labelled scans exist.")
+    q.add_argument("cache", help="label-map cache folder (from 'kneeseg synth prepare')")
+    q.add_argument("output", help="folder to write images/, labels/ and pairs.csv into")
+    q.add_argument("-n", type=int, default=6, help="number of scans; the cache's maps are used in turn "
+                   "(default: %(default)s)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the first scan; scan i uses seed + i "
+                   "(default: %(default)s)")
+    contract.option("segment", "progress").add_to(q)
+
     p = sub.add_parser("overlay", help="write an overlay PNG of a volume and a label map")
     p.add_argument("image", help="the scan (any volume file or DICOM series folder)")
     p.add_argument("labelmap", help="a label map on the scan's grid (1 femur, 2 tibia, 3 fibula, 4 patella)")
@@ -354,6 +367,9 @@ def cmd_synth(args, progress):
         sources = sources_for(args.source, args.labels, args.dataset, args.licence, args.subject_pattern)
         manifest = synth.prepare_cache(args.source, args.cache, sources=sources, progress=progress)
         progress.done(f"wrote cache {args.cache}", {"cache": args.cache, "entries": len(manifest["files"])})
+    elif args.synth_command == "volumes":
+        csv_path = synth.write_labelled_volumes(args.cache, args.output, n=args.n, seed=args.seed, progress=progress)
+        progress.done(f"wrote {args.n} labelled scans and {csv_path}", {"pairs": str(csv_path), "scans": args.n})
     else:
         synth.write_example_sheet(args.cache, args.output, n=args.n, seed=args.seed)
         progress.done(f"wrote {args.output}", {"sheet": args.output})

@@ -94,6 +94,18 @@ def test_their_label_maps_in_their_layout_become_a_synthetic_training_cache(tmp_
     sheet = kneeseg("synth", "sheet", tmp_path / "cache", tmp_path / "sheet.png", "-n", "2")
     assert sheet.returncode == 0, sheet.stderr  # the synthesizer draws from the cache
     assert (tmp_path / "sheet.png").stat().st_size > 1000
+    if real:
+        return
+    # labelled stand-in scans from the cache, ready for 'kneeseg train --data pairs.csv'
+    volumes = kneeseg("synth", "volumes", tmp_path / "cache", tmp_path / "scans", "-n", "3", "--progress", "none")
+    assert volumes.returncode == 0, volumes.stderr
+    rows = (tmp_path / "scans" / "pairs.csv").read_text().splitlines()
+    assert rows[0] == "image,label,subject" and [r.split(",")[2] for r in rows[1:]] == ["patient A", "patient B",
+                                                                                         "patient A"]
+    for row in rows[1:]:
+        image, labels = (sitk.ReadImage(str(tmp_path / "scans" / name)) for name in row.split(",")[:2])
+        assert image.GetSize() == labels.GetSize() and image.GetOrigin() == labels.GetOrigin()
+        assert {1, 2} <= set(np.unique(sitk.GetArrayViewFromImage(labels)).tolist())
 
 
 def test_bad_label_maps_and_mappings_are_refused_with_one_line(tmp_path):
@@ -139,6 +151,11 @@ def test_wrong_fold_counts_and_combinations_are_refused_before_any_training(tmp_
     ):
         assert_refused(kneeseg("train", *extra, "-o", tmp_path / "model", *TINY_TRAINING, "--progress", "none"),
                        *phrases)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("not a bundle")
+    assert_refused(kneeseg("train", "--data", data, "--folds", "3", "-o", tmp_path / "notes", *TINY_TRAINING,
+                           "--progress", "none"), "notes: exists and is not a model bundle")
+    assert (tmp_path / "notes" / "mine.txt").read_text() == "not a bundle"
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"train": ["knee0", "knee1"], "validation": ["knee2"], "test": ["knee3"]}))
     assert_refused(kneeseg("train", "--data", data, "--folds", "3", "--split", split, "-o", tmp_path / "model",

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle import load_bundle, update_card
+from ..bundle import CARD_NAME, load_bundle, update_card
 from ..datasets import find_pairs
 from ..errors import InputError
 from ..io import write_json
@@ -71,6 +71,9 @@ def cross_validate(config, data, output, k: int, work=None, name="knee-bones", e
     if config.recipe.split:
         raise InputError("--folds deals the subjects into folds itself: give --folds or --split, not both")
     output = Path(output)
+    if output.exists() and not (output.is_dir() and ((output / CARD_NAME).is_file() or not any(output.iterdir()))):
+        raise InputError("exists and is not a model bundle: the best fold's bundle would replace it; choose "
+                         "another -o", output)
     folds_dir = output.with_name(output.name + ".folds")
     work = Path(work) if work else output.with_name(output.name + ".work")
     pairs = find_pairs(data)
