@@ -180,3 +180,30 @@ def test_the_development_layout_is_read_with_its_presets(tmp_path):
     (tmp_path / "staple" / "staple_X_r.nii.gz").write_text("x")
     assert sources_for(tmp_path) == DEFAULT_SOURCES
     assert sources_for(tmp_path, "staple")[0].label_values == {1: "femur", 2: "tibia", 3: "fibula", 4: "patella"}
+
+
+def test_overlapping_segments_on_two_layers_are_read_and_bone_wins(tmp_path):
+    """Slicer keeps overlapping segments on separate layers (a 4D .seg.nrrd: one component per layer)."""
+    _, labels = toy_knee()
+    array = sitk.GetArrayFromImage(labels)
+    femur = (array == 1).astype(np.uint8)
+    effusion = np.zeros_like(femur)
+    effusion[array.shape[0] // 2:] = 1  # overlaps half of the femur
+    second = np.where(array == 2, 3, effusion).astype(np.uint8)  # tibia (value 3) and the effusion (1) on layer 1
+    layers = [sitk.GetImageFromArray(a) for a in (femur, second)]
+    for layer in layers:
+        layer.CopyInformation(labels)
+    image = sitk.Compose(layers)
+    for i, (name, layer, value) in enumerate((("Femur", 0, 1), ("Effusion", 1, 1), ("Tibia", 1, 3))):
+        image.SetMetaData(f"Segment{i}_Name", name)
+        image.SetMetaData(f"Segment{i}_Layer", str(layer))
+        image.SetMetaData(f"Segment{i}_LabelValue", str(value))
+    (tmp_path / "src").mkdir()
+    sitk.WriteImage(image, str(tmp_path / "src" / "knee.seg.nrrd"))
+    manifest = prepare_cache(tmp_path / "src", tmp_path / "cache", spacing_mm=1.0,
+                             sources=sources_for(tmp_path / "src"))
+    assert manifest["files"][0]["bones"] == ["Femur", "Tibia"]
+    cached = load_label_map(tmp_path / "cache" / manifest["files"][0]["file"])
+    femur_ml = (cached.labels == TISSUE_IDS["femur"]).sum() / 1000
+    assert femur_ml == pytest.approx(femur.sum() * 1.5 * 1.2 / 1000, rel=0.1)  # the effusion took none of it
+    assert (cached.labels == TISSUE_IDS["unnamed_structure"]).any()
