@@ -195,6 +195,8 @@ def test_three_fold_cross_validation_then_evaluate_and_info_tables(tmp_path):
 
     info = kneeseg("info", model)
     assert info.returncode == 0 and info.stdout.startswith(f"knee-bones-fold{best}") and "{" not in info.stdout
+    assert f"fold {best} of a 3-fold cross-validation" in info.stdout
+    assert f"cross_validation (4): Femur {pooled['Femur']['mean']:.3f}" in info.stdout
     evaluation = kneeseg("evaluate", "--model", model, "--pairs", data, "--progress", "none")
     assert evaluation.returncode == 0, evaluation.stderr
     assert "Femur" in evaluation.stdout and "Dice mean (worst)" in evaluation.stdout and "{" not in evaluation.stdout

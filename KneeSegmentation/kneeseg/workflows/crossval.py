@@ -109,7 +109,10 @@ def cross_validate(config, data, output, k: int, work=None, name="knee-bones", e
                         "how": "the best fold's bundle: highest mean Dice over bones on its own held-out fold "
                                "(that fold's number is optimistic for it; quote the pooled figures)"}
     _install_best(folds_dir / f"fold_{best['fold']}" / "bundle", output)
-    update_card(output, metrics={"cross_validation": card_summary(report)})
+    update_card(output, metrics={"cross_validation": card_summary(report)},
+                description=f"{config.network.dims}D U-Net trained by kneeseg train: fold {best['fold']} of a "
+                            f"{k}-fold cross-validation by subject, the best on its own held-out subjects "
+                            "(metrics.cross_validation: Dice pooled over all folds' held-out cases)")
     write_json(folds_dir / REPORT_NAME, report)
     (folds_dir / TABLE_NAME).write_text(cross_validation_table(report) + "\n")
     return report
@@ -117,7 +120,8 @@ def cross_validate(config, data, output, k: int, work=None, name="knee-bones", e
 
 def card_summary(report: dict) -> dict:
     """What the chosen bundle's card keeps of the report: the numbers and subjects, no machine paths."""
-    return {"folds": report["folds"], "subjects": report["subjects"], "pooled": report["pooled"],
+    return {"folds": report["folds"], "subjects": report["subjects"], "n_cases": len(report["cases"]),
+            "dice": report["pooled"],  # pooled over every held-out case: what `kneeseg info` shows
             "per_fold": [{k: v for k, v in fold.items() if k != "bundle"} for fold in report["per_fold"]],
             "bundle_fold": report["bundle"]["fold"], "bundle_choice": report["bundle"]["how"]}
 
