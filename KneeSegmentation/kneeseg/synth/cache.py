@@ -70,7 +70,8 @@ def _read_tissue_image(path: Path, source: LabelSource, note=None):
         tissue = source.lookup(int(values.max()))[values]
         present = None
         if source.pattern is None:
-            present = set(np.flatnonzero(np.bincount(values.ravel().astype(np.int64))).tolist())
+            flat = values.ravel() if values.dtype.itemsize < 8 else values.ravel().astype(np.int64)
+            present = set(np.flatnonzero(np.bincount(flat)).tolist())
     out = sitk.GetImageFromArray(tissue)
     out.CopyInformation(image)
     return out, present
