@@ -274,11 +274,11 @@ def _cross_validate(args, config, progress):
         raise InputError("--real2d measures one trained bundle: use it without --folds, or run 'kneeseg evaluate "
                          "--real2d' on the cross-validation's bundle")
     report = cross_validate(config, args.data, args.output, args.folds, work=args.work, name=args.name,
-                            export_onnx=args.onnx, progress=progress)
+                            export_onnx=args.onnx, progress=progress, bundle=args.fold_bundle)
     if progress.mode != "json":
         print(cross_validation_table(report))
-    progress.done(f"wrote bundle {args.output} (fold {report['bundle']['fold']}) and "
-                  f"{args.output}.folds/", card_summary(report))
+    what = "the ensemble" if report["bundle"]["fold"] is None else f"fold {report['bundle']['fold']}"
+    progress.done(f"wrote bundle {args.output} ({what}) and {args.output}.folds/", card_summary(report))
     return EXIT_OK
 
 

@@ -285,8 +285,11 @@ TRAIN_OPTIONS = (
            "fine-tuning)", type=int, setting="split_seed"),
     Option(("--folds",), "folds", "K-fold cross-validation by subject (--data only): trains K models, each "
            "scored on its held-out fold; writes OUTPUT.folds/ (splits_final.json, a bundle per fold, "
-           "cross_validation.json/.txt: Dice per bone per fold, pooled mean and sd) and OUTPUT = the best "
-           "fold's bundle (default: none, one training)", type=int, metavar="K"),
+           "cross_validation.json/.txt: Dice per bone per fold, pooled mean and sd) and OUTPUT (see "
+           "--fold-bundle) (default: none, one training)", type=int, metavar="K"),
+    Option(("--fold-bundle",), "fold_bundle", "with --folds, what OUTPUT holds: best, the fold that scored "
+           "highest on its own held-out subjects; ensemble, all K models averaging their class probabilities "
+           "(K times the work at inference)", default="best", choices=("best", "ensemble")),
     Option(("--split",), "split", "a JSON file naming the train, validation and test subjects (e.g. "
            "scripts/round2_split.json); replaces the split drawn with --split-seed (default: none, 70/15/15 "
            "drawn by subject)", setting="split"),

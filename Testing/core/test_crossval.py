@@ -1,5 +1,6 @@
 """K-fold cross-validation: folds by subject (nnU-Net's splits_final.json form), fold splits, pooled report."""
 
+import numpy as np
 import pytest
 
 from kneeseg.errors import InputError
@@ -65,3 +66,28 @@ def test_the_pooled_report_is_over_every_held_out_case():
     assert table[2].split() == ["0", "2", "0.850", "0.650", "0.750"]
     assert table[4].split() == ["pooled", "3", "0.900", "+-", "0.100", "0.700", "+-", "0.100", "0.800"]
     assert "model = fold 1" in table[5]
+
+
+def test_an_ensemble_averages_its_members_probabilities_and_loads_safely(tmp_path):
+    """The ensemble bundle of --fold-bundle ensemble: one model, the members' class probabilities averaged,
+    loadable with safe_mode and exported to ONNX like any bundle's model."""
+    import keras
+
+    from kneeseg.model import build_model
+    from kneeseg.onnx_backend import OnnxPredictor, export_onnx
+    from kneeseg.specs import NetworkSpec
+    from kneeseg.workflows.crossval import ensemble_model
+
+    keras.utils.set_random_seed(0)
+    members = [build_model(NetworkSpec(filters=4, depth=2), 32) for _ in range(3)]
+    ensemble = ensemble_model(members)
+    batch = np.random.default_rng(0).standard_normal((2, 32, 32, 1)).astype("float32")
+    outputs = [m.predict(batch, verbose=0) for m in members]
+    assert not np.allclose(outputs[0], outputs[1])  # the members differ, so the average is a real test
+    expected = np.mean(outputs, axis=0)
+    np.testing.assert_allclose(ensemble.predict(batch, verbose=0), expected, atol=1e-6)
+    ensemble.save(tmp_path / "ensemble.keras")
+    loaded = keras.models.load_model(tmp_path / "ensemble.keras", compile=False, safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(batch, verbose=0), expected, atol=1e-6)
+    graph = export_onnx(ensemble, tmp_path / "ensemble.onnx")
+    np.testing.assert_allclose(OnnxPredictor(path=graph)(batch), expected, atol=1e-4)

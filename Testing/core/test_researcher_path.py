@@ -202,3 +202,18 @@ def test_three_fold_cross_validation_then_evaluate_and_info_tables(tmp_path):
     assert "Femur" in evaluation.stdout and "Dice mean (worst)" in evaluation.stdout and "{" not in evaluation.stdout
     as_json = kneeseg("evaluate", "--model", model, "--pairs", data, "--progress", "none", "--json")
     assert json.loads(as_json.stdout)["pairs"]["n_cases"] == 4
+
+    # the same run again, asking for the ensemble: every fold resumes from its finished work folder
+    proc = kneeseg("train", "--data", data, "--folds", "3", "--fold-bundle", "ensemble", "-o", model, *TINY_TRAINING,
+                   "--progress", "none")
+    assert proc.returncode == 0, proc.stderr
+    assert "the ensemble of the 3 fold models" in proc.stdout
+    again = json.loads((folds_dir / "cross_validation.json").read_text())
+    assert [f["dice"] for f in again["per_fold"]] == [f["dice"] for f in report["per_fold"]]
+    card = json.loads((model / "card.json").read_text())
+    assert card["name"] == "knee-bones-ensemble" and card["training"]["data"]["split"]["test"] == []
+    assert card["metrics"]["cross_validation"]["bundle_fold"] is None
+    labels = tmp_path / "knee0_labels.nrrd"
+    segmented = kneeseg("segment", data / "images" / "knee0.nrrd", "-o", labels, "--model", model, "--progress", "none")
+    assert segmented.returncode == 0, segmented.stderr
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(labels))).shape == (36, 40, 48)

@@ -14,9 +14,12 @@ Written beside the bundle ``OUTPUT`` (in ``OUTPUT.folds/``):
 - ``cross_validation.json`` and ``cross_validation.txt``: Dice per bone per fold, and pooled over
   every held-out case (each subject is held out exactly once): mean and standard deviation.
 
-``OUTPUT`` itself is a copy of the **best fold's** bundle (highest mean Dice over bones on its own
-held-out fold), its card carrying the report. Choosing the best of K on the held-out scores makes
-that fold's own number optimistic; the pooled figures are the estimate to quote.
+``OUTPUT`` itself is either a copy of the **best fold's** bundle (``bundle="best"``: highest mean
+Dice over bones on its own held-out fold; choosing the best of K on the held-out scores makes that
+fold's own number optimistic) or an **ensemble** of the K fold models (``bundle="ensemble"``: one Keras
+model that runs the K networks on each slice and averages their class probabilities, so inference is
+K times the work; it has no held-out subjects, as every subject trained some member). Either card
+carries the report; the pooled figures are the estimate to quote.
 """
 
 import dataclasses
@@ -63,11 +66,16 @@ def fold_split(fold: dict, index: int, k: int, seed: int) -> dict:
             "note": f"fold {index} of {k} (kneeseg train --folds): test = the held-out fold"}
 
 
+BUNDLE_CHOICES = ("best", "ensemble")
+
+
 def cross_validate(config, data, output, k: int, work=None, name="knee-bones", export_onnx=True,
-                   progress=None) -> dict:
-    """Train ``k`` models on the folds of ``data``, score each on its held-out fold, keep the best; return
-    the report (also written as JSON and as a table)."""
+                   progress=None, bundle="best") -> dict:
+    """Train ``k`` models on the folds of ``data``, score each on its held-out fold, write the best fold's
+    bundle or the ensemble of all (``bundle``); return the report (also written as JSON and as a table)."""
     progress = progress or NO_PROGRESS
+    if bundle not in BUNDLE_CHOICES:
+        raise InputError(f"the cross-validation's bundle is one of {', '.join(BUNDLE_CHOICES)}, not {bundle!r}")
     if config.recipe.split:
         raise InputError("--folds deals the subjects into folds itself: give --folds or --split, not both")
     output = Path(output)
@@ -104,15 +112,25 @@ def cross_validate(config, data, output, k: int, work=None, name="knee-bones", e
     labels = load_bundle(folds_dir / "fold_0" / "bundle").labels
     report = {"folds": k, "subjects": sum(len(f["val"]) for f in folds), "data": str(data),
               "per_fold": per_fold, "pooled": pooled_dice(cases, labels), "cases": cases}
-    best = max(per_fold, key=lambda f: -1.0 if f["mean_dice"] is None else f["mean_dice"])
-    report["bundle"] = {"path": str(output), "fold": best["fold"],
-                        "how": "the best fold's bundle: highest mean Dice over bones on its own held-out fold "
-                               "(that fold's number is optimistic for it; quote the pooled figures)"}
-    _install_best(folds_dir / f"fold_{best['fold']}" / "bundle", output)
-    update_card(output, metrics={"cross_validation": card_summary(report)},
-                description=f"{config.network.dims}D U-Net trained by kneeseg train: fold {best['fold']} of a "
-                            f"{k}-fold cross-validation by subject, the best on its own held-out subjects "
-                            "(metrics.cross_validation: Dice pooled over all folds' held-out cases)")
+    if bundle == "ensemble":
+        report["bundle"] = {"path": str(output), "fold": None,
+                            "how": f"an ensemble of the {k} fold models averaging their class probabilities "
+                                   "(no held-out subjects: every subject trained some member)"}
+        _save_ensemble([folds_dir / f"fold_{i}" / "bundle" for i in range(k)], output, folds, name,
+                       export_onnx, progress)
+        description = (f"{config.network.dims}D U-Net ensemble trained by kneeseg train: the {k} models of a "
+                       f"{k}-fold cross-validation by subject, their class probabilities averaged "
+                       "(metrics.cross_validation: Dice pooled over all folds' held-out cases)")
+    else:
+        best = max(per_fold, key=lambda f: -1.0 if f["mean_dice"] is None else f["mean_dice"])
+        report["bundle"] = {"path": str(output), "fold": best["fold"],
+                            "how": "the best fold's bundle: highest mean Dice over bones on its own held-out fold "
+                                   "(that fold's number is optimistic for it; quote the pooled figures)"}
+        _install_best(folds_dir / f"fold_{best['fold']}" / "bundle", output)
+        description = (f"{config.network.dims}D U-Net trained by kneeseg train: fold {best['fold']} of a "
+                       f"{k}-fold cross-validation by subject, the best on its own held-out subjects "
+                       "(metrics.cross_validation: Dice pooled over all folds' held-out cases)")
+    update_card(output, metrics={"cross_validation": card_summary(report)}, description=description)
     write_json(folds_dir / REPORT_NAME, report)
     (folds_dir / TABLE_NAME).write_text(cross_validation_table(report) + "\n")
     return report
@@ -149,6 +167,44 @@ def pooled_dice(cases, labels) -> dict:
     return pooled
 
 
+def ensemble_model(models):
+    """One Keras model running ``models`` (same input and classes) on its input and averaging their
+    outputs (class probabilities). Standard layers only: it loads with ``safe_mode`` and exports to ONNX."""
+    import keras
+
+    inputs = keras.Input(shape=tuple(models[0].inputs[0].shape[1:]), name="image")
+    members = [keras.Model(m.inputs[0], m.outputs[0], name=f"fold_{i}")(inputs) for i, m in enumerate(models)]
+    return keras.Model(inputs, keras.layers.Average(name="fold_average")(members), name="fold_ensemble")
+
+
+def _save_ensemble(fold_bundles, output: Path, folds, name, export_onnx, progress) -> None:
+    """The ensemble of the fold bundles as a bundle at ``output``: the first fold's card (network, frame,
+    labels, normalisation are the same for all) naming every subject as training data."""
+    import dataclasses as dc
+
+    from ..bundle import save_bundle
+    from .train import _try_export_onnx
+
+    bundles = [load_bundle(path) for path in fold_bundles]
+    model = ensemble_model([b.load_keras_model() for b in bundles])
+    card = bundles[0].card
+    training = dict(card.training)
+    data = dict(training.get("data", {}))
+    subjects = sorted({s for fold in folds for s in fold["val"]})
+    data.update(split={"train": subjects, "validation": [], "test": []},
+                split_source=f"{len(folds)}-fold cross-validation: every subject trained some member",
+                folds=folds)
+    training["data"] = data
+    card = dc.replace(card, name=f"{name}-ensemble", training=training)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{output.name}-onnx-", dir=output.parent))
+    try:
+        onnx_path = _try_export_onnx(model, work, progress) if export_onnx else None
+        save_bundle(output, model, card, onnx_path=onnx_path)  # each fold's history stays in its own bundle
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def _install_best(fold_bundle: Path, output: Path) -> None:
     """Copy the fold's bundle to ``output`` (staged beside it, renamed into place)."""
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -177,8 +233,12 @@ def cross_validation_table(report: dict) -> str:
     lines = [f"{report['folds']}-fold cross-validation of {report['data']} ({report['subjects']} subjects): "
              "Dice on each fold's held-out subjects"]
     lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.append(f"  bundle: {report['bundle']['path']} = fold {report['bundle']['fold']} "
-                 "(best on its own held-out fold; quote the pooled row)")
+    if report["bundle"]["fold"] is None:
+        lines.append(f"  bundle: {report['bundle']['path']} = the ensemble of the {report['folds']} fold models "
+                     "(probabilities averaged; quote the pooled row)")
+    else:
+        lines.append(f"  bundle: {report['bundle']['path']} = fold {report['bundle']['fold']} "
+                     "(best on its own held-out fold; quote the pooled row)")
     return "\n".join(lines)
 
 
