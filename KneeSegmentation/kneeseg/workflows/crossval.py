@@ -80,8 +80,8 @@ def cross_validate(config, data, output, k: int, work=None, name="knee-bones", e
         raise InputError("--folds deals the subjects into folds itself: give --folds or --split, not both")
     output = Path(output)
     if output.exists() and not (output.is_dir() and ((output / CARD_NAME).is_file() or not any(output.iterdir()))):
-        raise InputError("exists and is not a model bundle: the best fold's bundle would replace it; choose "
-                         "another -o", output)
+        raise InputError("exists and is not a model bundle: the cross-validation's bundle would replace it; "
+                         "choose another -o", output)
     folds_dir = output.with_name(output.name + ".folds")
     work = Path(work) if work else output.with_name(output.name + ".work")
     pairs = find_pairs(data)
@@ -90,25 +90,10 @@ def cross_validate(config, data, output, k: int, work=None, name="knee-bones", e
     write_json(folds_dir / SPLITS_NAME, folds)
     per_fold, cases = [], []
     for index, fold in enumerate(folds):
-        fold_dir = folds_dir / f"fold_{index}"
-        fold_dir.mkdir(exist_ok=True)
-        split_path = fold_dir / "split.json"
-        write_json(split_path, fold_split(fold, index, k, config.recipe.split_seed))
-        fold_config = dataclasses.replace(config, recipe=dataclasses.replace(config.recipe, split=str(split_path)))
-        progress("fold", index / k, f"fold {index + 1}/{k}: training on {len(fold['train'])} subjects")
-        result = train_bundle(fold_config, fold_dir / "bundle", work / f"fold_{index}", data=data,
-                              name=f"{name}-fold{index}", export_onnx=export_onnx, progress=_within(progress, index, k))
-        held_out = [p for p in pairs if p.subject in set(fold["val"])]
-        scores = evaluate_pairs(load_bundle(fold_dir / "bundle"), held_out, options=None)
-        for case in scores["cases"]:
-            case["fold"] = index
-        cases += scores["cases"]
-        per_fold.append({"fold": index, "held_out": fold["val"], "n_cases": scores["n_cases"],
-                         "dice": {bone: s["mean"] for bone, s in scores["dice"].items()
-                                  if isinstance(s, dict) and "mean" in s},
-                         "mean_dice": scores["dice"].get("mean_over_bones"),
-                         "best_validation_mean_dice": result["best_val_mean_dice"],
-                         "bundle": str(fold_dir / "bundle")})
+        summary, fold_cases = _run_fold(config, data, pairs, fold, index, k, folds_dir / f"fold_{index}",
+                                        work / f"fold_{index}", name, export_onnx, progress)
+        per_fold.append(summary)
+        cases += fold_cases
     labels = load_bundle(folds_dir / "fold_0" / "bundle").labels
     report = {"folds": k, "subjects": sum(len(f["val"]) for f in folds), "data": str(data),
               "per_fold": per_fold, "pooled": pooled_dice(cases, labels), "cases": cases}
@@ -134,6 +119,27 @@ def cross_validate(config, data, output, k: int, work=None, name="knee-bones", e
     write_json(folds_dir / REPORT_NAME, report)
     (folds_dir / TABLE_NAME).write_text(cross_validation_table(report) + "\n")
     return report
+
+
+def _run_fold(config, data, pairs, fold, index, k, fold_dir: Path, work: Path, name, export_onnx, progress):
+    """Train fold ``index`` (its split file written first) and score it on its held-out subjects:
+    (the fold's summary, its scored cases)."""
+    fold_dir.mkdir(exist_ok=True)
+    split_path = fold_dir / "split.json"
+    write_json(split_path, fold_split(fold, index, k, config.recipe.split_seed))
+    fold_config = dataclasses.replace(config, recipe=dataclasses.replace(config.recipe, split=str(split_path)))
+    progress("fold", index / k, f"fold {index + 1}/{k}: training on {len(fold['train'])} subjects")
+    result = train_bundle(fold_config, fold_dir / "bundle", work, data=data, name=f"{name}-fold{index}",
+                          export_onnx=export_onnx, progress=_within(progress, index, k))
+    held_out = [p for p in pairs if p.subject in set(fold["val"])]
+    scores = evaluate_pairs(load_bundle(fold_dir / "bundle"), held_out)
+    for case in scores["cases"]:
+        case["fold"] = index
+    summary = {"fold": index, "held_out": fold["val"], "n_cases": scores["n_cases"],
+               "dice": {bone: s["mean"] for bone, s in scores["dice"].items() if isinstance(s, dict) and "mean" in s},
+               "mean_dice": scores["dice"].get("mean_over_bones"),
+               "best_validation_mean_dice": result["best_val_mean_dice"], "bundle": str(fold_dir / "bundle")}
+    return summary, scores["cases"]
 
 
 def card_summary(report: dict) -> dict:
