@@ -4,16 +4,21 @@ Slicer ships numpy, SimpleITK and vtk built for it; replacing them breaks Slicer
 pip constraints file that pins the installed numpy and SimpleITK (pip then fails with a clear
 conflict instead of upgrading them), and vtk is never requested. Installation goes through
 ``slicer.packaging.pip_ensure`` where the Slicer version has it, else ``slicer.util.pip_install``.
+TensorFlow's GPU build (``tensorflow[and-cuda]``, CUDA libraries included) is offered only where a
+working NVIDIA GPU is found (``nvidia-smi -L`` lists one, on Linux); everywhere else the CPU build.
 
 The widget asks the user first (with the list and download sizes from :func:`describeMissing`);
 nothing here opens a dialog.
 """
 
+import functools
 import importlib.metadata
 import importlib.util
 import os
 import platform
+import shutil
 import socket
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,9 +58,39 @@ def _package(name, module, downloadMB, purpose) -> Package:
     return Package(name, module, requirements()[name], downloadMB, purpose)
 
 
-def _tensorflowPackage() -> Package:
+GPU_TENSORFLOW = "tensorflow[and-cuda]"  # TensorFlow with its CUDA libraries from pip (Linux only)
+GPU_PLATFORMS = ("Linux",)  # TensorFlow >= 2.11 has no native GPU build for Windows or macOS
+
+
+def nvidiaGpuPresent(which=shutil.which, run=subprocess.run) -> bool:
+    """True when ``nvidia-smi`` exists, runs and lists at least one GPU (driver installed and working)."""
+    executable = which("nvidia-smi")
+    if not executable:
+        return False
+    try:
+        result = run([executable, "-L"], capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return result.returncode == 0 and any(line.startswith("GPU ") for line in result.stdout.splitlines())
+
+
+@functools.lru_cache(maxsize=1)
+def _gpuHere() -> bool:
+    return platform.system() in GPU_PLATFORMS and nvidiaGpuPresent()
+
+
+def _tensorflowPackage(gpu=None) -> Package:
+    """TensorFlow as ``Resources/requirements.txt`` names it (the CPU build on x86-64), or its GPU build
+    (same version range, CUDA libraries included) where a working NVIDIA GPU is found on Linux.
+    ``gpu``: the result of that check (default: run it, once)."""
     name = next(n for n in requirements() if n.startswith("tensorflow"))
-    return _package(name, "tensorflow", 260, "runs and trains the U-Net")
+    if gpu is None:
+        gpu = _gpuHere()
+    if gpu:
+        specifier = requirements()[name][len(name):]
+        return Package("tensorflow", "tensorflow", GPU_TENSORFLOW + specifier, 600,
+                       "runs and trains the U-Net on the NVIDIA GPU found here (CUDA libraries included)")
+    return _package(name, "tensorflow", 260, "runs and trains the U-Net (CPU build: no NVIDIA GPU was found)")
 
 
 CORE = (
@@ -73,14 +108,14 @@ def isInstalled(module: str) -> bool:
         return False
 
 
-def requiredPackages(bundlePath=None, training=False, installed=None) -> list:
+def requiredPackages(bundlePath=None, training=False, installed=None, gpu=None) -> list:
     """Packages the core needs for segmenting with ``bundlePath`` (or for training).
 
     A bundle that carries ``model.onnx`` runs with onnxruntime alone; otherwise (and for training)
-    TensorFlow and Keras are needed.
+    TensorFlow and Keras are needed: its GPU build only where ``gpu`` (default: an NVIDIA GPU is found).
     """
     packages = list(CORE)
-    tensorflow = [_tensorflowPackage(), KERAS]
+    tensorflow = [_tensorflowPackage(gpu), KERAS]
     if training:
         return packages + tensorflow
     installed = installed or isInstalled
@@ -90,9 +125,9 @@ def requiredPackages(bundlePath=None, training=False, installed=None) -> list:
     return packages + tensorflow
 
 
-def missingPackages(bundlePath=None, training=False, installed=None) -> list:
+def missingPackages(bundlePath=None, training=False, installed=None, gpu=None) -> list:
     installed = installed or isInstalled
-    return [p for p in requiredPackages(bundlePath, training, installed) if not installed(p.module)]
+    return [p for p in requiredPackages(bundlePath, training, installed, gpu) if not installed(p.module)]
 
 
 def describeMissing(packages) -> str:

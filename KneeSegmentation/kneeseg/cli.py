@@ -60,15 +60,18 @@ def build_parser():
                        "accuracy, ASSD, HD95), --real2d (real labelled sagittal slices), --synthetic (held-out "
                        "synthetic label maps).")
     p.add_argument("--model", help="bundle (default: the shipped model)")
-    p.add_argument("--pairs", help="folder or CSV of image/label pairs")
-    p.add_argument("--real2d", help="real labelled sagittal slices (.npz)")
-    p.add_argument("--synthetic", help="label-map cache folder; scores the bundle's held-out test subjects")
-    p.add_argument("--synthetic-cases", type=int, default=6)
-    p.add_argument("--report", help="write the full results (every case) as JSON here")
+    p.add_argument("--pairs", help="folder (images/ + labels/) or CSV of labelled volumes to score (default: none)")
+    p.add_argument("--real2d", help="real labelled sagittal slices (.npz) to score (default: none)")
+    p.add_argument("--synthetic", help="label-map cache folder; scores the bundle's held-out test subjects "
+                   "(default: none)")
+    p.add_argument("--synthetic-cases", type=int, default=6,
+                   help="synthetic volumes to score with --synthetic (default: %(default)s)")
+    p.add_argument("--report", help="write the full results (every case) as JSON here (default: none)")
     p.add_argument("--json", action="store_true",
                    help="print the summary as JSON instead of the table (default: a table per data set)")
     p.add_argument("--update-card", action="store_true", help="store the summary in the bundle card's metrics")
-    p.add_argument("--planes", help="fuse these planes instead of the bundle's (volumes: --pairs, --synthetic)")
+    p.add_argument("--planes", help="fuse these planes instead of the bundle's (volumes: --pairs, --synthetic; "
+                   "default: the bundle's)")
     _add_device_and_progress(p)
 
     p = sub.add_parser("info", help="show a model bundle's card")
@@ -77,20 +80,49 @@ def build_parser():
 
     p = sub.add_parser("synth", help="synthetic training data from real label maps")
     synth_sub = p.add_subparsers(dest="synth_command", required=True, parser_class=_ArgumentParser)
-    q = synth_sub.add_parser("prepare", help="build the label-map cache used for training")
-    q.add_argument("source", help="folder of label maps (e.g. ../shared/data/labelmaps)")
-    q.add_argument("cache", help="cache folder to write")
+    q = synth_sub.add_parser("prepare", help="build the label-map cache used for training",
+                             description="Read a folder of label maps (any layout, any depth, any volume format "
+                             "SimpleITK reads; Slicer .seg.nrrd by segment name) into the cache that "
+                             "'kneeseg train --synthetic' synthesises images from.")
+    q.add_argument("source", help="folder of label maps (e.g. ../shared/data/labelmaps, or your own)")
+    q.add_argument("cache", help="cache folder to write (its manifest.json is written last)")
+    q.add_argument("--labels", metavar="MAPPING",
+                   help="which label value is which bone: femur=1,tibia=2,patella=3,fibula=4 (several values: "
+                   "femur=1+7; other tissues by name, e.g. meniscus=9), a .json or .csv file of the same, or a "
+                   "preset (oai, mskt, spl, staple). Default: the development data's presets where their "
+                   "layout is found, else .seg.nrrd segment names")
+    q.add_argument("--dataset", default="user",
+                   help="name of your data set in the cache and the model card (default: %(default)s)")
+    q.add_argument("--licence", default="the user's own label maps (licence not stated)",
+                   help="licence of your label maps, recorded in the card (default: '%(default)s')")
+    q.add_argument("--subject-pattern", default=r"^(.+)$", metavar="REGEX",
+                   help="regular expression whose first group, matched on a file's path below SOURCE "
+                   "without suffix, names its subject (files of one person must not be split between "
+                   "training and validation; default: %(default)s, every file its own subject)")
     contract.option("segment", "progress").add_to(q)
     q = synth_sub.add_parser("sheet", help="write a PNG sheet of synthetic training images")
-    q.add_argument("cache")
+    q.add_argument("cache", help="label-map cache folder (from 'kneeseg synth prepare')")
     q.add_argument("output", help="PNG path")
-    q.add_argument("-n", type=int, default=16)
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("-n", type=int, default=16, help="number of examples (default: %(default)s)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the random draws (default: %(default)s)")
+
+    q = synth_sub.add_parser("volumes", help="write synthetic labelled scans (stand-ins for your own)",
+                             description="Whole synthetic scans with their bone labels from a label-map cache, as "
+                             "a training folder (images/, labels/) and OUTPUT/pairs.csv for 'kneeseg train --data' "
+                             "(the CSV keeps each cached subject one subject): to try paired training, splits "
+                             "and cross-validation before your own labelled scans exist.")
+    q.add_argument("cache", help="label-map cache folder (from 'kneeseg synth prepare')")
+    q.add_argument("output", help="folder to write images/, labels/ and pairs.csv into")
+    q.add_argument("-n", type=int, default=6, help="number of scans; the cache's maps are used in turn "
+                   "(default: %(default)s)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the first scan; scan i uses seed + i "
+                   "(default: %(default)s)")
+    contract.option("segment", "progress").add_to(q)
 
     p = sub.add_parser("overlay", help="write an overlay PNG of a volume and a label map")
-    p.add_argument("image")
-    p.add_argument("labelmap")
-    p.add_argument("output")
+    p.add_argument("image", help="the scan (any volume file or DICOM series folder)")
+    p.add_argument("labelmap", help="a label map on the scan's grid (1 femur, 2 tibia, 3 fibula, 4 patella)")
+    p.add_argument("output", help="PNG path to write")
     p.add_argument("--model", help="bundle whose labels name the colours (default: the shipped model)")
     contract.option("segment", "progress").add_to(p)
     return parser
@@ -224,10 +256,29 @@ def cmd_train(args, progress):
     settings.update(planes=_planes(args.planes), class_weights=weights, augment=not args.no_augment,
                     synthesis=synthesis)
     config = TrainConfig.from_flat(**settings)
+    if args.folds is not None:
+        return _cross_validate(args, config, progress)
     work = Path(args.work) if args.work else Path(args.output).with_name(Path(args.output).name + ".work")
     result = train_bundle(config, args.output, work, synthetic=args.synthetic, data=args.data, name=args.name,
                           real2d=args.real2d, export_onnx=args.onnx, progress=progress)
     progress.done(f"wrote bundle {args.output}", result)
+    return EXIT_OK
+
+
+def _cross_validate(args, config, progress):
+    from .workflows.crossval import card_summary, cross_validate, cross_validation_table
+
+    if not args.data:
+        raise InputError("--folds cross-validates labelled scans: it goes with --data, not --synthetic")
+    if args.real2d:
+        raise InputError("--real2d measures one trained bundle: use it without --folds, or run 'kneeseg evaluate "
+                         "--real2d' on the cross-validation's bundle")
+    report = cross_validate(config, args.data, args.output, args.folds, work=args.work, name=args.name,
+                            export_onnx=args.onnx, progress=progress, bundle=args.fold_bundle)
+    if progress.mode != "json":
+        print(cross_validation_table(report))
+    what = "the ensemble" if report["bundle"]["fold"] is None else f"fold {report['bundle']['fold']}"
+    progress.done(f"wrote bundle {args.output} ({what}) and {args.output}.folds/", card_summary(report))
     return EXIT_OK
 
 
@@ -311,8 +362,14 @@ def cmd_synth(args, progress):
     from . import synth
 
     if args.synth_command == "prepare":
-        manifest = synth.prepare_cache(args.source, args.cache, progress=progress)
+        from .synth.labelmaps import sources_for
+
+        sources = sources_for(args.source, args.labels, args.dataset, args.licence, args.subject_pattern)
+        manifest = synth.prepare_cache(args.source, args.cache, sources=sources, progress=progress)
         progress.done(f"wrote cache {args.cache}", {"cache": args.cache, "entries": len(manifest["files"])})
+    elif args.synth_command == "volumes":
+        csv_path = synth.write_labelled_volumes(args.cache, args.output, n=args.n, seed=args.seed, progress=progress)
+        progress.done(f"wrote {args.n} labelled scans and {csv_path}", {"pairs": str(csv_path), "scans": args.n})
     else:
         synth.write_example_sheet(args.cache, args.output, n=args.n, seed=args.seed)
         progress.done(f"wrote {args.output}", {"sheet": args.output})

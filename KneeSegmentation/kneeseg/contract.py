@@ -117,9 +117,16 @@ class Option:
     def positional(self) -> bool:
         return not self.flags[0].startswith("-")
 
+    def shown_help(self) -> str:
+        """The help text with the default appended where the text does not already give it."""
+        if (self.help and self.default is not None and self.default is not False and self.action != STORE_TRUE
+                and "default" not in self.help):
+            return f"{self.help} (default: %(default)s)"
+        return self.help
+
     def add_to(self, parser) -> None:
         """Add this option to an ``argparse`` parser (or mutually exclusive group)."""
-        kwargs = {"help": self.help or None}
+        kwargs = {"help": self.shown_help() or None}
         if self.action == STORE_TRUE:
             kwargs["action"] = "store_true"
         elif self.action == BOOLEAN_OPTIONAL:
@@ -186,18 +193,20 @@ NORMALISATIONS = NORMALISATION_MODES
 TRAINABLE_DIMS = (2,)  # --dims 3 parses but the training data sources give 2D slices: train refuses it
 
 SEGMENT_OPTIONS = (
-    Option(("inputs",), "inputs", nargs="+", metavar="INPUT"),
+    Option(("inputs",), "inputs", "a volume file (NRRD, NIfTI, MHA/MHD, ...), a DICOM series folder, a folder "
+           "of volumes, a glob pattern or a CSV with a 'path' column; several for a cohort", nargs="+",
+           metavar="INPUT"),
     Option(("-o", "--output"), "output", "label map file for one input (e.g. out.nrrd); an output folder for several",
            required=True),
     Option(("--model",), "model", "model bundle folder or zip (default: the shipped model)"),
-    Option(("--seg-nrrd",), "seg_nrrd", "also write a Slicer segmentation (.seg.nrrd) [single input]"),
-    Option(("--confidence",), "confidence", "also write the per-voxel confidence (max probability) [single input]"),
-    Option(("--volumes-json",), "volumes_json", "also write bone volumes in mL as JSON [single input]"),
-    Option(("--overlay",), "overlay", "also write an overlay PNG sheet [single input]"),
+    Option(("--seg-nrrd",), "seg_nrrd", "also write a Slicer segmentation (.seg.nrrd) [single input] (default: none)"),
+    Option(("--confidence",), "confidence", "also write the per-voxel confidence (max probability) [single input] (default: none)"),
+    Option(("--volumes-json",), "volumes_json", "also write bone volumes in mL as JSON [single input] (default: none)"),
+    Option(("--overlay",), "overlay", "also write an overlay PNG sheet [single input] (default: none)"),
     Option(("--meshes",), "meshes", "also write one closed surface per bone (STL and VTP, LPS mm) into this "
-           "folder [single input]", metavar="DIR"),
+           "folder [single input] (default: none)", metavar="DIR"),
     Option(("--dicom-seg",), "dicom_seg", "also write a DICOM Segmentation referencing the source series (.dcm) "
-           "[single input, a DICOM series folder]"),
+           "[single input, a DICOM series folder] (default: none)"),
     Option(("--n4",), "n4", "N4 bias field correction before segmenting (default: as the bundle says)",
            action=BOOLEAN_OPTIONAL),
     Option(("--n4-shrink",), "n4_shrink", "N4: shrink every axis by this factor for the fit (default: per axis, "
@@ -209,11 +218,13 @@ SEGMENT_OPTIONS = (
            "'x,y,z' in LPS mm", default="auto"),
     Option(("--backend",), "backend", "inference engine (auto: ONNX Runtime when the bundle has a graph and it is "
            "installed)", default="auto", choices=BACKENDS),
-    Option(("--batch-size",), "batch_size", type=int, default=8),
+    Option(("--batch-size",), "batch_size", "slices per network call (more: faster, more memory)", type=int,
+           default=8),
     Option(("--no-postprocess",), "no_postprocess", "skip largest-component and hole filling", action=STORE_TRUE),
     Option(("--summary",), "summary", "cohort: summary CSV of bone volumes (default OUTPUT/summary.csv)"),
     Option(("--overwrite",), "overwrite", "cohort: redo cases whose output exists", action=STORE_TRUE),
-    Option(("--scheduler",), "scheduler", "cohort: a Dask scheduler address (e.g. tcp://host:8786) to spread cases"),
+    Option(("--scheduler",), "scheduler", "cohort: a Dask scheduler address (e.g. tcp://host:8786) to spread cases (default: none, cases run "
+           "here one after another)"),
     _device(),
     _progress(),
 )
@@ -229,47 +240,73 @@ def _trained(flags, dest, help="", setting=None, **kwargs) -> Option:
 
 
 TRAIN_OPTIONS = (
-    Option(("--synthetic",), "synthetic", "label-map cache folder (from 'kneeseg synth prepare')", group="source"),
-    Option(("--data",), "data", "folder or CSV of image/label pairs", group="source"),
+    Option(("--synthetic",), "synthetic", "label-map cache folder (from 'kneeseg synth prepare'): train on images "
+           "synthesised from it [this or --data]", group="source"),
+    Option(("--data",), "data", "folder (images/ + labels/, same names) or CSV (image,label[,subject]) of your "
+           "labelled scans [this or --synthetic]", group="source"),
     Option(("-o", "--output"), "output", "bundle folder to write", required=True),
     Option(("--work",), "work", "work folder for checkpoints/history (default OUTPUT.work); rerun to resume"),
-    _trained(("--dims",), "dims", type=int, setting="dims", choices=(2, 3)),
-    _trained(("--output-mode",), "output_mode", setting="output", choices=OUTPUT_MODES),
-    _trained(("--filters", "--width"), "filters", type=int, setting="filters"),
-    _trained(("--depth",), "depth", type=int, setting="depth"),
-    _trained(("--input-size",), "input_size", type=int, setting="input_size"),
-    _trained(("--planes",), "planes", setting="planes"),
-    _trained(("--window-mm",), "window_mm", type=float, setting="window_mm"),
-    _trained(("--epochs",), "epochs", type=int, setting="epochs"),
-    _trained(("--steps-per-epoch",), "steps_per_epoch", type=int, setting="steps_per_epoch"),
-    _trained(("--validation-steps",), "validation_steps", type=int, setting="validation_steps"),
-    _trained(("--batch-size",), "batch_size", type=int, setting="batch_size"),
-    _trained(("--patience",), "patience", type=int, setting="patience"),
-    _trained(("--learning-rate",), "learning_rate", type=float, setting="learning_rate"),
-    _trained(("--final-learning-rate",), "final_learning_rate", type=float, setting="final_learning_rate"),
-    _trained(("--loss",), "loss", setting="loss", choices=LOSSES),
-    _trained(("--beta",), "beta", type=float, setting="beta"),
-    Option(("--class-weights",), "class_weights", "comma-separated weights per bone (femur,tibia,fibula,patella)"),
-    Option(("--no-augment",), "no_augment", action=STORE_TRUE),
+    _trained(("--dims",), "dims", "2: slices, the network the shipped model uses; 3: volumes (not trainable "
+             "from the command line yet)", type=int, setting="dims", choices=(2, 3)),
+    _trained(("--output-mode",), "output_mode", "separate: one class per bone; merged: one 'Bone' class",
+             setting="output", choices=OUTPUT_MODES),
+    _trained(("--filters", "--width"), "filters", "filters of every U-Net level", type=int, setting="filters"),
+    _trained(("--depth",), "depth", "U-Net levels (poolings)", type=int, setting="depth"),
+    _trained(("--input-size",), "input_size", "pixels per side of the network's square input", type=int,
+             setting="input_size"),
+    _trained(("--planes",), "planes", "comma-separated slice planes to train on (and fuse at inference)",
+             setting="planes"),
+    _trained(("--window-mm",), "window_mm", "side of the square field of view around the knee centre, in mm",
+             type=float, setting="window_mm"),
+    _trained(("--epochs",), "epochs", "most epochs to train (early stopping may end sooner)", type=int,
+             setting="epochs"),
+    _trained(("--steps-per-epoch",), "steps_per_epoch", "training batches per epoch", type=int,
+             setting="steps_per_epoch"),
+    _trained(("--validation-steps",), "validation_steps", "validation batches after every epoch", type=int,
+             setting="validation_steps"),
+    _trained(("--batch-size",), "batch_size", "slices per training batch", type=int, setting="batch_size"),
+    _trained(("--patience",), "patience", "stop after this many epochs without a better validation mean Dice",
+             type=int, setting="patience"),
+    _trained(("--learning-rate",), "learning_rate", "Adam's learning rate at the first epoch", type=float,
+             setting="learning_rate"),
+    _trained(("--final-learning-rate",), "final_learning_rate", "learning rate at the last epoch (exponential "
+             "decay)", type=float, setting="final_learning_rate"),
+    _trained(("--loss",), "loss", "loss: soft Dice, F-beta, cross-entropy, or Dice + cross-entropy",
+             setting="loss", choices=LOSSES),
+    _trained(("--beta",), "beta", "beta of the fbeta loss (above 1 weighs recall)", type=float, setting="beta"),
+    Option(("--class-weights",), "class_weights", "comma-separated loss weights per bone (femur,tibia,fibula,"
+           "patella; merged: one) (default: all 1)"),
+    Option(("--no-augment",), "no_augment", "train without random flips, shifts, rotations, contrast... "
+           "(default: augment)", action=STORE_TRUE),
     _trained(("--normalisation",), "normalisation", "standard scores per volume, or with the training set's "
            "statistics (stored in the card)", setting="normalisation", choices=NORMALISATIONS),
     _trained(("--seed",), "seed", "seed of the weights, batches and augmentation", type=int, setting="seed"),
     _trained(("--split-seed",), "split_seed", "seed of the train/validation/test split by subject (keep it when "
            "fine-tuning)", type=int, setting="split_seed"),
+    Option(("--folds",), "folds", "K-fold cross-validation by subject (--data only): trains K models, each "
+           "scored on its held-out fold; writes OUTPUT.folds/ (splits_final.json, a bundle per fold, "
+           "cross_validation.json/.txt: Dice per bone per fold, pooled mean and sd) and OUTPUT (see "
+           "--fold-bundle) (default: none, one training)", type=int, metavar="K"),
+    Option(("--fold-bundle",), "fold_bundle", "with --folds, what OUTPUT holds: best, the fold that scored "
+           "highest on its own held-out subjects; ensemble, all K models averaging their class probabilities "
+           "(K times the work at inference)", default="best", choices=("best", "ensemble")),
     Option(("--split",), "split", "a JSON file naming the train, validation and test subjects (e.g. "
-           "scripts/round2_split.json); replaces the split drawn with --split-seed", setting="split"),
+           "scripts/round2_split.json); replaces the split drawn with --split-seed (default: none, 70/15/15 "
+           "drawn by subject)", setting="split"),
     _trained(("--workers",), "workers", "threads (or processes) preparing batches", type=int, setting="workers"),
     Option(("--multiprocessing",), "multiprocessing", "prepare batches in worker processes", action=STORE_TRUE,
            setting="use_multiprocessing"),
-    Option(("--time-limit-min",), "time_limit_min", "stop after the epoch that crosses this many minutes",
+    Option(("--time-limit-min",), "time_limit_min", "stop after the epoch that crosses this many minutes "
+           "(default: no limit)",
            type=float, setting="time_limit_min"),
     Option(("--synthesis",), "synthesis", "with --synthetic: generator settings, as a JSON file of "
            "kneeseg.synth.SynthesisConfig fields to change, or a bundle (folder or card.json) whose recorded "
-           "settings to reuse", metavar="JSON|BUNDLE"),
+           "settings to reuse (default: the generator's defaults)", metavar="JSON|BUNDLE"),
     Option(("--init-from",), "init_from", "start from this bundle's weights (fine-tune, e.g. the shipped model on "
-           "your own data); the network settings must match it", setting="init_from"),
-    Option(("--name",), "name", default="knee-bones"),
-    Option(("--real2d",), "real2d", "also measure Dice on real labelled sagittal slices (.npz) for the card"),
+           "your own data); the network settings must match it (default: none, random weights)",
+           setting="init_from"),
+    Option(("--name",), "name", "the model's name in its card", default="knee-bones"),
+    Option(("--real2d",), "real2d", "also measure Dice on real labelled sagittal slices (.npz) for the card (default: none)"),
     Option(("--onnx",), "onnx", "export an ONNX graph into the bundle when tf2onnx is installed (default on)",
            default=True, action=BOOLEAN_OPTIONAL),
     _device(),

@@ -155,3 +155,38 @@ def test_install_offline_and_failure_messages(monkeypatch):
 def test_declined_message_says_how_to_install_later():
     text = dependencies.declinedMessage([dependencies.KERAS])
     assert "cannot run without them" in text and "slicer.util.pip_install('keras>=3.3')" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# The GPU build of TensorFlow only where a GPU is (issue 14)
+
+
+class _Completed:
+    def __init__(self, returncode, stdout):
+        self.returncode, self.stdout = returncode, stdout
+
+
+@pytest.mark.parametrize("which, run, expected", [
+    (lambda name: None, None, False),  # no nvidia-smi at all
+    (lambda name: "/usr/bin/nvidia-smi", lambda *a, **k: _Completed(9, "NVIDIA-SMI has failed"), False),  # no driver
+    (lambda name: "/usr/bin/nvidia-smi", lambda *a, **k: _Completed(0, "No devices were found\n"), False),
+    (lambda name: "/usr/bin/nvidia-smi", lambda *a, **k: (_ for _ in ()).throw(OSError("exec format")), False),
+    (lambda name: "/usr/bin/nvidia-smi",
+     lambda *a, **k: _Completed(0, "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-1234)\n"), True),
+])
+def test_the_gpu_check_needs_a_working_nvidia_smi_that_lists_a_gpu(which, run, expected):
+    assert dependencies.nvidiaGpuPresent(which=which, run=run) is expected
+
+
+def test_the_installer_offers_the_gpu_build_only_where_a_gpu_is():
+    nothing = lambda module: False  # noqa: E731
+    cpu = {p.module: p for p in dependencies.missingPackages(training=True, installed=nothing, gpu=False)}
+    gpu = {p.module: p for p in dependencies.missingPackages(training=True, installed=nothing, gpu=True)}
+    assert "[and-cuda]" not in cpu["tensorflow"].requirement and "no NVIDIA GPU" in cpu["tensorflow"].purpose
+    assert gpu["tensorflow"].requirement.startswith("tensorflow[and-cuda]>=")
+    assert gpu["tensorflow"].requirement.split(">=")[1] == cpu["tensorflow"].requirement.split(">=")[1]
+    assert "GPU" in dependencies.describeMissing([gpu["tensorflow"]])
+    assert set(cpu) == set(gpu)  # the same packages otherwise
+    from packaging.requirements import Requirement
+
+    assert Requirement(gpu["tensorflow"].requirement).extras == {"and-cuda"}  # what pip_ensure is given

@@ -17,7 +17,7 @@ from .cache import (CachedLabelMap, bone_volume_ranges, cache_files, knee_centre
                     prepare_cache)
 from .config import EVALUATION_CONFIG, EVALUATION_CONFIG_RIM_OUTSIDE, SynthesisConfig, synthesis_config
 from .sheet import write_example_sheet
-from .synthesizer import SliceSynthesizer, synthesize_volume
+from .synthesizer import SliceSynthesizer, synthesize_volume, write_labelled_volumes
 from .tissues import BONE_IDS, DEFAULT_SOURCES, OUTSIDE_FIELD_OF_VIEW, TISSUE_IDS, TISSUES, LabelSource, Tissue
 
 __all__ = ["BONE_IDS", "DEFAULT_SOURCES", "EVALUATION_CONFIG", "EVALUATION_CONFIG_RIM_OUTSIDE",
@@ -25,4 +25,4 @@ __all__ = ["BONE_IDS", "DEFAULT_SOURCES", "EVALUATION_CONFIG", "EVALUATION_CONFI
            "CachedLabelMap", "LabelSource", "SliceSynthesizer", "SynthesisConfig", "Tissue", "bone_volume_ranges",
            "cache_files",
            "knee_centre_of", "load_label_map", "load_manifest", "prepare_cache", "synthesis_config",
-           "synthesize_volume", "write_example_sheet"]
+           "synthesize_volume", "write_example_sheet", "write_labelled_volumes"]

@@ -13,36 +13,68 @@ Tissue id 255 marks voxels outside the field of view of the source scan (no sign
 
 import dataclasses
 import json
+import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..datasets import volume_stem
+from ..errors import InputError
 from ..geometry import VoxelGrid
 from ..io import write_json
+from ..itk_messages import plain_reason
 from ..labels import SEPARATE_BONES
 from ..preprocess.centre import knee_centre_or_bone_centroid
 from ..progress import NO_PROGRESS
+from .labelmaps import find_label_files, is_seg_nrrd, label_stem, seg_nrrd_tissues
 from .tissues import BONE_IDS, DEFAULT_SOURCES, OUTSIDE_FIELD_OF_VIEW, TISSUE_IDS, TISSUES, LabelSource
 
 CACHE_FORMAT = "kneeseg-labelmap-cache/1"
+MAX_LABEL_VALUE = 65535
 MANIFEST_NAME = "manifest.json"
 
 
-def _read_tissue_image(path: Path, source: LabelSource):
-    """The label map with its values replaced by tissue ids (uint8, same grid)."""
+def _read_tissue_image(path: Path, source: LabelSource, note=None):
+    """(the label map with its values replaced by tissue ids (uint8, same grid), the label values it holds:
+    a set for a source of any layout, whose mapping is checked against them; None otherwise)."""
     import SimpleITK as sitk
 
-    image = sitk.ReadImage(str(path))
-    values = sitk.GetArrayViewFromImage(image)
-    if values.min() < 0:
-        raise ValueError(f"{path}: negative label values")
-    tissue = source.lookup(int(values.max()))[values]
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise InputError(f"not a readable label map ({plain_reason(exc)})", path) from None
+    if image.GetDimension() != 3:
+        raise InputError(f"a label map is a 3D volume; this one is {image.GetDimension()}D", path)
+    if is_seg_nrrd(path) and "Segment0_Name" in image.GetMetaDataKeys():
+        tissue, present = seg_nrrd_tissues(image, path, note), None
+    else:
+        if image.GetNumberOfComponentsPerPixel() != 1:
+            raise InputError("holds several values per voxel (a vector image), not one label per voxel", path)
+        if source.pattern is None and not source.label_values:
+            raise InputError("a plain label map: say which value is which bone with --labels "
+                             "femur=1,tibia=2,... (only .seg.nrrd files are read by segment name)", path)
+        values = sitk.GetArrayViewFromImage(image)
+        if values.min() < 0:
+            raise InputError("negative label values", path)
+        if not np.issubdtype(values.dtype, np.integer):
+            if not np.array_equal(values, np.round(values)):
+                raise InputError(f"holds fractional values ({values.dtype}): not a label map", path)
+            values = values.astype(np.int64)
+        if values.max() > MAX_LABEL_VALUE:
+            raise InputError(f"holds label values up to {int(values.max())}; at most {MAX_LABEL_VALUE} are "
+                             "supported", path)
+        tissue = source.lookup(int(values.max()))[values]
+        present = None
+        if source.pattern is None:
+            flat = values.ravel() if values.dtype.itemsize < 8 else values.ravel().astype(np.int64)
+            present = set(np.flatnonzero(np.bincount(flat)).tolist())
     out = sitk.GetImageFromArray(tissue)
     out.CopyInformation(image)
-    return out
+    return out, present
 
 
 def _index_box(mask: np.ndarray):
@@ -70,7 +102,7 @@ def _crop_grid(image, spacing_mm: float, margin_mm: float):
 
     bone = np.isin(sitk.GetArrayViewFromImage(image), BONE_IDS)
     if not bone.any():
-        raise ValueError("label map contains no bone")
+        raise InputError("label map contains no bone")
     lo_zyx, hi_zyx = _index_box(bone)
     bone_box = _physical_box(image, lo_zyx[::-1], hi_zyx[::-1])
     fov_box = _physical_box(image, [0, 0, 0], [n - 1 for n in image.GetSize()])
@@ -141,31 +173,58 @@ def _cache_name(source: LabelSource, stem: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{source.dataset}_{stem}") + ".npz"
 
 
+def _jobs(source_dir: Path, sources, note) -> list:
+    """(source, path, stem) of every file to cache: a preset's glob, or any layout's volume files (named by
+    their path below ``source_dir``, so that sub-01/knee.nrrd and sub-02/knee.nrrd stay apart)."""
+    jobs = []
+    for source in sources:
+        if source.pattern is not None:
+            jobs += [(source, path, volume_stem(path)) for path in sorted(source_dir.glob(source.pattern))]
+            continue
+        files, skipped = find_label_files(source_dir)
+        if skipped and note:
+            note(f"{len(skipped)} file(s) under {source_dir} are not volumes and were skipped (e.g. "
+                 f"{skipped[0].relative_to(source_dir).as_posix()})")
+        for path in files:
+            relative = path.relative_to(source_dir)
+            jobs.append((source, path, (relative.parent / label_stem(path)).as_posix()))
+    return jobs
+
+
 def prepare_cache(source_dir, cache_dir, spacing_mm: float = 0.7, margin_mm: float = 40.0,
                   sources=DEFAULT_SOURCES, progress=None) -> dict:
     """Convert the label maps under ``source_dir`` into the synthesizer's cache; return the manifest.
 
-    Every file matched by a ``LabelSource`` pattern (relative to ``source_dir``) becomes
-    ``<cache_dir>/<dataset>_<name>.npz``. Two files whose femur and tibia agree in volume (5 %) and
-    position (4 mm) are taken for one knee published twice and get one subject id (``same_knee_as``
-    names the first). ``progress`` hears of each file done.
+    Every file a ``LabelSource`` matches (its glob relative to ``source_dir``, or for a source of any
+    layout every volume file at any depth) becomes ``<cache_dir>/<dataset>_<name>.npz``. Two files
+    whose femur and tibia agree in volume (5 %) and position (4 mm) are taken for one knee published
+    twice and get one subject id (``same_knee_as`` names the first). ``progress`` hears of each file
+    done; notes (a segment that is no bone, skipped files) go to its ``log`` where it has one.
+    Nothing is written unless every file was cached (an ``InputError`` names the problem): the maps
+    are staged in a hidden folder and moved into place with the manifest last.
     """
     source_dir, cache_dir = Path(source_dir), Path(cache_dir)
     progress = progress or NO_PROGRESS
-    jobs = [(source, path) for source in sources for path in sorted(source_dir.glob(source.pattern))]
+    note = getattr(progress, "log", None)
+    if not source_dir.is_dir():
+        raise InputError("no such folder of label maps", source_dir)
+    jobs = _jobs(source_dir, sources, note)
     if not jobs:
-        raise FileNotFoundError(f"no label maps under {source_dir} match {[s.pattern for s in sources]}")
+        raise InputError(f"no label maps here match {[s.pattern or 'any volume file' for s in sources]}",
+                         source_dir)
+    created = not cache_dir.exists()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    entries, fingerprints = [], []
-    for done, (source, path) in enumerate(jobs, 1):
-        entry, fingerprint = _cache_one(source, path, source_dir, cache_dir, spacing_mm, margin_mm)
-        for earlier, earlier_print in zip(entries, fingerprints):
-            if _same_knee(fingerprint, earlier_print):
-                entry["subject"], entry["same_knee_as"] = earlier["subject"], earlier["file"]
-                break
-        entries.append(entry)
-        fingerprints.append(fingerprint)
-        progress("cache", done / len(jobs), path.name)
+    staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=cache_dir))
+    try:
+        entries = _cache_all(jobs, source_dir, staging, spacing_mm, margin_mm, progress, note)
+        for entry in entries:
+            os.replace(staging / entry["file"], cache_dir / entry["file"])
+    except BaseException:
+        if created:
+            shutil.rmtree(cache_dir, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     manifest = {
         "format": CACHE_FORMAT,
         "spacing_mm": spacing_mm,
@@ -178,11 +237,43 @@ def prepare_cache(source_dir, cache_dir, spacing_mm: float = 0.7, margin_mm: flo
     return manifest
 
 
-def _cache_one(source: LabelSource, path: Path, source_dir: Path, cache_dir: Path, spacing_mm, margin_mm):
-    image = _read_tissue_image(path, source)
-    origin, size = _crop_grid(image, spacing_mm, margin_mm)
+def _cache_all(jobs, source_dir, staging, spacing_mm, margin_mm, progress, note) -> list:
+    entries, fingerprints, names = [], [], set()
+    present = {}  # id(source) -> (source, the label values found in its plain label maps)
+    for done, (source, path, stem) in enumerate(jobs, 1):
+        name = _cache_name(source, stem)
+        while name in names:  # a/b.nrrd and a_b.nrrd: one more underscore
+            name = name[:-4] + "_.npz"
+        names.add(name)
+        entry, fingerprint, values = _cache_one(source, path, stem, name, source_dir, staging, spacing_mm,
+                                                margin_mm, note)
+        if values is not None:
+            present.setdefault(id(source), (source, set()))[1].update(values)
+        for earlier, earlier_print in zip(entries, fingerprints):
+            if _same_knee(fingerprint, earlier_print):
+                entry["subject"], entry["same_knee_as"] = earlier["subject"], earlier["file"]
+                break
+        entries.append(entry)
+        fingerprints.append(fingerprint)
+        progress("cache", done / len(jobs), path.name)
+    for source, values in present.values():
+        absent = sorted(set(source.label_values) - values)
+        if absent:
+            named = ", ".join(f"{v} ({source.label_values[v]})" for v in absent)
+            raise InputError(f"label value(s) {named} of the mapping are in none of the "
+                             f"{sum(s is source for s, *_ in jobs)} label maps here", source_dir)
+    return entries
+
+
+def _cache_one(source: LabelSource, path: Path, stem: str, name: str, source_dir: Path, cache_dir: Path,
+               spacing_mm, margin_mm, note=None):
+    image, values = _read_tissue_image(path, source, note)
+    try:
+        origin, size = _crop_grid(image, spacing_mm, margin_mm)
+    except InputError as exc:
+        raise InputError(exc.reason + (f" (its values: {sorted(values)[:12]}; the mapping: "
+                                       f"{_mapping_text(source)})" if values is not None else ""), path) from None
     labels = _resample_to_cache_grid(image, origin, size, spacing_mm)
-    stem = volume_stem(path)
     bones = [bone.name for bone in SEPARATE_BONES if (labels == TISSUE_IDS[bone.name.lower()]).any()]
     record = {
         "labels": labels,
@@ -196,7 +287,6 @@ def _cache_one(source: LabelSource, path: Path, source_dir: Path, cache_dir: Pat
         "subject": np.str_(source.subject(stem)),
         "has_fibula": np.bool_("Fibula" in bones),
     }
-    name = _cache_name(source, stem)
     np.savez_compressed(cache_dir / name, **record)
     entry = {
         "file": name,
@@ -210,7 +300,11 @@ def _cache_one(source: LabelSource, path: Path, source_dir: Path, cache_dir: Pat
         "knee_centre_mm": [round(float(v), 2) for v in record["knee_centre_mm"]],
         "same_knee_as": None,
     }
-    return entry, _bone_fingerprint(labels, spacing_mm, origin)
+    return entry, _bone_fingerprint(labels, spacing_mm, origin), values
+
+
+def _mapping_text(source) -> str:
+    return ",".join(f"{name}={value}" for value, name in sorted(source.label_values.items())) or "none"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 import dataclasses
 import threading
+from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from ..geometry import PLANES, check_plane, frame_origin, plane_direction
 from ..preprocess.intensity import standardize
 from ..specs import FrameSpec
@@ -157,3 +159,35 @@ def synthesize_volume(path, seed: int = 0, plane: str = None, slice_mm: float = 
         image.SetOrigin(tuple(float(v) for v in origin))
         out.append(image)
     return tuple(out)
+
+
+def write_labelled_volumes(cache_dir, out_dir, n: int = 6, seed: int = 0, config: SynthesisConfig = SynthesisConfig(),
+                           progress=None) -> Path:
+    """``n`` whole synthetic scans with their bone labels, as a training folder (``images/``, ``labels/``)
+    and a ``pairs.csv`` that keeps each cached subject one subject (for ``kneeseg train --data``): stand-ins
+    for labelled scans, to try the paired-training path (split, folds, fine-tuning) before real ones exist.
+    The maps of the cache are used in turn; scan ``i`` is :func:`synthesize_volume` with seed ``seed + i``."""
+    import csv
+
+    from ..io import write_image, write_labelmap
+    from .cache import load_manifest
+
+    if n < 1:
+        raise InputError("-n must be 1 or more")
+    entries = load_manifest(cache_dir)["files"]
+    out_dir = Path(out_dir)
+    rows = []
+    for i in range(n):
+        entry = entries[i % len(entries)]
+        image, labels = synthesize_volume(Path(cache_dir) / entry["file"], seed=seed + i, config=config)
+        name = f"{Path(entry['file']).stem}_{seed + i}.nrrd"
+        write_image(image, out_dir / "images" / name)
+        write_labelmap(labels, out_dir / "labels" / name)
+        rows.append({"image": f"images/{name}", "label": f"labels/{name}", "subject": entry["subject"]})
+        if progress:
+            progress("synthesize", (i + 1) / n, name)
+    with open(out_dir / "pairs.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", "label", "subject"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return out_dir / "pairs.csv"

@@ -3,7 +3,10 @@
 Every label map is translated onto one table of *tissues* (``TISSUES``: the four bones, cartilages,
 menisci, the soft tissues of the SPL atlas): a tissue's ``kind`` picks its random appearance, its
 ``target`` the training label (the bones 1-4, everything else background). A :class:`LabelSource`
-says how one family of files names its values, and which subject a file shows.
+says how one family of files names its values, where the files lie, and which subject a file shows.
+The development data sets are presets of that one mechanism (:data:`DEFAULT_SOURCES`, and their value
+conventions by name in :data:`PRESET_VALUES`); a researcher's own maps are one more source, built by
+:func:`kneeseg.synth.labelmaps.user_source`.
 """
 
 import re
@@ -69,14 +72,16 @@ def target_lookup() -> np.ndarray:
 class LabelSource:
     """A family of label-map files that share one label convention.
 
-    ``label_values`` maps a file's label value to a tissue name of ``TISSUES``; values it does not list
+    ``pattern`` is a glob relative to the source folder (a fixed layout), or None for any layout: every
+    volume file under the folder, at any depth (:func:`kneeseg.synth.labelmaps.find_label_files`);
+    such a source names each file by its path below the folder. ``label_values`` maps a file's label value to a tissue name of ``TISSUES``; values it does not list
     become ``unnamed_structure`` (kept, never bone). ``subject_pattern`` is a regular expression whose
     first group, taken from the file name without extension, names the subject: files of one subject
     (time points of one knee) must not be split between training and validation.
     """
 
     dataset: str
-    pattern: str
+    pattern: "str | None"
     label_values: dict
     licence: str
     subject_prefix: str
@@ -118,6 +123,7 @@ _SPL_VALUES = {
 _OAI_LICENCE = ("Osteoarthritis Initiative manual segmentations (Woo et al., arXiv 2211.16696); no licence file: "
                 "research use, cite the paper")
 
+_STAPLE_VALUES = {1: "femur", 2: "tibia", 3: "fibula", 4: "patella"}
 _STAPLE_LICENCE = ("CC BY-NC 4.0, non-commercial (STAPLE toolbox bone datasets; cite Modenese & Renault, "
                    "J Biomech 2021, and each set's paper)")
 
@@ -128,6 +134,11 @@ DEFAULT_SOURCES = (
     LabelSource("SPL", "spl_atlas/*.nrrd", _SPL_VALUES, "3D Slicer licence (SPL knee atlas)", "SPL-"),
     # Whole bones voxelised from meshes: no cartilage or soft tissue (drawn as random background).
     # The subject is the person: staple_JIA_MRI_l and staple_JIA_MRI_r are one subject.
-    LabelSource("STAPLE", "staple/*.nii.gz", {1: "femur", 2: "tibia", 3: "fibula", 4: "patella"}, _STAPLE_LICENCE,
+    LabelSource("STAPLE", "staple/*.nii.gz", _STAPLE_VALUES, _STAPLE_LICENCE,
                 "STAPLE-", r"^staple_([A-Za-z0-9]+?)(?:_MRI)?_[lr]$"),
 )
+
+PRESET_VALUES = {"oai": _OAI_VALUES, "mskt": _MSKT_VALUES, "spl": _SPL_VALUES,
+                 "staple": _STAPLE_VALUES}
+"""The value conventions of the development data sets, by name: ``kneeseg synth prepare DIR OUT --labels oai``
+reads any folder of label maps with the OAI values."""

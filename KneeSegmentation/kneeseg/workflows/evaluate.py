@@ -21,12 +21,13 @@ REAL2D_PIXEL_MM = 0.6  # no spacing survives in the PNG-derived slices; ~16 cm s
 
 
 def evaluate_pairs(bundle, data, progress=None, options=None) -> dict:
-    """Segment labelled volumes with the bundle and score them (overlap and surface distances)."""
+    """Segment labelled volumes with the bundle and score them (overlap and surface distances). ``data``:
+    a folder or CSV of pairs, or a list of ``datasets.Pair`` (e.g. a cross-validation fold's)."""
     import SimpleITK as sitk
 
     progress = progress or NO_PROGRESS
     predictor = make_predictor(bundle)
-    pairs = find_pairs(data)
+    pairs = list(data) if isinstance(data, (list, tuple)) else find_pairs(data)
     cases = []
     for n, pair in enumerate(pairs):
         image, label = load_pair(pair)
@@ -40,7 +41,8 @@ def evaluate_pairs(bundle, data, progress=None, options=None) -> dict:
         case["case"] = pair.subject
         cases.append(case)
         progress("evaluate", (n + 1) / len(pairs), f"case {n + 1}/{len(pairs)}: {pair.subject}")
-    return _report(cases, bundle.labels, str(data))
+    source = f"{len(pairs)} pairs ({', '.join(p.subject for p in pairs)})" if isinstance(data, (list, tuple)) else data
+    return _report(cases, bundle.labels, str(source))
 
 
 def _report(cases, labels, source):
