@@ -307,13 +307,20 @@ def plot_history(history_csv, png_path):
     return Path(png_path)
 
 
+def _without_machine_paths(flat: dict) -> dict:
+    """The flat config with its file settings (the split file, the starting bundle) by name: a card
+    travels with the model and must not carry the training machine's folders."""
+    return {k: (Path(v).name if k in ("split", "init_from") and isinstance(v, str) and v else v)
+            for k, v in flat.items()}
+
+
 def make_card(config: TrainConfig, labels, provenance: dict, state: dict, metrics=None, name="knee-bones",
               description="", population=None):
     """The bundle card (:class:`kneeseg.card.Card`) for a model trained with ``config``; ``population``:
     the training set's (mean, std) when the frame's statistics were fitted on it."""
     from .card import card_for
 
-    training = {"config": config.to_flat(), "epochs_run": state["epoch"] + 1,
+    training = {"config": _without_machine_paths(config.to_flat()), "epochs_run": state["epoch"] + 1,
                 "best_epoch": state["best_epoch"] + 1, "best_val_mean_dice": state["best"],
                 "stopped_early": state.get("stopped_early", False),
                 "stopped_at_time_limit": state.get("stopped_at_time_limit", False), **provenance}
