@@ -118,7 +118,12 @@ def test_info_of_the_shipped_model_shows_training_data_and_measured_dice():
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
     assert "training data: synthetic images from real label maps" in text and "OAI_AKOA" in text
-    assert "synthetic (14): Femur 0.930" in text and "{" not in text and len(text.splitlines()) < 25
+    from kneeseg.bundle import default_bundle_path
+
+    measured = json.loads((default_bundle_path() / "card.json").read_text())["metrics"]["synthetic"]
+    femur = measured["dice"]["Femur"]["mean"]
+    assert f"synthetic ({measured['n_cases']}): Femur {femur:.3f}" in text
+    assert "{" not in text and len(text.splitlines()) < 25
 
 
 def test_evaluate_prints_a_table_by_default_and_json_on_request(tiny_bundle, tmp_path):
