@@ -281,6 +281,35 @@ def writeLabelmap(labelNode, path, what) -> None:
         raise KneeSegmentationError(f"Could not write {what}.", INTERNAL)
 
 
+def exportMeshes(segmentationNode, volumeNode, folder) -> dict:
+    """Write ``<bone>.stl`` and ``<bone>.vtp`` of each bone of ``segmentationNode`` into ``folder``.
+
+    The bones are resampled onto ``volumeNode``'s grid (the grid the result was made on) and meshed
+    by ``kneeseg.meshes``, in LPS millimetres as Slicer writes models. Returns bone name -> files,
+    enclosed volume and triangle count. Raises ``KneeSegmentationError`` when there is nothing to
+    export or the folder cannot be written.
+    """
+    import SimpleITK as sitk
+
+    from kneeseg.labels import SEPARATE_BONES
+    from kneeseg.meshes import write_meshes
+
+    if segmentationNode is None or volumeNode is None:
+        raise KneeSegmentationError("There is no segmentation to export meshes from.", INPUT)
+    labelNode = boneLabelmapNode(segmentationNode, volumeNode, "Export meshes")
+    work = Path(tempfile.mkdtemp(prefix="KneeSegmentation-meshes-"))
+    try:
+        path = work / "bones.nrrd"
+        writeLabelmap(labelNode, path, "the label map of the meshes")
+        labelmap = sitk.ReadImage(str(path))
+        try:
+            return write_meshes(labelmap, SEPARATE_BONES, folder)
+        except OSError as exc:
+            raise KneeSegmentationError(f"Could not write the meshes into {folder}: {exc}", INPUT) from exc
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def placeInSubjectHierarchy(scene, dataNode, besideNode) -> int:
     """Put ``dataNode`` under the same parent (the study, for DICOM data) as ``besideNode``.
 

@@ -1,17 +1,12 @@
-"""A finished segmentation beyond its segments: its quality flag and its bone meshes (no Qt).
+"""A finished segmentation beyond its segments: its quality score and flag (no Qt).
 
 The quality comes from ``kneeseg segment`` (its result, or the volumes JSON it wrote): a score in
 [0, 1], a flag and the reasons (``kneeseg.quality``). It is kept on the segmentation node, and
-:func:`qualityWarning` words it for the panel. :func:`exportMeshes` writes the bones of a
-segmentation as the command line's ``--meshes`` does (``kneeseg.meshes``: STL and VTP, LPS mm).
+:func:`qualityWarning` words it for the panel. (The bone meshes: ``logic.exportMeshes``.)
 """
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
-
-from .errors import INPUT, KneeSegmentationError
 
 QUALITY_ATTRIBUTE = "KneeSegmentation.Quality"
 
@@ -56,34 +51,3 @@ def qualityWarning(quality) -> str:
         text += " is low"
     reasons = [str(r) for r in quality.get("reasons") or []]
     return text + (". " + "; ".join(reasons) + "." if reasons else ".")
-
-
-def exportMeshes(segmentationNode, volumeNode, folder) -> dict:
-    """Write ``<bone>.stl`` and ``<bone>.vtp`` of each bone of ``segmentationNode`` into ``folder``.
-
-    The bones are resampled onto ``volumeNode``'s grid (the grid the result was made on) and meshed
-    by ``kneeseg.meshes``, in LPS millimetres as Slicer writes models. Returns bone name -> files,
-    enclosed volume and triangle count. Raises ``KneeSegmentationError`` when there is nothing to
-    export or the folder cannot be written.
-    """
-    import SimpleITK as sitk
-
-    from kneeseg.labels import SEPARATE_BONES
-    from kneeseg.meshes import write_meshes
-
-    from .logic import boneLabelmapNode, writeLabelmap
-
-    if segmentationNode is None or volumeNode is None:
-        raise KneeSegmentationError("There is no segmentation to export meshes from.", INPUT)
-    labelNode = boneLabelmapNode(segmentationNode, volumeNode, "Export meshes")
-    work = Path(tempfile.mkdtemp(prefix="KneeSegmentation-meshes-"))
-    try:
-        path = work / "bones.nrrd"
-        writeLabelmap(labelNode, path, "the label map of the meshes")
-        labelmap = sitk.ReadImage(str(path))
-        try:
-            return write_meshes(labelmap, SEPARATE_BONES, folder)
-        except OSError as exc:
-            raise KneeSegmentationError(f"Could not write the meshes into {folder}: {exc}", INPUT) from exc
-    finally:
-        shutil.rmtree(work, ignore_errors=True)

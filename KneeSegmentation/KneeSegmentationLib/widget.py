@@ -26,7 +26,7 @@ from slicer.util import VTKObservationMixin
 
 from . import bundles, dependencies, results, statistics
 from .errors import DEPENDENCY, KneeSegmentationError
-from .logic import SegmentationOptions, TrainingOptions, validateInputVolume
+from .logic import SegmentationOptions, TrainingOptions, exportMeshes, validateInputVolume
 
 UI_FILE = Path(__file__).resolve().parent.parent / "Resources" / "UI" / "KneeSegmentation.ui"
 SETTINGS_BUNDLES = "KneeSegmentation/ModelBundles"
@@ -438,7 +438,7 @@ class KneeSegmentationPanel(qt.QWidget):
             return
         try:
             with slicer.util.WaitCursor():
-                written = results.exportMeshes(node, run.volumeNode, folder)
+                written = exportMeshes(node, run.volumeNode, folder)
         except KneeSegmentationError as exc:
             self.showError(exc)
             return

@@ -375,13 +375,13 @@ def test_the_result_keeps_its_quality_and_a_flagged_one_is_worded_as_a_warning(k
 
 
 def test_export_meshes_writes_closed_surfaces_where_the_segments_are(mrml, knee, bundle, fakeLogic, tmp_path):
-    from KneeSegmentationLib import results
+    from KneeSegmentationLib import logic
 
     volume, expected = knee
     run = fakeLogic.startSegmentation(volume, model=bundle)
     run.wait(60)
     assert run.status == "succeeded", run.logText
-    written = results.exportMeshes(run.segmentationNode, volume, tmp_path / "meshes")
+    written = logic.exportMeshes(run.segmentationNode, volume, tmp_path / "meshes")
     voxelMl = abs(np.linalg.det(su.arrayFromVTKMatrix(_ijkToRas(volume))[:3, :3])) / 1000.0
     present = [b for b in BONES if (expected == b.value).any()]
     assert sorted(written) == sorted(b.name for b in present)
@@ -405,7 +405,7 @@ def test_export_meshes_writes_closed_surfaces_where_the_segments_are(mrml, knee,
     lps = ras * [-1, -1, 1]
     assert np.linalg.norm(points.mean(axis=0) - lps.mean(axis=0)) < 3.0
     with pytest.raises(KneeSegmentationError, match="no segment named or coded"):
-        results.exportMeshes(slicer.vtkMRMLSegmentationNode(), volume, tmp_path / "none")
+        logic.exportMeshes(slicer.vtkMRMLSegmentationNode(), volume, tmp_path / "none")
 
 
 def _ijkToRas(volume):
