@@ -113,14 +113,16 @@ def volume_component(volume_ml, volume_range, expected=True):
 
 
 def bone_components(measures, volume_range=None) -> dict:
-    """A bone's components from its measures (``plane_dice``, ``sure_fraction``, ``pieces``,
-    ``volume_ml``); a component whose measure is absent is left out."""
+    """A bone's components from its measures (``plane_dice``, ``sure_fraction``, ``one_piece_fraction``
+    or ``pieces``, ``volume_ml``); a component whose measure is absent is left out."""
     out = {}
     if measures.get("plane_dice") is not None:
         out["planes_agree"] = measures["plane_dice"]
     elif measures.get("sure_fraction") is not None:  # one plane: the network's own certainty
         out["sure_voxels"] = measures["sure_fraction"]
-    fraction = largest_piece_fraction(measures.get("pieces") or [])
+    fraction = measures.get("one_piece_fraction")
+    if fraction is None:
+        fraction = largest_piece_fraction(measures.get("pieces") or [])
     if fraction is not None:
         out["one_piece"] = fraction
     expected = volume_range is not None and volume_range.get("in_every_map", False)
@@ -170,7 +172,9 @@ def segmentation_measures(labels, fusion_quality, pieces, volumes_ml, bones) -> 
                     "sure_fraction": sure_fraction(mask, box_conf) if present and box_conf is not None else None}
         measures = {k: (round(float(v), 4) if isinstance(v, float) else v) for k, v in measures.items()}
         measures["n_pieces"] = len(measures["pieces"])
-        measures["pieces"] = measures["pieces"][:5]  # the largest ones: enough to judge, short in JSON
+        fraction = largest_piece_fraction(measures["pieces"])  # all pieces, before the list is cut short
+        measures["one_piece_fraction"] = round(fraction, 4) if fraction is not None else None
+        measures["pieces"] = sorted(measures["pieces"], reverse=True)[:5]  # the largest: short in JSON
         out[bone.name] = measures
     return out
 

@@ -107,6 +107,16 @@ def _smooth_probabilities(shape, rng):
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
+def test_one_piece_judges_every_piece_not_only_the_five_kept_in_the_json():
+    labels = np.zeros((4, 8, 8), np.uint8)
+    labels[1:3, 2:6, 2:6] = 1
+    pieces = {1: [1000] + [50] * 100}
+    measures = quality.segmentation_measures(labels, {}, pieces, {"Femur": 1.0}, SEPARATE_BONES)["Femur"]
+    assert measures["pieces"] == [1000, 50, 50, 50, 50] and measures["n_pieces"] == 101
+    assert measures["one_piece_fraction"] == pytest.approx(1000 / 6000, abs=1e-4)
+    assert quality.bone_components(measures)["one_piece"] == pytest.approx(1000 / 6000, abs=1e-4)
+
+
 def test_fusion_collects_the_planes_confusions_and_the_confidence_on_the_bone_box():
     direction = np.array([[0, 0, -1], [1, 0, 0], [0, -1, 0]], float)
     image, _ = toy_knee(seed=3, size=(50, 44, 20), spacing=(0.7, 0.7, 2.5), direction=direction)

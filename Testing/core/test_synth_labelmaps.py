@@ -166,6 +166,27 @@ def test_a_segmentation_without_a_bone_segment_is_refused(tmp_path):
         prepare_cache(tmp_path / "src", tmp_path / "cache", spacing_mm=1.0, sources=sources_for(tmp_path / "src"))
 
 
+def test_a_segmentation_header_with_a_label_value_that_is_no_number_is_refused(tmp_path):
+    path = tmp_path / "src" / "a.seg.nrrd"
+    write_segmentation(path, ["Femur", "Tibia", "Patella"])
+    image = sitk.ReadImage(str(path))
+    image.SetMetaData("Segment0_LabelValue", "x")
+    sitk.WriteImage(image, str(path))
+    with pytest.raises(InputError, match=r"segment 0: its layer .* or label value \('x'\) .* not a whole number"):
+        prepare_cache(tmp_path / "src", tmp_path / "cache", spacing_mm=1.0, sources=sources_for(tmp_path / "src"))
+
+
+def test_a_cache_that_is_a_file_or_cannot_be_made_is_refused(tmp_path):
+    write_segmentation(tmp_path / "src" / "a.seg.nrrd", ["Femur", "Tibia", "Patella"])
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(InputError, match="the cache must be a folder"):
+        prepare_cache(tmp_path / "src", tmp_path / "afile", spacing_mm=1.0, sources=sources_for(tmp_path / "src"))
+    assert (tmp_path / "afile").read_text() == "mine"
+    with pytest.raises(InputError, match="cannot make the cache folder"):
+        prepare_cache(tmp_path / "src", tmp_path / "afile" / "cache", spacing_mm=1.0,
+                      sources=sources_for(tmp_path / "src"))
+
+
 def test_plain_label_maps_without_a_mapping_ask_for_one(tmp_path):
     write_their_map(tmp_path / "src" / "one.nrrd")
     with pytest.raises(InputError, match="one.nrrd: a plain label map: say which value is which bone with --labels"):

@@ -212,8 +212,13 @@ def prepare_cache(source_dir, cache_dir, spacing_mm: float = 0.7, margin_mm: flo
     if not jobs:
         raise InputError(f"no label maps here match {[s.pattern or 'any volume file' for s in sources]}",
                          source_dir)
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise InputError("the cache must be a folder, and this is a file", cache_dir)
     created = not cache_dir.exists()
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot make the cache folder ({exc.strerror or exc})", cache_dir) from None
     staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=cache_dir))
     try:
         entries = _cache_all(jobs, source_dir, staging, spacing_mm, margin_mm, progress, note)

@@ -198,8 +198,12 @@ def seg_nrrd_tissues(image, path, note=None) -> np.ndarray:
         layer = image.GetMetaData(f"Segment{i}_Layer") if f"Segment{i}_Layer" in keys else None
         value = image.GetMetaData(f"Segment{i}_LabelValue") if f"Segment{i}_LabelValue" in keys else "1"
         multi = image.GetNumberOfComponentsPerPixel() > 1
-        segments.append((image.GetMetaData(f"Segment{i}_Name"),
-                         int(layer) if layer is not None else (i if multi else 0), int(value)))
+        try:
+            segments.append((image.GetMetaData(f"Segment{i}_Name"),
+                             int(layer) if layer is not None else (i if multi else 0), int(value)))
+        except ValueError:
+            raise InputError(f"segment {i}: its layer ({layer!r}) or label value ({value!r}) in the header is "
+                             "not a whole number", path) from None
     if not segments:
         raise InputError("a .seg.nrrd without segments (no Segment0_Name in its header)", path)
     layers = sitk.GetArrayViewFromImage(image)
