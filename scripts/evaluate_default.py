@@ -227,7 +227,7 @@ def quality_section(results) -> list:
             "Every segmentation carries a quality score in [0, 1] and a flag (`kneeseg/quality.py`): per bone the "
             "weakest of its components (the planes' own labels agree; with one plane instead, the share of the "
             "bone's voxels the network is sure of; the share in its largest piece before the clean-up; the volume "
-            "against the training label maps' range, whole scans only), averaged over the bones. Does it rank the cases as their true quality does? "
+            "against the range of the cached label maps, whole scans only), averaged over the bones. Does it rank the cases as their true quality does? "
             "Spearman's rank correlation between the score and the case's mean Dice (over the bones in the truth "
             "or the prediction; a false or missed bone counts 0), and the flagged cases (score below "
             f"{FLAG_BELOW}) against the worst quartile of mean Dice:\n",

@@ -292,10 +292,15 @@ def exportMeshes(segmentationNode, volumeNode, folder) -> dict:
     import SimpleITK as sitk
 
     from kneeseg.labels import SEPARATE_BONES
-    from kneeseg.meshes import write_meshes
+    from kneeseg.meshes import FORMATS, mesh_path, write_meshes
 
     if segmentationNode is None or volumeNode is None:
         raise KneeSegmentationError("There is no segmentation to export meshes from.", INPUT)
+    taken = [mesh_path(folder, b.name, suffix).name for b in SEPARATE_BONES for suffix in FORMATS
+             if mesh_path(folder, b.name, suffix).exists()]
+    if taken:  # another case's meshes, perhaps: never replaced without a word
+        raise KneeSegmentationError(f"{folder} already holds {', '.join(taken)}: choose an empty folder "
+                                    "(the meshes of each result in a folder of their own).", INPUT)
     labelNode = boneLabelmapNode(segmentationNode, volumeNode, "Export meshes")
     work = Path(tempfile.mkdtemp(prefix="KneeSegmentation-meshes-"))
     try:

@@ -12,7 +12,7 @@ Measures per bone, each made a component in [0, 1] (1 = no sign of trouble):
   repeat, more strictly (all planes at once), what the planes' agreement says;
 * **one piece**: the share of the bone's voxels in its largest connected piece before the clean-up
   (``postprocess.cleanup`` counts the pieces);
-* **volume in range**: the bone volume against the range of the training label maps
+* **volume in range**: the bone volume against the range of the 78 cached label maps (held-out maps included)
   (``bone_volumes.json`` in this package, made by ``kneeseg.synth.bone_volume_ranges`` from the
   label-map cache, so that segmenting needs no cache); a bone every training map has (femur, tibia,
   patella) that is missing scores 0. Whole scans only: a single slice has no bone volume.
@@ -35,7 +35,7 @@ FLAG_BELOW = 0.5
 THRESHOLD_RULE = (
     "the highest threshold (in steps of 0.05) at which, on the real development slices and on the held-out "
     "synthetic volumes alike, at least half of the flagged cases lie in the worst quartile of mean Dice; "
-    "chosen on 2026-12-02 with the shipped model on the 102 slices and 10 synthetic volumes (0.50: 75 % and "
+    "chosen on 2026-12-02 with the round-1 model on the 102 slices and 10 synthetic volumes (0.50: 75 % and "
     "50 % of the flagged cases in the worst quartile; 0.55: 69 % and 43 %)")
 REASON_BELOW = 0.5
 SURE_PROBABILITY = 0.9
@@ -45,7 +45,7 @@ COMPONENT_WORDS = {
     "planes_agree": "the planes' predictions disagree",
     "sure_voxels": "the network is unsure over much of the bone",
     "one_piece": "the prediction came in several pieces",
-    "volume_in_range": "the volume is outside the range of the training label maps",
+    "volume_in_range": "the volume is outside the range of the label maps the model was made from",
 }
 
 

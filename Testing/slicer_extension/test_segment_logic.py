@@ -406,6 +406,10 @@ def test_export_meshes_writes_closed_surfaces_where_the_segments_are(mrml, knee,
     assert np.linalg.norm(points.mean(axis=0) - lps.mean(axis=0)) < 3.0
     with pytest.raises(KneeSegmentationError, match="no segment named or coded"):
         logic.exportMeshes(slicer.vtkMRMLSegmentationNode(), volume, tmp_path / "none")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "meshes").iterdir()}
+    with pytest.raises(KneeSegmentationError, match="already holds femur.stl"):
+        logic.exportMeshes(run.segmentationNode, volume, tmp_path / "meshes")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "meshes").iterdir()} == before
 
 
 def _ijkToRas(volume):
