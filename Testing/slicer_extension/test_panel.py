@@ -63,6 +63,16 @@ def _click(button):
     button.click()
 
 
+def _segmentAKnee(app, panel, monkeypatch, mode):
+    """A new knee volume segmented by the stand-in core in ``mode``; returns the finished run."""
+    _knee()
+    app.processEvents()
+    monkeypatch.setenv("KNEESEG_FAKE_MODE", mode)
+    _click(panel.ui.applyButton)
+    app.waitFor(lambda: not panel._segmentationRun.running)
+    return panel._segmentationRun
+
+
 def _yInHost(widget, host):
     return widget.mapTo(host, qt_harness.QtCore.QPoint(0, 0)).y()
 
@@ -188,12 +198,7 @@ def test_apply_runs_shows_progress_then_volumes_table_and_3d(app, module):
 def test_a_flagged_result_shows_a_plain_warning_with_the_reason(app, module, monkeypatch, mode):
     widget, host, panel = module
     ui = panel.ui
-    _knee()
-    app.processEvents()
-    monkeypatch.setenv("KNEESEG_FAKE_MODE", mode)
-    _click(ui.applyButton)
-    app.waitFor(lambda: not panel._segmentationRun.running)
-    run = panel._segmentationRun
+    run = _segmentAKnee(app, panel, monkeypatch, mode)
     assert run.status == "succeeded", run.logText
     from KneeSegmentationLib import results
 
@@ -269,12 +274,7 @@ def test_cancel_mid_run_leaves_the_scene_as_it_was(app, module, monkeypatch, tmp
 def test_a_failing_run_shows_the_error_dialog_with_the_log(app, module, monkeypatch, mode, words):
     widget, host, panel = module
     ui = panel.ui
-    _knee()
-    app.processEvents()
-    monkeypatch.setenv("KNEESEG_FAKE_MODE", mode)
-    _click(ui.applyButton)
-    app.waitFor(lambda: not panel._segmentationRun.running)
-    assert panel._segmentationRun.status == "failed"
+    assert _segmentAKnee(app, panel, monkeypatch, mode).status == "failed"
     (dialog,) = app.messageBoxes
     assert words in dialog["text"] and dialog["windowTitle"] == "Knee Segmentation"
     assert "$ " in dialog["detailedText"] and "kneeseg segment" in dialog["detailedText"]
