@@ -3,6 +3,7 @@
 
     python scripts/train_default.py train --cache .cache/labelmaps --preset gpu|cpu --out build/default
     python scripts/train_default.py round2 --cache .cache/labelmaps --out build/round2 [--time-limit-min 50]
+    python scripts/train_default.py round3 --cache .cache/labelmaps --out build/round3 [--time-limit-min 50]
     python scripts/train_default.py finalize build/default/stage2 --stage1 build/default/stage1 \
         --cache .cache/labelmaps --real2d ../shared/data/real_2d/sagittal_slices_dev.npz [--install]
 
@@ -12,6 +13,11 @@ maps drawn 3x as often as the others and the fixed split ``scripts/round2_split.
 resumable: each run stops after ``--time-limit-min`` and the same command continues from the work
 folder's checkpoint, so several short runs add up to the whole training; every run leaves a bundle
 of the best epoch so far in ``--out`` for ``finalize``.
+
+``round3`` is round 2 again from round 2's model, with one change: the training maps that lack a fibula
+(all of OAI's) get one carried over from the fibula-bearing training knees (``kneeseg.synth.fibula``;
+a new cache in the work folder, built once), so that most training images that reach below the joint
+show a fibula, and no map is drawn more often than another.
 
 ``train`` runs two stages with ``kneeseg train``: stage 1 from scratch (Adam 1e-3 -> 1e-4), stage 2 a
 fine-tune of stage 1 at a lower learning rate (3e-4 -> 3e-5). On a GPU machine the same stages run
@@ -117,6 +123,42 @@ def round2(args):
           "--real2d ../shared/data/real_2d/sagittal_slices_dev.npz")
 
 
+# Round 3: the same split and generator, the training maps given a fibula carried over from the
+# fibula-bearing training knees (kneeseg.synth.fibula); with a fibula in most maps, no map is drawn
+# more often than another.
+ROUND3 = {**ROUND2, "learning_rate": 1e-4, "final_learning_rate": 1e-5, "epochs": 30, "patience": 8, "seed": 4,
+          "synthesis": {**ROUND2_SYNTHESIS, "fibula_weight": 1.0}}
+
+
+def round3(args):
+    from kneeseg.datasets import read_split
+    from kneeseg.progress import Progress
+    from kneeseg.synth.fibula import add_fibulas
+    from kneeseg.train import TrainConfig
+    from kneeseg.workflows.train import train_bundle
+
+    check_cache_holds_split(args.cache, ROUND2_SPLIT)
+    work = Path(args.work or f"{args.out}.work")
+    fibula_cache = work / "labelmaps-fibula"
+    if not (fibula_cache / "manifest.json").exists():
+        shutil.rmtree(fibula_cache, ignore_errors=True)
+        manifest = add_fibulas(args.cache, fibula_cache, subjects=set(read_split(ROUND2_SPLIT)["train"]),
+                               progress=Progress("bar"))
+        carried = [e for e in manifest["files"] if "fibula_from" in e]
+        print(f"fibula carried over onto {sum('refused' not in e['fibula_from'] for e in carried)} of "
+              f"{len(carried)} training maps without one: {fibula_cache}")
+    workers = max(1, (os.cpu_count() or 2) - 1)
+    config = TrainConfig.from_flat(**{**ROUND3, "init_from": args.init_from}, time_limit_min=args.time_limit_min,
+                                   workers=workers, use_multiprocessing=workers > 1)
+    result = train_bundle(config, Path(args.out), work, synthetic=fibula_cache, name="knee-bones-default",
+                          export_onnx=False, progress=Progress("bar"))
+    print(json.dumps(result, indent=2))
+    done = result["epochs_run"] >= ROUND3["epochs"] or result["stopped_early"]
+    print(f"{'finished' if done else 'not finished: rerun the same command to continue'}; bundle of the best "
+          f"epoch so far: {args.out}; then: scripts/train_default.py finalize {args.out} --cache {args.cache} "
+          "--real2d ../shared/data/real_2d/sagittal_slices_dev.npz")
+
+
 def finalize(args):
     from kneeseg.bundle import load_bundle, save_bundle
     from kneeseg.onnx_backend import export_onnx
@@ -133,10 +175,14 @@ def finalize(args):
                     "recipe": "scripts/train_default.py (stages below); on a GPU: scripts/gpu_train_default.sh",
                     "stage1": stage1, "hardware": args.hardware}
     else:
+        # the bundle it was fine-tuned from, read before --install replaces it
+        start = load_bundle(args.fine_tuned_from).card
         training = {**trained.card.training, "config": {**trained.card.training["config"],
-                                                        "init_from": "the shipped default model before round 2"},
-                    "recipe": "scripts/train_default.py round2 (a fine-tune of the shipped model)",
-                    "hardware": args.hardware}
+                                                        "init_from": f"the shipped default model before {args.recipe}"},
+                    "recipe": f"scripts/train_default.py {args.recipe} (a fine-tune of the shipped model)",
+                    "hardware": args.hardware,
+                    "fine_tuned_from": {"description": start.description, "training": start.training,
+                                        "metrics": start.metrics}}
     description = (f"2D U-Net (thesis architecture, {trained.card.network.filters} filters, "
                    f"{model.count_params():,} parameters) trained only on images synthesised from real knee "
                    "label maps (domain randomisation); tri-planar fusion at inference")
@@ -182,12 +228,23 @@ def main():
     p.add_argument("--out", default="build/round2")
     p.add_argument("--work", default=None, help="checkpoints (default: OUT.work); the same folder resumes")
     p.add_argument("--time-limit-min", type=float, default=50.0, help="stop after the epoch that crosses this")
+    p = sub.add_parser("round3", help="round 3: round 2 with a fibula carried onto the training maps; rerun "
+                       "to continue")
+    p.add_argument("--cache", default=".cache/labelmaps")
+    p.add_argument("--out", default="build/round3")
+    p.add_argument("--work", default=None, help="checkpoints and the fibula cache (default: OUT.work)")
+    p.add_argument("--init-from", default=str(INSTALLED), help="bundle to fine-tune (default: the shipped model)")
+    p.add_argument("--time-limit-min", type=float, default=50.0, help="stop after the epoch that crosses this")
     p = sub.add_parser("finalize")
     p.add_argument("bundle")
     p.add_argument("--stage1")
     p.add_argument("--real2d")
     p.add_argument("--cache", help="label-map cache: also score held-out synthetic volumes")
     p.add_argument("--synthetic-cases", type=int, default=14)
+    p.add_argument("--recipe", choices=("round2", "round3"), default="round3",
+                   help="the fine-tune that made BUNDLE (without --stage1; default: %(default)s)")
+    p.add_argument("--fine-tuned-from", default=str(INSTALLED),
+                   help="the bundle it started from, recorded in the card (default: the shipped model)")
     p.add_argument("--install", action="store_true", help="replace the shipped default model with the result")
     p.add_argument("--hardware", default="one NVIDIA H100 80GB (Keras 3.15.1 on JAX 0.11.2)")
     p.add_argument("--hardware-eval", default="2-core AVX-512 EPYC CPU, TensorFlow 2.21 CPU")
@@ -197,7 +254,7 @@ def main():
         import datetime
 
         args.date = datetime.date.today().isoformat()
-    {"train": train, "round2": round2, "finalize": finalize}[args.command](args)
+    {"train": train, "round2": round2, "round3": round3, "finalize": finalize}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -119,6 +119,18 @@ def build_parser():
                    "(default: %(default)s)")
     contract.option("segment", "progress").add_to(q)
 
+    q = synth_sub.add_parser("add-fibula", help="give the cache's maps without a fibula one from a fibula-bearing knee",
+                             description="Write a copy of a label-map cache in which every map without a fibula "
+                             "gets one carried over from the fibula-bearing map whose tibia fits its tibia best "
+                             "(registration of the tibiae; each donor also mirrored for the other side). Only the "
+                             "training subjects of --split give or get a fibula; the others are copied unchanged. "
+                             "A map whose tibia no donor fits keeps none. The manifest records each donor and fit.")
+    q.add_argument("cache", help="label-map cache folder (from 'kneeseg synth prepare')")
+    q.add_argument("output", help="new or empty folder for the new cache")
+    q.add_argument("--split", help="split file (train/validation/test subjects): only its training subjects "
+                   "give or get a fibula (default: every subject of the cache)")
+    contract.option("segment", "progress").add_to(q)
+
     p = sub.add_parser("overlay", help="write an overlay PNG of a volume and a label map")
     p.add_argument("image", help="the scan (any volume file or DICOM series folder)")
     p.add_argument("labelmap", help="a label map on the scan's grid (1 femur, 2 tibia, 3 fibula, 4 patella)")
@@ -367,6 +379,15 @@ def cmd_synth(args, progress):
         sources = sources_for(args.source, args.labels, args.dataset, args.licence, args.subject_pattern)
         manifest = synth.prepare_cache(args.source, args.cache, sources=sources, progress=progress)
         progress.done(f"wrote cache {args.cache}", {"cache": args.cache, "entries": len(manifest["files"])})
+    elif args.synth_command == "add-fibula":
+        from .datasets import read_split
+        from .synth.fibula import add_fibulas
+
+        subjects = set(read_split(args.split)["train"]) if args.split else None
+        manifest = add_fibulas(args.cache, args.output, subjects=subjects, progress=progress)
+        carried = [e for e in manifest["files"] if "refused" not in e.get("fibula_from", {"refused": True})]
+        progress.done(f"wrote cache {args.output}: a fibula carried onto {len(carried)} map(s)",
+                      {"cache": args.output, "carried": len(carried), "entries": len(manifest["files"])})
     elif args.synth_command == "volumes":
         csv_path = synth.write_labelled_volumes(args.cache, args.output, n=args.n, seed=args.seed, progress=progress)
         progress.done(f"wrote {args.n} labelled scans and {csv_path}", {"pairs": str(csv_path), "scans": args.n})

@@ -344,9 +344,15 @@ def load_label_map(path) -> CachedLabelMap:
 
 def load_manifest(cache_dir) -> dict:
     path = Path(cache_dir) / MANIFEST_NAME
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != CACHE_FORMAT:
-        raise ValueError(f"{path}: not a {CACHE_FORMAT} manifest")
+    if not path.is_file():
+        raise InputError(f"not a label-map cache: no {MANIFEST_NAME} (make one with 'kneeseg synth prepare')",
+                         cache_dir)
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read the cache's manifest ({getattr(exc, 'strerror', None) or exc})", path) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != CACHE_FORMAT:
+        raise InputError(f"not a {CACHE_FORMAT} manifest", path)
     return manifest
 
 

@@ -55,7 +55,8 @@ def synthetic_sources(config, cache, progress=None):
     recipe, progress = config.recipe, progress or NO_PROGRESS
     if recipe.normalisation != "volume":
         raise InputError("synthetic images have random intensities: train them with per-volume normalisation")
-    entries = synth.load_manifest(cache)["files"]
+    manifest = synth.load_manifest(cache)
+    entries = manifest["files"]
     subjects = sorted({e["subject"] for e in entries})
     train_ids, val_ids, test_ids, how = split_subjects(subjects, recipe)
     if not recipe.split:
@@ -85,6 +86,13 @@ def synthetic_sources(config, cache, progress=None):
                                      "test": sorted(test_ids)},
                            "split_source": how,
                            "synthesis": dataclasses.asdict(train_source.config)}}
+    if "fibula_carried_over" in manifest:
+        # these maps' fibulae are the donors' shapes: the donors' licences apply to them too
+        donors = {e["fibula_from"]["donor"] for e in entries if "refused" not in e.get("fibula_from", {"refused": 1})}
+        provenance["data"]["fibula_carried_over"] = {
+            **manifest["fibula_carried_over"], "maps": sum(1 for e in entries if e.get("fibula_from", {}).get("donor")
+                                                           and "refused" not in e["fibula_from"]),
+            "donors_used": sorted(donors), "how": "kneeseg synth add-fibula (tibia registration)"}
     return train_source, val_source, provenance
 
 
