@@ -107,12 +107,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", default=".cache/labelmaps", help="label-map cache with the held-out knees")
     parser.add_argument("--carried", help="a cache written by add_fibulas, for the sheet")
-    parser.add_argument("--json", help="write the known-truth check here")
+    parser.add_argument("--json", help="run the known-truth check and write it here")
     parser.add_argument("--sheet", help="write the sheet (PNG) here")
     args = parser.parse_args()
-    train = set(read_split(SPLIT)["train"])
-    rows = known_truth_check(args.cache, train)
     if args.json:
+        rows = known_truth_check(args.cache, set(read_split(SPLIT)["train"]))
         Path(args.json).write_text(json.dumps({"date": datetime.date.today().isoformat(), "split": SPLIT.name,
                                                "cut_below_tibia_top_mm": CUT_BELOW_TIBIA_TOP_MM, "knees": rows},
                                               indent=1) + "\n")
