@@ -193,3 +193,11 @@ def test_a_model_trained_on_carried_fibulae_says_so_in_its_card(tmp_path):
     carried = synthetic_sources(config, tmp_path / "out")[2]["data"]["fibula_carried_over"]
     assert carried["maps"] == 1 and carried["donors_used"] == ["donor.npz"] and carried["from"] == "cache"
     assert "fibula_carried_over" not in synthetic_sources(config, tmp_path / "cache")[2]["data"]
+
+
+def test_a_tibia_too_small_to_register_gets_no_fibula_and_no_traceback():
+    sliver = knee(with_fibula=False)
+    sliver[sliver == TIBIA] = 0
+    sliver[50, 36, 42] = TIBIA  # one voxel of tibia: nothing to fit
+    transfer = fibula.transfer_fibula(cached(sliver), {"donor": cached(knee())})
+    assert transfer.tibia_dice < fibula.MIN_TIBIA_DICE and not transfer.fibula.any()

@@ -142,6 +142,14 @@ def _carry(mask, donor, target, transform) -> np.ndarray:
     return sitk.GetArrayFromImage(moved) >= 0.5
 
 
+def _fit_or_none(target, donor):
+    """``_fit``, or (None, 0.0) where ITK cannot register the two (too little of the tibia in view)."""
+    try:
+        return _fit(target, donor)
+    except RuntimeError:
+        return None, 0.0
+
+
 def mirrored(label_map):
     """The same knee mirrored left-right: a right knee's donor for left knees and the other way round."""
     return dataclasses.replace(label_map, labels=np.ascontiguousarray(label_map.labels[:, :, ::-1]))
@@ -153,9 +161,12 @@ def transfer_fibula(target, donors: dict) -> Transfer:
     for name, donor in donors.items():
         if not (donor.labels == FIBULA).any():
             raise InputError(f"the donor {name} has no fibula")
-    fits = {name: _fit(target, donor) for name, donor in donors.items()}
+    _proximal_tibia(target.labels, target.spacing)  # refuses a map without tibia, by name
+    fits = {name: _fit_or_none(target, donor) for name, donor in donors.items()}
     name = max(fits, key=lambda n: fits[n][1])
     transform, dice = fits[name]
+    if transform is None:
+        return Transfer(np.zeros(target.labels.shape, bool), 0.0, 1.0, name)
     carried = _carry(donors[name].labels == FIBULA, donors[name], target, transform)
     free = carried & (target.labels == UNLABELLED)
     dropped = 1.0 - free.sum() / max(1, carried.sum())
