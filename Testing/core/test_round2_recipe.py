@@ -55,3 +55,14 @@ def test_the_recipe_refuses_a_cache_without_the_split_subjects(tmp_path):
     ]}))
     with pytest.raises(InputError, match="lacks subject.*STAPLE-TLEM2.*synth prepare"):
         recipe.check_cache_holds_split(tmp_path, recipe.ROUND2_SPLIT)
+
+
+def test_the_round3_settings_fine_tune_the_same_network_on_the_same_split():
+    recipe = _recipe()
+    config = TrainConfig.from_flat(**recipe.ROUND3)
+    round2 = TrainConfig.from_flat(**recipe.ROUND2)
+    assert config.network == round2.network and config.frame == round2.frame
+    assert config.recipe.split == round2.recipe.split
+    # every training map gets a fibula; the weight keeps the validation's fibula knee drawn as in round 2
+    assert config.recipe.synthesis == round2.recipe.synthesis
+    assert config.recipe.learning_rate < round2.recipe.learning_rate
