@@ -179,7 +179,7 @@ def finalize(args):
         # the bundle it was fine-tuned from, read before --install replaces it
         start = load_bundle(args.fine_tuned_from).card
         training = {**trained.card.training, "config": {**trained.card.training["config"],
-                                                        "init_from": f"the shipped default model before {args.recipe}"},
+                                                        "init_from": "the shipped default model before " + args.recipe.replace("round", "round ")},
                     "recipe": f"scripts/train_default.py {args.recipe} (a fine-tune of the shipped model)",
                     "hardware": args.hardware,
                     "fine_tuned_from": {"description": start.description, "training": start.training,
