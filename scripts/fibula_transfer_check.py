@@ -84,7 +84,8 @@ def sheet(carried_cache, path, n=12):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    entries = [e for e in load_manifest(carried_cache)["files"] if "refused" not in e.get("fibula_from", {"refused": 1})]
+    entries = [e for e in load_manifest(carried_cache)["files"]
+               if "fibula_from" in e and "refused" not in e["fibula_from"]]
     picked = [entries[i] for i in np.linspace(0, len(entries) - 1, min(n, len(entries))).astype(int)]
     fig, axes = plt.subplots(len(picked), 2, figsize=(6, 3 * len(picked)))
     for row, entry in zip(np.atleast_2d(axes), picked):

@@ -178,8 +178,8 @@ def finalize(args):
     else:
         # the bundle it was fine-tuned from, read before --install replaces it
         start = load_bundle(args.fine_tuned_from).card
-        training = {**trained.card.training, "config": {**trained.card.training["config"],
-                                                        "init_from": "the shipped default model before " + args.recipe.replace("round", "round ")},
+        before = "the shipped default model before " + args.recipe.replace("round", "round ")
+        training = {**trained.card.training, "config": {**trained.card.training["config"], "init_from": before},
                     "recipe": f"scripts/train_default.py {args.recipe} (a fine-tune of the shipped model)",
                     "hardware": args.hardware,
                     "fine_tuned_from": {"description": start.description, "training": start.training,

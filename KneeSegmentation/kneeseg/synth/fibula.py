@@ -237,4 +237,5 @@ def _with_fibula(source: Path, destination: Path, entry: dict, donors: dict) -> 
     labels = fields["labels"].copy()
     labels[transfer.fibula] = FIBULA
     np.savez_compressed(destination, **{**fields, "labels": labels, "has_fibula": np.bool_(True)})
-    return {**entry, "has_fibula": True, "bones": [b.name for b in SEPARATE_BONES if b.name in entry["bones"] + ["Fibula"]], "fibula_from": record}
+    bones = [b.name for b in SEPARATE_BONES if b.name in entry["bones"] + ["Fibula"]]
+    return {**entry, "has_fibula": True, "bones": bones, "fibula_from": record}
