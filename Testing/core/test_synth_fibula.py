@@ -136,6 +136,12 @@ def test_add_fibulas_writes_nothing_when_it_cannot_finish_or_the_folder_is_taken
     with pytest.raises(InputError, match="new or empty folder"):
         fibula.add_fibulas(tmp_path / "cache", tmp_path / "taken")
     assert (tmp_path / "taken" / "mine.txt").read_text() == "keep"
+    (tmp_path / "a-file").write_text("keep")
+    with pytest.raises(InputError, match="new or empty folder"):
+        fibula.add_fibulas(tmp_path / "cache", tmp_path / "a-file")
+    with pytest.raises(InputError, match="cannot make the folder"):
+        fibula.add_fibulas(tmp_path / "cache", tmp_path / "a-file" / "below")
+    assert (tmp_path / "a-file").read_text() == "keep"
     with pytest.raises(InputError, match="none of the chosen label maps has a fibula"):
         fibula.add_fibulas(tmp_path / "cache", tmp_path / "out2", subjects={"P-bad"})
     assert not (tmp_path / "out2").exists()

@@ -185,7 +185,7 @@ def add_fibulas(cache_dir, out_dir, subjects=None, progress=None) -> dict:
     progress = progress or NO_PROGRESS
     cache_dir, out_dir = Path(cache_dir), Path(out_dir)
     manifest = load_manifest(cache_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise InputError("the new cache goes into a new or empty folder; this one holds files", out_dir)
     chosen = [e for e in manifest["files"] if subjects is None or e["subject"] in subjects]
     donors = {}
@@ -195,7 +195,10 @@ def add_fibulas(cache_dir, out_dir, subjects=None, progress=None) -> dict:
     if not donors:
         raise InputError("none of the chosen label maps has a fibula to carry over", cache_dir)
     created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot make the folder for the new cache ({exc.strerror or exc})", out_dir) from None
     staging = Path(tempfile.mkdtemp(prefix=".fibula-", dir=out_dir))
     try:
         entries = []
