@@ -14,10 +14,11 @@ resumable: each run stops after ``--time-limit-min`` and the same command contin
 folder's checkpoint, so several short runs add up to the whole training; every run leaves a bundle
 of the best epoch so far in ``--out`` for ``finalize``.
 
-``round3`` is round 2 again from round 2's model, with one change: the training maps that lack a fibula
-(all of OAI's) get one carried over from the fibula-bearing training knees (``kneeseg.synth.fibula``;
-a new cache in the work folder, built once), so that most training images that reach below the joint
-show a fibula.
+``round3`` is round 2 again from round 2's model, with two changes: the training maps that lack a
+fibula (all of OAI's) get one carried over from the fibula-bearing training knees
+(``kneeseg.synth.fibula``; a new cache in the work folder, built once), and the training slices reach
++-80 mm from the knee centre (was 45), as far as the model frame's. Tried on 2026-12-02 and not shipped
+(docs/evaluation.md, "Round 3").
 
 ``train`` runs two stages with ``kneeseg train``: stage 1 from scratch (Adam 1e-3 -> 1e-4), stage 2 a
 fine-tune of stage 1 at a lower learning rate (3e-4 -> 3e-5). On a GPU machine the same stages run
@@ -131,7 +132,7 @@ def round2(args):
 # And the training slices reach as far from the knee centre as the slices segmented do: the model
 # frame spans +-80 mm (half the 160 mm window) along the slice axis, round 2 trained on +-45 mm, and
 # beyond that one plane alone labels nothing (the fibula and tibial shafts on axial slices, 33-61 mm
-# below the centre of a held-out volume: docs/evaluation.md).
+# below the centre of a held-out volume). Tried: 21 epochs did not change that (docs/evaluation.md).
 ROUND3 = {**ROUND2, "learning_rate": 1e-4, "final_learning_rate": 1e-5, "epochs": 30, "patience": 8, "seed": 4,
           "synthesis": {**ROUND2_SYNTHESIS, "slab_half_mm": 80.0}}
 
@@ -161,8 +162,8 @@ def round3(args):
     print(json.dumps(result, indent=2))
     done = result["epochs_run"] >= ROUND3["epochs"] or result["stopped_early"]
     print(f"{'finished' if done else 'not finished: rerun the same command to continue'}; bundle of the best "
-          f"epoch so far: {args.out}; then: scripts/train_default.py finalize {args.out} --cache {args.cache} "
-          "--real2d ../shared/data/real_2d/sagittal_slices_dev.npz")
+          f"epoch so far: {args.out}; then: scripts/train_default.py finalize {args.out} --recipe round3 "
+          "--real2d ../shared/data/real_2d/sagittal_slices_dev.npz, and make eval")
 
 
 def finalize(args):

@@ -119,7 +119,7 @@ def build_parser():
                    "(default: %(default)s)")
     contract.option("segment", "progress").add_to(q)
 
-    q = synth_sub.add_parser("add-fibula", help="give the cache's maps without a fibula one from a fibula-bearing knee",
+    q = synth_sub.add_parser("add-fibula", help="give the cache's maps without a fibula one from another knee",
                              description="Write a copy of a label-map cache in which every map without a fibula "
                              "gets one carried over from the fibula-bearing map whose tibia fits its tibia best "
                              "(registration of the tibiae; each donor also mirrored for the other side). Only the "

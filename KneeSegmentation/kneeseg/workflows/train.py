@@ -88,11 +88,10 @@ def synthetic_sources(config, cache, progress=None):
                            "synthesis": dataclasses.asdict(train_source.config)}}
     if "fibula_carried_over" in manifest:
         # these maps' fibulae are the donors' shapes: the donors' licences apply to them too
-        donors = {e["fibula_from"]["donor"] for e in entries if "refused" not in e.get("fibula_from", {"refused": 1})}
+        carried = [e["fibula_from"] for e in entries if "refused" not in e.get("fibula_from", {"refused": True})]
         provenance["data"]["fibula_carried_over"] = {
-            **manifest["fibula_carried_over"], "maps": sum(1 for e in entries if e.get("fibula_from", {}).get("donor")
-                                                           and "refused" not in e["fibula_from"]),
-            "donors_used": sorted(donors), "how": "kneeseg synth add-fibula (tibia registration)"}
+            **manifest["fibula_carried_over"], "maps": len(carried), "donors_used": sorted({c["donor"] for c in carried}),
+            "how": "kneeseg synth add-fibula (tibia registration)"}
     return train_source, val_source, provenance
 
 
