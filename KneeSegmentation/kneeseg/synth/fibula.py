@@ -102,34 +102,53 @@ def _coarse(label_map, step: int):
                                spacing=label_map.spacing * step)
 
 
-def _fit(target, donor):
+@dataclasses.dataclass(frozen=True)
+class _FitTarget:
+    """The target's side of every fit, computed once per target rather than once per donor."""
+
+    grid: object  # the target on the fit's coarse grid (a CachedLabelMap)
+    proximal_tibia: np.ndarray
+    inside: np.ndarray  # at least DISTANCE_CLIP_MM inside what the scan saw
+    mask: object  # where the metric is evaluated (SimpleITK image)
+    distance: object  # the tibia's signed distance map (SimpleITK image)
+    centre_mm: np.ndarray
+
+
+def _fit_step(target) -> int:
+    return max(1, int(round(FIT_SPACING_MM / target.spacing)))
+
+
+def _fit_target(target) -> _FitTarget:
+    import SimpleITK as sitk
+
+    grid = _coarse(target, _fit_step(target))
+    proximal = _proximal_tibia(grid.labels, grid.spacing)
+    seen = grid.labels != OUTSIDE_FIELD_OF_VIEW
+    # judge the fit near the proximal tibia only, and away from the edge of what the scan saw: there the
+    # target's tibia is cut, the donor's goes on, and that is no misfit
+    near = sitk.GetArrayFromImage(_distance_map(proximal, grid)) < DISTANCE_CLIP_MM
+    inside = sitk.GetArrayFromImage(_distance_map(~seen, grid)) >= DISTANCE_CLIP_MM
+    return _FitTarget(grid, proximal, inside, _image((near & inside).astype(np.uint8), grid),
+                      _distance_map(grid.labels == TIBIA, grid), _centroid_mm(proximal, grid))
+
+
+def _fit(target: _FitTarget, donor, step: int):
     """The transform that maps target points onto the donor (SimpleITK's direction), and the tibia Dice."""
     import SimpleITK as sitk
 
-    step = max(1, int(round(FIT_SPACING_MM / target.spacing)))
-    target, donor = _coarse(target, step), _coarse(donor, step)
-    target_tibia = _proximal_tibia(target.labels, target.spacing)
+    donor = _coarse(donor, step)
     donor_tibia = donor.labels == TIBIA
-    seen = target.labels != OUTSIDE_FIELD_OF_VIEW
-    # judge the fit near the proximal tibia only, and away from the edge of what the scan saw: there the
-    # target's tibia is cut, the donor's goes on, and that is no misfit
-    near = sitk.GetArrayFromImage(_distance_map(target_tibia, target)) < DISTANCE_CLIP_MM
-    inside = sitk.GetArrayFromImage(_distance_map(~seen, target)) >= DISTANCE_CLIP_MM
-    fixed_mask = _image((near & inside).astype(np.uint8), target)
-    fixed = _distance_map(target.labels == TIBIA, target)
     moving = _distance_map(donor_tibia, donor)
-    donor_proximal = _proximal_tibia(donor.labels, donor.spacing)
-    shift = _centroid_mm(donor_proximal, donor) - _centroid_mm(target_tibia, target)
-    centre = _centroid_mm(target_tibia, target)
+    shift = _centroid_mm(_proximal_tibia(donor.labels, donor.spacing), donor) - target.centre_mm
     similarity = sitk.Similarity3DTransform()
-    similarity.SetCenter(tuple(float(v) for v in centre))
+    similarity.SetCenter(tuple(float(v) for v in target.centre_mm))
     similarity.SetTranslation(tuple(float(v) for v in shift))
-    similarity = _register(fixed, moving, fixed_mask, similarity)
+    similarity = _register(target.distance, moving, target.mask, similarity)
     affine = sitk.AffineTransform(similarity.GetMatrix(), similarity.GetTranslation(), similarity.GetCenter())
-    transform = _register(fixed, moving, fixed_mask, affine)
-    carried_tibia = _carry(donor_tibia, donor, target, transform)
-    region = inside & target_tibia.any(axis=(1, 2))[:, None, None]
-    truth, carried_tibia = target_tibia & region, carried_tibia & region
+    transform = _register(target.distance, moving, target.mask, affine)
+    carried_tibia = _carry(donor_tibia, donor, target.grid, transform)
+    region = target.inside & target.proximal_tibia.any(axis=(1, 2))[:, None, None]
+    truth, carried_tibia = target.proximal_tibia & region, carried_tibia & region
     dice = 2 * (carried_tibia & truth).sum() / max(1, carried_tibia.sum() + truth.sum())
     return transform, float(dice)
 
@@ -142,10 +161,10 @@ def _carry(mask, donor, target, transform) -> np.ndarray:
     return sitk.GetArrayFromImage(moved) >= 0.5
 
 
-def _fit_or_none(target, donor):
+def _fit_or_none(target: _FitTarget, donor, step: int):
     """``_fit``, or (None, 0.0) where ITK cannot register the two (too little of the tibia in view)."""
     try:
-        return _fit(target, donor)
+        return _fit(target, donor, step)
     except RuntimeError:
         return None, 0.0
 
@@ -162,7 +181,8 @@ def transfer_fibula(target, donors: dict) -> Transfer:
         if not (donor.labels == FIBULA).any():
             raise InputError(f"the donor {name} has no fibula")
     _proximal_tibia(target.labels, target.spacing)  # refuses a map without tibia, by name
-    fits = {name: _fit_or_none(target, donor) for name, donor in donors.items()}
+    prepared, step = _fit_target(target), _fit_step(target)
+    fits = {name: _fit_or_none(prepared, donor, step) for name, donor in donors.items()}
     name = max(fits, key=lambda n: fits[n][1])
     transform, dice = fits[name]
     if transform is None:
