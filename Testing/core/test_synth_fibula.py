@@ -207,3 +207,33 @@ def test_a_tibia_too_small_to_register_gets_no_fibula_and_no_traceback():
     sliver[50, 36, 42] = TIBIA  # one voxel of tibia: nothing to fit
     transfer = fibula.transfer_fibula(cached(sliver), {"donor": cached(knee())})
     assert transfer.tibia_dice < fibula.MIN_TIBIA_DICE and not transfer.fibula.any()
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_cache_write_that_fails_half_way_through_the_moves_leaves_the_folder_as_it_was(tmp_path, monkeypatch,
+                                                                                          existed):
+    import os
+
+    from kneeseg.synth import cache
+
+    folder = tmp_path / "new"
+    if existed:
+        folder.mkdir()
+
+    def fill(staging):
+        for name in ("a.npz", "b.npz", "c.npz"):
+            (staging / name).write_bytes(b"map")
+        return [{"file": "a.npz"}, {"file": "b.npz"}, {"file": "c.npz"}]
+
+    real_replace, calls = os.replace, []
+
+    def replace_then_fail(src, dst):
+        calls.append(dst)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(cache.os, "replace", replace_then_fail)
+    with pytest.raises(OSError):
+        cache.write_staged(folder, "the test cache", fill)
+    assert (sorted(p.name for p in folder.iterdir()) == []) if existed else not folder.exists()

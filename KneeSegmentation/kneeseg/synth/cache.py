@@ -214,22 +214,8 @@ def prepare_cache(source_dir, cache_dir, spacing_mm: float = 0.7, margin_mm: flo
                          source_dir)
     if cache_dir.exists() and not cache_dir.is_dir():
         raise InputError("the cache must be a folder, and this is a file", cache_dir)
-    created = not cache_dir.exists()
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot make the cache folder ({exc.strerror or exc})", cache_dir) from None
-    staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=cache_dir))
-    try:
-        entries = _cache_all(jobs, source_dir, staging, spacing_mm, margin_mm, progress, note)
-        for entry in entries:
-            os.replace(staging / entry["file"], cache_dir / entry["file"])
-    except BaseException:
-        if created:
-            shutil.rmtree(cache_dir, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    entries = write_staged(cache_dir, "the cache folder",
+                           lambda staging: _cache_all(jobs, source_dir, staging, spacing_mm, margin_mm, progress, note))
     manifest = {
         "format": CACHE_FORMAT,
         "spacing_mm": spacing_mm,
@@ -240,6 +226,36 @@ def prepare_cache(source_dir, cache_dir, spacing_mm: float = 0.7, margin_mm: flo
     }
     write_json(cache_dir / MANIFEST_NAME, manifest, indent=1)
     return manifest
+
+
+def write_staged(folder: Path, what: str, fill) -> list:
+    """Make ``folder`` (``what`` names it in the error), let ``fill(staging)`` write the cache's maps into
+    a hidden staging folder inside it and return their manifest entries, then move the maps into place.
+    If anything fails, a folder this call made is removed again, and a folder that was empty is emptied
+    again; the staging folder always goes. The caller writes the manifest last. Returns the entries."""
+    created = not folder.exists()
+    was_empty = created or (folder.is_dir() and not any(folder.iterdir()))
+    moved = []
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot make {what} ({exc.strerror or exc})", folder) from None
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
+    try:
+        entries = fill(staging)
+        for entry in entries:
+            os.replace(staging / entry["file"], folder / entry["file"])
+            moved.append(folder / entry["file"])
+    except BaseException:
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+        elif was_empty:
+            for path in moved:
+                path.unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return entries
 
 
 def _cache_all(jobs, source_dir, staging, spacing_mm, margin_mm, progress, note) -> list:

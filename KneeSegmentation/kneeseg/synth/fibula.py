@@ -13,17 +13,15 @@ fibula (``scripts/fibula_transfer_check.py``; docs/evaluation.md).
 """
 
 import dataclasses
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
 from ..io import write_json
-from .cache import MANIFEST_NAME, load_label_map, load_manifest
 from ..labels import SEPARATE_BONES
+from .cache import MANIFEST_NAME, load_label_map, load_manifest, write_staged
 from .tissues import OUTSIDE_FIELD_OF_VIEW, TISSUE_IDS
 
 TIBIA, FIBULA = TISSUE_IDS["tibia"], TISSUE_IDS["fibula"]
@@ -214,32 +212,20 @@ def add_fibulas(cache_dir, out_dir, subjects=None, progress=None) -> dict:
         donors[entry["file"]], donors[entry["file"] + " mirrored"] = donor, mirrored(donor)
     if not donors:
         raise InputError("none of the chosen label maps has a fibula to carry over", cache_dir)
-    created = not out_dir.exists()
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot make the folder for the new cache ({exc.strerror or exc})", out_dir) from None
-    staging = Path(tempfile.mkdtemp(prefix=".fibula-", dir=out_dir))
-    try:
+    carried_onto = {e["file"] for e in chosen if not e["has_fibula"]}
+
+    def fill(staging):
         entries = []
         for done, entry in enumerate(manifest["files"], 1):
-            if entry in chosen and not entry["has_fibula"]:
+            if entry["file"] in carried_onto:
                 entry = _with_fibula(cache_dir / entry["file"], staging / entry["file"], entry, donors)
             else:
                 shutil.copyfile(cache_dir / entry["file"], staging / entry["file"])
             entries.append(entry)
             progress("fibula", done / len(manifest["files"]), entry["file"])
-        for entry in entries:
-            os.replace(staging / entry["file"], out_dir / entry["file"])
-    except BaseException:
-        if created:
-            shutil.rmtree(out_dir, ignore_errors=True)
-        else:
-            for entry in entries:
-                (out_dir / entry["file"]).unlink(missing_ok=True)
-        raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        return entries
+
+    entries = write_staged(out_dir, "the folder for the new cache", fill)
     new_manifest = {**manifest, "files": entries,
                     "fibula_carried_over": {"from": str(cache_dir.name), "donors": sorted(donors),
                                             "min_tibia_dice": MIN_TIBIA_DICE}}
