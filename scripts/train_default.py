@@ -4,6 +4,7 @@
     python scripts/train_default.py train --cache .cache/labelmaps --preset gpu|cpu --out build/default
     python scripts/train_default.py round2 --cache .cache/labelmaps --out build/round2 [--time-limit-min 50]
     python scripts/train_default.py round3 --cache .cache/labelmaps --out build/round3 [--time-limit-min 50]
+    python scripts/train_default.py round4 --cache .cache/labelmaps --out build/round4 [--time-limit-min 50]
     python scripts/train_default.py finalize build/default/stage2 --stage1 build/default/stage1 \
         --cache .cache/labelmaps --real2d ../shared/data/real_2d/sagittal_slices_dev.npz [--install]
 
@@ -19,6 +20,11 @@ fibula (all of OAI's) get one carried over from the fibula-bearing training knee
 (``kneeseg.synth.fibula``; a new cache in the work folder, built once), and the training slices reach
 +-80 mm from the knee centre (was 45), as far as the model frame's. Tried on 2026-12-02 and not shipped
 (docs/evaluation.md, "Round 3").
+
+``round4`` is round 2 again from round 2's model with context across slices (2.5D): the network sees
+each slice with one neighbour on each side as extra input channels. Its first convolution starts as
+round 2's on the middle channel and zeros on the neighbours (``kneeseg.train.widen_input``), so it
+starts out as round 2 and learns what the neighbours add.
 
 ``train`` runs two stages with ``kneeseg train``: stage 1 from scratch (Adam 1e-3 -> 1e-4), stage 2 a
 fine-tune of stage 1 at a lower learning rate (3e-4 -> 3e-5). On a GPU machine the same stages run
@@ -107,21 +113,28 @@ def check_cache_holds_split(cache, split_file):
 
 
 def round2(args):
+    _fine_tune(args, ROUND2, "round2")
+
+
+def _fine_tune(args, settings, name, cache=None):
+    """One resumable fine-tune by ``settings`` (a flat training configuration) on ``cache``."""
     from kneeseg.progress import Progress
     from kneeseg.train import TrainConfig
     from kneeseg.workflows.train import train_bundle
 
     check_cache_holds_split(args.cache, ROUND2_SPLIT)
     workers = max(1, (os.cpu_count() or 2) - 1)
-    config = TrainConfig.from_flat(**ROUND2, time_limit_min=args.time_limit_min, workers=workers,
+    config = TrainConfig.from_flat(**{**settings, "init_from": getattr(args, "init_from", settings["init_from"])},
+                                   time_limit_min=args.time_limit_min, workers=workers,
                                    use_multiprocessing=workers > 1)
-    result = train_bundle(config, Path(args.out), Path(args.work or f"{args.out}.work"), synthetic=args.cache,
-                          name="knee-bones-default", export_onnx=False, progress=Progress("bar"))
+    work = Path(args.work or f"{args.out}.work")
+    result = train_bundle(config, Path(args.out), work, synthetic=cache or args.cache, name="knee-bones-default",
+                          export_onnx=False, progress=Progress("bar"))
     print(json.dumps(result, indent=2))
-    done = result["epochs_run"] >= ROUND2["epochs"] or result["stopped_early"]
+    done = result["epochs_run"] >= settings["epochs"] or result["stopped_early"]
     print(f"{'finished' if done else 'not finished: rerun the same command to continue'}; bundle of the best "
-          f"epoch so far: {args.out}; then: scripts/train_default.py finalize {args.out} --cache {args.cache} "
-          "--real2d ../shared/data/real_2d/sagittal_slices_dev.npz")
+          f"epoch so far: {args.out}; then: scripts/train_default.py finalize {args.out} --recipe {name} "
+          f"--cache {args.cache} --real2d ../shared/data/real_2d/sagittal_slices_dev.npz, and make eval")
 
 
 # Round 3: the same split and generator, the training maps given a fibula carried over from the
@@ -141,12 +154,9 @@ def round3(args):
     from kneeseg.datasets import read_split
     from kneeseg.progress import Progress
     from kneeseg.synth.fibula import add_fibulas
-    from kneeseg.train import TrainConfig
-    from kneeseg.workflows.train import train_bundle
 
     check_cache_holds_split(args.cache, ROUND2_SPLIT)
-    work = Path(args.work or f"{args.out}.work")
-    fibula_cache = work / "labelmaps-fibula"
+    fibula_cache = Path(args.work or f"{args.out}.work") / "labelmaps-fibula"
     if not (fibula_cache / "manifest.json").exists():
         shutil.rmtree(fibula_cache, ignore_errors=True)
         manifest = add_fibulas(args.cache, fibula_cache, subjects=set(read_split(ROUND2_SPLIT)["train"]),
@@ -154,16 +164,18 @@ def round3(args):
         carried = [e for e in manifest["files"] if "fibula_from" in e]
         print(f"fibula carried over onto {sum('refused' not in e['fibula_from'] for e in carried)} of "
               f"{len(carried)} training maps without one: {fibula_cache}")
-    workers = max(1, (os.cpu_count() or 2) - 1)
-    config = TrainConfig.from_flat(**{**ROUND3, "init_from": args.init_from}, time_limit_min=args.time_limit_min,
-                                   workers=workers, use_multiprocessing=workers > 1)
-    result = train_bundle(config, Path(args.out), work, synthetic=fibula_cache, name="knee-bones-default",
-                          export_onnx=False, progress=Progress("bar"))
-    print(json.dumps(result, indent=2))
-    done = result["epochs_run"] >= ROUND3["epochs"] or result["stopped_early"]
-    print(f"{'finished' if done else 'not finished: rerun the same command to continue'}; bundle of the best "
-          f"epoch so far: {args.out}; then: scripts/train_default.py finalize {args.out} --recipe round3 "
-          "--real2d ../shared/data/real_2d/sagittal_slices_dev.npz, and make eval")
+    _fine_tune(args, ROUND3, "round3", cache=fibula_cache)
+
+
+# Round 4: round 2's data and generator, from round 2's model, with one neighbouring slice on each side
+# as extra input channels (2.5D). The slices one plane alone got wrong far from the knee centre and at
+# the medial and lateral edges are those where the slice by itself is ambiguous; its neighbours tell a
+# condyle from a plateau and a shaft from a blob.
+ROUND4 = {**ROUND2, "context_slices": 1, "seed": 5, "epochs": 40, "patience": 10}
+
+
+def round4(args):
+    _fine_tune(args, ROUND4, "round4")
 
 
 def finalize(args):
@@ -190,7 +202,9 @@ def finalize(args):
                     "hardware": args.hardware,
                     "fine_tuned_from": {"description": start.description, "training": start.training,
                                         "metrics": start.metrics}}
-    description = (f"2D U-Net (thesis architecture, {trained.card.network.filters} filters, "
+    context = trained.card.network.context_slices
+    kind = f"2.5D U-Net (each slice with {context} neighbour(s) on each side as channels; " if context else "2D U-Net ("
+    description = (f"{kind}thesis architecture, {trained.card.network.filters} filters, "
                    f"{model.count_params():,} parameters) trained only on images synthesised from real knee "
                    "label maps (domain randomisation); tri-planar fusion at inference")
     card = dataclasses.replace(trained.card, training=training, description=description, metrics={})
@@ -242,13 +256,20 @@ def main():
     p.add_argument("--work", default=None, help="checkpoints and the fibula cache (default: OUT.work)")
     p.add_argument("--init-from", default=str(INSTALLED), help="bundle to fine-tune (default: the shipped model)")
     p.add_argument("--time-limit-min", type=float, default=50.0, help="stop after the epoch that crosses this")
+    p = sub.add_parser("round4", help="round 4: round 2 with one neighbouring slice on each side as channels "
+                       "(2.5D); rerun to continue")
+    p.add_argument("--cache", default=".cache/labelmaps")
+    p.add_argument("--out", default="build/round4")
+    p.add_argument("--work", default=None, help="checkpoints (default: OUT.work); the same folder resumes")
+    p.add_argument("--init-from", default=str(INSTALLED), help="bundle to fine-tune (default: the shipped model)")
+    p.add_argument("--time-limit-min", type=float, default=50.0, help="stop after the epoch that crosses this")
     p = sub.add_parser("finalize")
     p.add_argument("bundle")
     p.add_argument("--stage1")
     p.add_argument("--real2d")
     p.add_argument("--cache", help="label-map cache: also score held-out synthetic volumes")
     p.add_argument("--synthetic-cases", type=int, default=14)
-    p.add_argument("--recipe", choices=("round2", "round3"), default="round3",
+    p.add_argument("--recipe", choices=("round2", "round3", "round4"), default="round4",
                    help="the fine-tune that made BUNDLE (without --stage1; default: %(default)s)")
     p.add_argument("--fine-tuned-from", default=str(INSTALLED),
                    help="the bundle it started from, recorded in the card (default: the shipped model)")
@@ -261,7 +282,7 @@ def main():
         import datetime
 
         args.date = datetime.date.today().isoformat()
-    {"train": train, "round2": round2, "round3": round3, "finalize": finalize}[args.command](args)
+    {"train": train, "round2": round2, "round3": round3, "round4": round4, "finalize": finalize}[args.command](args)
 
 
 if __name__ == "__main__":

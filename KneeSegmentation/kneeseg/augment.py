@@ -80,9 +80,13 @@ def acquisition_effects(unit, rng, config: AugmentConfig):
 
 
 def augment_batch(images, labels, rng, config: AugmentConfig = AugmentConfig()):
-    """Augment a batch (B, rows, cols, 1) / (B, rows, cols) sample by sample."""
+    """Augment a batch (B, rows, cols, channels) / (B, rows, cols) sample by sample. The channels of a
+    sample (a slice and its neighbours) get the same draws: one geometry, one intensity change."""
     out_images = np.empty_like(images)
     out_labels = np.empty_like(labels)
     for i in range(images.shape[0]):
-        out_images[i, ..., 0], out_labels[i] = augment_pair(images[i, ..., 0], labels[i], rng, config)
+        seed = rng.integers(2 ** 63) if images.shape[-1] > 1 else None
+        for c in range(images.shape[-1]):
+            sample_rng = rng if seed is None else np.random.default_rng(seed)
+            out_images[i, ..., c], out_labels[i] = augment_pair(images[i, ..., c], labels[i], sample_rng, config)
     return out_images, out_labels

@@ -77,15 +77,17 @@ class Bundle:
         return model
 
     def check_network_shape(self, input_shape, output_shape, path):
-        """Refuse a network whose slice size or output channels are not the card's."""
+        """Refuse a network whose slice size, input channels or output channels are not the card's."""
         size, network = self.card.frame.size, self.card.network
         channels = 1 if network.output == "merged" else network.n_classes
-        fixed = [d for d in (*input_shape[-3:-1], output_shape[-1]) if isinstance(d, int)]  # ONNX: names for free axes
-        expected = [v for d, v in zip((*input_shape[-3:-1], output_shape[-1]), (size, size, channels))
-                    if isinstance(d, int)]
+        found = (*input_shape[-3:], output_shape[-1])
+        wanted = (size, size, network.input_channels, channels)
+        fixed = [d for d in found if isinstance(d, int)]  # ONNX: names for free axes
+        expected = [v for d, v in zip(found, wanted) if isinstance(d, int)]
         if fixed != expected:
             raise BundleError(f"the network takes {tuple(input_shape[1:])} and gives {output_shape[-1]} channels, but "
-                              f"the card says {size}x{size} slices and {channels} channels", path)
+                              f"the card says {size}x{size} slices of {network.input_channels} channel(s) and "
+                              f"{channels} output channels", path)
 
 
 def _first_sentence(exc) -> str:

@@ -26,7 +26,8 @@ KERAS_NAME = "model.keras"
 ONNX_NAME = "model.onnx"
 MAX_LABELS = 32
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_MODEL_KEYS = ("dims", "input_size", "n_classes", "filters", "depth", "dropout", "output", "n_slices")
+_MODEL_KEYS = ("dims", "input_size", "n_classes", "filters", "depth", "dropout", "output", "n_slices",
+               "context_slices")
 _PREPROCESSING_KEYS = ("planes", "window_mm", "min_slice_mm", "n4", "n4_settings", "centre")
 
 
@@ -86,6 +87,8 @@ class Card:
                  "output": self.network.output}
         if self.network.n_slices is not None or self.network.dims == 3:
             model["n_slices"] = self.network.n_slices
+        if self.network.context_slices:  # written only when used: older readers keep reading 2D cards
+            model["context_slices"] = self.network.context_slices
         preprocessing = {**self.raw.get("preprocessing", {}), "planes": list(self.frame.planes),
                          "window_mm": self.frame.window_mm, "min_slice_mm": self.frame.min_slice_mm,
                          "n4": self.n4, "n4_settings": dict(self.n4_settings)}

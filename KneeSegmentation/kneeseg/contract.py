@@ -252,6 +252,8 @@ TRAIN_OPTIONS = (
              setting="output", choices=OUTPUT_MODES),
     _trained(("--filters", "--width"), "filters", "filters of every U-Net level", type=int, setting="filters"),
     _trained(("--depth",), "depth", "U-Net levels (poolings)", type=int, setting="depth"),
+    _trained(("--context-slices",), "context_slices", "2.5D: neighbouring slices on each side the network sees "
+             "as extra channels (0: the slice alone)", type=int, setting="context_slices"),
     _trained(("--input-size",), "input_size", "pixels per side of the network's square input", type=int,
              setting="input_size"),
     _trained(("--planes",), "planes", "comma-separated slice planes to train on (and fuse at inference)",

@@ -1,4 +1,5 @@
-"""Training data sources. Each yields batches ``(x float32 (B, rows, cols, 1), y uint8 (B, rows, cols))``.
+"""Training data sources. Each yields batches ``(x float32 (B, rows, cols, channels), y uint8 (B, rows, cols))``
+(one channel, or a slice and its neighbours for a 2.5D network).
 
 * :class:`PairedSlices`: the user's own image/label volumes (a folder or a CSV), resampled onto the
   same model frames inference uses, kept in memory, augmented on the fly.
@@ -166,11 +167,13 @@ class PairedSlices:
     """Model-frame slices of image/label volumes, held in memory (float16 images), augmented per batch.
 
     Slices showing bone are drawn with probability ``bone_fraction`` (the rest from all slices), so
-    the many empty slices at the edges of a volume do not dominate the batches.
+    the many empty slices at the edges of a volume do not dominate the batches. ``context_slices``:
+    each slice comes with that many neighbours of its own frame on each side as channels, as
+    inference gives them (``preprocess.frame.with_context``).
     """
 
     def __init__(self, pairs, frame: FrameSpec = FrameSpec(), batch_size=8, seed=0, augment=True, steps=None,
-                 merged=False, augment_config=AugmentConfig(), bone_fraction=0.8, population=None):
+                 merged=False, augment_config=AugmentConfig(), bone_fraction=0.8, population=None, context_slices=0):
         """Slices of every plane of ``frame``, cut as inference cuts them (window, pixels, slice spacing).
         ``population``: None for per-volume standardisation, "compute" to standardise with the mean
         and standard deviation of these volumes (then in ``self.population``), or a (mean, std) pair
@@ -194,6 +197,11 @@ class PairedSlices:
         images = [standardize(a, mean, std, clip).astype(np.float16) for a in raw]
         self.images = np.concatenate(images)
         self.labels = np.concatenate(labels)
+        self.context_slices = int(context_slices)
+        # each slice's own frame, as (first, last) slice indices: neighbours never cross into another frame
+        ends = np.cumsum([len(a) for a in images])
+        self._frame_bounds = np.repeat(np.stack([ends - [len(a) for a in images], ends - 1], 1),
+                                       [len(a) for a in images], axis=0)
         self.bone_slices = np.flatnonzero(self.labels.reshape(len(self.labels), -1).any(axis=1))
         self.bone_fraction = bone_fraction if len(self.bone_slices) else 0.0
         self.steps = steps or max(1, len(self.images) // batch_size)
@@ -207,11 +215,19 @@ class PairedSlices:
         from_bone = rng.random(self.batch_size) < self.bone_fraction
         pick = np.where(from_bone, self.bone_slices[rng.integers(0, max(len(self.bone_slices), 1), self.batch_size)]
                         if len(self.bone_slices) else 0, rng.integers(0, len(self.images), self.batch_size))
-        x = self.images[pick].astype(np.float32)[..., None]
+        x = self._with_context(pick)
         y = self.labels[pick]
         if self.augment:
             x, y = augment_batch(x, y, rng, self.augment_config)
         return x, y
+
+    def _with_context(self, pick):
+        """(B, rows, cols, 2c+1) float32: the picked slices with their neighbours, repeating a frame's
+        edge slice where it has none."""
+        steps = np.arange(-self.context_slices, self.context_slices + 1)
+        first, last = self._frame_bounds[pick, :1], self._frame_bounds[pick, 1:]
+        index = np.clip(pick[:, None] + steps[None, :], first, last)
+        return np.moveaxis(self.images[index].astype(np.float32), 1, -1)
 
     def on_epoch_end(self):
         self.epoch += 1

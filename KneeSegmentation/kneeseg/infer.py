@@ -21,7 +21,7 @@ from .postprocess.fusion import PlaneProbabilities, fuse_frames
 from .preprocess import intensity
 from .preprocess.centre import centre_by_intensity, image_centre, knee_centre
 from .preprocess.frame import (model_frame, pad_slices, physical_bounds, resample_to_frame, subsample_slices,
-                               unpad_slices, upsample_slices)
+                               unpad_slices, upsample_slices, with_context)
 from .progress import NO_PROGRESS
 
 
@@ -202,9 +202,10 @@ def predict_frame(predictor, frame_array, card, batch_size=8, cancel=None):
     if card.network.dims == 3:
         return _predict_volume_3d(predictor, frame_array)
     out = []
-    for start in range(0, frame_array.shape[0], batch_size):
+    n = frame_array.shape[0]
+    for start in range(0, n, batch_size):
         _check_cancel(cancel)
-        batch = frame_array[start:start + batch_size, ..., None]
+        batch = with_context(frame_array, card.network.context_slices, start, min(start + batch_size, n))
         out.append(predictor(batch.astype(np.float32)))
     return np.concatenate(out, axis=0)
 

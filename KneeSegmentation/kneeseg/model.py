@@ -37,17 +37,18 @@ def _check(output, n_classes, depth, filters):
 
 
 def build_unet_2d(input_size=_FRAME.size, n_classes=_NETWORK.n_classes, filters=_NETWORK.filters,
-                  depth=_NETWORK.depth, dropout=_NETWORK.dropout, output=_NETWORK.output, name="unet2d"):
+                  depth=_NETWORK.depth, dropout=_NETWORK.dropout, output=_NETWORK.output, channels=1, name="unet2d"):
     """The thesis 2D U-Net.
 
     ``depth`` poolings (levels), ``filters`` convolution filters everywhere, ``output`` "separate"
     (softmax over ``n_classes`` = background + bones) or "merged" (one sigmoid bone channel).
-    ``input_size`` must be divisible by ``2**depth``.
+    ``input_size`` must be divisible by ``2**depth``. ``channels``: 1 for a slice alone, more for a
+    slice with its neighbours (2.5D; the labelled slice is the middle channel).
     """
     _check(output, n_classes, depth, filters)
     if input_size % (2 ** depth):
         raise ValueError(f"input size {input_size} is not divisible by 2**depth = {2 ** depth}")
-    inputs = keras.Input((input_size, input_size, 1), name="image")
+    inputs = keras.Input((input_size, input_size, channels), name="image")
     x = inputs
     skips = []
     for level in range(depth):
@@ -95,4 +96,4 @@ def build_model(network, input_size: int):
                   depth=network.depth, dropout=network.dropout, output=network.output)
     if network.dims == 3:
         return build_unet_3d(n_slices=network.n_slices, **common)
-    return build_unet_2d(**common)
+    return build_unet_2d(channels=network.input_channels, **common)

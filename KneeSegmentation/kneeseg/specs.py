@@ -149,7 +149,9 @@ OUTPUTS = ("separate", "merged")
 class NetworkSpec:
     """The U-Net: ``dims`` 2 (slices) or 3, ``filters`` everywhere, ``depth`` poolings, one Dropout at
     the bottleneck, ``output`` "separate" (softmax over ``n_classes`` = background + bones) or
-    "merged" (one sigmoid bone channel). ``n_slices``: the 3D network's slab depth (None: any)."""
+    "merged" (one sigmoid bone channel). ``n_slices``: the 3D network's slab depth (None: any).
+    ``context_slices``: a 2D network's context across slices (2.5D): it sees this many neighbouring
+    slices on each side of the one it labels, as extra input channels (0: the slice alone)."""
 
     dims: int = 2
     n_classes: int = 5
@@ -158,6 +160,7 @@ class NetworkSpec:
     dropout: float = 0.5
     output: str = "separate"
     n_slices: int = None
+    context_slices: int = 0
 
     def __post_init__(self):
         if isinstance(self.dims, bool) or self.dims not in (2, 3):
@@ -173,6 +176,14 @@ class NetworkSpec:
             raise SpecError("n_classes", "a separate output needs background and at least one bone")
         if self.n_slices is not None:
             check_int("n_slices", self.n_slices, 1, 4096)
+        check_int("context_slices", self.context_slices, 0, 8)
+        if self.context_slices and self.dims != 2:
+            raise SpecError("context_slices", "neighbouring slices as channels are for a 2D network (dims 2)")
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of one input slice: the slice and its ``context_slices`` neighbours on each side."""
+        return 2 * self.context_slices + 1
 
     def check_input_size(self, size: int):
         """The input must halve ``depth`` times without remainder."""
@@ -227,7 +238,7 @@ class Recipe:
         return float(self.learning_rate * ratio ** (min(epoch, self.epochs - 1) / (self.epochs - 1)))
 
 
-NETWORK_SETTINGS = ("dims", "output", "filters", "depth", "dropout")  # flat name = NetworkSpec field
+NETWORK_SETTINGS = ("dims", "output", "filters", "depth", "dropout", "context_slices")  # flat name = NetworkSpec field
 FRAME_SETTINGS = {"input_size": "size", "planes": "planes", "window_mm": "window_mm", "min_slice_mm": "min_slice_mm"}
 
 

@@ -26,7 +26,8 @@ from .errors import BundleError, InputError
 from .io import write_json
 from .labels import MERGED_BONES, SEPARATE_BONES
 from .progress import NO_PROGRESS
-from .specs import FRAME_SETTINGS, NETWORK_SETTINGS, FrameSpec, NetworkSpec, Normalisation, Recipe, SpecError
+from .specs import (FRAME_SETTINGS, NETWORK_SETTINGS, FrameSpec, NetworkSpec, Normalisation, Recipe, SpecError,
+                    setting_defaults)
 
 MONITOR = "val_mean_dice"
 
@@ -79,7 +80,8 @@ class TrainConfig:
         """The flat settings, JSON-able, in the layout cards and ``state.json`` have always had."""
         network, frame = self.network, self.frame
         return _jsonable({"dims": network.dims, "output": network.output, "filters": network.filters,
-                          "depth": network.depth, "dropout": network.dropout, "input_size": frame.size,
+                          "depth": network.depth, "dropout": network.dropout,
+                          "context_slices": network.context_slices, "input_size": frame.size,
                           "planes": frame.planes, "window_mm": frame.window_mm, "min_slice_mm": frame.min_slice_mm,
                           **asdict(self.recipe)})
 
@@ -212,8 +214,10 @@ RESUMABLE_CHANGES = ("epochs", "patience", "time_limit_min", "workers", "use_mul
 
 def _check_same_run(saved: dict, config: TrainConfig, inputs: dict, work: Path):
     """Resuming is only right for the same network, frame, recipe and data: refuse anything else."""
-    current = config.to_flat()
-    changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get("config", {}).get(k) != current[k])
+    current, defaults = config.to_flat(), setting_defaults()
+    # a setting newer than the saved run is that run's default
+    changed = sorted(k for k in current if k not in RESUMABLE_CHANGES
+                     and saved.get("config", {}).get(k, _jsonable(defaults.get(k))) != current[k])
     if saved.get("inputs", inputs) != inputs:
         changed.append("training data")
     if changed:
@@ -262,14 +266,32 @@ def fit(config: TrainConfig, labels, train_source, val_source, work_dir, progres
 
 
 def _load_initial_weights(model, bundle_path):
-    """Start from a bundle's weights (checksum verified); the architectures must match."""
+    """Start from a bundle's weights (checksum verified); the architectures must match, except that a
+    single-slice network may start a 2.5D one (:func:`widen_input`)."""
 
     source = load_bundle(bundle_path).load_keras_model()
+    weights = source.get_weights()
     shapes = [w.shape for w in model.get_weights()]
-    if [w.shape for w in source.get_weights()] != shapes:
+    if weights and shapes and [w.shape for w in weights[1:]] == shapes[1:]:
+        weights[0] = widen_input(weights[0], shapes[0])
+    if [w.shape for w in weights] != shapes:
         raise BundleError("its network differs from the one configured for training (filters, depth, input size "
                           "and output must match to fine-tune)", bundle_path)
-    model.set_weights(source.get_weights())
+    model.set_weights(weights)
+
+
+def widen_input(kernel, shape):
+    """A single-slice network's first convolution kernel (kh, kw, 1, filters) as one of a network with
+    neighbouring slices as channels (kh, kw, 2c+1, filters): the old kernel on the middle channel,
+    zeros on the neighbours, so the wider network starts out computing exactly what the narrow one
+    did. Any other kernel is returned unchanged."""
+    kernel = np.asarray(kernel)
+    if kernel.ndim != 4 or len(shape) != 4 or kernel.shape[2] != 1 or shape[2] % 2 != 1 or shape[2] == 1 \
+            or kernel.shape[:2] != tuple(shape[:2]) or kernel.shape[3] != shape[3]:
+        return kernel
+    wide = np.zeros(shape, kernel.dtype)
+    wide[:, :, shape[2] // 2] = kernel[:, :, 0]
+    return wide
 
 
 def _jsonable(value):

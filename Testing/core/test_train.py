@@ -270,8 +270,8 @@ def test_config_parts_keep_the_flat_card_layout():
     config = _config(output="merged", min_slice_mm=2.5, epochs=3)
     assert (config.network.n_classes, config.frame.min_slice_mm, config.recipe.epochs) == (1, 2.5, 3)
     flat = config.to_flat()
-    assert list(flat)[:9] == ["dims", "output", "filters", "depth", "dropout", "input_size", "planes", "window_mm",
-                              "min_slice_mm"]
+    assert list(flat)[:10] == ["dims", "output", "filters", "depth", "dropout", "context_slices", "input_size",
+                               "planes", "window_mm", "min_slice_mm"]
     assert training.TrainConfig.from_flat(**flat) == config
     for bad, name in (({"input_size": 30}, "input_size"), ({"planes": ("oblique",)}, "planes"),
                       ({"window_mm": -1.0}, "window_mm"), ({"filtres": 8}, "filtres")):

@@ -4,7 +4,8 @@
 window of :class:`~kneeseg.specs.FrameSpec` ``window_mm`` at ``size`` x ``size`` pixels, slices at the
 scan's own spacing. One resample onto it (:func:`resample_to_frame`) does the reorientation, the crop
 and the in-plane resize for any scanner orientation; :func:`resample_from_frame` brings per-voxel maps
-back onto the scan's exact grid. A 3D network sees a frame's slices padded and thinned the thesis'
+back onto the scan's exact grid. A 2.5D network sees each slice with its neighbours
+(:func:`with_context`); a 3D network sees a frame's slices padded and thinned the thesis'
 way (:func:`pad_slices` ... :func:`upsample_slices`).
 """
 
@@ -137,6 +138,18 @@ def _scalar_like(vector_image):
     scalar = sitk.Image(vector_image.GetSize(), sitk.sitkFloat32)
     scalar.CopyInformation(vector_image)
     return scalar
+
+
+def with_context(slices, context: int, first: int = 0, last: int = None):
+    """Slices ``first``..``last`` (exclusive; default all) of ``slices`` (n, rows, cols), each with its
+    ``context`` neighbours on each side as channels: (last - first, rows, cols, 2 * context + 1), the
+    slice itself in the middle channel. At the first and last slice the missing neighbours repeat the
+    edge slice, as a scan that ends there would look if it went on unchanged."""
+    n = slices.shape[0]
+    last = n if last is None else last
+    centres = np.arange(first, last)
+    index = np.clip(centres[:, None] + np.arange(-context, context + 1)[None, :], 0, n - 1)
+    return np.moveaxis(slices[index], 1, -1)
 
 
 # --- a frame's slices for a 3D network: the thesis' z handling -------------------------------------

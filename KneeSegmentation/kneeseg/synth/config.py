@@ -57,6 +57,15 @@ class SynthesisConfig:
       gamma_log_std: standard deviation of log(gamma) of a final intensity gamma curve.
       fov_crop_probability, fov_crop_fraction: zero everything outside a random box (a smaller field
         of view), whose sides are that fraction of the image.
+
+    Context (only for a network that sees neighbouring slices, ``NetworkSpec.context_slices``): the
+    neighbours lie as far apart as the slices of the frame inference cuts, which keep the scan's own
+    spacing but are never finer than ``FrameSpec.min_slice_mm``:
+      context_drop_probability: no neighbours, the slice repeated in every channel (a single-slice
+        image, and what the first and last slice of a frame see in part);
+      thick slices along the slice axis: their thickness times ``context_gap`` apart (slice gaps);
+      otherwise ``min_slice_mm`` apart with context_fine_probability (a fine scan, or a plane across
+        a thick one), else a spacing in ``context_spacing_mm``.
     """
 
     fibula_weight: float = 10.0
@@ -97,6 +106,11 @@ class SynthesisConfig:
     gamma_log_std: float = 0.3
     fov_crop_probability: float = 0.2
     fov_crop_fraction: tuple = (0.55, 1.0)
+
+    context_drop_probability: float = 0.1
+    context_fine_probability: float = 0.5
+    context_spacing_mm: tuple = (1.5, 4.0)
+    context_gap: tuple = (1.0, 1.25)
 
 
 # The held-out synthetic benchmark (``evaluate_synthetic``) keeps the generator it was first reported

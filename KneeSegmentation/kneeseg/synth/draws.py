@@ -206,3 +206,15 @@ def draw_appearance(rng, cfg: SynthesisConfig, label_map: CachedLabelMap, view: 
         look = dataclasses.replace(look, rim_outside=bool(rng.random() < cfg.rim_outside_probability))
     return look
 
+
+
+def draw_context_spacing(rng, cfg: SynthesisConfig, look: Appearance, min_slice_mm: float) -> float:
+    """How far apart (mm) a slice's neighbours lie for a network that sees them; 0: no neighbours (the
+    slice repeated). See ``SynthesisConfig``'s context settings."""
+    if rng.random() < cfg.context_drop_probability:
+        return 0.0
+    if look.thick_axis == "slice":
+        return max(min_slice_mm, look.thickness_mm * rng.uniform(*cfg.context_gap))
+    if rng.random() < cfg.context_fine_probability:
+        return min_slice_mm
+    return max(min_slice_mm, rng.uniform(*cfg.context_spacing_mm))

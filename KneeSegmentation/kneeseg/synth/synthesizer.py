@@ -12,7 +12,7 @@ from ..preprocess.intensity import standardize
 from ..specs import FrameSpec
 from .cache import CachedLabelMap, cache_files, load_label_map
 from .config import SynthesisConfig
-from .draws import draw_appearance, draw_view
+from .draws import draw_appearance, draw_context_spacing, draw_view
 from .render import CoarseGrid, render
 from .tissues import target_lookup
 
@@ -24,7 +24,7 @@ SCAN_EXTENT_MM = 120.0  # its extent along the slice axis
 class SliceSynthesizer:
     """Batches of synthetic model-frame slices with their bone labels.
 
-    ``batch(index)`` returns ``x`` float32 (B, size, size, 1) and ``y`` uint8 (B, size, size) with the
+    ``batch(index)`` returns ``x`` float32 (B, size, size, 1 + 2 * context_slices) and ``y`` uint8 (B, size, size) with the
     values of ``labels.SEPARATE_BONES`` (``merged``: 1 for any bone, as ``labels.MERGED_BONES``). Each
     batch holds ``ceil(B / n_slices_per_sample)`` stacks; the slices of one stack come from one
     synthetic volume (one label map, view and appearance) and are normalised together.
@@ -36,11 +36,14 @@ class SliceSynthesizer:
 
     The slices are cut as ``frame`` says (planes, pixels, normalisation), the frame inference uses;
     its ``window_mm`` is the nominal field of view, which ``config.window_scale`` varies.
+    ``context_slices``: each slice comes with that many neighbours on each side as channels (a 2.5D
+    network), rendered from the same synthetic volume (``draws.draw_context_spacing``); the label is
+    the middle slice's.
     """
 
     def __init__(self, cache, frame: FrameSpec = FrameSpec(), n_slices_per_sample: int = 4, batch_size: int = 8,
                  seed: int = 0, config: SynthesisConfig = SynthesisConfig(), steps: int = 1000, fixed: bool = False,
-                 merged: bool = False):
+                 merged: bool = False, context_slices: int = 0):
         self.files = cache_files(cache)
         if not self.files:
             raise ValueError("no cached label maps to synthesise from")
@@ -51,6 +54,7 @@ class SliceSynthesizer:
         self.config = config
         self.steps = int(steps)
         self.fixed = bool(fixed)
+        self.context_slices = int(context_slices)
         self.epoch = 0
         self._knee_centres, has_fibula = zip(*(self._read_summary(f) for f in self.files))
         weights = np.where(has_fibula, config.fibula_weight, 1.0)
@@ -99,7 +103,7 @@ class SliceSynthesizer:
         n_stacks = -(-self.batch_size // self.n_slices_per_sample)
         seeds = np.random.SeedSequence([self.seed, self.epoch, int(index)]).spawn(n_stacks)
         stacks = [self._stack(seed) for seed in seeds]
-        x = np.concatenate([s[0] for s in stacks])[: self.batch_size, ..., None]
+        x = np.concatenate([s[0] for s in stacks])[: self.batch_size]
         y = np.concatenate([s[1] for s in stacks])[: self.batch_size]
         info = [i for s in stacks for i in s[2]][: self.batch_size]
         return x, y, info
@@ -113,14 +117,29 @@ class SliceSynthesizer:
         return view, label_map, draw_appearance(appearance_rng, self.config, label_map, view, self.frame.size), noise_rng
 
     def _stack(self, seed_sequence):
+        """Images (n, size, size, channels), labels (n, size, size) and info of one stack of n slices."""
         view, label_map, look, noise_rng = self.draw(seed_sequence, self.n_slices_per_sample)
+        centres, context, spacing = view.slice_offsets_mm, self.context_slices, 0.0
+        if context:
+            spacing = draw_context_spacing(np.random.default_rng(seed_sequence.spawn(1)[0]), self.config, look,
+                                           self.frame.min_slice_mm)
+        if spacing:  # every slice with its neighbours, all normalised together
+            steps = np.arange(-context, context + 1) * spacing
+            view = dataclasses.replace(view, slice_offsets_mm=(centres[:, None] + steps[None, :]).ravel())
         images, targets = render(noise_rng, view, label_map, look, self.grid, self.target)
         x = standardize(images, clip_percentiles=self.frame.normalisation.clip_percentiles)
+        channels = 2 * context + 1
+        if spacing:
+            x = np.moveaxis(x.reshape(len(centres), channels, *x.shape[1:]), 1, -1)
+            targets = targets[context::channels]
+        else:
+            x = np.repeat(x[..., None], channels, axis=-1)
         info = [{"source": label_map.source, "subject": label_map.subject, "plane": view.plane,
                  "pixel_mm": view.pixel_mm, "centre_mm": view.centre.tolist(), "slice_offset_mm": float(offset),
                  "mirrored": view.mirrored, "thick_axis": look.thick_axis,
-                 "thickness_mm": look.thickness_mm if look.thick_axis else None}
-                for offset in view.slice_offsets_mm]
+                 "thickness_mm": look.thickness_mm if look.thick_axis else None,
+                 **({"context_mm": spacing} if context else {})}
+                for offset in centres]
         return x, targets, info
 
 
