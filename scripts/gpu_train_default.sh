@@ -3,6 +3,7 @@
 # .keras weights load unchanged with TensorFlow afterwards). Run from the repository root with the
 # label-map cache in .cache/labelmaps and wheels for keras (+namex, optree) in .whl/ (see docs/training.md).
 # Writes the bundle, the training log and a network-throughput benchmark to $OUT (or ./gpu-out).
+# TRAIN_ARGS adds kneeseg train flags, e.g. TRAIN_ARGS="--context-slices 1" for a 2.5D network from scratch.
 set -euo pipefail
 OUT=${OUT:-gpu-out}
 MINUTES=${MINUTES:-7}
@@ -21,7 +22,7 @@ python3 - "$OUT/bundle" <<'PY' | tee "$OUT/gpu_bench.txt"
 import sys, time, numpy as np, keras
 model = keras.models.load_model(f"{sys.argv[1]}/model.keras", compile=False)
 for batch in (8, 80):
-    x = np.random.rand(batch, 224, 224, 1).astype("float32")
+    x = np.random.rand(batch, *model.inputs[0].shape[1:]).astype("float32")  # 2.5D: more channels
     keras.ops.convert_to_numpy(model(x))  # compile
     t = time.perf_counter(); n = 0
     while time.perf_counter() - t < 5:
