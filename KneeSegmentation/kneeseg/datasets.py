@@ -199,9 +199,9 @@ class PairedSlices:
         self.labels = np.concatenate(labels)
         self.context_slices = int(context_slices)
         # each slice's own frame, as (first, last) slice indices: neighbours never cross into another frame
-        ends = np.cumsum([len(a) for a in images])
-        self._frame_bounds = np.repeat(np.stack([ends - [len(a) for a in images], ends - 1], 1),
-                                       [len(a) for a in images], axis=0)
+        sizes = np.array([len(a) for a in images])
+        ends = np.cumsum(sizes)
+        self._frame_bounds = np.repeat(np.stack([ends - sizes, ends - 1], 1), sizes, axis=0)
         self.bone_slices = np.flatnonzero(self.labels.reshape(len(self.labels), -1).any(axis=1))
         self.bone_fraction = bone_fraction if len(self.bone_slices) else 0.0
         self.steps = steps or max(1, len(self.images) // batch_size)

@@ -262,3 +262,15 @@ def test_the_model_summary_says_the_network_sees_neighbouring_slices():
     assert "2.5D U-Net: each slice with 1 neighbour(s)" in card_table(
         card_for(SEPARATE_BONES, NetworkSpec(context_slices=1), FrameSpec()), "here")
     assert "(2D U-Net" in card_table(card_for(SEPARATE_BONES, NetworkSpec(), FrameSpec()), "here")
+
+
+def test_a_run_saved_before_context_existed_resumes_as_a_single_slice_run(tmp_path):
+    from kneeseg.errors import InputError
+    from kneeseg.train import TrainConfig, _check_same_run
+
+    config = TrainConfig.from_flat(filters=4, depth=2, input_size=32)
+    old = {k: v for k, v in config.to_flat().items() if k != "context_slices"}
+    _check_same_run({"config": old}, config, {}, tmp_path)  # no error: the old run was single-slice
+    with pytest.raises(InputError, match="context_slices"):
+        _check_same_run({"config": old}, TrainConfig.from_flat(filters=4, depth=2, input_size=32, context_slices=1),
+                        {}, tmp_path)
