@@ -93,7 +93,8 @@ def card_table(card, location) -> str:
         lines.append(f"  {card.description}")
     lines.append("  bones: " + ", ".join(f"{label.name}={label.value}" for label in card.labels))
     context = card.network.context_slices
-    kind = f"2.5D U-Net: each slice with {context} neighbour(s) on each side" if context else f"{card.network.dims}D U-Net"
+    kind = (f"2.5D U-Net: each slice with {context} neighbour(s) on each side" if context
+            else f"{card.network.dims}D U-Net")
     lines.append(f"  planes: {', '.join(card.frame.planes)}  ({kind}, "
                  f"input {card.frame.size}x{card.frame.size}, window {card.frame.window_mm} mm)")
     data = card.training.get("data", {}) if isinstance(card.training, dict) else {}

@@ -24,10 +24,11 @@ SCAN_EXTENT_MM = 120.0  # its extent along the slice axis
 class SliceSynthesizer:
     """Batches of synthetic model-frame slices with their bone labels.
 
-    ``batch(index)`` returns ``x`` float32 (B, size, size, 1 + 2 * context_slices) and ``y`` uint8 (B, size, size) with the
-    values of ``labels.SEPARATE_BONES`` (``merged``: 1 for any bone, as ``labels.MERGED_BONES``). Each
-    batch holds ``ceil(B / n_slices_per_sample)`` stacks; the slices of one stack come from one
-    synthetic volume (one label map, view and appearance) and are normalised together.
+    ``batch(index)`` returns ``x`` float32 (B, size, size, 1 + 2 * context_slices) and ``y`` uint8
+    (B, size, size) with the values of ``labels.SEPARATE_BONES`` (``merged``: 1 for any bone, as
+    ``labels.MERGED_BONES``). Each batch holds ``ceil(B / n_slices_per_sample)`` stacks; the slices of
+    one stack come from one synthetic volume (one label map, view and appearance) and are normalised
+    together.
 
     A batch depends only on (seed, epoch, index), so it is the same in any thread or worker process
     and in any order. ``on_epoch_end`` moves to the next epoch's fresh batches, unless ``fixed`` (a
