@@ -50,11 +50,16 @@ def random_affine(rng, size, config: AugmentConfig):
 
 def augment_pair(image, labels, rng, config: AugmentConfig = AugmentConfig()):
     """Augment one (rows, cols) image and its label map; returns new arrays."""
+    image, matrix, offset = augment_image(image, rng, config)
+    return image, ndimage.affine_transform(labels, matrix, offset, order=0, mode="constant", cval=0)
+
+
+def augment_image(image, rng, config: AugmentConfig = AugmentConfig()):
+    """Augment one (rows, cols) image; returns it with the affine (matrix, offset) that moved it."""
     matrix, offset = random_affine(rng, image.shape[0], config)
     fill = float(image.min())
     image = ndimage.affine_transform(image, matrix, offset, order=1, mode="constant", cval=fill)
-    labels = ndimage.affine_transform(labels, matrix, offset, order=0, mode="constant", cval=0)
-    return adjust_intensity(image, rng, config), labels
+    return adjust_intensity(image, rng, config), matrix, offset
 
 
 def adjust_intensity(image, rng, config: AugmentConfig = AugmentConfig()):
@@ -85,8 +90,12 @@ def augment_batch(images, labels, rng, config: AugmentConfig = AugmentConfig()):
     out_images = np.empty_like(images)
     out_labels = np.empty_like(labels)
     for i in range(images.shape[0]):
-        seed = rng.integers(2 ** 63) if images.shape[-1] > 1 else None
+        if images.shape[-1] == 1:
+            out_images[i, ..., 0], out_labels[i] = augment_pair(images[i, ..., 0], labels[i], rng, config)
+            continue
+        seed = rng.integers(2 ** 63)  # every channel replays the same draws
         for c in range(images.shape[-1]):
-            sample_rng = rng if seed is None else np.random.default_rng(seed)
-            out_images[i, ..., c], out_labels[i] = augment_pair(images[i, ..., c], labels[i], sample_rng, config)
+            out_images[i, ..., c], matrix, offset = augment_image(images[i, ..., c], np.random.default_rng(seed),
+                                                                  config)
+        out_labels[i] = ndimage.affine_transform(labels[i], matrix, offset, order=0, mode="constant", cval=0)
     return out_images, out_labels

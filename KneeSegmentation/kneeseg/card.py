@@ -26,8 +26,6 @@ KERAS_NAME = "model.keras"
 ONNX_NAME = "model.onnx"
 MAX_LABELS = 32
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_MODEL_KEYS = ("dims", "input_size", "n_classes", "filters", "depth", "dropout", "output", "n_slices",
-               "context_slices")
 _PREPROCESSING_KEYS = ("planes", "window_mm", "min_slice_mm", "n4", "n4_settings", "centre")
 
 

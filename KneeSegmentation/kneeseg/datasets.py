@@ -19,7 +19,7 @@ from .augment import AugmentConfig, augment_batch
 from .errors import InputError
 from .io import read_volume, same_geometry
 from .preprocess.centre import knee_centre_from_labels
-from .preprocess.frame import model_frame, resample_to_frame
+from .preprocess.frame import context_index, model_frame, resample_to_frame
 from .preprocess.intensity import population_statistics, standardize
 from .specs import FrameSpec
 
@@ -224,9 +224,8 @@ class PairedSlices:
     def _with_context(self, pick):
         """(B, rows, cols, 2c+1) float32: the picked slices with their neighbours, repeating a frame's
         edge slice where it has none."""
-        steps = np.arange(-self.context_slices, self.context_slices + 1)
-        first, last = self._frame_bounds[pick, :1], self._frame_bounds[pick, 1:]
-        index = np.clip(pick[:, None] + steps[None, :], first, last)
+        first, last = self._frame_bounds[pick].T
+        index = context_index(pick, self.context_slices, first, last)
         return np.moveaxis(self.images[index].astype(np.float32), 1, -1)
 
     def on_epoch_end(self):

@@ -149,9 +149,15 @@ def with_context(slices, context: int, first: int = 0, last: int = None):
     last = n if last is None else last
     if context == 0:
         return slices[first:last, ..., None]  # a view: the single-slice hot path copies nothing here
-    centres = np.arange(first, last)
-    index = np.clip(centres[:, None] + np.arange(-context, context + 1)[None, :], 0, n - 1)
-    return np.moveaxis(slices[index], 1, -1)
+    return np.moveaxis(slices[context_index(np.arange(first, last), context, 0, n - 1)], 1, -1)
+
+
+def context_index(centres, context: int, lo, hi):
+    """(len(centres), 2 * context + 1) slice indices: each centre with its neighbours, kept within
+    ``lo``..``hi`` (its frame's first and last slice; scalars or one per centre), so the edge repeats."""
+    centres = np.asarray(centres)
+    steps = np.arange(-context, context + 1)
+    return np.clip(centres[:, None] + steps[None, :], np.reshape(lo, (-1, 1)), np.reshape(hi, (-1, 1)))
 
 
 # --- a frame's slices for a 3D network: the thesis' z handling -------------------------------------
