@@ -237,6 +237,19 @@ def finalize(args):
     print(f"installed {INSTALLED}")
 
 
+def fine_tune_parser(sub, name, help, work="checkpoints (default: OUT.work); the same folder resumes",
+                     init_from=False):
+    """The subcommand of one resumable fine-tune (:func:`_fine_tune`)."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("--cache", default=".cache/labelmaps")
+    p.add_argument("--out", default=f"build/{name}")
+    p.add_argument("--work", default=None, help=work)
+    if init_from:
+        p.add_argument("--init-from", default=str(INSTALLED), help="bundle to fine-tune (default: the shipped model)")
+    p.add_argument("--time-limit-min", type=float, default=50.0, help="stop after the epoch that crosses this")
+    return p
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -244,25 +257,11 @@ def main():
     p.add_argument("--cache", default=".cache/labelmaps")
     p.add_argument("--preset", choices=PRESETS, default="cpu")
     p.add_argument("--out", default="build/default")
-    p = sub.add_parser("round2", help="the round-2 fine-tune (issue 12); rerun to continue")
-    p.add_argument("--cache", default=".cache/labelmaps")
-    p.add_argument("--out", default="build/round2")
-    p.add_argument("--work", default=None, help="checkpoints (default: OUT.work); the same folder resumes")
-    p.add_argument("--time-limit-min", type=float, default=50.0, help="stop after the epoch that crosses this")
-    p = sub.add_parser("round3", help="round 3: round 2 with a fibula carried onto the training maps; rerun "
-                       "to continue")
-    p.add_argument("--cache", default=".cache/labelmaps")
-    p.add_argument("--out", default="build/round3")
-    p.add_argument("--work", default=None, help="checkpoints and the fibula cache (default: OUT.work)")
-    p.add_argument("--init-from", default=str(INSTALLED), help="bundle to fine-tune (default: the shipped model)")
-    p.add_argument("--time-limit-min", type=float, default=50.0, help="stop after the epoch that crosses this")
-    p = sub.add_parser("round4", help="round 4: round 2 with one neighbouring slice on each side as channels "
-                       "(2.5D); rerun to continue")
-    p.add_argument("--cache", default=".cache/labelmaps")
-    p.add_argument("--out", default="build/round4")
-    p.add_argument("--work", default=None, help="checkpoints (default: OUT.work); the same folder resumes")
-    p.add_argument("--init-from", default=str(INSTALLED), help="bundle to fine-tune (default: the shipped model)")
-    p.add_argument("--time-limit-min", type=float, default=50.0, help="stop after the epoch that crosses this")
+    fine_tune_parser(sub, "round2", "the round-2 fine-tune (issue 12); rerun to continue")
+    fine_tune_parser(sub, "round3", "round 3: round 2 with a fibula carried onto the training maps; rerun to "
+                     "continue", work="checkpoints and the fibula cache (default: OUT.work)", init_from=True)
+    fine_tune_parser(sub, "round4", "round 4: round 2 with one neighbouring slice on each side as channels "
+                     "(2.5D); rerun to continue", init_from=True)
     p = sub.add_parser("finalize")
     p.add_argument("bundle")
     p.add_argument("--stage1")
