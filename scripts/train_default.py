@@ -209,6 +209,10 @@ def finalize(args):
                    "label maps (domain randomisation); tri-planar fusion at inference")
     card = dataclasses.replace(trained.card, training=training, description=description, metrics={})
     save_bundle(staging, model, card, onnx_path=onnx_path, extra_files=extras)
+    if args.cache and len(card.frame.planes) > 1:  # the fusion's plane weights, on the validation subjects
+        from kneeseg.workflows.fusion import fit_fusion
+
+        fit_fusion(staging, args.cache)
     bundle = load_bundle(staging)
     metrics = {"measured_on": args.hardware_eval, "date": args.date}
     if args.real2d:
@@ -266,7 +270,8 @@ def main():
     p.add_argument("bundle")
     p.add_argument("--stage1")
     p.add_argument("--real2d")
-    p.add_argument("--cache", help="label-map cache: also score held-out synthetic volumes")
+    p.add_argument("--cache", help="label-map cache: fit the fusion's plane weights on the validation subjects "
+                   "and score held-out synthetic volumes")
     p.add_argument("--synthetic-cases", type=int, default=14)
     p.add_argument("--recipe", choices=("round2", "round3", "round4"), default="round4",
                    help="the fine-tune that made BUNDLE (without --stage1; default: %(default)s)")

@@ -1,7 +1,8 @@
 """A model bundle's card, typed and checked: what the model segments and how its input is made.
 
 ``card.json`` is read once into a :class:`Card`: the labels, the :class:`~kneeseg.specs.NetworkSpec`,
-the :class:`~kneeseg.specs.FrameSpec`, the N4 setting and the weight files. Every field is checked
+the :class:`~kneeseg.specs.FrameSpec`, the N4 setting, the weight files and, when fitted, the planes'
+per-class fusion weights (``fusion``). Every field is checked
 for its type and range when the card is read (:func:`parse_card`), so a broken or hostile card is
 refused with one line naming the field, before any of it is used. Provenance (``training``) and
 measurements (``metrics``) are kept as they are, for people to read.
@@ -17,7 +18,7 @@ from pathlib import Path
 from . import INTENDED_USE
 from .errors import BundleError
 from .labels import Label, labels_to_json
-from .specs import FrameSpec, NetworkSpec, Normalisation, SpecError, check_keys, check_bool, check_int
+from .specs import FrameSpec, NetworkSpec, Normalisation, SpecError, check_keys, check_bool, check_int, check_number
 
 FORMAT = "kneeseg-bundle"
 FORMAT_VERSION = 1
@@ -49,6 +50,7 @@ class Card:
     description: str = ""
     training: dict = field(default_factory=dict)  # provenance, as written by training
     metrics: dict = field(default_factory=dict)  # measured results
+    fusion_weights: dict = None  # plane -> one weight per class (background first); None: plain mean
     raw: dict = field(default_factory=dict, repr=False, compare=False)  # the JSON as read
 
     @property
@@ -73,6 +75,12 @@ class Card:
         split = self.training.get("data", {}).get("split", {}) if isinstance(self.training, dict) else {}
         return list(split.get("test", []))
 
+    @property
+    def validation_subjects(self) -> list:
+        """The subjects training validated on (empty when the card records none)."""
+        split = self.training.get("data", {}).get("split", {}) if isinstance(self.training, dict) else {}
+        return list(split.get("validation", []))
+
     def with_frame(self, **changes) -> "Card":
         """The same card with some frame settings changed (e.g. a coarse whole-field first pass)."""
         return replace(self, frame=replace(self.frame, **changes))
@@ -93,6 +101,9 @@ class Card:
         out.update(format=FORMAT, format_version=FORMAT_VERSION, name=self.name, description=self.description,
                    labels=labels_to_json(self.labels), model=model, preprocessing=preprocessing,
                    normalisation=self.frame.normalisation.to_json(), training=self.training, metrics=self.metrics)
+        if self.fusion_weights:
+            out["fusion"] = {**self.raw.get("fusion", {}),
+                             "plane_weights": {plane: list(w) for plane, w in self.fusion_weights.items()}}
         out["weights"] = {name: {"file": w.file, "sha256": w.sha256} for name, w in self.weights.items()}
         return out
 
@@ -116,6 +127,8 @@ def parse_card(data, source=None) -> Card:
         _within("model", network.check_input_size, size)
         _check_labels_fit(labels, network)
         weights = _within("weights", _weights, data["weights"])
+        fusion_weights = _within("fusion", _fusion, data["fusion"], frame.planes, len(labels) + 1) \
+            if "fusion" in data else None
         name = _text("name", data.get("name", ""))
         description = _text("description", data.get("description", ""), 20000)
         _text("intended_use", data.get("intended_use", ""), 2000)
@@ -126,7 +139,7 @@ def parse_card(data, source=None) -> Card:
         raise BundleError(str(exc), source) from None
     return Card(name=name, labels=labels, network=network, frame=frame, weights=weights, n4=n4,
                 n4_settings=n4_settings, description=description, training=data.get("training", {}),
-                metrics=data.get("metrics", {}), raw=data)
+                metrics=data.get("metrics", {}), fusion_weights=fusion_weights, raw=data)
 
 
 def card_for(labels, network: NetworkSpec, frame: FrameSpec, name="knee-bones", description="", training=None,
@@ -199,6 +212,28 @@ def _preprocessing(pre, size, normalisation) -> tuple:
 
     N4Settings.from_overrides(n4_settings)  # refuses unknown names, wrong types and ranges
     return frame, n4, dict(n4_settings)
+
+
+def _fusion(section, planes, n_classes) -> dict:
+    """plane -> one weight per class: every plane of the card, weights in [0, 1], every class weighed
+    by some plane."""
+    if not isinstance(section, dict) or not isinstance(section.get("plane_weights"), dict):
+        raise SpecError("fusion.plane_weights", "must be a JSON object: plane -> one weight per class")
+    by_plane = section["plane_weights"]
+    if sorted(by_plane) != sorted(planes):
+        raise SpecError("fusion.plane_weights", f"must name the card's planes ({', '.join(planes)}), not "
+                        f"{', '.join(map(str, by_plane)) or 'none'}")
+    out = {}
+    for plane in planes:
+        values = by_plane[plane]
+        if not isinstance(values, list) or len(values) != n_classes:
+            raise SpecError(f"fusion.plane_weights.{plane}", f"must list {n_classes} weights (background first, "
+                            "then each label)")
+        out[plane] = tuple(check_number(f"fusion.plane_weights.{plane}", v, 0.0, 1.0) for v in values)
+    for c in range(n_classes):
+        if not any(out[plane][c] > 0 for plane in planes):
+            raise SpecError("fusion.plane_weights", f"class {c} has weight 0 in every plane")
+    return out
 
 
 def _check_labels_fit(labels, network: NetworkSpec):

@@ -72,6 +72,18 @@ def build_parser():
     p.add_argument("--update-card", action="store_true", help="store the summary in the bundle card's metrics")
     p.add_argument("--planes", help="fuse these planes instead of the bundle's (volumes: --pairs, --synthetic; "
                    "default: the bundle's)")
+    contract.option("segment", "fusion").add_to(p)
+    _add_device_and_progress(p)
+
+    p = sub.add_parser("fit-fusion", help="fit a bundle's per-class plane weights for tri-planar fusion",
+                       description="Fit how much each plane's prediction counts, per class, when the planes are "
+                       "fused: on synthetic scans of the subjects the bundle validated on (never its test "
+                       "subjects), made with the generator settings its card records. Writes the weights into "
+                       "the card (segment --fusion weighted uses them). About 10 minutes on 2 CPU cores.")
+    p.add_argument("model", help="bundle folder (its card is updated)")
+    p.add_argument("--cache", required=True, help="label-map cache holding the bundle's validation subjects "
+                   "(kneeseg synth prepare)")
+    p.add_argument("--dry-run", action="store_true", help="fit and print the weights, leave the card as it is")
     _add_device_and_progress(p)
 
     p = sub.add_parser("info", help="show a model bundle's card")
@@ -221,7 +233,7 @@ def _segment_options(args):
                           n4_settings=_n4_settings(args),
                           centre=_parse_centre(args.centre), batch_size=args.batch_size,
                           postprocess=not args.no_postprocess, confidence=bool(args.confidence),
-                          backend=args.backend)
+                          backend=args.backend, fusion=args.fusion)
 
 
 def _n4_settings(args):
@@ -329,7 +341,7 @@ def cmd_evaluate(args, progress):
         results["real2d"] = evaluate_real2d(bundle, args.real2d, progress=progress)
     from .infer import SegmentOptions
 
-    options = SegmentOptions(planes=_planes(args.planes) if args.planes else None)
+    options = SegmentOptions(planes=_planes(args.planes) if args.planes else None, fusion=args.fusion)
     if args.pairs:
         results["pairs"] = evaluate_pairs(bundle, args.pairs, progress=progress, options=options)
     if args.synthetic:
@@ -342,7 +354,8 @@ def cmd_evaluate(args, progress):
         if args.model and Path(args.model).is_file():
             raise InputError("--update-card needs a bundle folder, not a zip", args.model)
         metrics = dict(bundle.card.metrics)
-        suffix = f" (planes {args.planes})" if args.planes else ""
+        suffix = (f" (planes {args.planes})" if args.planes else "") + (
+            f" (fusion {args.fusion})" if args.fusion != "weighted" else "")
         metrics.update({name + suffix: value for name, value in summary.items()})
         update_card(bundle.folder, metrics=metrics)
     if progress.mode != "json":
@@ -353,7 +366,26 @@ def cmd_evaluate(args, progress):
     return EXIT_OK
 
 
-# --- info, synth, overlay ---------------------------------------------------------------------------
+# --- fit-fusion, info, synth, overlay ---------------------------------------------------------------
+
+
+def cmd_fit_fusion(args, progress):
+    from .workflows.fusion import fit_fusion
+
+    if not Path(args.model).is_dir():
+        raise InputError("fit-fusion updates a bundle folder's card; unpack a zipped bundle first", args.model)
+    section = fit_fusion(args.model, args.cache, write=not args.dry_run, progress=progress)
+    classes = section["classes"]
+    lines = ["plane      " + " ".join(f"{name:>10}" for name in classes)]
+    lines += [f"{plane:<10} " + " ".join(f"{w:>10.2f}" for w in weights)
+              for plane, weights in section["plane_weights"].items()]
+    fitted = section["fitted"]
+    lines.append(f"validation mean Dice (before clean-up): plain mean {fitted['mean_dice_plain_mean']:.3f}, "
+                 f"weighted {fitted['mean_dice_weighted']:.3f} ({fitted['scans']} scans)")
+    print("\n".join(lines))
+    progress.done("fusion weights " + ("fitted (dry run: card unchanged)" if args.dry_run else "written to the card"),
+                  section)
+    return EXIT_OK
 
 
 def cmd_info(args, progress):
@@ -419,7 +451,7 @@ def cmd_overlay(args, progress):
     return EXIT_OK
 
 
-COMMANDS = {"segment": cmd_segment, "train": cmd_train, "evaluate": cmd_evaluate, "info": cmd_info,
+COMMANDS = {"segment": cmd_segment, "train": cmd_train, "evaluate": cmd_evaluate, "info": cmd_info, "fit-fusion": cmd_fit_fusion,
             "synth": cmd_synth, "overlay": cmd_overlay}
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from .errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK, Cancelled, InputError, MissingPackage
 from .geometry import PLANES
 from .progress import Progress
-from .specs import NORMALISATION_MODES, OUTPUTS, setting_defaults
+from .specs import FUSIONS, NORMALISATION_MODES, OUTPUTS, setting_defaults
 
 __all__ = [
     "EXIT_OK", "EXIT_INTERNAL", "EXIT_BAD_INPUT", "EXIT_CANCELLED", "PROGRESS_MODES", "DEVICES", "PLANES",
@@ -214,6 +214,9 @@ SEGMENT_OPTIONS = (
     Option(("--n4-iterations",), "n4_iterations", "N4: iterations per fitting level, comma-separated "
            "(default 25,25,50,50)"),
     Option(("--planes",), "planes", "comma-separated slice planes to fuse (default: the bundle's)"),
+    Option(("--fusion",), "fusion", "how the planes' probabilities are combined: weighted (per class, by the "
+           "bundle's fitted plane weights; the plain mean when it has none) or mean", default="weighted",
+           choices=FUSIONS),
     Option(("--centre",), "centre", "knee centre: auto (model, else image centre), model, intensity, image, or "
            "'x,y,z' in LPS mm", default="auto"),
     Option(("--backend",), "backend", "inference engine (auto: ONNX Runtime when the bundle has a graph and it is "

@@ -3,7 +3,7 @@
 Per slice plane the bundle declares: resample the volume onto the plane's model frame (a square
 physical window around the knee centre), normalise, predict slice by slice, and resample the
 *probabilities* back onto the input grid. Probabilities of several planes are averaged (tri-planar
-fusion) before the argmax; then each bone keeps its largest component with holes filled.
+fusion; weighted per class when the bundle carries fitted weights) before the argmax; then each bone keeps its largest component with holes filled.
 """
 
 import importlib.util
@@ -17,12 +17,13 @@ from . import quality
 from .errors import Cancelled, InputError, MissingPackage
 from .io import validate_volume
 from .postprocess.cleanup import bone_volumes_ml, clean_labelmap, keep_largest_component
-from .postprocess.fusion import PlaneProbabilities, fuse_frames
+from .postprocess.fusion import PlaneProbabilities, class_plane_weights, fuse_frames
 from .preprocess import intensity
 from .preprocess.centre import centre_by_intensity, image_centre, knee_centre
 from .preprocess.frame import (model_frame, pad_slices, physical_bounds, resample_to_frame, subsample_slices,
                                unpad_slices, upsample_slices, with_context)
 from .progress import NO_PROGRESS
+from .specs import FUSIONS
 
 
 @dataclass
@@ -37,6 +38,7 @@ class SegmentOptions:
     backend: str = "auto"  # "auto", "keras", "onnx"
     quality: bool = True  # the quality score and flag (kneeseg.quality): measured on the way, little cost
     single_slice: bool = False  # accept a one-slice image (the evaluation of real 2D slices)
+    fusion: str = "weighted"  # "weighted": the bundle's per-class plane weights if it has any; "mean": plain mean
 
 
 @dataclass
@@ -300,6 +302,7 @@ def segment(image, bundle, options: SegmentOptions = None, progress=None, cancel
     card = bundle.card
     labels = bundle.labels
     planes = tuple(options.planes or card.frame.planes)
+    weights = fusion_weights(card, planes, options.fusion)
     timings = {}
     t0 = time.perf_counter()
     predictor = predictor or make_predictor(bundle, options.backend)
@@ -333,7 +336,7 @@ def segment(image, bundle, options: SegmentOptions = None, progress=None, cancel
     progress("postprocess", 0.85, "fusing the planes, largest component per bone, hole filling")
     fusion_quality = {} if options.quality else None
     label_array, fused_max = fuse_frames(frames, image, confidence=options.confidence, timings=timings,
-                                         quality=fusion_quality)
+                                         quality=fusion_quality, weights=weights)
     del frames
     t = time.perf_counter()
     pieces = {}
@@ -357,6 +360,14 @@ def segment(image, bundle, options: SegmentOptions = None, progress=None, cancel
         timings["quality"] = time.perf_counter() - t
     progress("segmented", 0.9, "segmentation finished")
     return SegmentationResult(labelmap, labels, volumes, tuple(centre), confidence, timings, result_quality)
+
+
+def fusion_weights(card, planes, fusion="weighted"):
+    """The (planes, classes) fusion weights ``fuse_frames`` takes for ``planes``: the card's fitted
+    per-class plane weights (normalised over the planes fused), or None for the plain mean."""
+    if fusion not in FUSIONS:
+        raise InputError(f"unknown fusion {fusion!r}; choose {', '.join(FUSIONS)}")
+    return class_plane_weights(card.fusion_weights, planes) if fusion == "weighted" else None
 
 
 def case_quality(label_array, fusion_quality, pieces, volumes, labels, image):

@@ -143,6 +143,7 @@ class FrameSpec:
 
 
 OUTPUTS = ("separate", "merged")
+FUSIONS = ("weighted", "mean")  # tri-planar fusion: the bundle's fitted per-class plane weights, or the plain mean
 
 
 @dataclass(frozen=True)

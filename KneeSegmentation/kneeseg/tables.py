@@ -97,6 +97,8 @@ def card_table(card, location) -> str:
             else f"{card.network.dims}D U-Net")
     lines.append(f"  planes: {', '.join(card.frame.planes)}  ({kind}, "
                  f"input {card.frame.size}x{card.frame.size}, window {card.frame.window_mm} mm)")
+    if len(card.frame.planes) > 1:
+        lines.append("  fusion: " + _fusion_line(card))
     data = card.training.get("data", {}) if isinstance(card.training, dict) else {}
     if isinstance(data, dict) and data.get("kind"):
         lines.append(f"  training data: {data['kind']}")
@@ -106,6 +108,18 @@ def card_table(card, location) -> str:
     lines += _measured_dice(card.metrics)
     lines.append(f"  weights: {', '.join(card.weights)} (sha256 verified)")
     return "\n".join(lines)
+
+
+def _fusion_line(card) -> str:
+    if not card.fusion_weights:
+        return "plain mean of the planes' probabilities"
+    fitted = card.raw.get("fusion", {}).get("fitted", {})
+    fitted = fitted if isinstance(fitted, dict) else {}
+    names = ["background"] + [label.name for label in card.labels]
+    weights = "; ".join(f"{name} " + "/".join(f"{card.fusion_weights[plane][c]:.2f}" for plane in card.frame.planes)
+                        for c, name in enumerate(names))
+    when = f", fitted {fitted['date']} on {fitted.get('scans', '?')} validation scans" if "date" in fitted else ""
+    return f"weighted per class ({'/'.join(card.frame.planes)}: {weights}{when})"
 
 
 def _measured_dice(metrics):

@@ -4,6 +4,10 @@ Each plane's network output lives on its own model frame (``preprocess.frame``).
 interpolates the bone probabilities of every plane onto the scan's exact grid, averages them and takes
 the argmax: the last step of inference before the clean-up. :class:`PlaneProbabilities` keeps one
 plane's bone channels, ready for that, so inference can drop the full probabilities plane by plane.
+
+The average is plain, or weighted per class (:func:`class_plane_weights`): a bundle may carry, per
+plane, one weight per class, fitted on its validation volumes (``postprocess.plane_weights``), so that
+a bone one plane sees better than the others is not outvoted by them.
 """
 
 import time
@@ -151,10 +155,26 @@ class PlaneProbabilities:
                                                      sitk.sitkFloat32)) for source in self.sources]
 
 
-def _argmax_with_background(channels):
+def class_plane_weights(weights_by_plane, planes):
+    """The fusion weights of ``planes`` (in that order), (planes, classes), each class's column summing
+    to 1, from a bundle's per-plane weights (plane -> one weight per class, background first).
+
+    A class that none of ``planes`` weighs gets equal weights. None (the plain mean) when there are no
+    weights, when one plane only is fused (its probabilities are then the result either way) or when a
+    plane has no weights (the bundle's fit did not include it).
+    """
+    if not weights_by_plane or len(planes) < 2 or any(plane not in weights_by_plane for plane in planes):
+        return None
+    weights = np.array([weights_by_plane[plane] for plane in planes], dtype=np.float64)
+    totals = weights.sum(axis=0)
+    weights[:, totals <= 0] = 1.0
+    return (weights / weights.sum(axis=0)).astype(np.float32)
+
+
+def _argmax_with_background(channels, background=None):
     """(winner, best, background) of [background, *channels] voxel by voxel; first maximum wins (as
     np.argmax). Channel by channel: numpy reduces a short last axis 5-8x slower than it combines
-    whole channels."""
+    whole channels. ``background``: 1 - the channels' sum unless given."""
     best = np.array(channels[0], dtype=np.float32)
     total = best.copy()
     winner = np.ones(best.shape, dtype=np.uint8)
@@ -164,7 +184,8 @@ def _argmax_with_background(channels):
         better = channel > best
         np.copyto(best, channel, where=better)
         winner[better] = c + 1
-    background = 1.0 - total
+    if background is None:
+        background = 1.0 - total
     winner[best <= background] = 0
     return winner, best, background
 
@@ -179,7 +200,7 @@ def _pairwise_confusions(winners, n_classes):
     return out
 
 
-def fuse_frames(planes, reference, confidence=False, slab_voxels=1 << 21, timings=None, quality=None):
+def fuse_frames(planes, reference, confidence=False, slab_voxels=1 << 21, timings=None, quality=None, weights=None):
     """Average the class probabilities of several planes on ``reference``'s grid and take the argmax.
 
     ``planes``: a list of ``(frame, probabilities)`` with probabilities (slices, rows, cols, classes),
@@ -198,6 +219,11 @@ def fuse_frames(planes, reference, confidence=False, slab_voxels=1 << 21, timing
     * slab by slab (about ``slab_voxels`` voxels each), never the full multi-channel volume;
     * frames parallel to the reference grid (the usual case: plane-aligned frames and an axis-
       aligned scan) are interpolated separably in numpy; others through SimpleITK.
+
+    ``weights``: None for the plain mean, else (planes, classes) weights whose every class column sums
+    to 1 (:func:`class_plane_weights`): class c's fused probability is the weighted sum of the planes'
+    probabilities of c (the background's of their backgrounds). Convex weights keep the foreground box
+    exact: where every plane says background > 0.5, so does every weighted sum.
 
     ``quality``: a dict to fill, on the way, with what the quality score needs (``kneeseg.quality``):
     ``"box"`` (lo, hi) and ``"box_confidence"`` (the winning fused probability on that box, where
@@ -234,20 +260,29 @@ def fuse_frames(planes, reference, confidence=False, slab_voxels=1 << 21, timing
         k1 = min(k0 + step - 1, int(hi[0]))
         slab_lo, slab_hi = (k0, lo[1], lo[2]), (k1, hi[1], hi[2])
         plane_winners = []  # each plane's own argmax, for the quality score (uint8: small)
-        fused = None
-        for sampler in samplers:
+        fused, bone_share = None, None
+        for p, sampler in enumerate(samplers):
             sample = sampler.sample(slab_lo, slab_hi)
             if box_conf is not None and len(samplers) > 1:
                 plane_winners.append(_argmax_with_background(sample)[0])
-            if fused is None:
+            if weights is not None:
+                if fused is None:
+                    fused = [np.zeros(sample[0].shape, np.float32) for _ in sample]
+                    bone_share = np.zeros(sample[0].shape, np.float32)
+                for c, (acc, channel) in enumerate(zip(fused, sample)):
+                    acc += weights[p, c + 1] * channel
+                    bone_share += weights[p, 0] * channel  # the background's weighted sum is 1 - this
+            elif fused is None:
                 fused = [np.array(c, dtype=np.float32) for c in sample]  # contiguous
             else:
                 for acc, channel in zip(fused, sample):
                     acc += channel
             del sample
-        for acc in fused:
-            acc /= len(samplers)
-        winner, best, background = _argmax_with_background(fused)
+        if weights is None:
+            for acc in fused:
+                acc /= len(samplers)
+        winner, best, background = _argmax_with_background(
+            fused, None if bone_share is None else 1.0 - bone_share)
         target = (slice(k0, k1 + 1), slice(int(lo[1]), int(hi[1]) + 1), slice(int(lo[2]), int(hi[2]) + 1))
         labels[target] = winner
         if conf is not None:
