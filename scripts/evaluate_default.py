@@ -183,9 +183,10 @@ def write_report(path, results, bundle_path):
                         "/".join(str(v) for v in r["pieces"].values()), f"[png]({r['overlay']})"] for r in real]),
                 "\nTri-planar fusion is the default because it is visibly better on the DESS volume: with the "
                 "sagittal plane alone, thigh muscle above the femur and around the patella is labelled femur on "
-                "many slices; fusing the coronal and axial predictions removes most of it (some muscle next to "
-                "the femoral shaft stays labelled femur). It costs about 3x the network time "
-                "([benchmarks.md](benchmarks.md)).\n"]
+                "many slices. Fusing the coronal and axial predictions with the plane weights the bundle "
+                "carries (`kneeseg info`) removes it from the sheet's slices; with the plain mean "
+                "(`--fusion mean`) a grid of that muscle stays labelled femur (round 5 below). The three planes "
+                "cost about 3x the network time of one ([benchmarks.md](benchmarks.md)).\n"]
     if centres:
         out += ["## Knee centre without labels\n",
                 "Distance from each method's centre to the femur-tibia junction of the labels, on the real "
