@@ -372,8 +372,10 @@ def cmd_evaluate(args, progress):
 def cmd_fit_fusion(args, progress):
     from .workflows.fusion import fit_fusion
 
-    if not Path(args.model).is_dir():
+    if Path(args.model).is_file():
         raise InputError("fit-fusion updates a bundle folder's card; unpack a zipped bundle first", args.model)
+    if not Path(args.model).is_dir():
+        raise InputError("no such bundle folder", args.model)
     section = fit_fusion(args.model, args.cache, write=not args.dry_run, progress=progress)
     classes = section["classes"]
     lines = ["plane      " + " ".join(f"{name:>10}" for name in classes)]
@@ -451,8 +453,8 @@ def cmd_overlay(args, progress):
     return EXIT_OK
 
 
-COMMANDS = {"segment": cmd_segment, "train": cmd_train, "evaluate": cmd_evaluate, "info": cmd_info, "fit-fusion": cmd_fit_fusion,
-            "synth": cmd_synth, "overlay": cmd_overlay}
+COMMANDS = {"segment": cmd_segment, "train": cmd_train, "evaluate": cmd_evaluate, "info": cmd_info,
+            "fit-fusion": cmd_fit_fusion, "synth": cmd_synth, "overlay": cmd_overlay}
 
 
 _MAIN_PID = os.getpid()

@@ -3,7 +3,8 @@
 Per slice plane the bundle declares: resample the volume onto the plane's model frame (a square
 physical window around the knee centre), normalise, predict slice by slice, and resample the
 *probabilities* back onto the input grid. Probabilities of several planes are averaged (tri-planar
-fusion; weighted per class when the bundle carries fitted weights) before the argmax; then each bone keeps its largest component with holes filled.
+fusion; weighted per class when the bundle carries fitted weights) before the argmax; then each bone
+keeps its largest component with holes filled.
 """
 
 import importlib.util

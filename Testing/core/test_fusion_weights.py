@@ -322,3 +322,14 @@ def test_fit_fusion_fits_on_the_validation_subjects_and_writes_the_card(tiny_bun
     with pytest.raises(InputError):  # no cache: a clear error, the card as it was
         fit_fusion(folder, tmp_path / "cache")
     assert load_bundle(folder).card.fusion_weights == bundle.card.fusion_weights
+
+
+def test_cli_fit_fusion_names_a_missing_or_zipped_bundle(tmp_path, capsys):
+    from kneeseg.cli import main
+
+    assert main(["fit-fusion", str(tmp_path / "nope"), "--cache", str(tmp_path), "--progress", "none"]) == 2
+    assert "no such bundle folder" in capsys.readouterr().err
+    zipped = tmp_path / "bundle.zip"
+    zipped.write_bytes(b"PK")
+    assert main(["fit-fusion", str(zipped), "--cache", str(tmp_path), "--progress", "none"]) == 2
+    assert "unpack a zipped bundle first" in capsys.readouterr().err
