@@ -127,8 +127,7 @@ def parse_card(data, source=None) -> Card:
         _within("model", network.check_input_size, size)
         _check_labels_fit(labels, network)
         weights = _within("weights", _weights, data["weights"])
-        fusion_weights = _within("fusion", _fusion, data["fusion"], frame.planes, len(labels) + 1) \
-            if "fusion" in data else None
+        fusion_weights = _within("fusion", _fusion, data["fusion"], len(labels) + 1) if "fusion" in data else None
         name = _text("name", data.get("name", ""))
         description = _text("description", data.get("description", ""), 20000)
         _text("intended_use", data.get("intended_use", ""), 2000)
@@ -214,24 +213,28 @@ def _preprocessing(pre, size, normalisation) -> tuple:
     return frame, n4, dict(n4_settings)
 
 
-def _fusion(section, planes, n_classes) -> dict:
-    """plane -> one weight per class: every plane of the card, weights in [0, 1], every class weighed
-    by some plane."""
+def _fusion(section, n_classes) -> dict:
+    """plane -> one weight per class, for any of the three planes (a card whose planes were edited
+    keeps its weights: inference uses those of the planes it fuses), weights in [0, 1], every class
+    weighed by some plane."""
+    from .geometry import PLANES
+
     if not isinstance(section, dict) or not isinstance(section.get("plane_weights"), dict):
         raise SpecError("fusion.plane_weights", "must be a JSON object: plane -> one weight per class")
     by_plane = section["plane_weights"]
-    if sorted(by_plane) != sorted(planes):
-        raise SpecError("fusion.plane_weights", f"must name the card's planes ({', '.join(planes)}), not "
-                        f"{', '.join(map(str, by_plane)) or 'none'}")
+    unknown = [str(plane) for plane in by_plane if plane not in PLANES]
+    if unknown or not by_plane:
+        raise SpecError("fusion.plane_weights", f"must name planes of {', '.join(PLANES)}, not "
+                        f"{', '.join(unknown) or 'none'}")
     out = {}
-    for plane in planes:
+    for plane in (p for p in PLANES if p in by_plane):
         values = by_plane[plane]
         if not isinstance(values, list) or len(values) != n_classes:
             raise SpecError(f"fusion.plane_weights.{plane}", f"must list {n_classes} weights (background first, "
                             "then each label)")
         out[plane] = tuple(check_number(f"fusion.plane_weights.{plane}", v, 0.0, 1.0) for v in values)
     for c in range(n_classes):
-        if not any(out[plane][c] > 0 for plane in planes):
+        if not any(weights[c] > 0 for weights in out.values()):
             raise SpecError("fusion.plane_weights", f"class {c} has weight 0 in every plane")
     return out
 

@@ -195,8 +195,13 @@ def test_card_reads_writes_and_checks_the_fusion_section(tiny_bundle):
     assert parsed.fusion_weights == {plane: tuple(w) for plane, w in good.items()}
     assert parse_card(parsed.to_json()).fusion_weights == parsed.fusion_weights
     assert parsed.to_json()["fusion"]["classes"][0] == "background"  # what the section says besides is kept
+    # a card whose planes were edited (e.g. to one plane) keeps its weights and loads
+    edited = _with_fusion({**card, "preprocessing": {**card["preprocessing"], "planes": ["sagittal"]}},
+                          {plane: [0.5] * n for plane in PLANES})
+    assert set(parse_card(edited).fusion_weights) == set(PLANES)
     bad_cases = [
-        ({p: good[p] for p in planes[:-1]}, "must name the card's planes"),
+        ({**good, "oblique": good[planes[0]]}, "must name planes of sagittal, coronal, axial, not oblique"),
+        ({}, "not none"),
         ({**good, planes[0]: good[planes[0]][:-1]}, f"must list {n} weights"),
         ({**good, planes[0]: [-0.1] + good[planes[0]][1:]}, "must lie in [0, 1]"),
         ({**good, planes[0]: ["x"] * n}, "must be a number"),
