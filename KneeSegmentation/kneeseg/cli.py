@@ -384,7 +384,8 @@ def cmd_fit_fusion(args, progress):
     fitted = section["fitted"]
     lines.append(f"validation mean Dice (before clean-up): plain mean {fitted['mean_dice_plain_mean']:.3f}, "
                  f"weighted {fitted['mean_dice_weighted']:.3f} ({fitted['scans']} scans)")
-    print("\n".join(lines))
+    if progress.mode != "json":  # JSON progress: stdout carries JSON lines only
+        print("\n".join(lines))
     progress.done("fusion weights " + ("fitted (dry run: card unchanged)" if args.dry_run else "written to the card"),
                   section)
     return EXIT_OK

@@ -289,7 +289,8 @@ def test_fit_fusion_refuses_bundles_it_cannot_fit(tiny_bundle, tmp_path):
         fit_fusion(folder, tmp_path / "cache")
 
 
-def test_fit_fusion_fits_on_the_validation_subjects_and_writes_the_card(tiny_bundle, tmp_path):
+def test_fit_fusion_fits_on_the_validation_subjects_and_writes_the_card(tiny_bundle, tmp_path, capsys):
+    from kneeseg.cli import main
     from kneeseg.synth import prepare_cache
     from kneeseg.workflows.fusion import fit_fusion
     from test_synth import PHANTOM_SOURCE, write_phantom
@@ -311,9 +312,14 @@ def test_fit_fusion_fits_on_the_validation_subjects_and_writes_the_card(tiny_bun
     (folder / CARD_NAME).write_text(json.dumps(card))
     before = (folder / CARD_NAME).read_text()
 
-    dry = fit_fusion(folder, tmp_path / "cache", step=0.25, write=False)
+    capsys.readouterr()
+    assert main(["fit-fusion", str(folder), "--cache", str(tmp_path / "cache"), "--dry-run",
+                 "--progress", "json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]  # JSON lines only
+    assert lines[-1]["stage"] == "done" and "dry run" in lines[-1]["message"]
+    dry = lines[-1]["result"]
     assert (folder / CARD_NAME).read_text() == before
-    section = fit_fusion(folder, tmp_path / "cache", step=0.25)
+    section = fit_fusion(folder, tmp_path / "cache")
     assert section["plane_weights"] == dry["plane_weights"]  # the scans and the fit are pinned
     fitted = section["fitted"]
     assert fitted["subjects"] == validation and fitted["scans"] == 3 * 2 + 3  # the map with a fibula twice
