@@ -210,9 +210,13 @@ def finalize(args):
     card = dataclasses.replace(trained.card, training=training, description=description, metrics={})
     save_bundle(staging, model, card, onnx_path=onnx_path, extra_files=extras)
     if args.cache and len(card.frame.planes) > 1:  # the fusion's plane weights, on the validation subjects
+        from kneeseg.errors import InputError
         from kneeseg.workflows.fusion import fit_fusion
 
-        fit_fusion(staging, args.cache)
+        try:
+            fit_fusion(staging, args.cache)
+        except InputError as exc:  # e.g. a card without validation subjects: the plain mean stays
+            print(f"fusion weights not fitted ({exc}); the bundle fuses its planes with the plain mean")
     bundle = load_bundle(staging)
     metrics = {"measured_on": args.hardware_eval, "date": args.date}
     if args.real2d:
