@@ -308,31 +308,7 @@ def segment(image, bundle, options: SegmentOptions = None, progress=None, cancel
     t0 = time.perf_counter()
     predictor = predictor or make_predictor(bundle, options.backend)
     timings["load_model"] = time.perf_counter() - t0
-
-    work = image
-    use_n4 = card.n4 if options.n4 is None else options.n4
-    if use_n4:
-        progress("n4", 0.05, "N4 bias field correction")
-        t = time.perf_counter()
-        settings = intensity.N4Settings.from_overrides({**card.n4_settings, **(options.n4_settings or {})})
-        work = intensity.n4_bias_correct(image, settings)
-        timings["n4"] = time.perf_counter() - t
-    _check_cancel(cancel)
-
-    progress("centre", 0.15, "finding the knee centre")
-    t = time.perf_counter()
-    centre = find_centre(work, predictor, card, options.centre, options.batch_size)
-    timings["centre"] = time.perf_counter() - t
-
-    frames = []
-    for i, plane in enumerate(planes):
-        progress("network", 0.2 + 0.6 * i / len(planes), f"predicting {plane} slices")
-        t = time.perf_counter()
-        frame, probs = frame_probabilities(work, predictor, card, plane, centre, options.batch_size, cancel)
-        frames.append(PlaneProbabilities(frame, probs, image))  # bone channels only: less memory
-        del probs
-        timings[f"network_{plane}"] = time.perf_counter() - t
-        _check_cancel(cancel)
+    centre, frames = plane_predictions(image, bundle, predictor, options, planes, progress, cancel, timings)
 
     progress("postprocess", 0.85, "fusing the planes, largest component per bone, hole filling")
     fusion_quality = {} if options.quality else None
@@ -361,6 +337,40 @@ def segment(image, bundle, options: SegmentOptions = None, progress=None, cancel
         timings["quality"] = time.perf_counter() - t
     progress("segmented", 0.9, "segmentation finished")
     return SegmentationResult(labelmap, labels, volumes, tuple(centre), confidence, timings, result_quality)
+
+
+def plane_predictions(image, bundle, predictor, options: SegmentOptions, planes, progress=NO_PROGRESS, cancel=None,
+                      timings=None):
+    """Everything :func:`segment` does before fusing: N4 when asked, the knee centre, and each of
+    ``planes`` predicted. Returns ``(centre, frames)``: one :class:`PlaneProbabilities` per plane,
+    ready to be sampled on ``image``'s grid (``fuse_frames``, or the fit of the fusion weights)."""
+    card = bundle.card
+    timings = {} if timings is None else timings
+    work = image
+    use_n4 = card.n4 if options.n4 is None else options.n4
+    if use_n4:
+        progress("n4", 0.05, "N4 bias field correction")
+        t = time.perf_counter()
+        settings = intensity.N4Settings.from_overrides({**card.n4_settings, **(options.n4_settings or {})})
+        work = intensity.n4_bias_correct(image, settings)
+        timings["n4"] = time.perf_counter() - t
+    _check_cancel(cancel)
+
+    progress("centre", 0.15, "finding the knee centre")
+    t = time.perf_counter()
+    centre = find_centre(work, predictor, card, options.centre, options.batch_size)
+    timings["centre"] = time.perf_counter() - t
+
+    frames = []
+    for i, plane in enumerate(planes):
+        progress("network", 0.2 + 0.6 * i / len(planes), f"predicting {plane} slices")
+        t = time.perf_counter()
+        frame, probs = frame_probabilities(work, predictor, card, plane, centre, options.batch_size, cancel)
+        frames.append(PlaneProbabilities(frame, probs, image))  # bone channels only: less memory
+        del probs
+        timings[f"network_{plane}"] = time.perf_counter() - t
+        _check_cancel(cancel)
+    return centre, frames
 
 
 def fusion_weights(card, planes, fusion="weighted"):

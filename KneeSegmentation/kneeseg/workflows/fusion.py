@@ -23,22 +23,16 @@ VOXEL_STRIDE = 3
 
 def plane_samples(bundle, image, truth, predictor):
     """:class:`~kneeseg.postprocess.plane_weights.PlaneSamples` of one labelled scan: every plane of
-    the bundle's card predicted, its bone probabilities interpolated onto the scan's grid."""
+    the bundle's card predicted as ``segment`` predicts it, its bone probabilities interpolated onto
+    the scan's grid."""
     import SimpleITK as sitk
 
-    from ..infer import find_centre, frame_probabilities
-    from ..postprocess.fusion import PlaneProbabilities
+    from ..infer import SegmentOptions, plane_predictions
     from ..postprocess.plane_weights import PlaneSamples
 
-    card = bundle.card
-    centre = find_centre(image, predictor, card)
-    size = np.array(image.GetSize()[::-1])
-    planes_bones = []
-    for plane in card.frame.planes:
-        frame, probabilities = frame_probabilities(image, predictor, card, plane, centre)
-        sampler = PlaneProbabilities(frame, probabilities, image)
-        del probabilities
-        planes_bones.append(np.stack(sampler.sample(np.zeros(3, int), size - 1), axis=-1))
+    _, frames = plane_predictions(image, bundle, predictor, SegmentOptions(), bundle.card.frame.planes)
+    last = np.array(image.GetSize()[::-1]) - 1
+    planes_bones = [np.stack(frame.sample(np.zeros(3, int), last), axis=-1) for frame in frames]
     return PlaneSamples.from_planes(planes_bones, sitk.GetArrayFromImage(truth), VOXEL_STRIDE)
 
 
