@@ -18,7 +18,9 @@ from pathlib import Path
 from . import INTENDED_USE
 from .errors import BundleError
 from .labels import Label, labels_to_json
-from .specs import FrameSpec, NetworkSpec, Normalisation, SpecError, check_keys, check_bool, check_int, check_number
+from .geometry import PLANES
+from .specs import (FrameSpec, NetworkSpec, Normalisation, SpecError, check_bool, check_int, check_keys, check_number,
+                    check_planes)
 
 FORMAT = "kneeseg-bundle"
 FORMAT_VERSION = 1
@@ -72,14 +74,16 @@ class Card:
     @property
     def test_subjects(self) -> list:
         """The subjects training held out for testing (empty when the card records none)."""
-        split = self.training.get("data", {}).get("split", {}) if isinstance(self.training, dict) else {}
-        return list(split.get("test", []))
+        return self._split_part("test")
 
     @property
     def validation_subjects(self) -> list:
         """The subjects training validated on (empty when the card records none)."""
+        return self._split_part("validation")
+
+    def _split_part(self, part) -> list:
         split = self.training.get("data", {}).get("split", {}) if isinstance(self.training, dict) else {}
-        return list(split.get("validation", []))
+        return list(split.get(part, []))
 
     def with_frame(self, **changes) -> "Card":
         """The same card with some frame settings changed (e.g. a coarse whole-field first pass)."""
@@ -217,15 +221,10 @@ def _fusion(section, n_classes) -> dict:
     """plane -> one weight per class, for any of the three planes (a card whose planes were edited
     keeps its weights: inference uses those of the planes it fuses), weights in [0, 1], every class
     weighed by some plane."""
-    from .geometry import PLANES
-
     if not isinstance(section, dict) or not isinstance(section.get("plane_weights"), dict):
         raise SpecError("fusion.plane_weights", "must be a JSON object: plane -> one weight per class")
     by_plane = section["plane_weights"]
-    unknown = [str(plane) for plane in by_plane if plane not in PLANES]
-    if unknown or not by_plane:
-        raise SpecError("fusion.plane_weights", f"must name planes of {', '.join(PLANES)}, not "
-                        f"{', '.join(unknown) or 'none'}")
+    check_planes("fusion.plane_weights", list(by_plane))
     out = {}
     for plane in (p for p in PLANES if p in by_plane):
         values = by_plane[plane]

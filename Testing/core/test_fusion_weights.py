@@ -2,6 +2,7 @@
 carries the weights, the fit, and inference with them."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -200,15 +201,15 @@ def test_card_reads_writes_and_checks_the_fusion_section(tiny_bundle):
                           {plane: [0.5] * n for plane in PLANES})
     assert set(parse_card(edited).fusion_weights) == set(PLANES)
     bad_cases = [
-        ({**good, "oblique": good[planes[0]]}, "must name planes of sagittal, coronal, axial, not oblique"),
-        ({}, "not none"),
+        ({**good, "oblique": good[planes[0]]}, "must be one of sagittal, coronal, axial, not 'oblique'"),
+        ({}, "must be a non-empty list of planes (sagittal, coronal, axial), not []"),
         ({**good, planes[0]: good[planes[0]][:-1]}, f"must list {n} weights"),
         ({**good, planes[0]: [-0.1] + good[planes[0]][1:]}, "must lie in [0, 1]"),
         ({**good, planes[0]: ["x"] * n}, "must be a number"),
         ({p: [0.0] + w[1:] for p, w in good.items()}, "class 0 has weight 0 in every plane"),
     ]
     for weights, message in bad_cases:
-        with pytest.raises(BundleError, match=message.replace("[", r"\[")) as raised:
+        with pytest.raises(BundleError, match=re.escape(message)) as raised:
             parse_card(_with_fusion(card, weights))
         assert "fusion.plane_weights" in str(raised.value)
     with pytest.raises(BundleError, match="fusion.plane_weights"):
