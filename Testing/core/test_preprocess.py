@@ -28,6 +28,51 @@ def test_model_frame_is_a_square_window_centred_on_the_point(plane, toy_case):
     np.testing.assert_allclose(np.array(ref.GetDirection()).reshape(3, 3), geometry.plane_direction(plane))
 
 
+def _frame_interval(frame, axis):
+    """(lo, hi) of the frame's voxel centres along physical ``axis``, widened by half a voxel."""
+    ref = frame.reference_image()
+    corners = frames.physical_bounds(ref) @ axis
+    step = np.abs(np.array(ref.GetDirection()).reshape(3, 3).T @ axis) @ np.array(ref.GetSpacing())
+    return corners.min() - step / 2, corners.max() + step / 2
+
+
+@pytest.mark.parametrize("plane", geometry.PLANES)
+def test_a_window_wider_than_the_image_covers_all_of_it_wherever_the_knee_is(plane, toy_case):
+    image, _ = toy_case  # 70.5 x 46.8 x 35 mm
+    near_a_corner = frames.physical_bounds(image).min(axis=0) + 2.0
+    frame = frames.model_frame(image, plane, near_a_corner, FrameSpec(window_mm=80.0, size=32, min_slice_mm=1.0))
+    bounds = frames.physical_bounds(image)
+    for axis in np.eye(3):
+        lo, hi = _frame_interval(frame, axis)
+        assert lo <= (bounds @ axis).min() + 1e-6 and (bounds @ axis).max() - 1e-6 <= hi, (plane, axis, lo, hi)
+
+
+def test_a_window_narrower_than_the_image_stays_inside_it_and_moves_only_when_it_must(toy_case):
+    image, _ = toy_case
+    bounds = frames.physical_bounds(image)
+    lo, hi = bounds.min(axis=0), bounds.max(axis=0)
+    direction = geometry.plane_direction("axial")
+    middle = (lo + hi) / 2
+    np.testing.assert_allclose(frames.window_centre(image, middle, direction, 20.0), middle)
+    off_the_edge = middle + [30.0, 0.0, 0.0]  # 4.75 mm from the +x edge (70.5 mm wide)
+    moved = frames.window_centre(image, off_the_edge, direction, 20.0)
+    np.testing.assert_allclose(moved, [hi[0] - 10.0, middle[1], middle[2]])
+    # a window as wide as the image along x sits on it exactly; wider along y and z: centred on the image
+    wide = frames.window_centre(image, off_the_edge, direction, hi[0] - lo[0])
+    np.testing.assert_allclose(wide, middle, atol=1e-9)
+
+
+def test_the_window_moves_only_along_the_axes_where_it_leaves_the_image():
+    image, _ = toy_knee(size=(120, 120, 20), spacing=(1.0, 1.0, 1.0))
+    bounds = frames.physical_bounds(image)
+    inside = (bounds.min(axis=0) + bounds.max(axis=0)) / 2 + [0.0, 35.0, 0.0]
+    frame = frames.model_frame(image, "sagittal", inside, FrameSpec(window_mm=60.0, size=32, min_slice_mm=1.0))
+    centre_in_plane = frames.physical_bounds(frame.reference_image()).mean(axis=0)
+    # 35 + 30 > 59.5 (half the image along y): pulled back to 29.5 from the middle; x and z untouched
+    np.testing.assert_allclose(centre_in_plane[1] - (bounds[:, 1].min() + bounds[:, 1].max()) / 2, 29.5, atol=1e-6)
+    np.testing.assert_allclose(centre_in_plane[0], inside[0], atol=1e-6)
+
+
 def test_slice_spacing_follows_the_image_but_not_finer_than_the_minimum():
     image, _ = toy_knee(spacing=(0.5, 0.5, 3.0))  # thick slices along +S: the axial slice axis
     centre = centres.image_centre(image)

@@ -66,8 +66,27 @@ def spacing_along(image, direction) -> float:
     return float(np.sum(weights * np.array(image.GetSpacing())) / max(weights.sum(), 1e-9))
 
 
+def window_centre(image, centre, direction, window_mm) -> np.ndarray:
+    """The centre of a ``window_mm`` cube (axes: ``direction``'s columns) nearest to ``centre`` that
+    covers as much of ``image`` as such a cube can.
+
+    A window centred on the knee can run past one edge of the image while the bone at the opposite
+    edge lies outside it and is never segmented; sliding it back inside costs nothing. Along an axis
+    where the image is shorter than the window the window covers all of it, and where it is longer the
+    window stays inside it; in between it moves as little as it must.
+    """
+    centre = np.asarray(centre, dtype=float)
+    along = physical_bounds(image) @ direction
+    lo, hi = along.min(axis=0), along.max(axis=0)
+    half = window_mm / 2.0
+    position = direction.T @ centre
+    moved = np.clip(position, np.minimum(lo + half, hi - half), np.maximum(lo + half, hi - half))
+    return centre + direction @ (moved - position)
+
+
 def model_frame(image, plane, centre, spec: FrameSpec, n_slices=None) -> Frame:
-    """The model frame of ``plane`` for ``image``: a ``spec.window_mm`` square around ``centre``.
+    """The model frame of ``plane`` for ``image``: a ``spec.window_mm`` square around ``centre``, moved
+    only as far as it takes to cover more of the image (:func:`window_centre`).
 
     Slices keep the image's own spacing along the slice axis (never finer than ``spec.min_slice_mm``)
     and span the part of the image that lies within ``window_mm`` of the centre along that axis,
@@ -76,6 +95,7 @@ def model_frame(image, plane, centre, spec: FrameSpec, n_slices=None) -> Frame:
     window_mm, size = spec.window_mm, spec.size
     direction = geometry.plane_direction(plane)
     pixel_mm = window_mm / size
+    centre = window_centre(image, centre, direction, window_mm)
     if n_slices is not None:
         return Frame(plane, tuple(map(float, centre)), size, pixel_mm, int(n_slices), window_mm / n_slices)
     slice_axis = direction[:, 2]
