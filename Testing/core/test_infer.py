@@ -103,6 +103,39 @@ def test_model_centre_is_near_the_true_joint(bundle):
     assert np.linalg.norm(np.subtract(found, knee_centre_from_labels(truth))) < 10.0
 
 
+def test_the_first_pass_centre_ignores_a_stray_piece_of_bone(monkeypatch):
+    """A false piece of femur touching the tibia far from the joint must not pull the junction to it."""
+    from kneeseg import infer
+    from kneeseg.card import card_for
+    from kneeseg.labels import SEPARATE_BONES
+    from kneeseg.preprocess.centre import knee_centre_from_labels
+    from kneeseg.preprocess.frame import model_frame, resample_to_frame
+    from kneeseg.specs import FrameSpec, NetworkSpec
+
+    image, truth = toy_knee(seed=19, **TOY)
+    labels = sitk.GetArrayFromImage(truth)
+    true_centre = np.array(knee_centre_from_labels(truth))
+    k = np.flatnonzero((labels == 2).any(axis=(1, 2)))[2]  # near the tibia's far end (k runs +S)
+    j, i = np.argwhere(labels[k] == 2).T
+    j_mid, i_end = int(np.median(j)), int(i.max())
+    with_stray = labels.copy()
+    with_stray[k:k + 4, j_mid - 2:j_mid + 3, i_end + 1:i_end + 5] = 1  # touches the tibia's side
+    stray_map = sitk.GetImageFromArray(with_stray)
+    stray_map.CopyInformation(truth)
+
+    def labels_as_probabilities(image, predictor, card, plane, centre, batch_size=8, cancel=None):
+        frame = model_frame(image, plane, centre, card.frame)
+        on_frame = sitk.GetArrayFromImage(resample_to_frame(stray_map, frame, "nearest"))
+        return frame, np.eye(5, dtype=np.float32)[on_frame]
+
+    monkeypatch.setattr(infer, "frame_probabilities", labels_as_probabilities)
+    card = card_for(SEPARATE_BONES, NetworkSpec(), FrameSpec())
+    found = np.array(infer.detect_knee_centre(image, None, card))
+    assert np.linalg.norm(found - true_centre) < 3.0, (found, true_centre)
+    # every piece counted, the junction moves towards the stray piece: the test can fail
+    assert np.linalg.norm(np.subtract(knee_centre_from_labels(stray_map), true_centre)) > 8.0
+
+
 def test_n4_option_runs(bundle):
     image, truth = toy_knee(seed=18, **TOY)
     result = segment(image, bundle, SegmentOptions(n4=True))

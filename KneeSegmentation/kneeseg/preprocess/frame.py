@@ -2,9 +2,10 @@
 
 :func:`model_frame` places a plane-aligned grid (``geometry``) around the knee centre: a square
 window of :class:`~kneeseg.specs.FrameSpec` ``window_mm`` at ``size`` x ``size`` pixels, slices at the
-scan's own spacing. One resample onto it (:func:`resample_to_frame`) does the reorientation, the crop
-and the in-plane resize for any scanner orientation; :func:`resample_from_frame` brings per-voxel maps
-back onto the scan's exact grid. A 2.5D network sees each slice with its neighbours
+scan's own spacing, slid back inside the scan where it would run past an edge (:func:`window_centre`).
+One resample onto it (:func:`resample_to_frame`) does the reorientation, the crop and the in-plane
+resize for any scanner orientation; :func:`resample_from_frame` brings per-voxel maps back onto the
+scan's exact grid. A 2.5D network sees each slice with its neighbours
 (:func:`with_context`); a 3D network sees a frame's slices padded and thinned the thesis'
 way (:func:`pad_slices` ... :func:`upsample_slices`).
 """
