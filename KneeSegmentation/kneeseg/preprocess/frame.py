@@ -72,7 +72,7 @@ def window_centre(image, centre, direction, window_mm) -> np.ndarray:
     covers as much of ``image`` as such a cube can.
 
     A window centred on the knee can run past one edge of the image while the bone at the opposite
-    edge lies outside it and is never segmented; sliding it back inside costs nothing. Along an axis
+    edge lies outside it and is never segmented; slid back inside, it keeps its size. Along an axis
     where the image is shorter than the window the window covers all of it, and where it is longer the
     window stays inside it; in between it moves as little as it must.
     """
