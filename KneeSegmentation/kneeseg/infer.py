@@ -264,10 +264,7 @@ def detect_knee_centre(image, predictor, card, batch_size=8):
     coarse = card.with_frame(window_mm=extent, min_slice_mm=coarse_slice_mm)
     plane = card.frame.planes[0]
     frame, probs = frame_probabilities(image, predictor, coarse, plane, image_centre(image), batch_size)
-    labels = np.argmax(probs, axis=-1)
-    bones = np.zeros(labels.shape, np.uint8)
-    for value in (names["Femur"], names["Tibia"]):
-        bones[keep_largest_component(labels == value)] = value
+    bones = clean_labelmap(np.argmax(probs, axis=-1), (names["Femur"], names["Tibia"]), fill=False)
     return knee_centre(bones, frame.grid, names["Femur"], names["Tibia"], min_voxels=MIN_BONE_VOXELS)
 
 
