@@ -6,6 +6,8 @@ mean (worst) per bone, the worst case by name, and misses only when there were a
 
 import math
 
+from .postprocess.fusion import class_plane_weights
+
 # (result key, column title, number format) in the order the evaluation table shows them
 EVALUATION_COLUMNS = (("dice", "Dice", "{:.3f}"), ("assd_mm", "ASSD mm", "{:.2f}"),
                       ("hd95_mm", "HD95 mm", "{:.2f}"), ("signed_surface_mm", "signed mm", "{:+.2f}"))
@@ -113,6 +115,9 @@ def card_table(card, location) -> str:
 def _fusion_line(card) -> str:
     if not card.fusion_weights:
         return "plain mean of the planes' probabilities"
+    if class_plane_weights(card.fusion_weights, card.frame.planes) is None:  # as inference decides
+        missing = [plane for plane in card.frame.planes if plane not in card.fusion_weights]
+        return f"plain mean of the planes' probabilities (the card's plane weights lack {', '.join(missing)})"
     fitted = card.raw.get("fusion", {}).get("fitted", {})
     fitted = fitted if isinstance(fitted, dict) else {}
     names = ["background"] + [label.name for label in card.labels]

@@ -225,6 +225,9 @@ def test_info_says_how_the_planes_are_fused(tiny_bundle):
     weights = {plane: [0.5 if i == 0 else 0.25] * n for i, plane in enumerate(planes)}
     text = card_table(parse_card(_with_fusion(card, weights)), "here")
     assert f"fusion: weighted per class ({'/'.join(planes)}: background 0.50/0.25" in text
+    # weights that do not cover every plane of the card: inference fuses with the plain mean, and says so
+    partial = card_table(parse_card(_with_fusion(card, {planes[0]: weights[planes[0]]})), "here")
+    assert f"fusion: plain mean of the planes' probabilities (the card's plane weights lack {planes[1]})" in partial
 
 
 # --- inference ------------------------------------------------------------------------------------------
