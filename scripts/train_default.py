@@ -191,6 +191,19 @@ def round7(args):
     _fine_tune(args, ROUND7, "round7")
 
 
+# Each fine-tune's subcommand: what it runs, its help line and its parser options (fine_tune_parser).
+# The newest is finalize's default recipe.
+FINE_TUNES = {
+    "round2": (round2, "the round-2 fine-tune (issue 12); rerun to continue", {}),
+    "round3": (round3, "round 3: round 2 with a fibula carried onto the training maps; rerun to continue",
+               {"work": "checkpoints and the fibula cache (default: OUT.work)", "init_from": True}),
+    "round4": (round4, "round 4: round 2 with one neighbouring slice on each side as channels (2.5D); rerun to "
+               "continue", {"init_from": True}),
+    "round7": (round7, "round 7: round 2 with the knee drawn farther from the window's middle, as the slid window "
+               "of round 6 places it; rerun to continue", {"init_from": True}),
+}
+
+
 def finalize(args):
     from kneeseg.bundle import load_bundle, save_bundle
     from kneeseg.onnx_backend import export_onnx
@@ -278,13 +291,8 @@ def main():
     p.add_argument("--cache", default=".cache/labelmaps")
     p.add_argument("--preset", choices=PRESETS, default="cpu")
     p.add_argument("--out", default="build/default")
-    fine_tune_parser(sub, "round2", "the round-2 fine-tune (issue 12); rerun to continue")
-    fine_tune_parser(sub, "round3", "round 3: round 2 with a fibula carried onto the training maps; rerun to "
-                     "continue", work="checkpoints and the fibula cache (default: OUT.work)", init_from=True)
-    fine_tune_parser(sub, "round4", "round 4: round 2 with one neighbouring slice on each side as channels "
-                     "(2.5D); rerun to continue", init_from=True)
-    fine_tune_parser(sub, "round7", "round 7: round 2 with the knee drawn farther from the window's middle, as "
-                     "the slid window of round 6 places it; rerun to continue", init_from=True)
+    for name, (_, help, options) in FINE_TUNES.items():
+        fine_tune_parser(sub, name, help, **options)
     p = sub.add_parser("finalize")
     p.add_argument("bundle")
     p.add_argument("--stage1")
@@ -292,7 +300,7 @@ def main():
     p.add_argument("--cache", help="label-map cache: fit the fusion's plane weights on the validation subjects "
                    "and score held-out synthetic volumes")
     p.add_argument("--synthetic-cases", type=int, default=14)
-    p.add_argument("--recipe", choices=("round2", "round3", "round4", "round7"), default="round7",
+    p.add_argument("--recipe", choices=tuple(FINE_TUNES), default=list(FINE_TUNES)[-1],
                    help="the fine-tune that made BUNDLE (without --stage1; default: %(default)s)")
     p.add_argument("--fine-tuned-from", default=str(INSTALLED),
                    help="the bundle it started from, recorded in the card (default: the shipped model)")
@@ -305,7 +313,8 @@ def main():
         import datetime
 
         args.date = datetime.date.today().isoformat()
-    {"train": train, "round2": round2, "round3": round3, "round4": round4, "round7": round7, "finalize": finalize}[args.command](args)
+    commands = {"train": train, "finalize": finalize, **{name: run for name, (run, _, _) in FINE_TUNES.items()}}
+    commands[args.command](args)
 
 
 if __name__ == "__main__":

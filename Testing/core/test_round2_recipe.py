@@ -70,3 +70,30 @@ def test_the_round3_settings_fine_tune_the_same_network_on_the_same_split():
     # training slices reach as far from the centre as the model frame's slices do
     assert synthesis_config(config.recipe.synthesis).slab_half_mm == config.frame.window_mm / 2
     assert config.recipe.learning_rate < round2.recipe.learning_rate
+
+
+def test_every_fine_tune_round_has_a_subcommand_and_is_a_recipe_finalize_accepts(monkeypatch, capsys):
+    recipe = _recipe()
+    ran = []
+    monkeypatch.setattr(recipe, "FINE_TUNES", {name: (lambda args, name=name: ran.append((name, args.out)), help, options)
+                                               for name, (_, help, options) in recipe.FINE_TUNES.items()})
+    for name in recipe.FINE_TUNES:
+        monkeypatch.setattr("sys.argv", ["train_default.py", name, "--out", f"build/{name}-x"])
+        recipe.main()
+    assert ran == [(name, f"build/{name}-x") for name in recipe.FINE_TUNES]
+    monkeypatch.setattr("sys.argv", ["train_default.py", "finalize", "--help"])
+    with pytest.raises(SystemExit):
+        recipe.main()
+    usage = capsys.readouterr().out
+    assert "{" + ",".join(recipe.FINE_TUNES) + "}" in usage
+    assert f"default: {list(recipe.FINE_TUNES)[-1]}" in " ".join(usage.split())  # the newest round
+
+
+def test_the_round7_settings_differ_from_round2_only_in_the_knee_s_distance_from_the_window_middle():
+    recipe = _recipe()
+    config, round2 = TrainConfig.from_flat(**recipe.ROUND7), TrainConfig.from_flat(**recipe.ROUND2)
+    assert config.network == round2.network and config.recipe.split == round2.recipe.split
+    changed = {k for k in {**config.recipe.synthesis, **round2.recipe.synthesis}
+               if config.recipe.synthesis.get(k) != round2.recipe.synthesis.get(k)}
+    assert changed == {"centre_shift_mm"}
+    assert synthesis_config(config.recipe.synthesis).centre_shift_mm > synthesis_config(round2.recipe.synthesis).centre_shift_mm
