@@ -597,3 +597,28 @@ def test_synthetic_evaluation_takes_the_pinned_generator_it_is_given(phantom_cac
     assert [name for name, _ in model.calls[2:]] == ["phantom_knee.npz", "phantom_other.npz"]
     assert report["n_cases"] == 2
     assert report["volume_ratio"]["Femur"]["mean"] == 1.0
+
+
+def test_the_leg_outline_surrounds_the_labelled_tissue_of_a_box_away_from_the_origin():
+    # The cache stores the tissue box as rows (lowest x, y, z) and (highest x, y, z). Read as columns,
+    # the outline was centred 15-30 mm off the tissue at half its size (air painted inside the leg) and,
+    # where a map's y lies below its x, had negative radii and no skin at all (NaN depth).
+    from kneeseg.synth.cache import CachedLabelMap
+    from kneeseg.synth.draws import _body_outline
+
+    lo, hi = np.array([100.0, -220.0, 5.0]), np.array([180.0, -120.0, 95.0])
+    label_map = CachedLabelMap(labels=np.zeros((2, 2, 2), np.uint8), spacing=1.0, origin=lo,
+                               knee_centre_mm=(lo + hi) / 2, tissue_box_mm=np.stack([lo, hi]),
+                               fov_z_range=np.array([0, 1], np.int32), source="box", licence="test", subject="B", has_fibula=False)
+    middle = (lo[:2] + hi[:2]) / 2
+    sides = np.array([[lo[0], middle[1]], [hi[0], middle[1]], [middle[0], lo[1]], [middle[0], hi[1]]])
+    points = np.concatenate([np.vstack([middle, sides]), np.zeros((5, 1))], axis=1)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        outline = _body_outline(rng, label_map)
+        np.testing.assert_allclose(outline["centre"], middle)
+        depth = render._skin_depth(outline, points)
+        assert np.all(np.isfinite(depth))
+        round_leg = render._skin_depth({**outline, "wobble": np.zeros((3, 2))}, points)
+        assert np.all(round_leg[1:] >= 3.0)  # the box's sides lie under the skin, the smallest margin deep
+        assert depth[0] >= min(hi[:2] - lo[:2]) / 2  # the middle lies at least half the box deep

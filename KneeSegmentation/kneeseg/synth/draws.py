@@ -131,7 +131,7 @@ def _tissue_means(rng, cfg: SynthesisConfig, kind_means: dict) -> np.ndarray:
 def _body_outline(rng, label_map: CachedLabelMap) -> dict:
     """A leg cross-section around the labelled tissue (x: left-right, y: anterior-posterior), with
     separate margins per side (more soft tissue behind the knee than in front of the patella)."""
-    lo, hi = label_map.tissue_box_mm[:, 0], label_map.tissue_box_mm[:, 1]
+    lo, hi = label_map.tissue_box_mm  # rows: lowest and highest (x, y, z) mm of the labelled tissue
     margins = {"right": rng.uniform(5, 35), "left": rng.uniform(5, 35),
                "anterior": rng.uniform(3, 20), "posterior": rng.uniform(10, 50)}
     centre = np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2])
