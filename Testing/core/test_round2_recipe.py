@@ -22,6 +22,12 @@ def _recipe():
     return module
 
 
+def _changed_synthesis(config, reference):
+    """The generator settings in which two training configurations differ."""
+    a, b = config.recipe.synthesis, reference.recipe.synthesis
+    return {k for k in {**a, **b} if a.get(k) != b.get(k)}
+
+
 def test_the_round2_settings_are_a_valid_configuration_with_the_fixed_split():
     recipe = _recipe()
     config = TrainConfig.from_flat(**recipe.ROUND2)
@@ -64,8 +70,7 @@ def test_the_round3_settings_fine_tune_the_same_network_on_the_same_split():
     assert config.network == round2.network and config.frame == round2.frame
     assert config.recipe.split == round2.recipe.split
     # every training map gets a fibula; the weight keeps the validation's fibula knee drawn as in round 2
-    changed = {k for k in {**config.recipe.synthesis, **round2.recipe.synthesis}
-               if config.recipe.synthesis.get(k) != round2.recipe.synthesis.get(k)}
+    changed = _changed_synthesis(config, round2)
     assert changed == {"slab_half_mm"}
     # training slices reach as far from the centre as the model frame's slices do
     assert synthesis_config(config.recipe.synthesis).slab_half_mm == config.frame.window_mm / 2
@@ -93,7 +98,6 @@ def test_the_round7_settings_differ_from_round2_only_in_the_knee_s_distance_from
     recipe = _recipe()
     config, round2 = TrainConfig.from_flat(**recipe.ROUND7), TrainConfig.from_flat(**recipe.ROUND2)
     assert config.network == round2.network and config.recipe.split == round2.recipe.split
-    changed = {k for k in {**config.recipe.synthesis, **round2.recipe.synthesis}
-               if config.recipe.synthesis.get(k) != round2.recipe.synthesis.get(k)}
+    changed = _changed_synthesis(config, round2)
     assert changed == {"centre_shift_mm"}
     assert synthesis_config(config.recipe.synthesis).centre_shift_mm > synthesis_config(round2.recipe.synthesis).centre_shift_mm

@@ -603,13 +603,16 @@ def test_the_leg_outline_surrounds_the_labelled_tissue_of_a_box_away_from_the_or
     # The cache stores the tissue box as rows (lowest x, y, z) and (highest x, y, z). Read as columns,
     # the outline was centred 15-30 mm off the tissue at half its size (air painted inside the leg) and,
     # where a map's y lies below its x, had negative radii and no skin at all (NaN depth).
-    from kneeseg.synth.cache import CachedLabelMap
+    from kneeseg.synth.cache import CachedLabelMap, _tissue_box_mm
     from kneeseg.synth.draws import _body_outline
 
     lo, hi = np.array([100.0, -220.0, 5.0]), np.array([180.0, -120.0, 95.0])
-    label_map = CachedLabelMap(labels=np.zeros((2, 2, 2), np.uint8), spacing=1.0, origin=lo,
-                               knee_centre_mm=(lo + hi) / 2, tissue_box_mm=np.stack([lo, hi]),
-                               fov_z_range=np.array([0, 1], np.int32), source="box", licence="test", subject="B", has_fibula=False)
+    labels = np.ones((91, 101, 81), np.uint8)  # (z, y, x): 80 x 100 x 90 mm of tissue at 1 mm
+    box = _tissue_box_mm(labels, 1.0, lo)  # the box as the cache writes it
+    np.testing.assert_allclose(box, [lo, hi])
+    label_map = CachedLabelMap(labels=labels, spacing=1.0, origin=lo, knee_centre_mm=(lo + hi) / 2, tissue_box_mm=box,
+                               fov_z_range=np.array([0, 90], np.int32), source="box", licence="test", subject="B",
+                               has_fibula=False)
     middle = (lo[:2] + hi[:2]) / 2
     sides = np.array([[lo[0], middle[1]], [hi[0], middle[1]], [middle[0], lo[1]], [middle[0], hi[1]]])
     points = np.concatenate([np.vstack([middle, sides]), np.zeros((5, 1))], axis=1)
