@@ -101,3 +101,13 @@ def test_the_round7_settings_differ_from_round2_only_in_the_knee_s_distance_from
     changed = _changed_synthesis(config, round2)
     assert changed == {"centre_shift_mm"}
     assert synthesis_config(config.recipe.synthesis).centre_shift_mm > synthesis_config(round2.recipe.synthesis).centre_shift_mm
+
+
+def test_the_round9_settings_are_round8_with_stretched_muscles_and_septa_from_round8_s_bundle():
+    recipe = _recipe()
+    config, round8 = TrainConfig.from_flat(**recipe.ROUND9), TrainConfig.from_flat(**recipe.ROUND8)
+    assert config.network == round8.network and config.frame == round8.frame
+    assert _changed_synthesis(config, round8) == {"muscle_stretch_probability", "septum_probability"}
+    generator = synthesis_config(config.recipe.synthesis)
+    assert generator.muscle_stretch_probability > 0 and generator.septum_probability > 0
+    assert Path(config.recipe.init_from).name == "round8.final" and config.recipe.seed != round8.recipe.seed
