@@ -111,3 +111,12 @@ def test_the_round9_settings_are_round8_with_stretched_muscles_and_septa_from_ro
     generator = synthesis_config(config.recipe.synthesis)
     assert generator.muscle_stretch_probability > 0 and generator.septum_probability > 0
     assert Path(config.recipe.init_from).name == "round8.final" and config.recipe.seed != round8.recipe.seed
+
+
+def test_the_round10_settings_are_round9_with_the_fibula_weighing_more_in_the_loss():
+    recipe = _recipe()
+    config, round9 = TrainConfig.from_flat(**recipe.ROUND10), TrainConfig.from_flat(**recipe.ROUND9)
+    assert config.network == round9.network and _changed_synthesis(config, round9) == set()
+    assert config.recipe.init_from == round9.recipe.init_from and round9.recipe.class_weights is None
+    weights = dict(zip(("Femur", "Tibia", "Fibula", "Patella"), config.recipe.class_weights))
+    assert weights["Fibula"] > weights["Femur"] == weights["Tibia"] == weights["Patella"]
