@@ -128,9 +128,15 @@ def _fine_tune(args, settings, name, cache=None):
     from kneeseg.train import TrainConfig
     from kneeseg.workflows.train import train_bundle
 
+    start = getattr(args, "init_from", None) or settings["init_from"]
+    if not Path(start).exists():
+        from kneeseg.errors import InputError
+
+        raise InputError(f"{name} starts from {start}, which does not exist: make it first (docs/training.md, "
+                         f"round {name.removeprefix('round')}), or name another bundle with --init-from", start)
     check_cache_holds_split(args.cache, ROUND2_SPLIT)
     workers = max(1, (os.cpu_count() or 2) - 1)
-    config = TrainConfig.from_flat(**{**settings, "init_from": getattr(args, "init_from", None) or settings["init_from"]},
+    config = TrainConfig.from_flat(**{**settings, "init_from": start},
                                    time_limit_min=args.time_limit_min, workers=workers,
                                    use_multiprocessing=workers > 1)
     work = Path(args.work or f"{args.out}.work")
@@ -272,7 +278,7 @@ def finalize(args):
         before = ("the shipped default model before " + args.recipe.replace("round", "round ")
                   if Path(args.fine_tuned_from).resolve() == INSTALLED.resolve() else str(args.fine_tuned_from))
         training = {**trained.card.training, "config": {**trained.card.training["config"], "init_from": before},
-                    "recipe": f"scripts/train_default.py {args.recipe} (a fine-tune of the shipped model)",
+                    "recipe": f"scripts/train_default.py {args.recipe} (a fine-tune of {before})",
                     "hardware": args.hardware,
                     "fine_tuned_from": {"description": start.description, "training": start.training,
                                         "metrics": start.metrics}}
@@ -328,7 +334,8 @@ def fine_tune_parser(sub, name, help, work="checkpoints (default: OUT.work); the
     p.add_argument("--work", default=None, help=work)
     if init_from:
         p.add_argument("--init-from", default=None,
-                       help="bundle to fine-tune (default: the round's own start, the shipped model but for round 9)")
+                       help="bundle to fine-tune (default: the round's own start: the shipped model; "
+                       "build/round8.final for rounds 9 and 10)")
     p.add_argument("--time-limit-min", type=float, default=50.0, help="stop after the epoch that crosses this")
     return p
 
@@ -363,7 +370,12 @@ def main():
 
         args.date = datetime.date.today().isoformat()
     commands = {"train": train, "finalize": finalize, **{name: run for name, (run, _, _) in FINE_TUNES.items()}}
-    commands[args.command](args)
+    from kneeseg.errors import InputError
+
+    try:
+        commands[args.command](args)
+    except InputError as exc:  # bad input names its problem without a traceback
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
 
 
 if __name__ == "__main__":

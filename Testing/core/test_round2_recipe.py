@@ -1,5 +1,6 @@
 """The round-2 recipe (scripts/train_default.py round2, issue 12): its split file and settings."""
 
+import argparse
 import importlib.util
 import json
 from pathlib import Path
@@ -120,3 +121,12 @@ def test_the_round10_settings_are_round9_with_the_fibula_weighing_more_in_the_lo
     assert config.recipe.init_from == round9.recipe.init_from and round9.recipe.class_weights is None
     weights = dict(zip(("Femur", "Tibia", "Fibula", "Patella"), config.recipe.class_weights))
     assert weights["Fibula"] > weights["Femur"] == weights["Tibia"] == weights["Patella"]
+
+
+def test_a_round_whose_start_bundle_is_missing_is_refused_before_training(tmp_path):
+    recipe = _recipe()
+    args = argparse.Namespace(init_from=str(tmp_path / "round8.final"), cache=str(tmp_path / "cache"),
+                              out=str(tmp_path / "out"), work=None, time_limit_min=1.0)
+    with pytest.raises(InputError, match="round8.final, which does not exist"):
+        recipe.round10(args)
+    assert not (tmp_path / "out").exists()
