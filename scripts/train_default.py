@@ -128,12 +128,15 @@ def _fine_tune(args, settings, name, cache=None):
     from kneeseg.train import TrainConfig
     from kneeseg.workflows.train import train_bundle
 
+    from kneeseg.errors import InputError
+
     start = getattr(args, "init_from", None) or settings["init_from"]
     if not Path(start).exists():
-        from kneeseg.errors import InputError
-
         raise InputError(f"{name} starts from {start}, which does not exist: make it first (docs/training.md, "
                          f"round {name.removeprefix('round')}), or name another bundle with --init-from", start)
+    if Path(args.out).resolve() == Path(start).resolve():
+        raise InputError(f"--out is the bundle {name} starts from; name another folder so that it stays as it is",
+                         args.out)
     check_cache_holds_split(args.cache, ROUND2_SPLIT)
     workers = max(1, (os.cpu_count() or 2) - 1)
     config = TrainConfig.from_flat(**{**settings, "init_from": start},

@@ -130,3 +130,13 @@ def test_a_round_whose_start_bundle_is_missing_is_refused_before_training(tmp_pa
     with pytest.raises(InputError, match="round8.final, which does not exist"):
         recipe.round10(args)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_round_refuses_to_write_over_the_bundle_it_starts_from(tiny_bundle, tmp_path):
+    recipe = _recipe()
+    before = {f.name: f.read_bytes() for f in Path(tiny_bundle).iterdir()}
+    args = argparse.Namespace(init_from=str(tiny_bundle), cache=str(tmp_path / "cache"), out=str(tiny_bundle),
+                              work=None, time_limit_min=1.0)
+    with pytest.raises(InputError, match="--out is the bundle round9 starts from"):
+        recipe.round9(args)
+    assert {f.name: f.read_bytes() for f in Path(tiny_bundle).iterdir()} == before
