@@ -237,6 +237,7 @@ def fit(config: TrainConfig, labels, train_source, val_source, work_dir, progres
 
     recipe, progress = config.recipe, progress or NO_PROGRESS
     work = Path(work_dir)
+    check_start_bundle(config, work)
     work.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(recipe.seed)
     state_path = work / "state.json"
@@ -244,7 +245,7 @@ def fit(config: TrainConfig, labels, train_source, val_source, work_dir, progres
     state = {"epoch": -1, "best": -math.inf, "best_epoch": -1, "wait": 0, "stopped_early": False,
              "config": config.to_flat(), "inputs": inputs}
     with strategy_scope():
-        if state_path.exists() and (work / "checkpoint.keras").exists():
+        if _resuming(work):
             saved = json.loads(state_path.read_text())
             _check_same_run(saved, config, inputs, work)
             state.update(saved, config=config.to_flat(), inputs=inputs, stopped_at_time_limit=False)
@@ -263,6 +264,18 @@ def fit(config: TrainConfig, labels, train_source, val_source, work_dir, progres
         best = keras.models.load_model(work / "best.keras", safe_mode=True)
         model.set_weights(best.get_weights())
     return model, state
+
+
+def _resuming(work: Path) -> bool:
+    return (work / "state.json").exists() and (work / "checkpoint.keras").exists()
+
+
+def check_start_bundle(config: TrainConfig, work_dir):
+    """Open the bundle a fine-tune starts from (``init_from``) before any data is read or folder made, so
+    a missing or corrupt one fails at once. A resumed run continues from its checkpoint and does not
+    read it."""
+    if config.recipe.init_from and not _resuming(Path(work_dir)):
+        load_bundle(config.recipe.init_from)
 
 
 def _load_initial_weights(model, bundle_path):

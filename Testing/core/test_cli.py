@@ -219,6 +219,10 @@ def test_training_options_are_checked(tmp_path):
     (tmp_path / "synthesis.json").write_text('{"septum_chance": 0.0}')
     proc = run_cli("train", "--synthetic", tmp_path, "-o", tmp_path / "b", "--synthesis", tmp_path / "synthesis.json")
     assert proc.returncode == EXIT_BAD_INPUT and "unknown synthesis setting(s) septum_chance" in proc.stderr
+    proc = run_cli("train", "--data", data, "-o", tmp_path / "b", "--work", tmp_path / "w",
+                   "--init-from", tmp_path / "no-such-bundle")
+    assert proc.returncode == EXIT_BAD_INPUT and "model bundle not found" in proc.stderr
+    assert "no-such-bundle" in proc.stderr and not (tmp_path / "w").exists()
     assert not (tmp_path / "b").exists()
 
 

@@ -123,6 +123,16 @@ def test_the_round10_settings_are_round9_with_the_fibula_weighing_more_in_the_lo
     assert weights["Fibula"] > weights["Femur"] == weights["Tibia"] == weights["Patella"]
 
 
+def test_the_round11_settings_are_round10_from_round9_s_bundle_with_a_lower_fibula_weight():
+    recipe = _recipe()
+    config, round10 = TrainConfig.from_flat(**recipe.ROUND11), TrainConfig.from_flat(**recipe.ROUND10)
+    assert config.network == round10.network and _changed_synthesis(config, round10) == set()
+    assert Path(config.recipe.init_from).name == "round9.final" and config.recipe.seed != round10.recipe.seed
+    weights = dict(zip(("Femur", "Tibia", "Fibula", "Patella"), config.recipe.class_weights))
+    assert 1.0 == weights["Femur"] == weights["Tibia"] == weights["Patella"] < weights["Fibula"] < 3.0
+    assert config.recipe.validation_steps > round10.recipe.validation_steps
+
+
 def test_a_round_whose_start_bundle_is_missing_is_refused_before_training(tmp_path):
     recipe = _recipe()
     args = argparse.Namespace(init_from=str(tmp_path / "round8.final"), cache=str(tmp_path / "cache"),

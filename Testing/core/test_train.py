@@ -206,6 +206,29 @@ def test_fine_tuning_starts_from_a_bundle_and_refuses_another_architecture(tiny_
                      tmp_path / "bad")
 
 
+def test_a_missing_start_bundle_fails_before_the_work_folder_is_made_but_a_resume_does_not_need_it(tiny_bundle,
+                                                                                                      tmp_path):
+    import shutil
+
+    from kneeseg.bundle import load_bundle
+    from kneeseg.errors import BundleError
+
+    network = load_bundle(tiny_bundle).card
+    start = shutil.copytree(tiny_bundle, tmp_path / "start")
+    settings = dict(filters=network.network.filters, depth=network.network.depth, input_size=network.frame.size,
+                    init_from=str(start))
+    with pytest.raises(BundleError, match="model bundle not found"):
+        training.fit(_config(epochs=1, **{**settings, "init_from": str(tmp_path / "gone")}), SEPARATE_BONES,
+                     ToySlices(size=64), ToySlices(seed=1, size=64), tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+    training.fit(_config(epochs=1, **settings), SEPARATE_BONES, ToySlices(size=64), ToySlices(seed=1, size=64),
+                 tmp_path / "work")
+    shutil.rmtree(start)
+    _, state = training.fit(_config(epochs=2, **settings), SEPARATE_BONES, ToySlices(size=64),
+                            ToySlices(seed=1, size=64), tmp_path / "work")
+    assert state["epoch"] == 1  # the second epoch ran from the checkpoint
+
+
 @pytest.mark.slow
 def test_population_normalisation_is_stored_in_the_card_and_used_at_inference(tmp_path, monkeypatch):
     from conftest import write_toy_pairs

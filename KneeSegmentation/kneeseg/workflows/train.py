@@ -102,6 +102,7 @@ def train_bundle(config, output, work, synthetic=None, data=None, name="knee-bon
     if (synthetic is None) == (data is None):
         raise InputError("give exactly one training data source (synthetic cache or labelled pairs)")
     labels = config.labels
+    training.check_start_bundle(config, work)
     if synthetic is not None:
         train_source, val_source, provenance = synthetic_sources(config, synthetic, progress)
     else:
