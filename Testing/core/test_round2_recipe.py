@@ -133,6 +133,15 @@ def test_the_round11_settings_are_round10_from_round9_s_bundle_with_a_lower_fibu
     assert config.recipe.validation_steps > round10.recipe.validation_steps
 
 
+def test_the_round12_settings_are_round11_from_round11_s_bundle_drawing_the_fibula_maps_more_often():
+    recipe = _recipe()
+    config, round11 = TrainConfig.from_flat(**recipe.ROUND12), TrainConfig.from_flat(**recipe.ROUND11)
+    assert config.network == round11.network and _changed_synthesis(config, round11) == {"fibula_weight"}
+    assert synthesis_config(config.recipe.synthesis).fibula_weight > synthesis_config(round11.recipe.synthesis).fibula_weight
+    assert Path(config.recipe.init_from).name == "round11.final" and config.recipe.seed != round11.recipe.seed
+    assert config.recipe.class_weights == round11.recipe.class_weights
+
+
 def test_a_round_whose_start_bundle_is_missing_is_refused_before_training(tmp_path):
     recipe = _recipe()
     args = argparse.Namespace(init_from=str(tmp_path / "round8.final"), cache=str(tmp_path / "cache"),
