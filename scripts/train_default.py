@@ -8,6 +8,7 @@
     python scripts/train_default.py round7 --cache .cache/labelmaps --out build/round7 [--time-limit-min 50]
     python scripts/train_default.py round8 --cache .cache/labelmaps --out build/round8 [--time-limit-min 50]
     python scripts/train_default.py round11 --cache .cache/labelmaps --out build/round11 [--time-limit-min 30]
+    python scripts/train_default.py round12 --cache .cache/labelmaps --out build/round12 [--time-limit-min 20]
     python scripts/train_default.py finalize build/default/stage2 --stage1 build/default/stage1 \
         --cache .cache/labelmaps --real2d ../shared/data/real_2d/sagittal_slices_dev.npz [--install]
 

@@ -213,9 +213,9 @@ def test_a_missing_start_bundle_fails_before_the_work_folder_is_made_but_a_resum
     from kneeseg.bundle import load_bundle
     from kneeseg.errors import BundleError
 
-    network = load_bundle(tiny_bundle).card
+    card = load_bundle(tiny_bundle).card
     start = shutil.copytree(tiny_bundle, tmp_path / "start")
-    settings = dict(filters=network.network.filters, depth=network.network.depth, input_size=network.frame.size,
+    settings = dict(filters=card.network.filters, depth=card.network.depth, input_size=card.frame.size,
                     init_from=str(start))
     with pytest.raises(BundleError, match="model bundle not found"):
         training.fit(_config(epochs=1, **{**settings, "init_from": str(tmp_path / "gone")}), SEPARATE_BONES,
