@@ -368,9 +368,8 @@ def fine_tune_parser(sub, name, help, work="checkpoints (default: OUT.work); the
     p.add_argument("--out", default=f"build/{name}")
     p.add_argument("--work", default=None, help=work)
     if init_from:
-        p.add_argument("--init-from", default=None,
-                       help="bundle to fine-tune (default: the round's own start: the shipped model; "
-                       "build/round8.final for rounds 9 and 10)")
+        start = Path(globals()[name.upper()]["init_from"]).relative_to(REPO)  # the round's settings, ROUNDn
+        p.add_argument("--init-from", default=None, help=f"bundle to fine-tune (default: {start})")
     p.add_argument("--time-limit-min", type=float, default=50.0, help="stop after the epoch that crosses this")
     return p
 
