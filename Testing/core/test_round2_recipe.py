@@ -159,3 +159,13 @@ def test_a_round_refuses_to_write_over_the_bundle_it_starts_from(tiny_bundle, tm
     with pytest.raises(InputError, match="--out is the bundle round9 starts from"):
         recipe.round9(args)
     assert {f.name: f.read_bytes() for f in Path(tiny_bundle).iterdir()} == before
+
+
+def test_the_round13_settings_are_round12_from_round12_s_bundle_with_the_fibula_shown_more_and_like_the_tibia():
+    recipe = _recipe()
+    config, round12 = TrainConfig.from_flat(**recipe.ROUND13), TrainConfig.from_flat(**recipe.ROUND12)
+    assert config.network == round12.network and config.recipe.class_weights == round12.recipe.class_weights
+    assert _changed_synthesis(config, round12) == {"fibula_view_probability", "fibula_like_tibia_probability"}
+    generator = synthesis_config(config.recipe.synthesis)
+    assert 0 < generator.fibula_view_probability < 1 and generator.fibula_like_tibia_probability == 1.0
+    assert Path(config.recipe.init_from).name == "round12.final" and config.recipe.seed != round12.recipe.seed

@@ -291,31 +291,73 @@ def test_fibula_weight_oversamples_maps_with_a_fibula(phantom_cache):
     assert counts[20.0][1] > counts[1.0][1]
 
 
-def test_background_structures_run_along_the_limb(phantom_cache):
-    """Stretched background fields change far less often superior-inferior (coronal rows) than left-right."""
+
+def test_the_fibula_centre_is_the_centroid_of_its_voxels_in_mm(phantom_cache):
+    from kneeseg.synth.synthesizer import fibula_centre_mm
+
     cache, _, _ = phantom_cache
-    synthesizer = make(cache, size=128, window_mm=160.0, planes=("coronal",), config=EXACT)
-    changes = {1.0: np.zeros(2), 4.0: np.zeros(2)}
-    for seed in range(12):
-        view, _, look, _ = synthesizer.draw(np.random.SeedSequence(seed), 1)
-        q = synthesizer.grid.points("coronal", view.pixel_mm, 0.0)
-        for stretch in changes:
-            regions = render.background_regions(dataclasses.replace(look, background_stretch=stretch), q,
-                                                view.half_extent_mm, synthesizer.grid)
-            changes[stretch] += [np.count_nonzero(np.diff(regions, axis=a)) for a in (0, 1)]
-    vertical, horizontal = changes[4.0]
-    assert horizontal > 0 and vertical < 0.5 * horizontal
-    assert 0.5 < changes[1.0][0] / changes[1.0][1] < 2.0
+    knee, other = (load_label_map(f) for f in cache_files(cache))
+    np.testing.assert_allclose(fibula_centre_mm(knee), ELLIPSOIDS[2][1], atol=0.5)
+    assert fibula_centre_mm(other) is None
 
 
-@pytest.mark.parametrize("width", [1, 2, 3, 4])
-def test_septa_are_bands_of_the_given_width_along_region_borders(width):
-    regions = np.zeros((20, 20), np.uint8)
-    regions[:, 10:] = 1
-    septa = render.region_borders(regions, width)
-    assert septa.any(axis=0).sum() == width  # columns of the band
-    assert septa[:, 9].all() or septa[:, 10].all()
-    assert not render.region_borders(np.zeros((20, 20), np.uint8), width).any()
+def test_fibula_views_centre_the_knee_with_a_fibula_on_it_and_keep_their_slices_near_it(phantom_cache):
+    from kneeseg.synth.draws import FIBULA_SLAB_HALF_MM
+
+    cache, _, _ = phantom_cache
+    config = dataclasses.replace(EXACT, fibula_weight=1.0, slab_half_mm=45.0, fibula_view_probability=1.0)
+    synthesizer = make(cache, size=32, batch_size=16, n_slices_per_sample=4, planes=("sagittal",), config=config)
+    knee_centres = {m["source"]: m["centre_mm"] for i in range(4) for m in synthesizer.batch_with_info(i)[2]}
+    assert len(knee_centres) == 2
+    for source, centre in knee_centres.items():
+        expected = ELLIPSOIDS[2][1] if source.endswith("knee.nrrd") else load_label_map(cache_files(cache)[1]).knee_centre_mm
+        np.testing.assert_allclose(centre, expected, atol=0.5)
+    offsets = [m["slice_offset_mm"] for i in range(4) for m in synthesizer.batch_with_info(i)[2]
+               if m["source"].endswith("knee.nrrd")]
+    assert offsets and max(map(abs, offsets)) <= FIBULA_SLAB_HALF_MM
+    x, y = synthesizer.batch(0)
+    assert np.isfinite(x).all()
+
+
+def test_fibula_views_show_the_fibula_in_more_slices(phantom_cache):
+    cache, _, _ = phantom_cache
+    shown = {}
+    for p in (0.0, 1.0):
+        config = dataclasses.replace(EXACT, fibula_weight=1.0, slab_half_mm=45.0, fibula_view_probability=p)
+        synthesizer = make(cache, size=48, window_mm=96.0, batch_size=16, n_slices_per_sample=4, config=config)
+        shown[p] = sum((synthesizer.batch(i)[1] == 3).any(axis=(1, 2)).sum() for i in range(4))
+    assert shown[1.0] > 1.5 * shown[0.0]
+
+
+def test_the_fibula_keeps_the_tibia_s_intensity_when_the_bones_are_drawn_apart(phantom_cache):
+    from kneeseg.synth.draws import draw_appearance
+    from kneeseg.synth.tissues import TISSUE_IDS
+
+    cache, _, _ = phantom_cache
+    synthesizer = make(cache)
+    view, label_map, _, _ = synthesizer.draw(np.random.SeedSequence(3), 2)
+    fibula, tibia = TISSUE_IDS["fibula"], TISSUE_IDS["tibia"]
+    gaps = {}
+    for p in (0.0, 1.0):
+        config = dataclasses.replace(synthesizer.config, shared_bone_probability=0.0, fibula_like_tibia_probability=p)
+        looks = [draw_appearance(np.random.default_rng(seed), config, label_map, view, SIZE) for seed in range(20)]
+        gaps[p] = [abs(look.means[fibula] - look.means[tibia]) for look in looks]
+    assert max(gaps[1.0]) < 0.1 and np.median(gaps[0.0]) > 0.1
+
+
+def test_the_fibula_options_draw_only_where_they_can_act(phantom_cache):
+    """A fibula view is drawn for a map with a fibula only, the fibula's intensity only when the bones do not
+    share one: elsewhere every sample is the one drawn without the options (the pinned evaluation
+    generator has both off)."""
+    cache, _, _ = phantom_cache
+    no_fibula = [cache_files(cache)[1]]
+    base = dataclasses.replace(EXACT, shared_bone_probability=1.0)
+    on = dataclasses.replace(base, fibula_view_probability=1.0, fibula_like_tibia_probability=1.0)
+    a, b = make(no_fibula, config=on).batch(1), make(no_fibula, config=base).batch(1)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    a = make(cache, config=dataclasses.replace(base, fibula_like_tibia_probability=1.0)).batch(1)
+    b = make(cache, config=base).batch(1)
+    assert np.array_equal(a[0], b[0])
 
 
 def test_septa_and_stretch_render(phantom_cache):

@@ -26,11 +26,17 @@ class SynthesisConfig:
       mirror_probability: left/right mirroring (left and right knees).
       extend_shafts_probability: repeat the last slices of the label map above and below its field of
         view (bone shafts are nearly cylinders), so that bones do not always end at a scan edge.
+      fibula_view_probability: a view of a fibula-bearing map is centred on the fibula (its voxels'
+        centroid, plus the usual shift) instead of the knee, its slices within ``draws.FIBULA_SLAB_HALF_MM``
+        of that centre: most of them cut the fibula, which knee-centred views show in a fifth of slices.
 
     Appearance (how the knee looks):
       preset_probability: tissue means follow one of the MRI contrast presets (T1, PD, PD fat-sat, T2,
         DESS) with ``intensity_jitter``; otherwise every tissue kind gets a uniform random mean.
       shared_bone_probability: the four bones share one marrow intensity (plus a small jitter).
+      fibula_like_tibia_probability: when they do not, the fibula still takes the tibia's (plus a small
+        jitter), as the marrow of the two bones of the lower leg does in real scans; a fibula of its
+        own random intensity is a plain blob that only its outline tells from the background structures.
       texture_std: range of the amplitude of intra-structure texture (fraction of full scale).
       texture_sigma_px: range of the correlation length of that texture.
       background_classes: number of random smooth structures (muscle, fat, fluid stand-ins) that fill
@@ -78,9 +84,11 @@ class SynthesisConfig:
     deformation_spacing_mm: float = 40.0
     mirror_probability: float = 0.5
     extend_shafts_probability: float = 0.5
+    fibula_view_probability: float = 0.0
 
     preset_probability: float = 0.5
     shared_bone_probability: float = 0.7
+    fibula_like_tibia_probability: float = 0.0
     intensity_jitter: float = 0.06
     texture_std: tuple = (0.0, 0.08)
     texture_sigma_px: tuple = (0.7, 2.0)

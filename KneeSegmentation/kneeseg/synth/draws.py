@@ -14,7 +14,7 @@ import numpy as np
 from ..transforms import spline_lattice
 from .cache import CachedLabelMap
 from .config import SynthesisConfig
-from .tissues import TISSUES
+from .tissues import TISSUE_IDS, TISSUES
 
 # Relative signal of each tissue kind in common knee MRI contrasts (cortex is always dark).
 _PRESETS = {
@@ -27,6 +27,9 @@ _PRESETS = {
 }
 _PRESET_KINDS = ("bone", "cartilage", "fibrous", "muscle", "fat", "fluid", "vessel", "nerve", "other")
 _BACKGROUND_KINDS = ("muscle", "fat", "fluid", "fibrous", "muscle", "fat")
+# A fibula-centred view's slices lie this close to the fibula's centre (its shaft is 10-25 mm across):
+# most of them cut it, in every plane.
+FIBULA_SLAB_HALF_MM = 15.0
 
 
 @dataclass(frozen=True)
@@ -59,9 +62,12 @@ def _rotation(angles_rad) -> np.ndarray:
 
 
 def draw_view(rng, cfg: SynthesisConfig, map_probabilities, planes, knee_centres, size, nominal_pixel_mm,
-               n_slices) -> View:
+               n_slices, fibula_centres=None) -> View:
     """All geometric draws of one stack, always in the same order (toggling an option such as
-    mirroring in the config changes nothing else; the lattice, whose size varies, comes last)."""
+    mirroring in the config changes nothing else; the lattice, whose size varies, comes last, and the
+    choice of a fibula-centred view after it, drawn only where one is possible).
+
+    ``fibula_centres``: per map, the centre (LPS mm) of its fibula, or None (no fibula)."""
     map_index = int(rng.choice(len(map_probabilities), p=map_probabilities))
     plane = planes[int(rng.integers(len(planes)))]
     lo, hi = np.log(cfg.window_scale)
@@ -77,7 +83,12 @@ def draw_view(rng, cfg: SynthesisConfig, map_probabilities, planes, knee_centres
     half_extent = max(size * pixel_mm / 2.0, cfg.slab_half_mm + max(cfg.slice_thickness_mm)) * 1.05
     g = max(4, int(math.ceil(2.0 * half_extent / cfg.deformation_spacing_mm)) + 1)
     deformation = np.stack([spline_lattice(c) for c in rng.normal(0.0, 1.0, (3, g, g, g)) * deformation_std])
-    return View(map_index, plane, pixel_mm, knee_centres[map_index] + shift, matrix, mirrored, deformation,
+    centre = knee_centres[map_index]
+    fibula_centre = None if fibula_centres is None else fibula_centres[map_index]
+    if cfg.fibula_view_probability > 0 and fibula_centre is not None and rng.random() < cfg.fibula_view_probability:
+        centre = fibula_centre
+        offsets = offsets * min(1.0, FIBULA_SLAB_HALF_MM / cfg.slab_half_mm)
+    return View(map_index, plane, pixel_mm, centre + shift, matrix, mirrored, deformation,
                  half_extent, offsets, extend_shafts)
 
 
@@ -125,6 +136,10 @@ def _tissue_means(rng, cfg: SynthesisConfig, kind_means: dict) -> np.ndarray:
             means[t.id] = rng.uniform(0.0, 1.0)
         else:
             means[t.id] = np.clip(kind_means[t.kind] + rng.normal(0.0, cfg.intensity_jitter / 2), 0.0, 1.0)
+    # Drawn last and only when enabled, so that with the option off every other draw stays as it was.
+    if not shared_bone and cfg.fibula_like_tibia_probability > 0 and rng.random() < cfg.fibula_like_tibia_probability:
+        fibula, tibia = TISSUE_IDS["fibula"], TISSUE_IDS["tibia"]
+        means[fibula] = np.clip(means[tibia] + rng.normal(0.0, cfg.intensity_jitter / 2), 0.0, 1.0)
     return means
 
 

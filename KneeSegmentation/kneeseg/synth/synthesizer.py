@@ -14,7 +14,7 @@ from .cache import CachedLabelMap, cache_files, load_label_map
 from .config import SynthesisConfig
 from .draws import draw_appearance, draw_context_spacing, draw_view
 from .render import CoarseGrid, render
-from .tissues import target_lookup
+from .tissues import TISSUE_IDS, target_lookup
 
 SCAN_SIZE = 256  # pixels of a synthetic scan's slices (a scanner's matrix, not the model frame)
 SCAN_WINDOW_MM = 160.0  # its in-plane field of view
@@ -64,6 +64,10 @@ class SliceSynthesizer:
         self.target = np.minimum(target_lookup(), 1) if merged else target_lookup()
         self._maps = {}
         self._lock = threading.Lock()
+        self._fibula_centres = None
+        if config.fibula_view_probability > 0:
+            self._fibula_centres = [fibula_centre_mm(self.label_map(i)) if has else None
+                                    for i, has in enumerate(has_fibula)]
 
     @staticmethod
     def _read_summary(path):
@@ -113,7 +117,7 @@ class SliceSynthesizer:
         """(view, label map, appearance, noise generator) of one synthetic volume of ``n_slices`` slices."""
         geometry_rng, appearance_rng, noise_rng = (np.random.default_rng(s) for s in seed_sequence.spawn(3))
         view = draw_view(geometry_rng, self.config, self.map_probabilities, self.frame.planes, self._knee_centres,
-                         self.frame.size, self.frame.window_mm / self.frame.size, n_slices)
+                         self.frame.size, self.frame.window_mm / self.frame.size, n_slices, self._fibula_centres)
         label_map = self.label_map(view.map_index)
         return view, label_map, draw_appearance(appearance_rng, self.config, label_map, view, self.frame.size), noise_rng
 
@@ -142,6 +146,14 @@ class SliceSynthesizer:
                  **({"context_mm": spacing} if context else {})}
                 for offset in centres]
         return x, targets, info
+
+
+def fibula_centre_mm(label_map: CachedLabelMap):
+    """The centroid (LPS mm) of a cached map's fibula voxels; None when it has none."""
+    k, j, i = np.nonzero(label_map.labels == TISSUE_IDS["fibula"])
+    if not len(k):
+        return None
+    return label_map.origin + np.array([i.mean(), j.mean(), k.mean()]) * label_map.spacing
 
 
 def synthesize_volume(path, seed: int = 0, plane: str = None, slice_mm: float = None, size: int = SCAN_SIZE,
