@@ -169,3 +169,12 @@ def test_the_round13_settings_are_round12_from_round12_s_bundle_with_the_fibula_
     generator = synthesis_config(config.recipe.synthesis)
     assert 0 < generator.fibula_view_probability < 1 and generator.fibula_like_tibia_probability == 1.0
     assert Path(config.recipe.init_from).name == "round12.final" and config.recipe.seed != round12.recipe.seed
+
+
+def test_the_round14_settings_are_round13_from_its_best_epoch_with_fewer_fibula_views():
+    recipe = _recipe()
+    config, round13 = TrainConfig.from_flat(**recipe.ROUND14), TrainConfig.from_flat(**recipe.ROUND13)
+    assert config.network == round13.network and _changed_synthesis(config, round13) == {"fibula_view_probability"}
+    views = synthesis_config(config.recipe.synthesis).fibula_view_probability
+    assert 0 < views < synthesis_config(round13.recipe.synthesis).fibula_view_probability
+    assert Path(config.recipe.init_from).name == "round13" and config.recipe.seed != round13.recipe.seed
