@@ -11,6 +11,7 @@
     python scripts/train_default.py round12 --cache .cache/labelmaps --out build/round12 [--time-limit-min 20]
     python scripts/train_default.py round13 --cache .cache/labelmaps --out build/round13 [--time-limit-min 20]
     python scripts/train_default.py round14 --cache .cache/labelmaps --out build/round14 [--time-limit-min 20]
+    python scripts/train_default.py round15 --cache .cache/labelmaps --out build/round15 [--time-limit-min 20]
     python scripts/train_default.py finalize build/default/stage2 --stage1 build/default/stage1 \
         --cache .cache/labelmaps --real2d ../shared/data/real_2d/sagittal_slices_dev.npz [--install]
 
@@ -298,6 +299,17 @@ def round14(args):
     _fine_tune(args, ROUND14, "round14")
 
 
+# Round 15: the paired test of rounds 13-14. Round 12's measured bundle (build/round12.final) continued with
+# only the fibula at the tibia's intensity, no fibula-centred views: rounds 13 and 14 raised the fibula but
+# brought back the thigh muscle labelled femur on the DESS volume, and they changed both at once.
+ROUND15 = {**ROUND12, "seed": 15, "init_from": str(REPO / "build" / "round12.final"),
+           "synthesis": {**ROUND12["synthesis"], "fibula_like_tibia_probability": 1.0}}
+
+
+def round15(args):
+    _fine_tune(args, ROUND15, "round15")
+
+
 # Each fine-tune's subcommand: what it runs, its help line and its parser options (fine_tune_parser).
 # The newest is finalize's default recipe.
 FINE_TUNES = {
@@ -322,6 +334,8 @@ FINE_TUNES = {
                 "views; rerun to continue", {"init_from": True}),
     "round14": (round14, "round 14: round 13 continued with fewer fibula-centred views; rerun to continue",
                 {"init_from": True}),
+    "round15": (round15, "round 15: round 12 continued with the fibula as bright as the tibia, no fibula views; "
+                "rerun to continue", {"init_from": True}),
 }
 
 

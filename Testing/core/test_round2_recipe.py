@@ -178,3 +178,10 @@ def test_the_round14_settings_are_round13_from_its_best_epoch_with_fewer_fibula_
     views = synthesis_config(config.recipe.synthesis).fibula_view_probability
     assert 0 < views < synthesis_config(round13.recipe.synthesis).fibula_view_probability
     assert Path(config.recipe.init_from).name == "round13" and config.recipe.seed != round13.recipe.seed
+
+
+def test_the_round15_settings_are_round12_with_only_the_fibula_like_the_tibia():
+    recipe = _recipe()
+    config, round12 = TrainConfig.from_flat(**recipe.ROUND15), TrainConfig.from_flat(**recipe.ROUND12)
+    assert config.network == round12.network and _changed_synthesis(config, round12) == {"fibula_like_tibia_probability"}
+    assert Path(config.recipe.init_from).name == "round12.final" and config.recipe.seed != round12.recipe.seed
