@@ -29,6 +29,8 @@ class SynthesisConfig:
       fibula_view_probability: a view of a fibula-bearing map is centred on the fibula (its voxels'
         centroid, plus the usual shift) instead of the knee, its slices within ``draws.FIBULA_SLAB_HALF_MM``
         of that centre: most of them cut the fibula, which knee-centred views show in a fifth of slices.
+        Tried in rounds 13-14 and dropped: it brought back thigh muscle labelled femur on a real DESS
+        scan (docs/evaluation.md, round 15).
 
     Appearance (how the knee looks):
       preset_probability: tissue means follow one of the MRI contrast presets (T1, PD, PD fat-sat, T2,

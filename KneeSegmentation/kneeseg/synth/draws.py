@@ -87,7 +87,8 @@ def draw_view(rng, cfg: SynthesisConfig, map_probabilities, planes, knee_centres
     fibula_centre = None if fibula_centres is None else fibula_centres[map_index]
     if cfg.fibula_view_probability > 0 and fibula_centre is not None and rng.random() < cfg.fibula_view_probability:
         centre = fibula_centre
-        offsets = offsets * min(1.0, FIBULA_SLAB_HALF_MM / cfg.slab_half_mm)
+        if cfg.slab_half_mm > FIBULA_SLAB_HALF_MM:
+            offsets = offsets * (FIBULA_SLAB_HALF_MM / cfg.slab_half_mm)
     return View(map_index, plane, pixel_mm, centre + shift, matrix, mirrored, deformation,
                  half_extent, offsets, extend_shafts)
 
