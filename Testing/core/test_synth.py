@@ -318,7 +318,7 @@ def test_fibula_views_centre_the_knee_with_a_fibula_on_it_and_keep_their_slices_
     x, y = synthesizer.batch(0)
     assert np.isfinite(x).all()
     # a single-slice slab (no spread to narrow) is kept as it is
-    flat = make(cache, size=32, config=dataclasses.replace(config, slab_half_mm=0.0))
+    flat = make([cache_files(cache)[0]], size=32, config=dataclasses.replace(config, slab_half_mm=0.0))
     assert all(m["slice_offset_mm"] == 0.0 for m in flat.batch_with_info(0)[2])
 
 
