@@ -170,6 +170,17 @@ ROUND3 = {**ROUND2, "learning_rate": 1e-4, "final_learning_rate": 1e-5, "epochs"
           "synthesis": {**ROUND2_SYNTHESIS, "slab_half_mm": 80.0}}
 
 
+def _plain_fine_tune(name):
+    """The subcommand of a fine-tune that is its settings (``ROUNDn``) and nothing more."""
+    settings = globals()[name.upper()]
+
+    def run(args):
+        _fine_tune(args, settings, name)
+
+    run.__name__ = name
+    return run
+
+
 def round3(args):
     from kneeseg.datasets import read_split
     from kneeseg.progress import Progress
@@ -205,9 +216,7 @@ def round4(args):
 ROUND7 = {**ROUND2, "learning_rate": 1e-4, "final_learning_rate": 1e-5, "epochs": 30, "patience": 8, "seed": 7,
           "synthesis": {**ROUND2_SYNTHESIS, "centre_shift_mm": 25.0}}
 
-
-def round7(args):
-    _fine_tune(args, ROUND7, "round7")
+round7 = _plain_fine_tune("round7")
 
 
 # Round 8: round 2's data, settings and view centres, from the shipped model, on the generator with the
@@ -217,9 +226,7 @@ def round7(args):
 # earlier round trained (and was measured) on such images. Schedule as round 7.
 ROUND8 = {**ROUND2, "learning_rate": 1e-4, "final_learning_rate": 1e-5, "epochs": 30, "patience": 8, "seed": 8}
 
-
-def round8(args):
-    _fine_tune(args, ROUND8, "round8")
+round8 = _plain_fine_tune("round8")
 
 
 # Round 9: round 8 continued (from build/round8.final, its measured bundle) on the generator with the
@@ -230,9 +237,7 @@ def round8(args):
 ROUND9 = {**ROUND8, "seed": 9, "init_from": str(REPO / "build" / "round8.final"),
           "synthesis": {**ROUND2_SYNTHESIS, "muscle_stretch_probability": 0.6, "septum_probability": 0.5}}
 
-
-def round9(args):
-    _fine_tune(args, ROUND9, "round9")
+round9 = _plain_fine_tune("round9")
 
 
 # Round 10: round 9 paired, the one change being the fibula's weight in the loss (3; femur, tibia and
@@ -241,9 +246,7 @@ def round9(args):
 # (build/round8.final) and generator as round 9.
 ROUND10 = {**ROUND9, "seed": 10, "class_weights": (1.0, 1.0, 3.0, 1.0)}
 
-
-def round10(args):
-    _fine_tune(args, ROUND10, "round10")
+round10 = _plain_fine_tune("round10")
 
 
 # Round 11: round 9 continued (from build/round9.final, its measured bundle: the DESS muscle gone, the
@@ -254,9 +257,7 @@ def round10(args):
 ROUND11 = {**ROUND10, "seed": 11, "init_from": str(REPO / "build" / "round9.final"),
            "class_weights": (1.0, 1.0, 2.0, 1.0), "validation_steps": 15}
 
-
-def round11(args):
-    _fine_tune(args, ROUND11, "round11")
+round11 = _plain_fine_tune("round11")
 
 
 # Round 12: round 11 continued (from build/round11.final) with the fibula-bearing maps drawn 10 times as
@@ -267,9 +268,7 @@ def round11(args):
 ROUND12 = {**ROUND11, "seed": 12, "init_from": str(REPO / "build" / "round11.final"),
            "synthesis": {**ROUND11["synthesis"], "fibula_weight": 10.0}}
 
-
-def round12(args):
-    _fine_tune(args, ROUND12, "round12")
+round12 = _plain_fine_tune("round12")
 
 
 # Round 13: round 12 continued (from build/round12.final) with the fibula shown as real scans show it and
@@ -282,9 +281,7 @@ ROUND13 = {**ROUND12, "seed": 13, "init_from": str(REPO / "build" / "round12.fin
            "synthesis": {**ROUND12["synthesis"], "fibula_view_probability": 0.5,
                          "fibula_like_tibia_probability": 1.0}}
 
-
-def round13(args):
-    _fine_tune(args, ROUND13, "round13")
+round13 = _plain_fine_tune("round13")
 
 
 # Round 14: round 13 continued (from its best-epoch bundle build/round13) with fewer fibula-centred views
@@ -294,9 +291,7 @@ def round13(args):
 ROUND14 = {**ROUND13, "seed": 14, "init_from": str(REPO / "build" / "round13"),
            "synthesis": {**ROUND13["synthesis"], "fibula_view_probability": 0.2}}
 
-
-def round14(args):
-    _fine_tune(args, ROUND14, "round14")
+round14 = _plain_fine_tune("round14")
 
 
 # Round 15: the paired test of rounds 13-14. Round 12's measured bundle (build/round12.final) continued with
@@ -305,9 +300,7 @@ def round14(args):
 ROUND15 = {**ROUND12, "seed": 15, "init_from": str(REPO / "build" / "round12.final"),
            "synthesis": {**ROUND12["synthesis"], "fibula_like_tibia_probability": 1.0}}
 
-
-def round15(args):
-    _fine_tune(args, ROUND15, "round15")
+round15 = _plain_fine_tune("round15")
 
 
 # Each fine-tune's subcommand: what it runs, its help line and its parser options (fine_tune_parser).
