@@ -211,11 +211,14 @@ def quality_section(results) -> list:
     """The "Quality score" section: how well each case's score ranks its true mean Dice."""
     from kneeseg.quality import FLAG_BELOW, THRESHOLD_RULE
 
+    from kneeseg.workflows.evaluate import threshold_by_rule
+
     rows = []
     for key, name in QUALITY_ROWS:
         q = (results.get(key) or {}).get("quality")
         if not q or "spearman" not in q:
             continue
+        q = {**q, **at_threshold(q, FLAG_BELOW)}
         flagged = q["n_flagged"]
         rows.append([name, q["n"], "-" if q["spearman"] is None else f"{q['spearman']:.2f}", flagged,
                      f"{q['n_flagged_in_worst_quartile']} of {q['n_worst_quartile']} (Dice <= "
@@ -234,7 +237,32 @@ def quality_section(results) -> list:
             f"{FLAG_BELOW}) against the worst quartile of mean Dice:\n",
             table(["data", "cases", "Spearman", "flagged", "flagged in the worst quartile", "mean Dice flagged",
                    "mean Dice not flagged"], rows),
-            f"\nThreshold {FLAG_BELOW}: {THRESHOLD_RULE}.\n"]
+            f"\nThreshold {FLAG_BELOW}: {THRESHOLD_RULE}.\n"] + threshold_sweep(results, threshold_by_rule)
+
+
+def at_threshold(quality, threshold) -> dict:
+    """The flag counts of one data set's quality summary at ``threshold``, from its sweep (so that a report
+    rendered again after the threshold moved counts by the new one); {} when the sweep lacks it."""
+    return next((row for row in quality.get("sweep", ()) if abs(row["threshold"] - threshold) < 1e-9), {})
+
+
+def threshold_sweep(results, threshold_by_rule) -> list:
+    """The rule's data, threshold by threshold: the real slices and the held-out synthetic volumes."""
+    real, synthetic = ((results.get(key) or {}).get("quality") or {} for key in ("real2d", "synthetic"))
+    if not real.get("sweep") or not synthetic.get("sweep"):
+        return []
+    picked = threshold_by_rule(real, synthetic)
+    rows = []
+    for r, s in zip(real["sweep"], synthetic["sweep"]):
+        if r["n_flagged"] or s["n_flagged"]:
+            rows.append([f"{r['threshold']:.2f}", f"{r['n_flagged_in_worst_quartile']} of {r['n_flagged']}",
+                         f"{s['n_flagged_in_worst_quartile']} of {s['n_flagged']}"])
+        if r["n_flagged"] == real["n"] and s["n_flagged"] == synthetic["n"]:
+            break
+    return ["The rule on this run's cases: flagged cases in the worst quartile of mean Dice, of those flagged, "
+            "at each threshold; the rule picks "
+            + (f"**{picked:.2f}**" if picked is not None else "**no threshold**") + ".\n",
+            table(["threshold", "real dev slices", "held-out synthetic volumes"], rows)]
 
 
 HAND_WRITTEN = "<!-- Below: written by hand, kept by make eval -->"
@@ -254,17 +282,28 @@ def main():
     parser.add_argument("--synthetic-cases", type=int, default=14)
     parser.add_argument("--out", default=str(REPO / "docs" / "evaluation.md"))
     parser.add_argument("--no-card", action="store_true", help="do not store the numbers in the bundle card")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the report again from the numbers of the last run (docs/evaluation.json), "
+                             "measuring nothing: e.g. after the quality threshold moved")
     args = parser.parse_args()
     from kneeseg.bundle import default_bundle_path, load_bundle
     from kneeseg.workflows.evaluate import evaluate_real2d, evaluate_synthetic
 
+    if args.report_only:
+        measured = Path(args.out).parent / "evaluation.json"
+        if not measured.exists():
+            sys.exit(f"eval: {measured} is absent: run make eval first")
+        results = json.loads(measured.read_text())
+        write_report(args.out, results, Path(results.get("model") or default_bundle_path()).resolve())
+        print(f"wrote {args.out} from {measured}")
+        return
     data = Path(args.data)
     if not data.exists():
         sys.exit(f"eval: {data} is absent: the evaluation needs the development data (see README)")
     bundle_path = Path(args.model) if args.model else default_bundle_path()
     bundle = load_bundle(bundle_path)
     docs = Path(args.out).parent
-    results = {"date": datetime.date.today().isoformat(), "machine": machine()}
+    results = {"date": datetime.date.today().isoformat(), "machine": machine(), "model": str(bundle_path.resolve())}
     npz = data / "real_2d" / "sagittal_slices_dev.npz"
     results["real2d"] = {k: v for k, v in evaluate_real2d(bundle, npz).items() if k != "cases"}
     results["centres"] = centre_errors(bundle, npz)

@@ -231,3 +231,63 @@ def test_kneeseg_evaluate_prints_how_well_the_score_ranks_the_cases():
             "quartile") in text.splitlines()
     report["quality"] = {"n": 2, "threshold": 0.5}  # too few cases for a rank correlation: no line
     assert "quality score" not in evaluation_table({"synthetic": report})
+
+
+def test_the_sweep_counts_flags_at_each_threshold_and_the_rule_picks_the_highest_that_holds_on_both_sets():
+    from kneeseg.workflows.evaluate import THRESHOLD_STEPS, quality_vs_dice, threshold_by_rule
+
+    dice = [0.1, 0.2, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+    real = quality_vs_dice([{"quality_score": d, "quality_flag": False, "mean_dice": d} for d in dice])
+    rows = {row["threshold"]: row for row in real["sweep"]}
+    assert sorted(rows) == list(THRESHOLD_STEPS)
+    assert rows[0.15]["n_flagged"] == 1 and rows[0.25]["n_flagged"] == 2 and rows[0.55]["n_flagged"] == 3
+    assert rows[0.25]["n_flagged_in_worst_quartile"] == 2 and rows[0.25]["mean_dice_flagged"] == pytest.approx(0.15)
+    assert real["n_flagged"] == 0  # the headline counts are the pipeline's own flags, not the sweep's
+    # Scores that rank perfectly: the rule holds up to 0.7, which flags 4 (2 of them the worst); 0.75 flags 5.
+    assert threshold_by_rule(real) == 0.7
+    # A second set whose score says nothing (all equal) flags everything or nothing: 2 of 8 is not half.
+    flat = quality_vs_dice([{"quality_score": 0.3, "quality_flag": False, "mean_dice": d} for d in dice])
+    assert threshold_by_rule(real, flat) is None
+    # Reversed scores flag the best cases first: the rule holds nowhere.
+    worst_first = quality_vs_dice([{"quality_score": 1 - d, "quality_flag": False, "mean_dice": d} for d in dice])
+    assert threshold_by_rule(worst_first) is None
+    assert threshold_by_rule({"n": 2}) is None and threshold_by_rule() is None
+
+
+def test_the_report_counts_flags_by_the_current_threshold_and_can_be_written_again_without_measuring(tmp_path):
+    import importlib.util
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from kneeseg.workflows.evaluate import quality_vs_dice
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "evaluate_default.py"
+    spec = importlib.util.spec_from_file_location("evaluate_default", script)
+    evaluate_default = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evaluate_default)
+    dice = [0.1, 0.2, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+    # Flags made at some other threshold (all 8): the report counts by the shipped threshold instead.
+    q = quality_vs_dice([{"quality_score": d, "quality_flag": True, "mean_dice": d} for d in dice])
+    results = {"date": "2026-12-03", "machine": "test", "real2d": {"dice": {}, "quality": q},
+               "synthetic": {"quality": q}}
+    text = "\n".join(evaluate_default.quality_section(results))
+    expected = sum(d < quality.FLAG_BELOW for d in dice)
+    assert f"| real dev slices (one plane: sure voxels, one piece) | 8 | 1.00 | {expected} |" in text
+    assert "the rule picks **0.70**" in text and "| 0.70 | 2 of 4 | 2 of 4 |" in text
+    # --report-only: the report again from evaluation.json, nothing measured (no data folder needed).
+    measured = json.loads((script.parents[1] / "docs" / "evaluation.json").read_text())  # a whole run's numbers
+    measured["real2d"]["quality"] = measured["synthetic"]["quality"] = q
+    (tmp_path / "evaluation.json").write_text(json.dumps(measured))
+    out = tmp_path / "evaluation.md"
+    out.write_text("old\n" + evaluate_default.HAND_WRITTEN + "\nkept by hand\n")
+    run = subprocess.run([sys.executable, str(script), "--report-only", "--out", str(out),
+                          "--data", str(tmp_path / "absent")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    written = out.read_text()
+    assert "## Quality score" in written and "kept by hand" in written and not written.startswith("old")
+    (tmp_path / "evaluation.json").unlink()
+    run = subprocess.run([sys.executable, str(script), "--report-only", "--out", str(out)],
+                         capture_output=True, text=True)
+    assert run.returncode != 0 and "evaluation.json is absent" in run.stderr

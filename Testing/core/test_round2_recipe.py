@@ -185,3 +185,14 @@ def test_the_round15_settings_are_round12_with_only_the_fibula_like_the_tibia():
     config, round12 = TrainConfig.from_flat(**recipe.ROUND15), TrainConfig.from_flat(**recipe.ROUND12)
     assert config.network == round12.network and _changed_synthesis(config, round12) == {"fibula_like_tibia_probability"}
     assert Path(config.recipe.init_from).name == "round12.final" and config.recipe.seed != round12.recipe.seed
+
+
+def test_the_round16_settings_are_round15_in_one_fine_tune_of_the_shipped_model():
+    recipe = _recipe()
+    config, round15 = TrainConfig.from_flat(**recipe.ROUND16), TrainConfig.from_flat(**recipe.ROUND15)
+    assert config.network == round15.network and _changed_synthesis(config, round15) == set()
+    assert config.recipe.class_weights == round15.recipe.class_weights
+    assert config.recipe.validation_steps == round15.recipe.validation_steps
+    assert Path(config.recipe.init_from) == recipe.INSTALLED and config.recipe.seed != round15.recipe.seed
+    # round 8's schedule: the 30 epochs, not round 15's 20-minute limit, end it
+    assert (config.recipe.learning_rate, config.recipe.epochs) == (TrainConfig.from_flat(**recipe.ROUND8).recipe.learning_rate, 30)

@@ -90,10 +90,33 @@ def quality_vs_dice(cases) -> dict:
     worst = dice <= np.percentile(dice, 25)
     out.update(spearman=None if np.isnan(rho) else float(rho), p_value=None if np.isnan(p_value) else float(p_value),
                worst_quartile_dice=float(np.percentile(dice, 25)), n_worst_quartile=int(worst.sum()),
-               n_flagged=int(flagged.sum()), n_flagged_in_worst_quartile=int((flagged & worst).sum()),
-               mean_dice_flagged=float(dice[flagged].mean()) if flagged.any() else None,
-               mean_dice_unflagged=float(dice[~flagged].mean()) if (~flagged).any() else None)
+               **_flag_counts(flagged, worst, dice),
+               sweep=[{"threshold": t, **_flag_counts(score < t, worst, dice)} for t in THRESHOLD_STEPS])
     return out
+
+
+THRESHOLD_STEPS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+
+
+def _flag_counts(flagged, worst, dice) -> dict:
+    return dict(n_flagged=int(flagged.sum()), n_flagged_in_worst_quartile=int((flagged & worst).sum()),
+                mean_dice_flagged=float(dice[flagged].mean()) if flagged.any() else None,
+                mean_dice_unflagged=float(dice[~flagged].mean()) if (~flagged).any() else None)
+
+
+def threshold_by_rule(*qualities):
+    """The flag threshold :data:`kneeseg.quality.THRESHOLD_RULE` picks from ``qualities`` (each a
+    :func:`quality_vs_dice` result with its sweep): the highest step at which every one of them flags
+    something and at least half of what it flags lies in its worst quartile of mean Dice; None when
+    no step does (or a result has no sweep)."""
+    sweeps = [{row["threshold"]: row for row in q.get("sweep", ())} for q in qualities]
+    if not sweeps or not all(sweeps):
+        return None
+    for t in sorted(THRESHOLD_STEPS, reverse=True):
+        rows = [s.get(t) for s in sweeps]
+        if all(r and r["n_flagged"] and 2 * r["n_flagged_in_worst_quartile"] >= r["n_flagged"] for r in rows):
+            return t
+    return None
 
 
 FIBULA_PLANES = ("sagittal", "coronal", "axial")
