@@ -196,3 +196,27 @@ def test_the_round16_settings_are_round15_in_one_fine_tune_of_the_shipped_model(
     assert Path(config.recipe.init_from) == recipe.INSTALLED and config.recipe.seed != round15.recipe.seed
     # round 8's schedule: the 30 epochs, not round 15's 20-minute limit, end it
     assert (config.recipe.learning_rate, config.recipe.epochs) == (TrainConfig.from_flat(**recipe.ROUND8).recipe.learning_rate, 30)
+
+
+@pytest.mark.parametrize("no_synthetic", [False, True])
+def test_finalize_leaves_the_synthetic_volumes_to_make_eval_only_when_asked(tiny_bundle, tmp_path, monkeypatch,
+                                                                             no_synthetic):
+    import shutil
+
+    import kneeseg.workflows.evaluate as evaluate
+    from kneeseg.bundle import load_bundle
+
+    recipe = _recipe()
+    bundle = tmp_path / "round16"
+    shutil.copytree(tiny_bundle, bundle)
+    scored = []
+    monkeypatch.setattr(evaluate, "evaluate_synthetic", lambda *a, **k: scored.append("volumes") or {"n_cases": 0})
+    monkeypatch.setattr(evaluate, "evaluate_synthetic_fibula", lambda *a, **k: scored.append("fibula") or {})
+    argv = ["train_default.py", "finalize", str(bundle), "--recipe", "round16", "--cache", str(tmp_path / "cache"),
+            "--hardware", "test"] + (["--no-synthetic"] if no_synthetic else [])
+    monkeypatch.setattr("sys.argv", argv)
+    recipe.main()
+    metrics = load_bundle(tmp_path / "round16.final").card.metrics
+    assert scored == ([] if no_synthetic else ["volumes", "volumes", "fibula"])
+    assert ("synthetic" in metrics) is not no_synthetic and metrics["measured_on"]
+    assert load_bundle(recipe.INSTALLED).card.name == "knee-bones-default"  # not installed
