@@ -325,10 +325,11 @@ def main():
     if not args.no_card and bundle_path.is_dir():
         from kneeseg.bundle import update_card
 
+        from kneeseg.workflows.evaluate import for_the_card
+
         update_card(bundle_path, metrics={"measured_on": results["machine"], "date": results["date"],
-                                          "real2d": results["real2d"], "synthetic": results.get("synthetic"),
-                                          "synthetic_rim_outside": results.get("synthetic_rim_outside"),
-                                          "synthetic_fibula": results.get("synthetic_fibula"),
+                                          **{key: for_the_card(results.get(key)) for key in
+                                             ("real2d", "synthetic", "synthetic_rim_outside", "synthetic_fibula")},
                                           "report": "docs/evaluation.md"})
     write_report(args.out, results, bundle_path.resolve())
     print(f"wrote {args.out}")

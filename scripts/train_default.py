@@ -350,7 +350,7 @@ FINE_TUNES = {
 def finalize(args):
     from kneeseg.bundle import load_bundle, save_bundle
     from kneeseg.onnx_backend import export_onnx
-    from kneeseg.workflows.evaluate import evaluate_real2d, evaluate_synthetic
+    from kneeseg.workflows.evaluate import evaluate_real2d, evaluate_synthetic, for_the_card
 
     trained = load_bundle(args.bundle)
     model = trained.load_keras_model()
@@ -391,16 +391,16 @@ def finalize(args):
     metrics = {"measured_on": args.hardware_eval, "date": args.date}
     if args.real2d:
         result = evaluate_real2d(bundle, args.real2d)
-        metrics["real2d"] = {k: v for k, v in result.items() if k != "cases"}
+        metrics["real2d"] = for_the_card({k: v for k, v in result.items() if k != "cases"})
     if args.cache and not args.no_synthetic:
         from kneeseg.synth import EVALUATION_CONFIG_RIM_OUTSIDE
         from kneeseg.workflows.evaluate import evaluate_synthetic_fibula
 
         for key, config in (("synthetic", None), ("synthetic_rim_outside", EVALUATION_CONFIG_RIM_OUTSIDE)):
             result = evaluate_synthetic(bundle, args.cache, args.synthetic_cases, config=config)
-            metrics[key] = {k: v for k, v in result.items() if k != "cases"}
+            metrics[key] = for_the_card({k: v for k, v in result.items() if k != "cases"})
         result = evaluate_synthetic_fibula(bundle, args.cache, config=EVALUATION_CONFIG_RIM_OUTSIDE)
-        metrics["synthetic_fibula"] = {k: v for k, v in result.items() if k != "cases"}
+        metrics["synthetic_fibula"] = for_the_card({k: v for k, v in result.items() if k != "cases"})
     from kneeseg.bundle import update_card
 
     update_card(staging, metrics=metrics)

@@ -252,6 +252,13 @@ def test_the_sweep_counts_flags_at_each_threshold_and_the_rule_picks_the_highest
     worst_first = quality_vs_dice([{"quality_score": 1 - d, "quality_flag": False, "mean_dice": d} for d in dice])
     assert threshold_by_rule(worst_first) is None
     assert threshold_by_rule({"n": 2}) is None and threshold_by_rule() is None
+    # The card keeps the summary without the sweep; evaluation.json keeps it whole.
+    from kneeseg.workflows.evaluate import for_the_card
+
+    summary = {"n_cases": 8, "quality": real}
+    card = for_the_card(summary)
+    assert "sweep" not in card["quality"] and card["quality"]["spearman"] == real["spearman"]
+    assert "sweep" in summary["quality"] and for_the_card(None) is None and for_the_card({"n": 1}) == {"n": 1}
 
 
 def test_the_report_counts_flags_by_the_current_threshold_and_can_be_written_again_without_measuring(tmp_path):

@@ -95,6 +95,14 @@ def quality_vs_dice(cases) -> dict:
     return out
 
 
+def for_the_card(summary):
+    """An evaluation summary as a model card keeps it: without the quality's threshold sweep, which only
+    the report's threshold rule reads (docs/evaluation.json keeps it)."""
+    if not summary or "quality" not in summary:
+        return summary
+    return {**summary, "quality": {k: v for k, v in summary["quality"].items() if k != "sweep"}}
+
+
 THRESHOLD_STEPS = tuple(round(0.05 * i, 2) for i in range(1, 20))
 
 
