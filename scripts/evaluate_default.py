@@ -118,10 +118,20 @@ def real_slice_targets(dice) -> str:
     return "; ".join(words) + "."
 
 
+def shown_path(path) -> str:
+    """``path`` relative to the repository where it lies inside it (so that a report or its JSON reads the
+    same in every checkout), else as given."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+REPORT_KEYS = ("date", "machine", "real2d")
+
+
 def write_report(path, results, bundle_path):
     r2d, syn, real, centres = (results.get(k) for k in ("real2d", "synthetic", "real_volumes", "centres"))
     out = ["# Evaluation of the shipped model\n",
-           f"Model: `{bundle_path.relative_to(REPO)}` (card: `kneeseg info`). Date: {results['date']}. "
+           f"Model: `{shown_path(bundle_path)}` (card: `kneeseg info`). Date: {results['date']}. "
            f"Machine: {results['machine']}. Produced by `make eval` (`scripts/evaluate_default.py`).\n",
            "Reported as measured, including where it disappoints. The real held-out scans the project is "
            "judged on are not available here; these are development checks.\n"]
@@ -211,20 +221,18 @@ def quality_section(results) -> list:
     """The "Quality score" section: how well each case's score ranks its true mean Dice."""
     from kneeseg.quality import FLAG_BELOW, THRESHOLD_RULE
 
-    from kneeseg.workflows.evaluate import threshold_by_rule
-
     rows = []
     for key, name in QUALITY_ROWS:
-        q = (results.get(key) or {}).get("quality")
-        if not q or "spearman" not in q:
+        summary = (results.get(key) or {}).get("quality")
+        if not summary or "spearman" not in summary:
             continue
-        q = {**q, **at_threshold(q, FLAG_BELOW)}
-        flagged = q["n_flagged"]
-        rows.append([name, q["n"], "-" if q["spearman"] is None else f"{q['spearman']:.2f}", flagged,
-                     f"{q['n_flagged_in_worst_quartile']} of {q['n_worst_quartile']} (Dice <= "
+        q = flags_at(summary, FLAG_BELOW)
+        rows.append([name, summary["n"], "-" if summary["spearman"] is None else f"{summary['spearman']:.2f}",
+                     "-" if q is None else q["n_flagged"],
+                     "-" if q is None else f"{q['n_flagged_in_worst_quartile']} of {q['n_worst_quartile']} (Dice <= "
                      f"{q['worst_quartile_dice']:.2f})",
-                     "-" if q["mean_dice_flagged"] is None else f"{q['mean_dice_flagged']:.2f}",
-                     "-" if q["mean_dice_unflagged"] is None else f"{q['mean_dice_unflagged']:.2f}"])
+                     "-" if q is None or q["mean_dice_flagged"] is None else f"{q['mean_dice_flagged']:.2f}",
+                     "-" if q is None or q["mean_dice_unflagged"] is None else f"{q['mean_dice_unflagged']:.2f}"])
     if not rows:
         return []
     return ["## Quality score\n",
@@ -237,31 +245,46 @@ def quality_section(results) -> list:
             f"{FLAG_BELOW}) against the worst quartile of mean Dice:\n",
             table(["data", "cases", "Spearman", "flagged", "flagged in the worst quartile", "mean Dice flagged",
                    "mean Dice not flagged"], rows),
-            f"\nThreshold {FLAG_BELOW}: {THRESHOLD_RULE}.\n"] + threshold_sweep(results, threshold_by_rule)
+            f"\nThreshold {FLAG_BELOW}: {THRESHOLD_RULE}.\n"] + threshold_sweep(results, FLAG_BELOW)
 
 
-def at_threshold(quality, threshold) -> dict:
-    """The flag counts of one data set's quality summary at ``threshold``, from its sweep (so that a report
-    rendered again after the threshold moved counts by the new one); {} when the sweep lacks it."""
-    return next((row for row in quality.get("sweep", ()) if abs(row["threshold"] - threshold) < 1e-9), {})
+def flags_at(quality, threshold):
+    """One data set's quality summary with its flag counts at ``threshold``: from its sweep, so that a
+    report written again after the threshold moved counts by the new one; the run's own counts where
+    they were made at that threshold; None where neither is (an older run without a sweep)."""
+    from kneeseg.workflows.evaluate import sweep_rows
+
+    row = sweep_rows(quality).get(round(threshold * 100))
+    if row is not None:
+        return {**quality, **row}
+    return quality if abs(quality.get("threshold", -1) - threshold) < 1e-9 else None
 
 
-def threshold_sweep(results, threshold_by_rule) -> list:
+def threshold_sweep(results, shipped) -> list:
     """The rule's data, threshold by threshold: the real slices and the held-out synthetic volumes."""
+    from kneeseg.quality import THRESHOLD_STEPS
+    from kneeseg.workflows.evaluate import sweep_rows, threshold_by_rule
+
     real, synthetic = ((results.get(key) or {}).get("quality") or {} for key in ("real2d", "synthetic"))
-    if not real.get("sweep") or not synthetic.get("sweep"):
+    real_rows, synthetic_rows = sweep_rows(real), sweep_rows(synthetic)
+    if not real_rows or not synthetic_rows:
         return []
-    picked = threshold_by_rule(real, synthetic)
     rows = []
-    for r, s in zip(real["sweep"], synthetic["sweep"]):
+    for key in sorted(round(t * 100) for t in THRESHOLD_STEPS):
+        r, s = real_rows.get(key), synthetic_rows.get(key)
+        if not r or not s:
+            continue
         if r["n_flagged"] or s["n_flagged"]:
-            rows.append([f"{r['threshold']:.2f}", f"{r['n_flagged_in_worst_quartile']} of {r['n_flagged']}",
+            rows.append([f"{key / 100:.2f}", f"{r['n_flagged_in_worst_quartile']} of {r['n_flagged']}",
                          f"{s['n_flagged_in_worst_quartile']} of {s['n_flagged']}"])
         if r["n_flagged"] == real["n"] and s["n_flagged"] == synthetic["n"]:
             break
-    return ["The rule on this run's cases: flagged cases in the worst quartile of mean Dice, of those flagged, "
-            "at each threshold; the rule picks "
-            + (f"**{picked:.2f}**" if picked is not None else "**no threshold**") + ".\n",
+    if not rows:
+        return ["No threshold up to 0.95 flags a case of either set.\n"]
+    picked = threshold_by_rule(real, synthetic)
+    return ["The rule on this run's cases (flagged cases in the worst quartile of mean Dice, of those flagged, "
+            f"at each threshold) picks " + (f"**{picked:.2f}**" if picked is not None else "**no threshold**")
+            + f"; the shipped threshold is {shipped}.\n",
             table(["threshold", "real dev slices", "held-out synthetic volumes"], rows)]
 
 
@@ -294,7 +317,11 @@ def main():
         if not measured.exists():
             sys.exit(f"eval: {measured} is absent: run make eval first")
         results = json.loads(measured.read_text())
-        write_report(args.out, results, Path(results.get("model") or default_bundle_path()).resolve())
+        missing = [key for key in REPORT_KEYS if not results.get(key)]
+        if missing:
+            sys.exit(f"eval: {measured} lacks {', '.join(missing)}: it is not a make eval run; run make eval")
+        model = args.model or results.get("model") or default_bundle_path()
+        write_report(args.out, results, REPO / model)
         print(f"wrote {args.out} from {measured}")
         return
     data = Path(args.data)
@@ -303,7 +330,7 @@ def main():
     bundle_path = Path(args.model) if args.model else default_bundle_path()
     bundle = load_bundle(bundle_path)
     docs = Path(args.out).parent
-    results = {"date": datetime.date.today().isoformat(), "machine": machine(), "model": str(bundle_path.resolve())}
+    results = {"date": datetime.date.today().isoformat(), "machine": machine(), "model": shown_path(bundle_path)}
     npz = data / "real_2d" / "sagittal_slices_dev.npz"
     results["real2d"] = {k: v for k, v in evaluate_real2d(bundle, npz).items() if k != "cases"}
     results["centres"] = centre_errors(bundle, npz)
@@ -325,10 +352,10 @@ def main():
     if not args.no_card and bundle_path.is_dir():
         from kneeseg.bundle import update_card
 
-        from kneeseg.workflows.evaluate import for_the_card
+        from kneeseg.workflows.evaluate import card_summary
 
         update_card(bundle_path, metrics={"measured_on": results["machine"], "date": results["date"],
-                                          **{key: for_the_card(results.get(key)) for key in
+                                          **{key: card_summary(results.get(key)) for key in
                                              ("real2d", "synthetic", "synthetic_rim_outside", "synthetic_fibula")},
                                           "report": "docs/evaluation.md"})
     write_report(args.out, results, bundle_path.resolve())

@@ -142,6 +142,10 @@ def _fine_tune(args, settings, name, cache=None):
     if not Path(start).exists():
         raise InputError(f"{name} starts from {start}, which does not exist: make it first (docs/training.md, "
                          f"round {name.removeprefix('round')}), or name another bundle with --init-from", start)
+    if Path(start).resolve() == INSTALLED.resolve() and _made_by(INSTALLED, name):
+        raise InputError(f"the shipped model is already the output of {name}: to rerun {name} as it was, name the "
+                         f"bundle it started from with --init-from (docs/training.md, round "
+                         f"{name.removeprefix('round')})", start)
     if Path(args.out).resolve() == Path(start).resolve():
         raise InputError(f"--out is the bundle {name} starts from; name another folder so that it stays as it is",
                          args.out)
@@ -171,6 +175,14 @@ def _fine_tune(args, settings, name, cache=None):
 # below the centre of a held-out volume). Tried: 21 epochs did not change that (docs/evaluation.md).
 ROUND3 = {**ROUND2, "learning_rate": 1e-4, "final_learning_rate": 1e-5, "epochs": 30, "patience": 8, "seed": 4,
           "synthesis": {**ROUND2_SYNTHESIS, "slab_half_mm": 80.0}}
+
+
+def _made_by(bundle, name) -> bool:
+    """Whether ``bundle``'s card names the fine-tune ``name`` as its recipe."""
+    from kneeseg.bundle import load_bundle
+
+    recipe = (load_bundle(bundle).card.training or {}).get("recipe", "")
+    return recipe.split(" (")[0] == f"scripts/train_default.py {name}"
 
 
 def _plain_fine_tune(name):
@@ -350,8 +362,12 @@ FINE_TUNES = {
 def finalize(args):
     from kneeseg.bundle import load_bundle, save_bundle
     from kneeseg.onnx_backend import export_onnx
-    from kneeseg.workflows.evaluate import evaluate_real2d, evaluate_synthetic, for_the_card
+    from kneeseg.workflows.evaluate import card_summary, evaluate_real2d, evaluate_synthetic
 
+    if args.no_synthetic and not args.cache:
+        from kneeseg.errors import InputError
+
+        raise InputError("--no-synthetic fits the fusion on the label-map cache: name it with --cache", args.bundle)
     trained = load_bundle(args.bundle)
     model = trained.load_keras_model()
     staging = Path(args.bundle).with_name(Path(args.bundle).name + ".final")
@@ -390,17 +406,15 @@ def finalize(args):
     bundle = load_bundle(staging)
     metrics = {"measured_on": args.hardware_eval, "date": args.date}
     if args.real2d:
-        result = evaluate_real2d(bundle, args.real2d)
-        metrics["real2d"] = for_the_card({k: v for k, v in result.items() if k != "cases"})
+        metrics["real2d"] = card_summary(evaluate_real2d(bundle, args.real2d))
     if args.cache and not args.no_synthetic:
         from kneeseg.synth import EVALUATION_CONFIG_RIM_OUTSIDE
         from kneeseg.workflows.evaluate import evaluate_synthetic_fibula
 
         for key, config in (("synthetic", None), ("synthetic_rim_outside", EVALUATION_CONFIG_RIM_OUTSIDE)):
-            result = evaluate_synthetic(bundle, args.cache, args.synthetic_cases, config=config)
-            metrics[key] = for_the_card({k: v for k, v in result.items() if k != "cases"})
-        result = evaluate_synthetic_fibula(bundle, args.cache, config=EVALUATION_CONFIG_RIM_OUTSIDE)
-        metrics["synthetic_fibula"] = for_the_card({k: v for k, v in result.items() if k != "cases"})
+            metrics[key] = card_summary(evaluate_synthetic(bundle, args.cache, args.synthetic_cases, config=config))
+        metrics["synthetic_fibula"] = card_summary(
+            evaluate_synthetic_fibula(bundle, args.cache, config=EVALUATION_CONFIG_RIM_OUTSIDE))
     from kneeseg.bundle import update_card
 
     update_card(staging, metrics=metrics)
@@ -413,6 +427,8 @@ def finalize(args):
         shutil.rmtree(INSTALLED)
     shutil.copytree(staging, INSTALLED)
     print(f"installed {INSTALLED}")
+    if args.no_synthetic:
+        print("its card has no synthetic numbers yet (--no-synthetic): run make eval before you commit it")
 
 
 def fine_tune_parser(sub, name, help, work="checkpoints (default: OUT.work); the same folder resumes",

@@ -331,7 +331,7 @@ def _synthesis_settings(source) -> dict:
 
 def cmd_evaluate(args, progress):
     from .bundle import load_bundle, update_card
-    from .workflows.evaluate import evaluate_pairs, evaluate_real2d, evaluate_synthetic
+    from .workflows.evaluate import card_summary, evaluate_pairs, evaluate_real2d, evaluate_synthetic
 
     if not (args.pairs or args.real2d or args.synthetic):
         raise InputError("nothing to evaluate: give --pairs, --real2d and/or --synthetic")
@@ -356,7 +356,7 @@ def cmd_evaluate(args, progress):
         metrics = dict(bundle.card.metrics)
         suffix = (f" (planes {args.planes})" if args.planes else "") + (
             f" (fusion {args.fusion})" if args.fusion != "weighted" else "")
-        metrics.update({name + suffix: value for name, value in summary.items()})
+        metrics.update({name + suffix: card_summary(value) for name, value in summary.items()})
         update_card(bundle.folder, metrics=metrics)
     if progress.mode != "json":
         from .tables import evaluation_table

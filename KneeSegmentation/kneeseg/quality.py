@@ -37,6 +37,7 @@ THRESHOLD_RULE = (
     "synthetic volumes alike, at least half of the flagged cases lie in the worst quartile of mean Dice; "
     "chosen on 2026-12-02 with the round-1 model on the 102 slices and 10 synthetic volumes (0.50: 75 % and "
     "50 % of the flagged cases in the worst quartile; 0.55: 69 % and 43 %)")
+THRESHOLD_STEPS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # the rule's candidates, 0.05 to 0.95
 REASON_BELOW = 0.5
 SURE_PROBABILITY = 0.9
 VOLUME_HALVING = 2.0  # a volume this many times outside the training range scores 0

@@ -234,7 +234,8 @@ def test_kneeseg_evaluate_prints_how_well_the_score_ranks_the_cases():
 
 
 def test_the_sweep_counts_flags_at_each_threshold_and_the_rule_picks_the_highest_that_holds_on_both_sets():
-    from kneeseg.workflows.evaluate import THRESHOLD_STEPS, quality_vs_dice, threshold_by_rule
+    from kneeseg.quality import THRESHOLD_STEPS
+    from kneeseg.workflows.evaluate import quality_vs_dice, threshold_by_rule
 
     dice = [0.1, 0.2, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
     real = quality_vs_dice([{"quality_score": d, "quality_flag": False, "mean_dice": d} for d in dice])
@@ -248,17 +249,23 @@ def test_the_sweep_counts_flags_at_each_threshold_and_the_rule_picks_the_highest
     # A second set whose score says nothing (all equal) flags everything or nothing: 2 of 8 is not half.
     flat = quality_vs_dice([{"quality_score": 0.3, "quality_flag": False, "mean_dice": d} for d in dice])
     assert threshold_by_rule(real, flat) is None
+    # With a second set that holds only up to 0.55 (there it flags the cases of Dice 0.1, 0.2, 0.5; at 0.6 also those of 0.55 and 0.58, not among the worst),
+    # the rule picks 0.55 for both.
+    second_dice = [0.1, 0.2, 0.5, 0.55, 0.58, 0.8, 0.9, 0.95]
+    second = quality_vs_dice([{"quality_score": s, "quality_flag": False, "mean_dice": d}
+                              for s, d in zip([0.1, 0.2, 0.5, 0.55, 0.56, 0.8, 0.9, 0.95], second_dice)])
+    assert threshold_by_rule(second) == 0.55 and threshold_by_rule(real, second) == 0.55
     # Reversed scores flag the best cases first: the rule holds nowhere.
     worst_first = quality_vs_dice([{"quality_score": 1 - d, "quality_flag": False, "mean_dice": d} for d in dice])
     assert threshold_by_rule(worst_first) is None
     assert threshold_by_rule({"n": 2}) is None and threshold_by_rule() is None
-    # The card keeps the summary without the sweep; evaluation.json keeps it whole.
-    from kneeseg.workflows.evaluate import for_the_card
+    # The card keeps the summary without its cases and the sweep; evaluation.json keeps the sweep.
+    from kneeseg.workflows.evaluate import card_summary
 
-    summary = {"n_cases": 8, "quality": real}
-    card = for_the_card(summary)
-    assert "sweep" not in card["quality"] and card["quality"]["spearman"] == real["spearman"]
-    assert "sweep" in summary["quality"] and for_the_card(None) is None and for_the_card({"n": 1}) == {"n": 1}
+    result = {"n_cases": 8, "cases": [{}] * 8, "quality": real}
+    card = card_summary(result)
+    assert "sweep" not in card["quality"] and "cases" not in card and card["quality"]["spearman"] == real["spearman"]
+    assert "sweep" in result["quality"] and card_summary(None) is None and card_summary({"n": 1}) == {"n": 1}
 
 
 def test_the_report_counts_flags_by_the_current_threshold_and_can_be_written_again_without_measuring(tmp_path):
@@ -282,10 +289,11 @@ def test_the_report_counts_flags_by_the_current_threshold_and_can_be_written_aga
     text = "\n".join(evaluate_default.quality_section(results))
     expected = sum(d < quality.FLAG_BELOW for d in dice)
     assert f"| real dev slices (one plane: sure voxels, one piece) | 8 | 1.00 | {expected} |" in text
-    assert "the rule picks **0.70**" in text and "| 0.70 | 2 of 4 | 2 of 4 |" in text
+    assert "picks **0.70**; the shipped threshold is" in text and "| 0.70 | 2 of 4 | 2 of 4 |" in text
     # --report-only: the report again from evaluation.json, nothing measured (no data folder needed).
     measured = json.loads((script.parents[1] / "docs" / "evaluation.json").read_text())  # a whole run's numbers
     measured["real2d"]["quality"] = measured["synthetic"]["quality"] = q
+    measured["model"] = str(tmp_path / "elsewhere")  # a model outside the repository is named as it is
     (tmp_path / "evaluation.json").write_text(json.dumps(measured))
     out = tmp_path / "evaluation.md"
     out.write_text("old\n" + evaluate_default.HAND_WRITTEN + "\nkept by hand\n")
@@ -294,6 +302,11 @@ def test_the_report_counts_flags_by_the_current_threshold_and_can_be_written_aga
     assert run.returncode == 0, run.stderr
     written = out.read_text()
     assert "## Quality score" in written and "kept by hand" in written and not written.startswith("old")
+    assert f"Model: `{tmp_path / 'elsewhere'}`" in written
+    (tmp_path / "evaluation.json").write_text(json.dumps({"date": "2026-12-03"}))
+    run = subprocess.run([sys.executable, str(script), "--report-only", "--out", str(out)],
+                         capture_output=True, text=True)
+    assert run.returncode != 0 and "lacks machine, real2d" in run.stderr
     (tmp_path / "evaluation.json").unlink()
     run = subprocess.run([sys.executable, str(script), "--report-only", "--out", str(out)],
                          capture_output=True, text=True)

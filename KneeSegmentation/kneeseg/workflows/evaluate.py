@@ -91,19 +91,19 @@ def quality_vs_dice(cases) -> dict:
     out.update(spearman=None if np.isnan(rho) else float(rho), p_value=None if np.isnan(p_value) else float(p_value),
                worst_quartile_dice=float(np.percentile(dice, 25)), n_worst_quartile=int(worst.sum()),
                **_flag_counts(flagged, worst, dice),
-               sweep=[{"threshold": t, **_flag_counts(score < t, worst, dice)} for t in THRESHOLD_STEPS])
+               sweep=[{"threshold": t, **_flag_counts(score < t, worst, dice)} for t in quality.THRESHOLD_STEPS])
     return out
 
 
-def for_the_card(summary):
-    """An evaluation summary as a model card keeps it: without the quality's threshold sweep, which only
-    the report's threshold rule reads (docs/evaluation.json keeps it)."""
-    if not summary or "quality" not in summary:
-        return summary
-    return {**summary, "quality": {k: v for k, v in summary["quality"].items() if k != "sweep"}}
-
-
-THRESHOLD_STEPS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+def card_summary(result):
+    """An evaluation result as a model card keeps it: without its per-case ``cases`` and its quality's
+    threshold sweep (only the report's threshold rule reads that; docs/evaluation.json keeps it)."""
+    if not result:
+        return result
+    summary = {k: v for k, v in result.items() if k != "cases"}
+    if isinstance(summary.get("quality"), dict):
+        summary["quality"] = {k: v for k, v in summary["quality"].items() if k != "sweep"}
+    return summary
 
 
 def _flag_counts(flagged, worst, dice) -> dict:
@@ -112,16 +112,22 @@ def _flag_counts(flagged, worst, dice) -> dict:
                 mean_dice_unflagged=float(dice[~flagged].mean()) if (~flagged).any() else None)
 
 
+def sweep_rows(summary) -> dict:
+    """A quality summary's sweep keyed by threshold in hundredths (so that 0.7 read back from JSON and
+    0.05 * 14 find the same row)."""
+    return {round(row["threshold"] * 100): row for row in (summary or {}).get("sweep", ())}
+
+
 def threshold_by_rule(*qualities):
     """The flag threshold :data:`kneeseg.quality.THRESHOLD_RULE` picks from ``qualities`` (each a
     :func:`quality_vs_dice` result with its sweep): the highest step at which every one of them flags
     something and at least half of what it flags lies in its worst quartile of mean Dice; None when
     no step does (or a result has no sweep)."""
-    sweeps = [{row["threshold"]: row for row in q.get("sweep", ())} for q in qualities]
+    sweeps = [sweep_rows(q) for q in qualities]
     if not sweeps or not all(sweeps):
         return None
-    for t in sorted(THRESHOLD_STEPS, reverse=True):
-        rows = [s.get(t) for s in sweeps]
+    for t in sorted(quality.THRESHOLD_STEPS, reverse=True):
+        rows = [s.get(round(t * 100)) for s in sweeps]
         if all(r and r["n_flagged"] and 2 * r["n_flagged_in_worst_quartile"] >= r["n_flagged"] for r in rows):
             return t
     return None

@@ -18,7 +18,7 @@ from ..datasets import PairedSlices, find_pairs, fixed_split, read_split, split_
 from ..errors import InputError
 from ..onnx_backend import export_onnx
 from ..progress import NO_PROGRESS
-from .evaluate import evaluate_real2d
+from .evaluate import card_summary, evaluate_real2d
 
 
 def split_subjects(subjects, recipe):
@@ -121,8 +121,7 @@ def train_bundle(config, output, work, synthetic=None, data=None, name="knee-bon
                 extra_files=[work / "history.csv", work / "history.png"])
     metrics = {}
     if real2d:
-        result = evaluate_real2d(load_bundle(output), real2d, progress=progress)
-        metrics["real2d"] = {k: v for k, v in result.items() if k != "cases"}
+        metrics["real2d"] = card_summary(evaluate_real2d(load_bundle(output), real2d, progress=progress))
         update_card(output, metrics=metrics)
     return {"bundle": str(output), "epochs_run": state["epoch"] + 1, "best_epoch": state["best_epoch"] + 1,
             "best_val_mean_dice": state["best"], "stopped_early": state.get("stopped_early", False),
