@@ -451,7 +451,8 @@ def fine_tune_parser(sub, name, help, work="checkpoints (default: OUT.work); the
     p.add_argument("--out", default=f"build/{name}")
     p.add_argument("--work", default=None, help=work)
     if init_from:
-        start = Path(globals()[name.upper()]["init_from"]).relative_to(REPO)  # the round's settings, ROUNDn
+        start = Path(globals()[name.upper()]["init_from"])  # the round's settings, ROUNDn
+        start = start.relative_to(REPO) if start.is_relative_to(REPO) else start
         p.add_argument("--init-from", default=None, help=f"bundle to fine-tune (default: {start})")
     p.add_argument("--time-limit-min", type=float, default=50.0, help="stop after the epoch that crosses this")
     return p

@@ -194,7 +194,7 @@ def test_the_round16_settings_are_round15_in_one_fine_tune_of_the_shipped_model(
     assert config.recipe.class_weights == round15.recipe.class_weights
     assert config.recipe.validation_steps == round15.recipe.validation_steps
     assert Path(config.recipe.init_from) == recipe.INSTALLED and config.recipe.seed != round15.recipe.seed
-    # round 8's schedule: the 30 epochs, not round 15's 20-minute limit, end it
+    # round 8's schedule (30 epochs, patience 8), which round 15 kept
     assert (config.recipe.learning_rate, config.recipe.epochs) == (TrainConfig.from_flat(**recipe.ROUND8).recipe.learning_rate, 30)
 
 
@@ -209,6 +209,9 @@ def test_finalize_leaves_the_synthetic_volumes_to_make_eval_only_when_asked(tiny
     recipe = _recipe()
     bundle = tmp_path / "round16"
     shutil.copytree(tiny_bundle, bundle)
+    monkeypatch.setattr(recipe, "INSTALLED", tmp_path / "installed")  # the shipped model is never touched
+    shutil.copytree(tiny_bundle, recipe.INSTALLED)
+    shipped = (recipe.INSTALLED / "card.json").read_text()
     scored = []
     monkeypatch.setattr(evaluate, "evaluate_synthetic", lambda *a, **k: scored.append("volumes") or {"n_cases": 0})
     monkeypatch.setattr(evaluate, "evaluate_synthetic_fibula", lambda *a, **k: scored.append("fibula") or {})
@@ -219,4 +222,41 @@ def test_finalize_leaves_the_synthetic_volumes_to_make_eval_only_when_asked(tiny
     metrics = load_bundle(tmp_path / "round16.final").card.metrics
     assert scored == ([] if no_synthetic else ["volumes", "volumes", "fibula"])
     assert ("synthetic" in metrics) is not no_synthetic and metrics["measured_on"]
-    assert load_bundle(recipe.INSTALLED).card.name == "knee-bones-default"  # not installed
+    assert (recipe.INSTALLED / "card.json").read_text() == shipped  # measured, not installed
+    assert "description" in load_bundle(tmp_path / "round16.final").card.training["fine_tuned_from"]
+
+
+def test_finalize_refuses_no_synthetic_without_the_cache_it_fits_the_fusion_on(tmp_path, monkeypatch, capsys):
+    recipe = _recipe()
+    monkeypatch.setattr("sys.argv", ["train_default.py", "finalize", str(tmp_path / "b"), "--no-synthetic"])
+    with pytest.raises(SystemExit) as exit_info:
+        recipe.main()
+    assert exit_info.value.code == 2 and "--no-synthetic fits the fusion" in capsys.readouterr().err
+
+
+def test_a_fine_tune_of_the_shipped_model_refuses_to_start_from_its_own_output(tiny_bundle, tmp_path, monkeypatch,
+                                                                              capsys):
+    import shutil
+
+    from kneeseg.bundle import update_card
+
+    recipe = _recipe()
+    installed = tmp_path / "installed"
+    shutil.copytree(tiny_bundle, installed)
+    update_card(installed, training={"recipe": "scripts/train_default.py round16 (a fine-tune of round 6)"})
+    monkeypatch.setattr(recipe, "INSTALLED", installed)
+    monkeypatch.setitem(recipe.ROUND16, "init_from", str(installed))
+    monkeypatch.setattr("sys.argv", ["train_default.py", "round16", "--out", str(tmp_path / "out"),
+                                     "--cache", str(tmp_path / "no-cache")])  # without the check: a cache error
+    with pytest.raises(SystemExit) as exit_info:
+        recipe.main()
+    assert exit_info.value.code == 2 and "already the output of round16" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_round17_settings_are_round16_continued_with_more_patience():
+    recipe = _recipe()
+    config, round16 = TrainConfig.from_flat(**recipe.ROUND17), TrainConfig.from_flat(**recipe.ROUND16)
+    assert config.network == round16.network and _changed_synthesis(config, round16) == set()
+    assert config.recipe.patience > round16.recipe.patience and config.recipe.seed != round16.recipe.seed
+    assert Path(config.recipe.init_from).name == "round16"
