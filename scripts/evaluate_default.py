@@ -320,8 +320,9 @@ def main():
         missing = [key for key in REPORT_KEYS if not results.get(key)]
         if missing:
             sys.exit(f"eval: {measured} lacks {', '.join(missing)}: it is not a make eval run; run make eval")
-        model = args.model or results.get("model") or default_bundle_path()
-        write_report(args.out, results, REPO / model)
+        # --model from the working folder; the run's own model relative to the repository, where it lay in it
+        model = Path(args.model).resolve() if args.model else REPO / (results.get("model") or default_bundle_path())
+        write_report(args.out, results, model)
         print(f"wrote {args.out} from {measured}")
         return
     data = Path(args.data)
