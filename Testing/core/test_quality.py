@@ -92,8 +92,9 @@ def test_score_is_the_mean_over_bones_of_each_bones_weakest_component_and_flags_
     # A single slice (one plane, no ranges): the sure voxels are scored, the volume is not judged.
     one_plane = dict(good, plane_dice=None)
     assert quality.score_case({"Femur": one_plane}).components == {"Femur": {"sure_voxels": 0.7, "one_piece": 1.0}}
-    flagged = quality.score_case({"Femur": one_plane, "Patella": dict(one_plane, sure_fraction=0.1)})
-    assert flagged.score == pytest.approx(0.4) and flagged.flag
+    flagged = quality.score_case({"Femur": dict(one_plane, sure_fraction=0.5),
+                                  "Patella": dict(one_plane, sure_fraction=0.1)})
+    assert flagged.score == pytest.approx(0.3) and flagged.flag
     assert flagged.reasons == ["Patella: the network is unsure over much of the bone (0.10)"]
     nothing = quality.score_case({"Femur": {"pieces": []}})
     assert nothing.score == 0.0 and nothing.flag and nothing.reasons == ["no bone was found"]
