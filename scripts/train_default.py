@@ -178,12 +178,17 @@ ROUND3 = {**ROUND2, "learning_rate": 1e-4, "final_learning_rate": 1e-5, "epochs"
           "synthesis": {**ROUND2_SYNTHESIS, "slab_half_mm": 80.0}}
 
 
+def _recipe_command(name) -> str:
+    """How a card names the fine-tune ``name`` as its recipe (``finalize`` writes it, :func:`_made_by` reads it)."""
+    return f"scripts/train_default.py {name}"
+
+
 def _made_by(bundle, name) -> bool:
     """Whether ``bundle``'s card names the fine-tune ``name`` as its recipe."""
     from kneeseg.bundle import load_bundle
 
     recipe = (load_bundle(bundle).card.training or {}).get("recipe", "")
-    return recipe.split(" (")[0] == f"scripts/train_default.py {name}"
+    return recipe.split(" (")[0] == _recipe_command(name)
 
 
 def _plain_fine_tune(name):
@@ -322,8 +327,8 @@ round15 = _plain_fine_tune("round15")
 # Round 16: round 15's data, generator and loss in one fine-tune of the shipped model (round 6), instead of
 # the five steps (rounds 8, 9, 11, 12, 15) that reached them one change at a time. The chain's
 # intermediate bundles do not survive from one session to the next, and each step is 20-40 minutes on two
-# cores; this recipe is the one command a user reruns. The schedule is round 8's; the 30 epochs, not the
-# time limit, end it on a 2-core machine given 50 minutes.
+# cores; this recipe is the one command a user reruns. The schedule is round 8's (30 epochs, patience 8);
+# on a 2-core machine it ends within 50 minutes (2026-12-03: early stop after 14 epochs).
 ROUND16 = {**ROUND15, "seed": 16, "init_from": str(INSTALLED)}
 
 round16 = _plain_fine_tune("round16")
@@ -396,7 +401,7 @@ def finalize(args):
         before = ("the shipped default model before " + args.recipe.replace("round", "round ")
                   if Path(args.fine_tuned_from).resolve() == INSTALLED.resolve() else str(args.fine_tuned_from))
         training = {**trained.card.training, "config": {**trained.card.training["config"], "init_from": before},
-                    "recipe": f"scripts/train_default.py {args.recipe} (a fine-tune of {before})",
+                    "recipe": f"{_recipe_command(args.recipe)} (a fine-tune of {before})",
                     "hardware": args.hardware,
                     "fine_tuned_from": {"description": start.description, "training": start.training,
                                         "metrics": start.metrics}}
