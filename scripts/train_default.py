@@ -14,6 +14,7 @@
     python scripts/train_default.py round15 --cache .cache/labelmaps --out build/round15 [--time-limit-min 20]
     python scripts/train_default.py round16 --cache .cache/labelmaps --out build/round16 [--time-limit-min 50]
     python scripts/train_default.py round17 --cache .cache/labelmaps --out build/round17 [--time-limit-min 25]
+    python scripts/train_default.py round15-chain --cache .cache/labelmaps --out build [--time-limit-min 150]
     python scripts/train_default.py finalize build/default/stage2 --stage1 build/default/stage1 \
         --cache .cache/labelmaps --real2d ../shared/data/real_2d/sagittal_slices_dev.npz [--install]
 
@@ -40,6 +41,7 @@ starts out as round 2 and learns what the neighbours add.
 bones (docs/evaluation.md, "Round 8").
 ``round9`` to ``round15`` each continue the one before with one change (docs/training.md); ``round16``
 is where they arrived, round 15's generator and loss, in one fine-tune of the shipped model.
+``round15-chain`` runs rounds 8, 9, 11, 12 and 15 one after the other in one resumable command.
 
 ``train`` runs two stages with ``kneeseg train``: stage 1 from scratch (Adam 1e-3 -> 1e-4), stage 2 a
 fine-tune of stage 1 at a lower learning rate (3e-4 -> 3e-5). On a GPU machine the same stages run
@@ -159,10 +161,11 @@ def _fine_tune(args, settings, name, cache=None):
     result = train_bundle(config, Path(args.out), work, synthetic=cache or args.cache, name="knee-bones-default",
                           export_onnx=False, progress=Progress("bar"))
     print(json.dumps(result, indent=2))
-    done = result["epochs_run"] >= settings["epochs"] or result["stopped_early"]
+    done = result["epochs_run"] >= config.recipe.last_epoch or result["stopped_early"]
     print(f"{'finished' if done else 'not finished: rerun the same command to continue'}; bundle of the best "
           f"epoch so far: {args.out}; then: scripts/train_default.py finalize {args.out} --recipe {name} "
           f"--cache {args.cache} --real2d ../shared/data/real_2d/sagittal_slices_dev.npz, and make eval")
+    return done
 
 
 # Round 3: the same split and generator, the training maps given a fibula carried over from the
@@ -344,6 +347,41 @@ ROUND17 = {**ROUND16, "seed": 17, "patience": 12, "init_from": str(REPO / "build
 round17 = _plain_fine_tune("round17")
 
 
+# Round 15 in one command: the chain that reached it (rounds 8, 9, 11, 12, 15), each step a fine-tune of the
+# best-epoch bundle of the step before (finalize adds fusion weights and numbers to a bundle, not weights),
+# the first step of the shipped model. On 2026-12-03 a 20-minute time limit cut rounds 12 and 15 after 16
+# and 12 of their 30 epochs; here they stop after those epochs, their learning rate still decaying over
+# 30, so that every machine trains the same schedule.
+ROUND15_CHAIN = (("round8", ROUND8), ("round9", ROUND9), ("round11", ROUND11),
+                 ("round12", {**ROUND12, "stop_after_epochs": 16}), ("round15", {**ROUND15, "stop_after_epochs": 12}))
+
+
+def round15_chain(args):
+    """Run (or continue) every step of :data:`ROUND15_CHAIN` into ``OUT/roundN``; the time limit spans them all."""
+    import time
+
+    from kneeseg.errors import InputError
+
+    start = Path(args.init_from or INSTALLED)
+    if start.resolve() == INSTALLED.resolve() and _made_by(INSTALLED, "round15-chain"):
+        raise InputError("the shipped model is already the output of round15-chain: to rerun the chain as it was, "
+                         "name the bundle it started from with --init-from (docs/training.md, round 15 chain)", start)
+    deadline = time.monotonic() + 60 * args.time_limit_min
+    for name, settings in ROUND15_CHAIN:
+        out = Path(args.out) / name
+        left_min = max(0.01, (deadline - time.monotonic()) / 60)  # a finished step trains nothing
+        step = argparse.Namespace(cache=args.cache, out=str(out), work=None, init_from=str(start),
+                                  time_limit_min=left_min)
+        print(f"chain step {name}, from {start}")
+        if not _fine_tune(step, settings, name):
+            print(f"the chain stopped at the time limit in {name}: rerun the same command to continue")
+            return False
+        start = out
+    print(f"the chain is finished: {start}; then: scripts/train_default.py finalize {start} --recipe round15-chain "
+          f"--cache {args.cache} --real2d ../shared/data/real_2d/sagittal_slices_dev.npz, and make eval")
+    return True
+
+
 # Each fine-tune's subcommand: what it runs, its help line and its parser options (fine_tune_parser).
 # The newest is finalize's default recipe.
 FINE_TUNES = {
@@ -373,6 +411,9 @@ FINE_TUNES = {
     "round16": (round16, "round 16: round 15's generator and loss in one fine-tune of the shipped model; rerun to "
                 "continue", {"init_from": True}),
     "round17": (round17, "round 17: round 16 continued with more patience; rerun to continue", {"init_from": True}),
+    "round15-chain": (round15_chain, "round 15 from the shipped model in one command: rounds 8, 9, 11, 12 and 15, "
+                      "each from the one before, into OUT/roundN; rerun to continue",
+                      {"init_from": "the shipped model", "out": "build/round15-chain", "work": None}),
 }
 
 
@@ -449,15 +490,17 @@ def finalize(args):
 
 
 def fine_tune_parser(sub, name, help, work="checkpoints (default: OUT.work); the same folder resumes",
-                     init_from=False):
-    """The subcommand of one resumable fine-tune (:func:`_fine_tune`)."""
+                     init_from=False, out=None):
+    """The subcommand of one resumable fine-tune (:func:`_fine_tune`); ``init_from``: whether it takes
+    --init-from (True: its default is the round's settings', ROUNDn; a text: that default, in words)."""
     p = sub.add_parser(name, help=help)
     p.add_argument("--cache", default=".cache/labelmaps")
-    p.add_argument("--out", default=f"build/{name}")
-    p.add_argument("--work", default=None, help=work)
+    p.add_argument("--out", default=out or f"build/{name}")
+    if work:  # a chain keeps each step's checkpoints beside its bundle (OUT/roundN.work)
+        p.add_argument("--work", default=None, help=work)
     if init_from:
-        start = Path(globals()[name.upper()]["init_from"])  # the round's settings, ROUNDn
-        start = start.relative_to(REPO) if start.is_relative_to(REPO) else start
+        start = init_from if isinstance(init_from, str) else Path(globals()[name.upper()]["init_from"])
+        start = start.relative_to(REPO) if isinstance(start, Path) and start.is_relative_to(REPO) else start
         p.add_argument("--init-from", default=None, help=f"bundle to fine-tune (default: {start})")
     p.add_argument("--time-limit-min", type=float, default=50.0, help="stop after the epoch that crosses this")
     return p

@@ -304,6 +304,9 @@ TRAIN_OPTIONS = (
     Option(("--time-limit-min",), "time_limit_min", "stop after the epoch that crosses this many minutes "
            "(default: no limit)",
            type=float, setting="time_limit_min"),
+    Option(("--stop-after-epochs",), "stop_after_epochs", "stop after this many epochs in all, the learning rate "
+           "still decaying over --epochs (a schedule cut short alike on every machine; default: no cut)",
+           type=int, setting="stop_after_epochs"),
     Option(("--synthesis",), "synthesis", "with --synthetic: generator settings, as a JSON file of "
            "kneeseg.synth.SynthesisConfig fields to change, or a bundle (folder or card.json) whose recorded "
            "settings to reuse (default: the generator's defaults)", metavar="JSON|BUNDLE"),

@@ -225,10 +225,22 @@ class Recipe:
     workers: int = 1
     use_multiprocessing: bool = False  # prepare batches in ``workers`` processes (many-core machines)
     time_limit_min: float = None  # stop after the epoch that crosses this wall-clock budget
+    # stop after this many epochs in all, the learning rate still decaying over ``epochs``: a schedule
+    # cut short the same way on every machine (a time limit cuts it where the machine's speed says)
+    stop_after_epochs: int = None
     init_from: str = None  # a bundle whose weights start the training (fine-tuning); same architecture
     normalisation: str = "volume"  # the frame's statistics: each scan's own, or "population" (fitted on the training set)
     synthesis: dict = None  # synthetic training: overrides of synth.SynthesisConfig (None: the defaults)
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.stop_after_epochs is not None:
+            check_int("stop_after_epochs", self.stop_after_epochs, 1, 100_000)
+
+    @property
+    def last_epoch(self) -> int:
+        """How many epochs the run trains in all (``epochs``, or fewer by ``stop_after_epochs``)."""
+        return min(self.epochs, self.stop_after_epochs or self.epochs)
 
     def learning_rate_at(self, epoch: int) -> float:
         """Exponential decay from ``learning_rate`` (first epoch) to ``final_learning_rate`` (last)."""

@@ -169,8 +169,8 @@ def _monitor_callback(config: TrainConfig, work: Path, state: dict, progress):
                 self.model.stop_training = True
             _atomic_save(self.model, work / "checkpoint.keras")
             write_json(work / "state.json", state)  # after the stop decision: a rerun honours it
-            progress("epoch", (epoch + 1) / recipe.epochs,
-                     f"epoch {epoch + 1}/{recipe.epochs}: loss {logs.get('loss', float('nan')):.4f}, "
+            progress("epoch", (epoch + 1) / recipe.last_epoch,
+                     f"epoch {epoch + 1}/{recipe.last_epoch}: loss {logs.get('loss', float('nan')):.4f}, "
                      f"val mean Dice {score:.4f}", epoch=epoch + 1, logs=logs)
 
     return Monitor()
@@ -209,7 +209,7 @@ def build_and_compile(config: TrainConfig, labels):
     return model
 
 
-RESUMABLE_CHANGES = ("epochs", "patience", "time_limit_min", "workers", "use_multiprocessing", "extra")
+RESUMABLE_CHANGES = ("epochs", "patience", "time_limit_min", "stop_after_epochs", "workers", "use_multiprocessing", "extra")
 
 
 def _check_same_run(saved: dict, config: TrainConfig, inputs: dict, work: Path):
@@ -250,15 +250,15 @@ def fit(config: TrainConfig, labels, train_source, val_source, work_dir, progres
             _check_same_run(saved, config, inputs, work)
             state.update(saved, config=config.to_flat(), inputs=inputs, stopped_at_time_limit=False)
             model = keras.models.load_model(work / "checkpoint.keras", safe_mode=True)
-            progress("resume", (state["epoch"] + 1) / recipe.epochs, f"resuming after epoch {state['epoch'] + 1}")
+            progress("resume", (state["epoch"] + 1) / recipe.last_epoch, f"resuming after epoch {state['epoch'] + 1}")
         else:
             model = build_and_compile(config, labels)
             if recipe.init_from:
                 _load_initial_weights(model, recipe.init_from)
     initial_epoch = state["epoch"] + 1
-    if initial_epoch < recipe.epochs and not state.get("stopped_early"):
+    if initial_epoch < recipe.last_epoch and not state.get("stopped_early"):
         with _sources(recipe, train_source, val_source) as (train_batches, val_batches):
-            model.fit(train_batches, validation_data=val_batches, epochs=recipe.epochs, initial_epoch=initial_epoch,
+            model.fit(train_batches, validation_data=val_batches, epochs=recipe.last_epoch, initial_epoch=initial_epoch,
                       callbacks=[_monitor_callback(config, work, state, progress), *callbacks], verbose=0)
     if (work / "best.keras").exists():
         best = keras.models.load_model(work / "best.keras", safe_mode=True)

@@ -260,3 +260,67 @@ def test_the_round17_settings_are_round16_continued_with_more_patience():
     assert config.network == round16.network and _changed_synthesis(config, round16) == set()
     assert config.recipe.patience > round16.recipe.patience and config.recipe.seed != round16.recipe.seed
     assert Path(config.recipe.init_from).name == "round16"
+
+
+def test_the_round15_chain_is_rounds_8_9_11_12_15_with_12_and_15_cut_where_their_time_limit_cut_them():
+    recipe = _recipe()
+    assert [name for name, _ in recipe.ROUND15_CHAIN] == ["round8", "round9", "round11", "round12", "round15"]
+    for name, settings in recipe.ROUND15_CHAIN:
+        cut = {"round12": 16, "round15": 12}.get(name)
+        assert settings == {**getattr(recipe, name.upper()), **({"stop_after_epochs": cut} if cut else {})}
+        config = TrainConfig.from_flat(**settings)
+        assert config.recipe.last_epoch == (cut or config.recipe.epochs)
+
+
+def _chain(recipe, monkeypatch, unfinished=()):
+    """Run round15-chain with every step replaced by a record of how it was asked to run."""
+    steps = []
+
+    def step(args, settings, name):
+        steps.append((name, args.init_from, args.out, args.time_limit_min))
+        return name not in unfinished
+
+    monkeypatch.setattr(recipe, "_fine_tune", step)
+    return steps
+
+
+def test_the_round15_chain_starts_each_step_from_the_one_before_and_stops_at_an_unfinished_one(tiny_bundle, tmp_path,
+                                                                                              monkeypatch, capsys):
+    recipe = _recipe()
+    monkeypatch.setattr(recipe, "INSTALLED", tiny_bundle)
+    steps = _chain(recipe, monkeypatch)
+    monkeypatch.setattr("sys.argv", ["train_default.py", "round15-chain", "--out", str(tmp_path), "--time-limit-min",
+                                     "90"])
+    recipe.main()
+    names = ["round8", "round9", "round11", "round12", "round15"]
+    assert [(n, start, out) for n, start, out, _ in steps] == list(zip(
+        names, [str(tiny_bundle)] + [str(tmp_path / n) for n in names[:-1]], [str(tmp_path / n) for n in names]))
+    assert all(0 < limit <= 90 for *_, limit in steps)
+    assert "the chain is finished" in capsys.readouterr().out
+
+    steps = _chain(recipe, monkeypatch, unfinished={"round11"})
+    recipe.main()
+    assert [n for n, *_ in steps] == ["round8", "round9", "round11"]
+    assert "stopped at the time limit in round11" in capsys.readouterr().out
+
+
+def test_the_round15_chain_refuses_to_start_from_its_own_output(tiny_bundle, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from kneeseg.bundle import update_card
+
+    recipe = _recipe()
+    installed = tmp_path / "installed"
+    shutil.copytree(tiny_bundle, installed)
+    update_card(installed, training={"recipe": "scripts/train_default.py round15-chain (a fine-tune of round 6)"})
+    monkeypatch.setattr(recipe, "INSTALLED", installed)
+    steps = _chain(recipe, monkeypatch)
+    monkeypatch.setattr("sys.argv", ["train_default.py", "round15-chain", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as exit_info:
+        recipe.main()
+    assert exit_info.value.code == 2 and "already the output of round15-chain" in capsys.readouterr().err
+    assert steps == []
+    monkeypatch.setattr("sys.argv", ["train_default.py", "round15-chain", "--out", str(tmp_path / "out"),
+                                     "--init-from", str(tiny_bundle)])
+    recipe.main()
+    assert steps[0][:2] == ("round8", str(tiny_bundle))

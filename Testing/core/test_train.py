@@ -133,6 +133,28 @@ def test_interrupted_training_resumes_after_the_last_finished_epoch(tmp_path):
     assert checkpoint.optimizer.iterations.numpy() == 3  # the optimizer state was saved too
 
 
+def test_stop_after_epochs_cuts_the_schedule_of_epochs_and_a_later_cut_continues_it(tmp_path):
+    config = _config(epochs=5, learning_rate=1e-3, final_learning_rate=1e-5, stop_after_epochs=2, patience=50)
+    _, state = training.fit(config, SEPARATE_BONES, ToySlices(), ToySlices(seed=1), tmp_path)
+    history = training.read_history(tmp_path / "history.csv")
+    assert state["epoch"] == 1 and [r["epoch"] for r in history] == [1, 2]
+    # the learning rate decays over the 5 epochs of the schedule, not over the 2 trained
+    assert history[1]["learning_rate"] == pytest.approx(config.recipe.learning_rate_at(1))
+    assert history[1]["learning_rate"] > 1e-4
+    _, state = training.fit(_config(**{**config.to_flat(), "stop_after_epochs": 3}), SEPARATE_BONES, ToySlices(),
+                            ToySlices(seed=1), tmp_path)
+    assert [r["epoch"] for r in training.read_history(tmp_path / "history.csv")] == [1, 2, 3]
+    _, state = training.fit(_config(**{**config.to_flat(), "stop_after_epochs": 3}), SEPARATE_BONES, ToySlices(),
+                            ToySlices(seed=1), tmp_path)
+    assert state["epoch"] == 2  # a rerun of a finished cut trains nothing
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_stop_after_epochs_must_be_a_positive_whole_number(bad):
+    with pytest.raises(InputError, match="stop_after_epochs"):
+        _config(epochs=3, stop_after_epochs=bad)
+
+
 @pytest.mark.slow
 def test_training_is_seeded(tmp_path):
     weights = []
