@@ -439,7 +439,7 @@ def finalize(args):
     else:
         # the bundle it was fine-tuned from, read before --install replaces it
         start = load_bundle(args.fine_tuned_from).card
-        before = ("the shipped default model before " + args.recipe.replace("round", "round ")
+        before = ("the shipped default model before " + args.recipe.replace("round", "round ").replace("-", " ")
                   if Path(args.fine_tuned_from).resolve() == INSTALLED.resolve() else str(args.fine_tuned_from))
         training = {**trained.card.training, "config": {**trained.card.training["config"], "init_from": before},
                     "recipe": f"{_recipe_command(args.recipe)} (a fine-tune of {before})",
