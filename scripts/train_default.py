@@ -14,7 +14,7 @@
     python scripts/train_default.py round15 --cache .cache/labelmaps --out build/round15 [--time-limit-min 20]
     python scripts/train_default.py round16 --cache .cache/labelmaps --out build/round16 [--time-limit-min 50]
     python scripts/train_default.py round17 --cache .cache/labelmaps --out build/round17 [--time-limit-min 25]
-    python scripts/train_default.py round15-chain --cache .cache/labelmaps --out build [--time-limit-min 150]
+    python scripts/train_default.py round15-chain --cache .cache/labelmaps [--out build/round15-chain] [--time-limit-min 150]
     python scripts/train_default.py finalize build/default/stage2 --stage1 build/default/stage1 \
         --cache .cache/labelmaps --real2d ../shared/data/real_2d/sagittal_slices_dev.npz [--install]
 
@@ -133,8 +133,9 @@ def round2(args):
     _fine_tune(args, ROUND2, "round2")
 
 
-def _fine_tune(args, settings, name, cache=None):
-    """One resumable fine-tune by ``settings`` (a flat training configuration) on ``cache``."""
+def _fine_tune(args, settings, name, cache=None, next_steps=True):
+    """One resumable fine-tune by ``settings`` (a flat training configuration) on ``cache``; whether it is
+    finished. ``next_steps``: print the commands that follow it (finalize, make eval)."""
     from kneeseg.progress import Progress
     from kneeseg.train import TrainConfig
     from kneeseg.workflows.train import train_bundle
@@ -163,8 +164,9 @@ def _fine_tune(args, settings, name, cache=None):
     print(json.dumps(result, indent=2))
     done = result["epochs_run"] >= config.recipe.last_epoch or result["stopped_early"]
     print(f"{'finished' if done else 'not finished: rerun the same command to continue'}; bundle of the best "
-          f"epoch so far: {args.out}; then: scripts/train_default.py finalize {args.out} --recipe {name} "
-          f"--cache {args.cache} --real2d ../shared/data/real_2d/sagittal_slices_dev.npz, and make eval")
+          f"epoch so far: {args.out}" + (f"; then: scripts/train_default.py finalize {args.out} --recipe {name} "
+                                         f"--cache {args.cache} --real2d ../shared/data/real_2d/sagittal_slices_dev.npz,"
+                                         " and make eval" if next_steps else ""))
     return done
 
 
@@ -362,24 +364,44 @@ def round15_chain(args):
 
     from kneeseg.errors import InputError
 
-    start = Path(args.init_from or INSTALLED)
-    if start.resolve() == INSTALLED.resolve() and _made_by(INSTALLED, "round15-chain"):
+    start = Path(args.init_from).resolve() if args.init_from else INSTALLED
+    if start == INSTALLED.resolve() and _made_by(INSTALLED, "round15-chain"):
         raise InputError("the shipped model is already the output of round15-chain: to rerun the chain as it was, "
                          "name the bundle it started from with --init-from (docs/training.md, round 15 chain)", start)
     deadline = time.monotonic() + 60 * args.time_limit_min
     for name, settings in ROUND15_CHAIN:
-        out = Path(args.out) / name
-        left_min = max(0.01, (deadline - time.monotonic()) / 60)  # a finished step trains nothing
+        out = Path(args.out).resolve() / name
+        left_min = (deadline - time.monotonic()) / 60
+        if left_min <= 0:
+            print(f"the chain reached its time limit before {name}: rerun the same command to continue")
+            return False
         step = argparse.Namespace(cache=args.cache, out=str(out), work=None, init_from=str(start),
                                   time_limit_min=left_min)
         print(f"chain step {name}, from {start}")
-        if not _fine_tune(step, settings, name):
+        if not _fine_tune(step, settings, name, next_steps=False):
             print(f"the chain stopped at the time limit in {name}: rerun the same command to continue")
             return False
         start = out
     print(f"the chain is finished: {start}; then: scripts/train_default.py finalize {start} --recipe round15-chain "
           f"--cache {args.cache} --real2d ../shared/data/real_2d/sagittal_slices_dev.npz, and make eval")
     return True
+
+
+def chain_record(out) -> list:
+    """What each step of the chain in ``out`` trained, from its bundle's card, for the final card."""
+    from kneeseg.bundle import load_bundle
+    from kneeseg.errors import InputError
+
+    steps = []
+    for name, _ in ROUND15_CHAIN:
+        if not (out / name / "card.json").exists():
+            raise InputError(f"the chain's step {name} is not in {out}: finalize the last step of a finished chain "
+                             "(OUT/round15)", out / name)
+        training = load_bundle(out / name).card.training
+        steps.append({"step": name, **{k: training.get(k) for k in ("epochs_run", "best_epoch", "best_val_mean_dice",
+                                                                    "stopped_early")},
+                      "init_from": training["config"].get("init_from"), "seed": training["config"].get("seed")})
+    return steps
 
 
 # Each fine-tune's subcommand: what it runs, its help line and its parser options (fine_tune_parser).
@@ -446,6 +468,8 @@ def finalize(args):
                     "hardware": args.hardware,
                     "fine_tuned_from": {"description": start.description, "training": start.training,
                                         "metrics": start.metrics}}
+        if args.recipe == "round15-chain":
+            training["chain"] = chain_record(Path(args.bundle).parent)
     context = trained.card.network.context_slices
     kind = f"2.5D U-Net (each slice with {context} neighbour(s) on each side as channels; " if context else "2D U-Net ("
     description = (f"{kind}thesis architecture, {trained.card.network.filters} filters, "

@@ -212,12 +212,19 @@ def build_and_compile(config: TrainConfig, labels):
 RESUMABLE_CHANGES = ("epochs", "patience", "time_limit_min", "stop_after_epochs", "workers", "use_multiprocessing", "extra")
 
 
+def _same_setting(name, saved, current) -> bool:
+    """Whether a setting is unchanged; the starting bundle is the same folder however its path is written."""
+    if name == "init_from" and isinstance(saved, str) and isinstance(current, str) and saved and current:
+        return Path(saved).resolve() == Path(current).resolve()
+    return saved == current
+
+
 def _check_same_run(saved: dict, config: TrainConfig, inputs: dict, work: Path):
     """Resuming is only right for the same network, frame, recipe and data: refuse anything else."""
     current, defaults = config.to_flat(), setting_defaults()
     # a setting newer than the saved run is that run's default
     changed = sorted(k for k in current if k not in RESUMABLE_CHANGES
-                     and saved.get("config", {}).get(k, _jsonable(defaults.get(k))) != current[k])
+                     and not _same_setting(k, saved.get("config", {}).get(k, _jsonable(defaults.get(k))), current[k]))
     if saved.get("inputs", inputs) != inputs:
         changed.append("training data")
     if changed:

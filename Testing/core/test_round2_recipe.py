@@ -272,12 +272,17 @@ def test_the_round15_chain_is_rounds_8_9_11_12_15_with_12_and_15_cut_where_their
         assert config.recipe.last_epoch == (cut or config.recipe.epochs)
 
 
-def _chain(recipe, monkeypatch, unfinished=()):
-    """Run round15-chain with every step replaced by a record of how it was asked to run."""
-    steps = []
+def _chain(recipe, monkeypatch, unfinished=(), minutes_per_step=0.0):
+    """Run round15-chain with every step replaced by a record of how it was asked to run; each step takes
+    ``minutes_per_step`` of a fake clock."""
+    import time
 
-    def step(args, settings, name):
+    steps, clock = [], [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+
+    def step(args, settings, name, next_steps=True):
         steps.append((name, args.init_from, args.out, args.time_limit_min))
+        clock[0] += 60 * minutes_per_step
         return name not in unfinished
 
     monkeypatch.setattr(recipe, "_fine_tune", step)
@@ -303,6 +308,44 @@ def test_the_round15_chain_starts_each_step_from_the_one_before_and_stops_at_an_
     assert [n for n, *_ in steps] == ["round8", "round9", "round11"]
     assert "stopped at the time limit in round11" in capsys.readouterr().out
 
+    steps = _chain(recipe, monkeypatch, minutes_per_step=40)  # the limit spans the chain: 90, 50, 10, then none
+    recipe.main()
+    assert [(n, limit) for n, *_, limit in steps] == [("round8", 90), ("round9", 50), ("round11", 10)]
+    assert "reached its time limit before round12" in capsys.readouterr().out
+
+
+def test_a_chain_step_cut_at_its_last_epoch_is_finished(tiny_bundle, tmp_path, monkeypatch, capsys):
+    import kneeseg.workflows.train
+
+    recipe = _recipe()
+    monkeypatch.setattr(recipe, "check_cache_holds_split", lambda *a: None)
+    ran = []
+    monkeypatch.setattr(kneeseg.workflows.train, "train_bundle", lambda *a, **k: ran.pop(0))
+    settings = dict(recipe.ROUND15_CHAIN)["round12"]  # 30 epochs in its schedule, cut after 16
+    args = argparse.Namespace(init_from=str(tiny_bundle), cache=str(tmp_path), out=str(tmp_path / "out"), work=None,
+                              time_limit_min=1.0)
+    for epochs_run, finished in ((15, False), (16, True)):
+        ran.append({"epochs_run": epochs_run, "stopped_early": False})
+        assert recipe._fine_tune(args, settings, "round12", next_steps=False) is finished
+    assert "finalize" not in capsys.readouterr().out
+
+
+def test_finalize_of_the_chain_records_every_step_and_refuses_an_unfinished_chain(tiny_bundle, tmp_path):
+    import shutil
+
+    from kneeseg.bundle import update_card
+
+    recipe = _recipe()
+    for i, (name, _) in enumerate(recipe.ROUND15_CHAIN[:-1]):
+        shutil.copytree(tiny_bundle, tmp_path / name)
+        update_card(tmp_path / name, training={"epochs_run": 10 + i, "best_epoch": 2 + i, "config": {"seed": i}})
+    with pytest.raises(InputError, match="step round15 is not in"):
+        recipe.chain_record(tmp_path)
+    shutil.copytree(tiny_bundle, tmp_path / "round15")
+    record = recipe.chain_record(tmp_path)
+    assert [(r["step"], r["epochs_run"], r["seed"]) for r in record[:4]] == [
+        ("round8", 10, 0), ("round9", 11, 1), ("round11", 12, 2), ("round12", 13, 3)]
+
 
 def test_the_round15_chain_refuses_to_start_from_its_own_output(tiny_bundle, tmp_path, monkeypatch, capsys):
     import shutil
@@ -324,3 +367,24 @@ def test_the_round15_chain_refuses_to_start_from_its_own_output(tiny_bundle, tmp
                                      "--init-from", str(tiny_bundle)])
     recipe.main()
     assert steps[0][:2] == ("round8", str(tiny_bundle))
+
+
+def test_finalize_of_the_chain_writes_its_steps_and_its_recipe_into_the_card(tiny_bundle, tmp_path, monkeypatch):
+    import shutil
+
+    from kneeseg.bundle import load_bundle
+
+    recipe = _recipe()
+    for name, _ in recipe.ROUND15_CHAIN:
+        shutil.copytree(tiny_bundle, tmp_path / "chain" / name)
+    monkeypatch.setattr(recipe, "INSTALLED", tmp_path / "installed")
+    shutil.copytree(tiny_bundle, recipe.INSTALLED)
+    monkeypatch.setattr("sys.argv", ["train_default.py", "finalize", str(tmp_path / "chain" / "round15"), "--recipe",
+                                     "round15-chain", "--cache", str(tmp_path / "cache"), "--no-synthetic",
+                                     "--hardware", "test"])
+    recipe.main()
+    training = load_bundle(tmp_path / "chain" / "round15.final").card.training
+    assert [step["step"] for step in training["chain"]] == ["round8", "round9", "round11", "round12", "round15"]
+    assert training["recipe"] == ("scripts/train_default.py round15-chain (a fine-tune of the shipped default model "
+                                  "before round 15 chain)")
+    assert recipe._made_by(tmp_path / "chain" / "round15.final", "round15-chain")

@@ -149,6 +149,17 @@ def test_stop_after_epochs_cuts_the_schedule_of_epochs_and_a_later_cut_continues
     assert state["epoch"] == 2  # a rerun of a finished cut trains nothing
 
 
+def test_a_resume_names_its_start_bundle_by_any_path_to_the_same_folder(tmp_path, monkeypatch):
+    from kneeseg.train import _same_setting
+
+    (tmp_path / "start").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert _same_setting("init_from", "start", str(tmp_path / "start"))
+    assert _same_setting("init_from", "./start/", "start")
+    assert not _same_setting("init_from", "start", str(tmp_path / "other"))
+    assert not _same_setting("split", "start", str(tmp_path / "start"))  # only the start bundle is a folder
+
+
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True])
 def test_stop_after_epochs_must_be_a_positive_whole_number(bad):
     with pytest.raises(InputError, match="stop_after_epochs"):
