@@ -163,10 +163,10 @@ def _fine_tune(args, settings, name, cache=None, next_steps=True):
                           export_onnx=False, progress=Progress("bar"))
     print(json.dumps(result, indent=2))
     done = result["epochs_run"] >= config.recipe.last_epoch or result["stopped_early"]
+    then = (f"; then: scripts/train_default.py finalize {args.out} --recipe {name} --cache {args.cache} "
+            "--real2d ../shared/data/real_2d/sagittal_slices_dev.npz, and make eval")
     print(f"{'finished' if done else 'not finished: rerun the same command to continue'}; bundle of the best "
-          f"epoch so far: {args.out}" + (f"; then: scripts/train_default.py finalize {args.out} --recipe {name} "
-                                         f"--cache {args.cache} --real2d ../shared/data/real_2d/sagittal_slices_dev.npz,"
-                                         " and make eval" if next_steps else ""))
+          f"epoch so far: {args.out}{then if next_steps else ''}")
     return done
 
 
