@@ -307,6 +307,9 @@ TRAIN_OPTIONS = (
     Option(("--stop-after-epochs",), "stop_after_epochs", "stop after this many epochs in all, the learning rate "
            "still decaying over --epochs (a schedule cut short alike on every machine; default: no cut)",
            type=int, setting="stop_after_epochs"),
+    Option(("--average-from-epoch",), "average_from_epoch", "the result is the mean of the weights of every "
+           "epoch from this one to the last trained, not the best epoch's (weight averaging; default: the best epoch)",
+           type=int, metavar="N", setting="average_from_epoch"),
     Option(("--synthesis",), "synthesis", "with --synthetic: generator settings, as a JSON file of "
            "kneeseg.synth.SynthesisConfig fields to change, or a bundle (folder or card.json) whose recorded "
            "settings to reuse (default: the generator's defaults)", metavar="JSON|BUNDLE"),

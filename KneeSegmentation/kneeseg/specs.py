@@ -228,6 +228,10 @@ class Recipe:
     # stop after this many epochs in all, the learning rate still decaying over ``epochs``: a schedule
     # cut short the same way on every machine (a time limit cuts it where the machine's speed says)
     stop_after_epochs: int = None
+    # the result is the mean of the weights at the end of every epoch from this one (1-based) to the last
+    # trained, not the best epoch's: an average over the plateau does not hang on which epoch a noisy
+    # validation score picks (stochastic weight averaging; the network has no batch statistics to refit)
+    average_from_epoch: int = None
     init_from: str = None  # a bundle whose weights start the training (fine-tuning); same architecture
     normalisation: str = "volume"  # the frame's statistics: each scan's own, or "population" (fitted on the training set)
     synthesis: dict = None  # synthetic training: overrides of synth.SynthesisConfig (None: the defaults)
@@ -236,6 +240,8 @@ class Recipe:
     def __post_init__(self):
         if self.stop_after_epochs is not None:
             check_int("stop_after_epochs", self.stop_after_epochs, 1, 100_000)
+        if self.average_from_epoch is not None:
+            check_int("average_from_epoch", self.average_from_epoch, 1, 100_000)
 
     @property
     def last_epoch(self) -> int:

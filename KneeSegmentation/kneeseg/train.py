@@ -5,7 +5,8 @@ cut in (``FrameSpec``, stored in the card and used at inference) and the :class:
 
 Everything a run produces lives in its work folder: ``checkpoint.keras`` (model + optimizer, saved
 every epoch), ``best.keras`` (best validation mean Dice so far), ``state.json`` (epoch, best score,
-patience counter) and ``history.csv``. Running again with the same work folder resumes after the last
+patience counter), ``history.csv`` and, with ``average_from_epoch``, ``average-NNNN.npz`` (the running
+mean of the weights, which is then the result instead of ``best.keras``). Running again with the same work folder resumes after the last
 finished epoch. The model is built and compiled inside a ``tf.distribute`` strategy scope, so several
 GPUs are used unchanged (MirroredStrategy when more than one is visible).
 """
@@ -161,6 +162,8 @@ def _monitor_callback(config: TrainConfig, work: Path, state: dict, progress):
             else:
                 state["wait"] += 1
             state["epoch"] = epoch
+            if recipe.average_from_epoch and epoch + 1 >= recipe.average_from_epoch:
+                _add_to_average(work, state, self.model.get_weights())
             if state["wait"] >= recipe.patience:
                 state["stopped_early"] = True
                 self.model.stop_training = True
@@ -169,11 +172,47 @@ def _monitor_callback(config: TrainConfig, work: Path, state: dict, progress):
                 self.model.stop_training = True
             _atomic_save(self.model, work / "checkpoint.keras")
             write_json(work / "state.json", state)  # after the stop decision: a rerun honours it
+            _remove_stale_averages(work, state)
             progress("epoch", (epoch + 1) / recipe.last_epoch,
                      f"epoch {epoch + 1}/{recipe.last_epoch}: loss {logs.get('loss', float('nan')):.4f}, "
                      f"val mean Dice {score:.4f}", epoch=epoch + 1, logs=logs)
 
     return Monitor()
+
+
+def _average_path(work: Path, state: dict):
+    """The file of the running weight average ``state`` names (one per epoch: a crash between it and
+    ``state.json`` leaves the average of the epoch ``state`` records intact), or None."""
+    return work / state["average_file"] if state.get("average_file") else None
+
+
+def _read_average(work: Path, state: dict):
+    path = _average_path(work, state)
+    if path is None:
+        return None
+    with np.load(path) as saved:
+        return [saved[f"w{i}"] for i in range(len(saved.files))]
+
+
+def _add_to_average(work: Path, state: dict, weights):
+    """Fold one epoch's weights into the running mean; ``state`` then names the new file."""
+    count = state.get("averaged_epochs", 0)
+    average = _read_average(work, state) if count else None
+    if average is None:
+        average = [np.array(w, np.float64) for w in weights]
+    else:
+        average = [a + (np.asarray(w, np.float64) - a) / (count + 1) for a, w in zip(average, weights)]
+    name = f"average-{state['epoch'] + 1:04d}.npz"
+    tmp = work / f".{name}.tmp.npz"
+    np.savez(tmp, **{f"w{i}": a for i, a in enumerate(average)})
+    os.replace(tmp, work / name)
+    state.update(averaged_epochs=count + 1, average_file=name)
+
+
+def _remove_stale_averages(work: Path, state: dict):
+    for path in work.glob("average-*.npz"):
+        if path.name != state.get("average_file"):
+            path.unlink(missing_ok=True)
 
 
 def _append_history(path: Path, epoch: int, logs: dict):
@@ -267,7 +306,20 @@ def fit(config: TrainConfig, labels, train_source, val_source, work_dir, progres
         with _sources(recipe, train_source, val_source) as (train_batches, val_batches):
             model.fit(train_batches, validation_data=val_batches, epochs=recipe.last_epoch, initial_epoch=initial_epoch,
                       callbacks=[_monitor_callback(config, work, state, progress), *callbacks], verbose=0)
-    if (work / "best.keras").exists():
+            if state.get("averaged_epochs"):
+                model.set_weights([a.astype(w.dtype) for a, w in zip(_read_average(work, state), model.get_weights())])
+                scores = model.evaluate(val_batches, return_dict=True, verbose=0)
+                state["average_val_mean_dice"] = float(scores["mean_dice"])
+                write_json(state_path, state)
+                progress("average", 1.0, f"the mean of the weights of epochs {recipe.average_from_epoch}-"
+                         f"{state['epoch'] + 1}: val mean Dice {state['average_val_mean_dice']:.4f} (best epoch "
+                         f"{state['best_epoch'] + 1}: {state['best']:.4f})")
+    if state.get("averaged_epochs"):
+        model.set_weights([a.astype(w.dtype) for a, w in zip(_read_average(work, state), model.get_weights())])
+    elif (work / "best.keras").exists():
+        if recipe.average_from_epoch:
+            progress("average", 1.0, f"training ended after epoch {state['epoch'] + 1}, before epoch "
+                     f"{recipe.average_from_epoch} where the weight average starts: the result is the best epoch's")
         best = keras.models.load_model(work / "best.keras", safe_mode=True)
         model.set_weights(best.get_weights())
     return model, state
@@ -366,6 +418,10 @@ def make_card(config: TrainConfig, labels, provenance: dict, state: dict, metric
                 "best_epoch": state["best_epoch"] + 1, "best_val_mean_dice": state["best"],
                 "stopped_early": state.get("stopped_early", False),
                 "stopped_at_time_limit": state.get("stopped_at_time_limit", False), **provenance}
+    if state.get("averaged_epochs"):
+        # the weights are the mean of these epochs', not the best epoch's
+        training.update(averaged_epochs=state["averaged_epochs"],
+                        average_val_mean_dice=state.get("average_val_mean_dice"))
     frame = config.frame
     if population is not None:
         frame = replace(frame, normalisation=Normalisation(mode="population", mean=population[0], std=population[1],

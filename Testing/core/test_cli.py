@@ -398,7 +398,7 @@ def test_train_flags_default_to_the_specs_and_each_reaches_its_setting(tmp_path,
                "window_mm": 120.0, "epochs": 7, "steps_per_epoch": 11, "validation_steps": 5, "batch_size": 3,
                "patience": 2, "learning_rate": 0.01, "final_learning_rate": 0.002, "loss": "dice+ce", "beta": 2.0,
                "normalisation": "population", "seed": 4, "split_seed": 5, "workers": 2, "multiprocessing": True,
-               "time_limit_min": 3.5, "stop_after_epochs": 6, "init_from": str(tmp_path / "old"),
+               "time_limit_min": 3.5, "stop_after_epochs": 6, "average_from_epoch": 2, "init_from": str(tmp_path / "old"),
                "split": str(tmp_path / "split.json")}
     settings = {spec.dest: spec.setting for spec in contract.TRAIN_OPTIONS if spec.setting}
     assert set(settings) - {"dims"} == set(changed)  # every setting-bearing flag is tried

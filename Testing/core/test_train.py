@@ -160,6 +160,73 @@ def test_a_resume_names_its_start_bundle_by_any_path_to_the_same_folder(tmp_path
     assert not _same_setting("split", "start", str(tmp_path / "start"))  # only the start bundle is a folder
 
 
+class RecordWeights(keras.callbacks.Callback):
+    """The weights at the end of every epoch, as the built-in monitor saw them."""
+
+    def __init__(self, record):
+        super().__init__()
+        self.record = record
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.record[epoch + 1] = self.model.get_weights()
+
+
+def _mean(*weight_lists):
+    return [np.mean([np.asarray(w, np.float64) for w in ws], axis=0) for ws in zip(*weight_lists)]
+
+
+def _assert_weights_equal(actual, expected):
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
+
+
+def test_average_from_epoch_makes_the_result_the_mean_of_those_epochs_weights(tmp_path):
+    record = {}
+    config = _config(epochs=3, patience=50, average_from_epoch=2, learning_rate=1e-2)
+    model, state = training.fit(config, SEPARATE_BONES, ToySlices(), ToySlices(seed=1), tmp_path,
+                                callbacks=[RecordWeights(record)])
+    assert not any(np.allclose(a, b) for a, b in zip(record[2], record[3]) if a.size > 1)  # the epochs differ
+    _assert_weights_equal(model.get_weights(), _mean(record[2], record[3]))
+    assert state["averaged_epochs"] == 2 and 0.0 <= state["average_val_mean_dice"] <= 1.0
+    assert sorted(p.name for p in tmp_path.glob("average-*.npz")) == ["average-0003.npz"]
+    card = training.make_card(config, SEPARATE_BONES, {}, state)
+    assert card.training["averaged_epochs"] == 2
+    assert card.training["average_val_mean_dice"] == state["average_val_mean_dice"]
+
+
+def test_the_weight_average_survives_an_interruption_and_the_resume_adds_to_it(tmp_path):
+    record = {}
+    config = _config(epochs=4, patience=50, average_from_epoch=2, learning_rate=1e-2)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(config, SEPARATE_BONES, ToySlices(), ToySlices(seed=1), tmp_path,
+                     callbacks=[RecordWeights(record), InterruptInEpoch(2)])
+    assert json.loads((tmp_path / "state.json").read_text())["averaged_epochs"] == 1
+    model, state = training.fit(config, SEPARATE_BONES, ToySlices(), ToySlices(seed=1), tmp_path,
+                                callbacks=[RecordWeights(record)])
+    assert sorted(record) == [1, 2, 3, 4] and state["averaged_epochs"] == 3
+    _assert_weights_equal(model.get_weights(), _mean(record[2], record[3], record[4]))
+    again, _ = training.fit(config, SEPARATE_BONES, ToySlices(), ToySlices(seed=1), tmp_path)  # finished: no training
+    _assert_weights_equal(again.get_weights(), model.get_weights())
+
+
+def test_training_that_ends_before_the_average_starts_keeps_the_best_epoch(tmp_path):
+    messages = []
+    config = _config(epochs=2, patience=50, average_from_epoch=5)
+    model, state = training.fit(config, SEPARATE_BONES, ToySlices(), ToySlices(seed=1), tmp_path,
+                                lambda stage, fraction, message, **extra: messages.append(message))
+    best = keras.models.load_model(tmp_path / "best.keras", safe_mode=True)
+    _assert_weights_equal(model.get_weights(), best.get_weights())
+    assert "averaged_epochs" not in state and not list(tmp_path.glob("average-*.npz"))
+    assert any("before epoch 5 where the weight average starts" in m for m in messages)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_average_from_epoch_must_be_a_positive_whole_number(bad):
+    with pytest.raises(InputError, match="average_from_epoch"):
+        _config(epochs=3, average_from_epoch=bad)
+
+
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True])
 def test_stop_after_epochs_must_be_a_positive_whole_number(bad):
     with pytest.raises(InputError, match="stop_after_epochs"):

@@ -125,6 +125,8 @@ def train_bundle(config, output, work, synthetic=None, data=None, name="knee-bon
         update_card(output, metrics=metrics)
     return {"bundle": str(output), "epochs_run": state["epoch"] + 1, "best_epoch": state["best_epoch"] + 1,
             "best_val_mean_dice": state["best"], "stopped_early": state.get("stopped_early", False),
+            **({"averaged_epochs": state["averaged_epochs"], "average_val_mean_dice": state.get("average_val_mean_dice")}
+               if state.get("averaged_epochs") else {}),
             "metrics": metrics}
 
 
