@@ -262,6 +262,15 @@ def test_the_round17_settings_are_round16_continued_with_more_patience():
     assert Path(config.recipe.init_from).name == "round16"
 
 
+def test_the_round18_settings_are_round16_with_a_weight_average_over_a_run_that_does_not_stop_early():
+    recipe = _recipe()
+    config, round16 = TrainConfig.from_flat(**recipe.ROUND18), TrainConfig.from_flat(**recipe.ROUND16)
+    assert config.network == round16.network and _changed_synthesis(config, round16) == set()
+    assert config.recipe.init_from == round16.recipe.init_from == str(recipe.INSTALLED)
+    assert 1 < config.recipe.average_from_epoch < config.recipe.last_epoch < config.recipe.patience
+    assert round16.recipe.average_from_epoch is None and config.recipe.seed != round16.recipe.seed
+
+
 def test_the_round15_chain_is_rounds_8_9_11_12_15_with_12_and_15_cut_where_their_time_limit_cut_them():
     recipe = _recipe()
     assert [name for name, _ in recipe.ROUND15_CHAIN] == ["round8", "round9", "round11", "round12", "round15"]
