@@ -14,7 +14,7 @@
     python scripts/train_default.py round15 --cache .cache/labelmaps --out build/round15 [--time-limit-min 20]
     python scripts/train_default.py round16 --cache .cache/labelmaps --out build/round16 [--time-limit-min 50]
     python scripts/train_default.py round17 --cache .cache/labelmaps --out build/round17 [--time-limit-min 25]
-    python scripts/train_default.py round18 --cache .cache/labelmaps --out build/round18 [--time-limit-min 60]
+    python scripts/train_default.py round18 --cache .cache/labelmaps --out build/round18 [--time-limit-min 75]
     python scripts/train_default.py round15-chain --cache .cache/labelmaps [--out build/round15-chain] [--time-limit-min 150]
     python scripts/train_default.py finalize build/default/stage2 --stage1 build/default/stage1 \
         --cache .cache/labelmaps --real2d ../shared/data/real_2d/sagittal_slices_dev.npz [--install]
@@ -165,10 +165,12 @@ def _fine_tune(args, settings, name, cache=None, next_steps=True):
                           export_onnx=False, progress=Progress("bar"))
     print(json.dumps(result, indent=2))
     done = result["epochs_run"] >= config.recipe.last_epoch or result["stopped_early"]
+    kept = (f"the mean of the weights of {result['averaged_epochs']} epochs" if result.get("averaged_epochs")
+            else "the best epoch")
     then = (f"; then: scripts/train_default.py finalize {args.out} --recipe {name} --cache {args.cache} "
             "--real2d ../shared/data/real_2d/sagittal_slices_dev.npz, and make eval")
-    print(f"{'finished' if done else 'not finished: rerun the same command to continue'}; bundle of the best "
-          f"epoch so far: {args.out}{then if next_steps else ''}")
+    print(f"{'finished' if done else 'not finished: rerun the same command to continue'}; bundle of {kept} so "
+          f"far: {args.out}{then if next_steps else ''}")
     return done
 
 
@@ -410,7 +412,8 @@ def chain_record(out) -> list:
 # weights averaged over epochs 6-20 instead of the one best epoch. Rounds 16, 17 and the chain's rerun
 # moved 0.03-0.06 of real tibia Dice and 0.1 of fibula by which epoch early stopping kept, on a
 # validation mean Dice that swings 0.01-0.02 between epochs; the mean of the plateau's weights does not
-# depend on that pick. No early stop (patience beyond the epochs); 20 epochs, about 45 minutes on two cores.
+# depend on that pick. No early stop (patience beyond the epochs); 20 epochs (the learning rate decaying
+# over them, not over round 16's 30), about 47 minutes on two cores (2026-12-03).
 ROUND18 = {**ROUND16, "seed": 18, "epochs": 20, "patience": 100, "average_from_epoch": 6}
 
 round18 = _plain_fine_tune("round18")

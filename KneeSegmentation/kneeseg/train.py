@@ -187,26 +187,30 @@ def _average_path(work: Path, state: dict):
 
 
 def _read_average(work: Path, state: dict):
+    """The running mean of the weights ``state`` names; a work folder that lost it is refused by name."""
     path = _average_path(work, state)
-    if path is None:
-        return None
+    if path is None or not path.exists():
+        raise InputError(f"the work folder's weight average ({state.get('average_file') or 'no file named'}, "
+                         f"{state.get('averaged_epochs')} epochs) is missing: delete the folder to start over", work)
     with np.load(path) as saved:
         return [saved[f"w{i}"] for i in range(len(saved.files))]
 
 
 def _add_to_average(work: Path, state: dict, weights):
-    """Fold one epoch's weights into the running mean; ``state`` then names the new file."""
+    """Fold one epoch's weights into the running mean; ``state`` then names the new file, and the
+    average's validation score, now out of date, is dropped."""
     count = state.get("averaged_epochs", 0)
-    average = _read_average(work, state) if count else None
-    if average is None:
-        average = [np.array(w, np.float64) for w in weights]
+    if count:
+        average = [a + (np.asarray(w, np.float64) - a) / (count + 1)
+                   for a, w in zip(_read_average(work, state), weights, strict=True)]
     else:
-        average = [a + (np.asarray(w, np.float64) - a) / (count + 1) for a, w in zip(average, weights)]
+        average = [np.array(w, np.float64) for w in weights]
     name = f"average-{state['epoch'] + 1:04d}.npz"
     tmp = work / f".{name}.tmp.npz"
     np.savez(tmp, **{f"w{i}": a for i, a in enumerate(average)})
     os.replace(tmp, work / name)
     state.update(averaged_epochs=count + 1, average_file=name)
+    state.pop("average_val_mean_dice", None)
 
 
 def _remove_stale_averages(work: Path, state: dict):
@@ -272,7 +276,8 @@ def _check_same_run(saved: dict, config: TrainConfig, inputs: dict, work: Path):
 
 
 def fit(config: TrainConfig, labels, train_source, val_source, work_dir, progress=None, callbacks=(), inputs=None):
-    """Train (or resume) in ``work_dir``; returns (model with the best weights, state dict).
+    """Train (or resume) in ``work_dir``; returns (model with the best weights, or with the mean of the
+    weights of the epochs from ``average_from_epoch`` on, state dict).
 
     ``callbacks`` are extra Keras callbacks (e.g. TensorBoard), run after the built-in monitor.
     ``inputs`` describes the training data (e.g. its path): resuming with other data is refused.
@@ -283,6 +288,9 @@ def fit(config: TrainConfig, labels, train_source, val_source, work_dir, progres
 
     recipe, progress = config.recipe, progress or NO_PROGRESS
     work = Path(work_dir)
+    if recipe.average_from_epoch and recipe.average_from_epoch > recipe.last_epoch:
+        raise InputError(f"average_from_epoch {recipe.average_from_epoch} is after the last epoch this run trains "
+                         f"({recipe.last_epoch}): the weight average would be empty")
     check_start_bundle(config, work)
     work.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(recipe.seed)
@@ -302,20 +310,17 @@ def fit(config: TrainConfig, labels, train_source, val_source, work_dir, progres
             if recipe.init_from:
                 _load_initial_weights(model, recipe.init_from)
     initial_epoch = state["epoch"] + 1
-    if initial_epoch < recipe.last_epoch and not state.get("stopped_early"):
+    to_train = initial_epoch < recipe.last_epoch and not state.get("stopped_early")
+    if to_train or (state.get("averaged_epochs") and "average_val_mean_dice" not in state):
         with _sources(recipe, train_source, val_source) as (train_batches, val_batches):
-            model.fit(train_batches, validation_data=val_batches, epochs=recipe.last_epoch, initial_epoch=initial_epoch,
-                      callbacks=[_monitor_callback(config, work, state, progress), *callbacks], verbose=0)
+            if to_train:
+                model.fit(train_batches, validation_data=val_batches, epochs=recipe.last_epoch,
+                          initial_epoch=initial_epoch, callbacks=[_monitor_callback(config, work, state, progress),
+                                                                  *callbacks], verbose=0)
             if state.get("averaged_epochs"):
-                model.set_weights([a.astype(w.dtype) for a, w in zip(_read_average(work, state), model.get_weights())])
-                scores = model.evaluate(val_batches, return_dict=True, verbose=0)
-                state["average_val_mean_dice"] = float(scores["mean_dice"])
-                write_json(state_path, state)
-                progress("average", 1.0, f"the mean of the weights of epochs {recipe.average_from_epoch}-"
-                         f"{state['epoch'] + 1}: val mean Dice {state['average_val_mean_dice']:.4f} (best epoch "
-                         f"{state['best_epoch'] + 1}: {state['best']:.4f})")
+                _score_average(model, work, state, val_batches, progress)
     if state.get("averaged_epochs"):
-        model.set_weights([a.astype(w.dtype) for a, w in zip(_read_average(work, state), model.get_weights())])
+        _set_average(model, work, state)
     elif (work / "best.keras").exists():
         if recipe.average_from_epoch:
             progress("average", 1.0, f"training ended after epoch {state['epoch'] + 1}, before epoch "
@@ -323,6 +328,21 @@ def fit(config: TrainConfig, labels, train_source, val_source, work_dir, progres
         best = keras.models.load_model(work / "best.keras", safe_mode=True)
         model.set_weights(best.get_weights())
     return model, state
+
+
+def _set_average(model, work: Path, state: dict):
+    model.set_weights([a.astype(w.dtype) for a, w in zip(_read_average(work, state), model.get_weights(), strict=True)])
+
+
+def _score_average(model, work: Path, state: dict, val_batches, progress):
+    """The averaged weights' validation mean Dice, into ``state`` (and ``state.json``). The best epoch's
+    score, the highest of many noisy ones, leans high against it."""
+    _set_average(model, work, state)
+    state["average_val_mean_dice"] = float(model.evaluate(val_batches, return_dict=True, verbose=0)["mean_dice"])
+    write_json(work / "state.json", state)
+    progress("average", 1.0, f"the mean of the weights of epochs {state['epoch'] + 2 - state['averaged_epochs']}-"
+             f"{state['epoch'] + 1}: val mean Dice {state['average_val_mean_dice']:.4f} (best epoch "
+             f"{state['best_epoch'] + 1}: {state['best']:.4f})")
 
 
 def _resuming(work: Path) -> bool:

@@ -181,6 +181,10 @@ def _assert_weights_equal(actual, expected):
         np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
 
 
+def _val_mean_dice(model):
+    return model.evaluate(training._batches(ToySlices(seed=1), 1), return_dict=True, verbose=0)["mean_dice"]
+
+
 def test_average_from_epoch_makes_the_result_the_mean_of_those_epochs_weights(tmp_path):
     record = {}
     config = _config(epochs=3, patience=50, average_from_epoch=2, learning_rate=1e-2)
@@ -188,13 +192,15 @@ def test_average_from_epoch_makes_the_result_the_mean_of_those_epochs_weights(tm
                                 callbacks=[RecordWeights(record)])
     assert not any(np.allclose(a, b) for a, b in zip(record[2], record[3]) if a.size > 1)  # the epochs differ
     _assert_weights_equal(model.get_weights(), _mean(record[2], record[3]))
-    assert state["averaged_epochs"] == 2 and 0.0 <= state["average_val_mean_dice"] <= 1.0
+    assert state["averaged_epochs"] == 2
+    assert state["average_val_mean_dice"] == pytest.approx(_val_mean_dice(model), abs=1e-6)
     assert sorted(p.name for p in tmp_path.glob("average-*.npz")) == ["average-0003.npz"]
     card = training.make_card(config, SEPARATE_BONES, {}, state)
     assert card.training["averaged_epochs"] == 2
     assert card.training["average_val_mean_dice"] == state["average_val_mean_dice"]
 
 
+@pytest.mark.slow
 def test_the_weight_average_survives_an_interruption_and_the_resume_adds_to_it(tmp_path):
     record = {}
     config = _config(epochs=4, patience=50, average_from_epoch=2, learning_rate=1e-2)
@@ -210,15 +216,74 @@ def test_the_weight_average_survives_an_interruption_and_the_resume_adds_to_it(t
     _assert_weights_equal(again.get_weights(), model.get_weights())
 
 
-def test_training_that_ends_before_the_average_starts_keeps_the_best_epoch(tmp_path):
+@pytest.mark.slow
+def test_a_crash_between_the_average_and_the_state_does_not_count_the_lost_epoch(tmp_path, monkeypatch):
+    """Epoch 3's average is written, then the run dies before state.json says so: the resume redoes
+    epoch 3 and averages the redone weights, not both."""
+    record, calls, write_json = {}, [], training.write_json
+
+    def dies_on_the_third_state(path, data):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed between the average and the state")
+        write_json(path, data)
+
+    config = _config(epochs=4, patience=50, average_from_epoch=2, learning_rate=1e-2)
+    monkeypatch.setattr(training, "write_json", dies_on_the_third_state)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(config, SEPARATE_BONES, ToySlices(), ToySlices(seed=1), tmp_path, callbacks=[RecordWeights(record)])
+    assert (tmp_path / "average-0003.npz").exists() and sorted(record) == [1, 2]
+    monkeypatch.setattr(training, "write_json", write_json)
+    model, state = training.fit(config, SEPARATE_BONES, ToySlices(), ToySlices(seed=1), tmp_path,
+                                callbacks=[RecordWeights(record)])
+    assert state["averaged_epochs"] == 3
+    _assert_weights_equal(model.get_weights(), _mean(record[2], record[3], record[4]))
+
+
+@pytest.mark.slow
+def test_the_average_score_is_of_the_last_average_even_when_the_run_died_before_scoring_it(tmp_path, monkeypatch):
+    config = _config(epochs=4, patience=50, average_from_epoch=2, learning_rate=1e-2, stop_after_epochs=3)
+    _, state = training.fit(config, SEPARATE_BONES, ToySlices(), ToySlices(seed=1), tmp_path)
+    first_score = state["average_val_mean_dice"]
+    longer = _config(**{**config.to_flat(), "stop_after_epochs": 4})
+    score = training._score_average
+    monkeypatch.setattr(training, "_score_average", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):  # epoch 4 trained and averaged, killed while scoring the average
+        training.fit(longer, SEPARATE_BONES, ToySlices(), ToySlices(seed=1), tmp_path)
+    saved = json.loads((tmp_path / "state.json").read_text())
+    assert saved["averaged_epochs"] == 3 and "average_val_mean_dice" not in saved
+    monkeypatch.setattr(training, "_score_average", score)
+    model, state = training.fit(longer, SEPARATE_BONES, ToySlices(), ToySlices(seed=1), tmp_path)  # trains nothing
+    assert state["average_val_mean_dice"] == pytest.approx(_val_mean_dice(model), abs=1e-6)
+    assert state["average_val_mean_dice"] != first_score
+
+
+def test_an_average_that_starts_after_the_last_epoch_is_refused_before_training(tmp_path):
+    with pytest.raises(InputError, match="average_from_epoch 5 is after the last epoch this run trains \\(3\\)"):
+        training.fit(_config(epochs=4, stop_after_epochs=3, average_from_epoch=5), SEPARATE_BONES, ToySlices(),
+                     ToySlices(seed=1), tmp_path / "work")
+    assert not (tmp_path / "work").exists()
+
+
+def test_training_that_stops_before_the_average_starts_keeps_the_best_epoch(tmp_path):
     messages = []
-    config = _config(epochs=2, patience=50, average_from_epoch=5)
+    config = _config(epochs=4, patience=50, average_from_epoch=3, time_limit_min=1e-6)
     model, state = training.fit(config, SEPARATE_BONES, ToySlices(), ToySlices(seed=1), tmp_path,
                                 lambda stage, fraction, message, **extra: messages.append(message))
+    assert state["epoch"] == 0 and state["stopped_at_time_limit"]
     best = keras.models.load_model(tmp_path / "best.keras", safe_mode=True)
     _assert_weights_equal(model.get_weights(), best.get_weights())
     assert "averaged_epochs" not in state and not list(tmp_path.glob("average-*.npz"))
-    assert any("before epoch 5 where the weight average starts" in m for m in messages)
+    assert any("before epoch 3 where the weight average starts" in m for m in messages)
+
+
+def test_a_work_folder_that_lost_its_average_is_refused_by_name(tmp_path):
+    config = _config(epochs=3, patience=50, average_from_epoch=1, stop_after_epochs=1)
+    training.fit(config, SEPARATE_BONES, ToySlices(), ToySlices(seed=1), tmp_path)
+    (tmp_path / "average-0001.npz").unlink()
+    with pytest.raises(InputError, match="weight average .* is missing: delete the folder"):
+        training.fit(_config(**{**config.to_flat(), "stop_after_epochs": 2}), SEPARATE_BONES, ToySlices(),
+                     ToySlices(seed=1), tmp_path)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True])
