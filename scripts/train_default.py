@@ -15,6 +15,7 @@
     python scripts/train_default.py round16 --cache .cache/labelmaps --out build/round16 [--time-limit-min 50]
     python scripts/train_default.py round17 --cache .cache/labelmaps --out build/round17 [--time-limit-min 25]
     python scripts/train_default.py round18 --cache .cache/labelmaps --out build/round18 [--time-limit-min 75]
+    python scripts/train_default.py round19 --cache .cache/labelmaps --out build/round19 [--time-limit-min 75]
     python scripts/train_default.py round15-chain --cache .cache/labelmaps [--out build/round15-chain] [--time-limit-min 150]
     python scripts/train_default.py finalize build/default/stage2 --stage1 build/default/stage1 \
         --cache .cache/labelmaps --real2d ../shared/data/real_2d/sagittal_slices_dev.npz [--install]
@@ -419,6 +420,14 @@ ROUND18 = {**ROUND16, "seed": 18, "epochs": 20, "patience": 100, "average_from_e
 round18 = _plain_fine_tune("round18")
 
 
+# Round 19: round 18 without the average: its best epoch by validation mean Dice. The average does not
+# change what training does (it only reads the weights), so round 18's run is also round 19's; measured
+# against its average on 2026-12-03, the average labelled the DESS thigh muscle femur and the best epoch did not.
+ROUND19 = {**ROUND18, "average_from_epoch": None}
+
+round19 = _plain_fine_tune("round19")
+
+
 # Each fine-tune's subcommand: what it runs, its help line and its parser options (fine_tune_parser).
 # The newest is finalize's default recipe.
 FINE_TUNES = {
@@ -453,6 +462,8 @@ FINE_TUNES = {
                       {"init_from": "the shipped model", "out": "build/round15-chain", "work": None}),
     "round18": (round18, "round 18: round 16 with the weights averaged over epochs 6-20 instead of the best "
                 "epoch's; rerun to continue", {"init_from": True}),
+    "round19": (round19, "round 19: round 18's run, its best epoch instead of the average; rerun to continue",
+                {"init_from": True}),
 }
 
 

@@ -272,6 +272,12 @@ def test_the_round18_settings_are_round16_with_a_weight_average_over_a_run_that_
         "seed", "epochs", "patience", "average_from_epoch"}
 
 
+def test_the_round19_settings_are_round18_without_the_average():
+    recipe = _recipe()
+    assert recipe.ROUND19 == {**recipe.ROUND18, "average_from_epoch": None}
+    assert TrainConfig.from_flat(**recipe.ROUND19).recipe.average_from_epoch is None
+
+
 def test_the_round15_chain_is_rounds_8_9_11_12_15_with_12_and_15_cut_where_their_time_limit_cut_them():
     recipe = _recipe()
     assert [name for name, _ in recipe.ROUND15_CHAIN] == ["round8", "round9", "round11", "round12", "round15"]
