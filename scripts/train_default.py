@@ -44,7 +44,8 @@ bones (docs/evaluation.md, "Round 8").
 ``round9`` to ``round15`` each continue the one before with one change (docs/training.md); ``round16``
 is where they arrived, round 15's generator and loss, in one fine-tune of the shipped model.
 ``round15-chain`` runs rounds 8, 9, 11, 12 and 15 one after the other in one resumable command.
-``round18`` is round 16 with the weights averaged over its epochs 6-20 rather than its best epoch's.
+``round18`` is round 16 with the weights averaged over its epochs 6-20 rather than its best epoch's;
+``round19`` the same run's best epoch (both measured, not shipped: docs/evaluation.md).
 
 ``train`` runs two stages with ``kneeseg train``: stage 1 from scratch (Adam 1e-3 -> 1e-4), stage 2 a
 fine-tune of stage 1 at a lower learning rate (3e-4 -> 3e-5). On a GPU machine the same stages run
@@ -422,7 +423,8 @@ round18 = _plain_fine_tune("round18")
 
 # Round 19: round 18 without the average: its best epoch by validation mean Dice. The average does not
 # change what training does (it only reads the weights), so round 18's run is also round 19's; measured
-# against its average on 2026-12-03, the average labelled the DESS thigh muscle femur and the best epoch did not.
+# against its average on 2026-12-04, the average labelled the DESS thigh muscle femur and the best epoch
+# did not.
 ROUND19 = {**ROUND18, "average_from_epoch": None}
 
 round19 = _plain_fine_tune("round19")

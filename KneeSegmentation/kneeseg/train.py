@@ -7,8 +7,9 @@ Everything a run produces lives in its work folder: ``checkpoint.keras`` (model 
 every epoch), ``best.keras`` (best validation mean Dice so far), ``state.json`` (epoch, best score,
 patience counter), ``history.csv`` and, with ``average_from_epoch``, ``average-NNNN.npz`` (the running
 mean of the weights, which is then the result instead of ``best.keras``). Running again with the same
-work folder resumes after the last finished epoch. The model is built and compiled inside a ``tf.distribute`` strategy scope, so several
-GPUs are used unchanged (MirroredStrategy when more than one is visible).
+work folder resumes after the last finished epoch. The model is built and compiled inside a
+``tf.distribute`` strategy scope, so several GPUs are used unchanged (MirroredStrategy when more than
+one is visible).
 """
 
 import contextlib
