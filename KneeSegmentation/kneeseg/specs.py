@@ -242,6 +242,9 @@ class Recipe:
             check_int("stop_after_epochs", self.stop_after_epochs, 1, 100_000)
         if self.average_from_epoch is not None:
             check_int("average_from_epoch", self.average_from_epoch, 1, 100_000)
+            if self.average_from_epoch > self.last_epoch:
+                raise SpecError("average_from_epoch", f"{self.average_from_epoch} is after the last epoch the run "
+                                f"trains ({self.last_epoch}): the weight average would be empty")
 
     @property
     def last_epoch(self) -> int:

@@ -28,6 +28,7 @@ from .errors import BundleError, InputError
 from .io import write_json
 from .labels import MERGED_BONES, SEPARATE_BONES
 from .progress import NO_PROGRESS
+from .writing import atomic_path
 from .specs import (FRAME_SETTINGS, NETWORK_SETTINGS, FrameSpec, NetworkSpec, Normalisation, Recipe, SpecError,
                     setting_defaults)
 
@@ -181,15 +182,9 @@ def _monitor_callback(config: TrainConfig, work: Path, state: dict, progress):
     return Monitor()
 
 
-def _average_path(work: Path, state: dict):
-    """The file of the running weight average ``state`` names (one per epoch: a crash between it and
-    ``state.json`` leaves the average of the epoch ``state`` records intact), or None."""
-    return work / state["average_file"] if state.get("average_file") else None
-
-
 def _read_average(work: Path, state: dict):
     """The running mean of the weights ``state`` names; a work folder that lost it is refused by name."""
-    path = _average_path(work, state)
+    path = work / state["average_file"] if state.get("average_file") else None
     if path is None or not path.exists():
         raise InputError(f"the work folder's weight average ({state.get('average_file') or 'no file named'}, "
                          f"{state.get('averaged_epochs')} epochs) is missing: delete the folder to start over", work)
@@ -199,7 +194,8 @@ def _read_average(work: Path, state: dict):
 
 def _add_to_average(work: Path, state: dict, weights):
     """Fold one epoch's weights into the running mean; ``state`` then names the new file, and the
-    average's validation score, now out of date, is dropped."""
+    average's validation score, now out of date, is dropped. One file per epoch: a crash between it and
+    ``state.json`` leaves the average of the epoch ``state`` records intact."""
     count = state.get("averaged_epochs", 0)
     if count:
         average = [a + (np.asarray(w, np.float64) - a) / (count + 1)
@@ -207,9 +203,8 @@ def _add_to_average(work: Path, state: dict, weights):
     else:
         average = [np.array(w, np.float64) for w in weights]
     name = f"average-{state['epoch'] + 1:04d}.npz"
-    tmp = work / f".{name}.tmp.npz"
-    np.savez(tmp, **{f"w{i}": a for i, a in enumerate(average)})
-    os.replace(tmp, work / name)
+    with atomic_path(work / name) as tmp:
+        np.savez(tmp, **{f"w{i}": a for i, a in enumerate(average)})
     state.update(averaged_epochs=count + 1, average_file=name)
     state.pop("average_val_mean_dice", None)
 
@@ -289,9 +284,6 @@ def fit(config: TrainConfig, labels, train_source, val_source, work_dir, progres
 
     recipe, progress = config.recipe, progress or NO_PROGRESS
     work = Path(work_dir)
-    if recipe.average_from_epoch and recipe.average_from_epoch > recipe.last_epoch:
-        raise InputError(f"average_from_epoch {recipe.average_from_epoch} is after the last epoch this run trains "
-                         f"({recipe.last_epoch}): the weight average would be empty")
     check_start_bundle(config, work)
     work.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(recipe.seed)

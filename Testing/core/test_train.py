@@ -259,7 +259,7 @@ def test_the_average_score_is_of_the_last_average_even_when_the_run_died_before_
 
 
 def test_an_average_that_starts_after_the_last_epoch_is_refused_before_training(tmp_path):
-    with pytest.raises(InputError, match="average_from_epoch 5 is after the last epoch this run trains \\(3\\)"):
+    with pytest.raises(InputError, match="average_from_epoch: 5 is after the last epoch the run trains \\(3\\)"):
         training.fit(_config(epochs=4, stop_after_epochs=3, average_from_epoch=5), SEPARATE_BONES, ToySlices(),
                      ToySlices(seed=1), tmp_path / "work")
     assert not (tmp_path / "work").exists()
