@@ -670,3 +670,105 @@ def test_the_leg_outline_surrounds_the_labelled_tissue_of_a_box_away_from_the_or
         round_leg = render._skin_depth({**outline, "wobble": np.zeros((3, 2))}, points)
         assert np.all(round_leg[1:] >= 3.0)  # the box's sides lie under the skin, the smallest margin deep
         assert depth[0] >= min(hi[:2] - lo[:2]) / 2  # the middle lies at least half the box deep
+
+
+def test_the_fibula_maps_of_named_subjects_are_scored_with_the_seeds_asked_for(phantom_cache, monkeypatch):
+    from kneeseg.workflows.evaluate import FIBULA_PLANES, evaluate_synthetic_fibula
+
+    cache, _, _ = phantom_cache
+    model = _PerfectModel(monkeypatch)
+    report = evaluate_synthetic_fibula(_bundle(["P-elsewhere"]), cache, seeds=(0, 1, 2), subjects=["P-knee"])
+    assert report["maps"] == ["phantom_knee.npz"] and report["n_cases"] == 3 * len(FIBULA_PLANES)
+    assert sorted({kw["seed"] for _, kw in model.calls}) == [2000, 2001, 2002]
+    assert "named subjects: P-knee" in report["dataset"]
+    for lacking in (["P-other"], ["P-knee", "P-nobody"]):  # a map without a fibula, a subject with no map
+        with pytest.raises(InputError, match=lacking[-1]):
+            evaluate_synthetic_fibula(_bundle([]), cache, subjects=lacking)
+
+
+def _case(case_id, **dice):
+    return {"case": case_id, **{bone: {"dice": d, "truth_voxels": 0 if d is None else 10}
+                                for bone, d in dice.items()}}
+
+
+def test_paired_comparison_matches_cases_by_id_and_counts_each_subject():
+    from kneeseg.workflows.evaluate import compare_cases
+
+    before = [_case("A:a.npz:sagittal#0", Fibula=0.2, Femur=0.9), _case("A:a.npz:axial#0", Fibula=0.5, Femur=0.9),
+              _case("B:b.npz:sagittal#0", Fibula=0.6, Femur=None)]
+    after = [_case("B:b.npz:sagittal#0", Fibula=0.605, Femur=None), _case("A:a.npz:axial#0", Fibula=0.3, Femur=0.95),
+             _case("A:a.npz:sagittal#0", Fibula=0.6, Femur=0.9)]
+    result = compare_cases(before, after, ["Femur", "Fibula"])
+    fibula = result["all"]["Fibula"]
+    assert fibula["n"] == 3 and fibula["before"] == pytest.approx(1.3 / 3) and fibula["after"] == pytest.approx(1.505 / 3)
+    assert fibula["difference"] == pytest.approx(0.205 / 3)
+    assert (fibula["after_better"], fibula["after_worse"]) == (1, 1)  # B's +0.005 is within the margin
+    assert result["A"]["Fibula"]["n"] == 2 and result["B"]["Fibula"]["n"] == 1
+    assert result["all"]["Femur"]["n"] == 2 and "Femur" not in result["B"]  # B's truth has no femur
+    with pytest.raises(InputError, match="same cases"):
+        compare_cases(before, after[:2], ["Fibula"])
+    with pytest.raises(InputError, match="same cases"):
+        compare_cases(before, after[:2] + after[:1], ["Fibula"])
+
+
+def _compare_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "compare_models.py"
+    spec = importlib.util.spec_from_file_location("compare_models", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_model_comparison_script_scores_both_bundles_on_the_same_volumes(phantom_cache, monkeypatch, tmp_path,
+                                                                             capsys):
+    from types import SimpleNamespace
+
+    import kneeseg.bundle
+    from kneeseg.labels import SEPARATE_BONES
+    from kneeseg.workflows import evaluate
+
+    cache, _, _ = phantom_cache
+    model = _PerfectModel(monkeypatch)
+    bundles = {name: SimpleNamespace(labels=SEPARATE_BONES, card=SimpleNamespace(
+        test_subjects=["P-knee"], validation_subjects=["P-other"], network=SimpleNamespace(output="separate")))
+        for name in ("before", "after")}
+    monkeypatch.setattr(kneeseg.bundle, "load_bundle", lambda path: bundles[Path(path).name])
+
+    def segment(image, bundle, *args, **kwargs):  # "before" finds no bone at all, "after" every voxel of it
+        truth = model.truths[-1]
+        return SimpleNamespace(labelmap=truth if bundle is bundles["after"] else truth * 0)
+
+    monkeypatch.setattr(evaluate, "segment", segment)
+    script = _compare_script()
+    out = tmp_path / "compare.json"
+    script.main([str(tmp_path / "before"), str(tmp_path / "after"), "--cache", str(cache), "--seeds", "2",
+                 "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["subjects"] == ["P-knee"] and len(result["cases"]["before"]) == len(result["cases"]["after"]) == 6
+    fibula = result["comparison"]["all"]["Fibula"]
+    assert fibula["n"] >= 1  # the small phantom volumes do not all reach the fibula
+    assert (fibula["before"], fibula["after"], fibula["after_better"], fibula["after_worse"]) == (0.0, 1.0, fibula["n"], 0)
+    printed = capsys.readouterr().out
+    assert "subjects weighed equally, Fibula: before 0.000, after 1.000" in printed
+    assert printed.count("synthetic fibula case 6/6") == 2  # progress of a long run, per model
+
+    from kneeseg.labels import MERGED_BONES
+
+    bundles["before"].labels = MERGED_BONES
+    with pytest.raises(SystemExit):
+        script.main([str(tmp_path / "before"), str(tmp_path / "after"), "--cache", str(cache)])
+    assert "no bone in common" in capsys.readouterr().err
+    bundles["before"].labels = SEPARATE_BONES
+    bundles["before"].card.test_subjects, bundles["before"].card.validation_subjects = [], []
+    script.main([str(tmp_path / "before"), str(tmp_path / "after"), "--cache", str(cache), "--seeds", "1"])
+    assert "before records no split: whether it trained on P-knee is unknown" in capsys.readouterr().out
+    bundles["before"].card.test_subjects = ["P-other"]  # now "before" trained on P-knee
+    with pytest.raises(SystemExit) as refused:
+        script.main([str(tmp_path / "before"), str(tmp_path / "after"), "--cache", str(cache)])
+    assert refused.value.code == 2 and "before was trained on P-knee" in capsys.readouterr().err
+    for bad, message in ((["--seeds", "0"], "at least 1"), (["--cache", str(tmp_path / "none")], "does not exist")):
+        with pytest.raises(SystemExit):
+            script.main([str(tmp_path / "before"), str(tmp_path / "after"), *bad])
+        assert message in capsys.readouterr().err

@@ -180,15 +180,31 @@ def evaluate_synthetic(bundle, cache, n_cases=6, progress=None, options=None, co
     return _report(cases, bundle.labels, f"synthetic from the label-map cache {Path(cache).name} ({held_out})")
 
 
-def evaluate_synthetic_fibula(bundle, cache, progress=None, options=None, config=None) -> dict:
+def _named_fibula_entries(cache, subjects):
+    """(manifest entries of the named subjects' fibula maps, how they were chosen); every subject must
+    have one."""
+    entries = [e for e in synth.load_manifest(cache)["files"] if e["subject"] in subjects and e.get("has_fibula")]
+    lacking = sorted(set(subjects) - {e["subject"] for e in entries})
+    if lacking:
+        raise InputError(f"no label map with a fibula for {', '.join(lacking)} in the cache {cache}", cache)
+    return entries, f"named subjects: {', '.join(sorted(set(subjects)))}"
+
+
+def evaluate_synthetic_fibula(bundle, cache, progress=None, options=None, config=None, seeds=FIBULA_SEEDS,
+                              subjects=None) -> dict:
     """Score the bundle on volumes of every held-out label map that has a fibula: one per plane of
-    ``FIBULA_PLANES`` and seed of ``FIBULA_SEEDS`` (pinned, like ``evaluate_synthetic``), so that the
-    fibula, rare among the maps, gets a number of its own. ``n_cases`` 0 when no held-out map has one."""
+    ``FIBULA_PLANES`` and seed of ``seeds`` (pinned, like ``evaluate_synthetic``), so that the fibula,
+    rare among the maps, gets a number of its own. ``n_cases`` 0 when no held-out map has one.
+    ``subjects``: score the fibula maps of these subjects instead of the held-out ones (each must have
+    one; whether the bundle trained on them is the caller's to check)."""
     progress = progress or NO_PROGRESS
     config = config or synth.EVALUATION_CONFIG
-    entries, held_out = _held_out_entries(bundle, cache, fibula_only=True)
+    if subjects is None:
+        entries, chosen = _held_out_entries(bundle, cache, fibula_only=True)
+    else:
+        entries, chosen = _named_fibula_entries(cache, subjects)
     predictor = make_predictor(bundle) if entries else None
-    runs = [(e, plane, seed) for e in entries for plane in FIBULA_PLANES for seed in FIBULA_SEEDS]
+    runs = [(e, plane, seed) for e in entries for plane in FIBULA_PLANES for seed in seeds]
     cases = []
     for n, (entry, plane, seed) in enumerate(runs):
         image, truth = synth.synthesize_volume(Path(cache) / entry["file"], seed=2000 + seed, plane=plane,
@@ -197,9 +213,41 @@ def evaluate_synthetic_fibula(bundle, cache, progress=None, options=None, config
         case["case"] = f"{entry['subject']}:{Path(entry['file']).name}:{plane}#{seed}"
         cases.append(case)
         progress("evaluate", (n + 1) / len(runs), f"synthetic fibula case {n + 1}/{len(runs)}")
-    report = _report(cases, bundle.labels, f"synthetic from the fibula maps in the label-map cache {Path(cache).name} ({held_out})")
+    report = _report(cases, bundle.labels, f"synthetic from the fibula maps in the label-map cache {Path(cache).name} ({chosen})")
     report["maps"] = [entry["file"] for entry in entries]
     return report
+
+
+BETTER_BY = 0.01  # a paired case counts as better (worse) when its Dice rose (fell) by more than this
+
+
+def compare_cases(before, after, bone_names) -> dict:
+    """Paired Dice of two models on the same cases (matched by their ``case`` id): per bone over all
+    cases and per subject (the id's part before the first ``:``), the mean of each model, the mean
+    difference (after - before) and how many cases rose or fell by more than ``BETTER_BY``. A case
+    counts for a bone where its truth has the bone."""
+    by_id = {case["case"]: case for case in before}
+    ids = [case["case"] for case in after]
+    if sorted(ids) != sorted(by_id) or len(set(ids)) != len(ids):
+        raise InputError("the two models were not scored on the same cases: "
+                         f"{len(set(ids) ^ set(by_id))} case ids differ")
+    after_by_id = {case["case"]: case for case in after}
+    groups = {"all": ids}
+    for case_id in ids:
+        groups.setdefault(case_id.split(":", 1)[0], []).append(case_id)
+    out = {}
+    for group, members in groups.items():
+        out[group] = {}
+        for bone in bone_names:
+            scored = [i for i in members if by_id[i][bone]["truth_voxels"] > 0]
+            if not scored:
+                continue
+            a = np.array([by_id[i][bone]["dice"] for i in scored])
+            b = np.array([after_by_id[i][bone]["dice"] for i in scored])
+            out[group][bone] = {"n": len(scored), "before": float(a.mean()), "after": float(b.mean()),
+                                "difference": float((b - a).mean()), "after_better": int((b - a > BETTER_BY).sum()),
+                                "after_worse": int((a - b > BETTER_BY).sum())}
+    return out
 
 
 def slice_as_volume(slice_2d: np.ndarray, pixel_mm=REAL2D_PIXEL_MM):

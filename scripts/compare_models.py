@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Two models on the same synthetic fibula volumes, paired: is one better, or did the sample decide?
+
+    python scripts/compare_models.py BEFORE AFTER [--subjects S ...] [--seeds 4] [--out build/compare.json]
+
+``make eval`` scores the fibula on the held-out maps that have one, with two seeds per plane: on
+2026-12-04 that was two knees of one person, and the first two seeds were the hardest draws (round 6's
+fibula 0.22 on them, 0.68 on seeds 2-3). This script scores both bundles on the same volumes (rim outside
+the label, each bundle's own fusion and the CLI defaults, planes sagittal, coronal and axial, seeds
+0..N-1 as ``make eval`` numbers them) and prints per bone and per subject each model's mean Dice, the
+paired difference and how many volumes rose or fell by more than 0.01. A person counts once in the
+"subjects weighed equally" line however many knees and seeds they have.
+
+``--subjects``: default the held-out subjects of AFTER that have a fibula map. A subject that either
+bundle trained on is refused (a model scored on its own training knees measures memory) unless
+``--include-trained``.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "KneeSegmentation"))
+
+BONES = ("Femur", "Tibia", "Fibula", "Patella")
+
+
+def trained_on(card, subjects) -> list:
+    """The subjects a bundle's training saw: neither held out for testing nor used for validation.
+    Empty when the card records no split (then nothing can be checked)."""
+    held_out = set(card.test_subjects) | set(card.validation_subjects)
+    return sorted(s for s in subjects if held_out and s not in held_out)
+
+
+def default_subjects(bundle, cache) -> list:
+    from kneeseg import synth
+
+    held_out = set(bundle.card.test_subjects)
+    return sorted({e["subject"] for e in synth.load_manifest(cache)["files"]
+                   if e.get("has_fibula") and e["subject"] in held_out})
+
+
+def subject_weighted(comparison, bone, side) -> float:
+    """The mean over subjects of each subject's mean: every person weighs the same."""
+    values = [bones[bone][side] for group, bones in comparison.items() if group != "all" and bone in bones]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def print_comparison(comparison, before, after):
+    print(f"mean Dice, BEFORE = {before}, AFTER = {after}; better/worse: volumes that rose/fell by > 0.01")
+    print(f"{'subjects':22s} {'bone':8s} {'n':>3s} {'before':>7s} {'after':>7s} {'diff':>7s} {'better':>6s} {'worse':>6s}")
+    for group, bones in comparison.items():
+        for bone, row in bones.items():
+            print(f"{group:22s} {bone:8s} {row['n']:3d} {row['before']:7.3f} {row['after']:7.3f} "
+                  f"{row['difference']:+7.3f} {row['after_better']:6d} {row['after_worse']:6d}")
+    for bone in BONES:
+        if bone in comparison.get("all", {}):
+            print(f"subjects weighed equally, {bone}: before {subject_weighted(comparison, bone, 'before'):.3f}, "
+                  f"after {subject_weighted(comparison, bone, 'after'):.3f}")
+
+
+def compare(args):
+    from kneeseg.bundle import load_bundle
+    from kneeseg.errors import InputError
+    from kneeseg.synth import EVALUATION_CONFIG_RIM_OUTSIDE
+    from kneeseg.workflows.evaluate import compare_cases, evaluate_synthetic_fibula
+
+    if args.seeds < 1:
+        raise InputError(f"--seeds must be at least 1, not {args.seeds}")
+    if not Path(args.cache).is_dir():
+        raise InputError(f"the label-map cache {args.cache} does not exist (make synth-cache)", args.cache)
+    before, after = load_bundle(args.before), load_bundle(args.after)
+    subjects = args.subjects or default_subjects(after, args.cache)
+    if not subjects:
+        raise InputError(f"no held-out subject of {args.after} has a fibula map in {args.cache}: name --subjects")
+    bones = [label.name for label in after.labels if label.name in {label.name for label in before.labels}]
+    if not bones:
+        raise InputError(f"{args.before} and {args.after} label no bone in common: nothing to compare")
+    for path, bundle in ((args.before, before), (args.after, after)):
+        if not (bundle.card.test_subjects or bundle.card.validation_subjects):
+            print(f"warning: {path} records no split: whether it trained on {', '.join(subjects)} is unknown")
+        seen = trained_on(bundle.card, subjects)
+        if seen and not args.include_trained:
+            raise InputError(f"{path} was trained on {', '.join(seen)}: leave them out or pass --include-trained")
+    reports = {}
+    for name, bundle in (("before", before), ("after", after)):
+        print(f"scoring {name} ({len(subjects)} subject(s), {args.seeds} seed(s) per plane) ...", flush=True)
+        reports[name] = evaluate_synthetic_fibula(bundle, args.cache, config=EVALUATION_CONFIG_RIM_OUTSIDE,
+                                                  seeds=tuple(range(args.seeds)), subjects=subjects,
+                                                  progress=lambda stage, fraction, message: print(f"  {message}",
+                                                                                                  flush=True))
+    comparison = compare_cases(reports["before"]["cases"], reports["after"]["cases"], bones)
+    print_comparison(comparison, args.before, args.after)
+    if args.out:
+        from kneeseg.writing import atomic_path
+
+        cases = {name: [{"case": c["case"], **{b: {"dice": c[b]["dice"], "truth_voxels": c[b]["truth_voxels"],
+                                                    "signed_surface_mm": c[b].get("signed_surface_mm")}
+                                                for b in bones}} for c in report["cases"]]
+                 for name, report in reports.items()}
+        result = {"before": str(args.before), "after": str(args.after), "subjects": subjects, "seeds": args.seeds,
+                  "comparison": comparison, "cases": cases}
+        with atomic_path(args.out) as tmp:
+            Path(tmp).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.out}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("before", help="bundle folder of the model to compare against (e.g. the shipped one)")
+    parser.add_argument("after", help="bundle folder of the candidate")
+    parser.add_argument("--cache", default=str(REPO / ".cache" / "labelmaps"))
+    parser.add_argument("--subjects", nargs="+", help="subjects whose fibula maps to score (default: AFTER's "
+                        "held-out ones)")
+    parser.add_argument("--seeds", type=int, default=4, help="volumes per plane and map (default %(default)s)")
+    parser.add_argument("--include-trained", action="store_true",
+                        help="allow subjects a bundle trained on")
+    parser.add_argument("--out", help="write the per-volume scores and the comparison as JSON")
+    args = parser.parse_args(argv)
+    from kneeseg.errors import InputError
+
+    try:
+        compare(args)
+    except InputError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+
+
+if __name__ == "__main__":
+    main()
