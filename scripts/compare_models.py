@@ -5,10 +5,10 @@
 
 ``make eval`` scores the fibula on the held-out maps that have one, with two seeds per plane: on
 2026-12-04 that was two knees of one person, and the first two seeds were the hardest draws (round 6's
-fibula 0.22 on them, 0.68 on seeds 2-3). This script scores both bundles on the same volumes (rim outside
-the label, each bundle's own fusion and the CLI defaults, planes sagittal, coronal and axial, seeds
-0..N-1 as ``make eval`` numbers them) and prints per bone and per subject each model's mean Dice, the
-paired difference and how many volumes rose or fell by more than 0.01. A person counts once in the
+fibula on that person 0.22 with them, 0.68 with seeds 2-3). This script scores both bundles on the
+same volumes (rim outside the label, each bundle's own fusion and the CLI defaults, planes sagittal,
+coronal and axial, seeds 0..N-1 as ``make eval`` numbers them) and prints per bone and per subject
+each model's mean Dice, the paired difference and how many volumes rose or fell by more than 0.01. A person counts once in the
 "subjects weighed equally" line however many knees and seeds they have.
 
 ``--subjects``: default the held-out subjects of AFTER that have a fibula map. A subject that either
@@ -17,7 +17,6 @@ bundle trained on is refused (a model scored on its own training knees measures 
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -25,8 +24,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "KneeSegmentation"))
-
-BONES = ("Femur", "Tibia", "Fibula", "Patella")
 
 
 def trained_on(card, subjects) -> list:
@@ -46,38 +43,82 @@ def default_subjects(bundle, cache) -> list:
 
 def subject_weighted(comparison, bone, side) -> float:
     """The mean over subjects of each subject's mean: every person weighs the same."""
-    values = [bones[bone][side] for group, bones in comparison.items() if group != "all" and bone in bones]
+    values = [bones[bone][side] for bones in comparison["subjects"].values() if bone in bones]
     return float(np.mean(values)) if values else float("nan")
 
 
 def print_comparison(comparison, before, after):
     print(f"mean Dice, BEFORE = {before}, AFTER = {after}; better/worse: volumes that rose/fell by > 0.01")
-    print(f"{'subjects':22s} {'bone':8s} {'n':>3s} {'before':>7s} {'after':>7s} {'diff':>7s} {'better':>6s} {'worse':>6s}")
-    for group, bones in comparison.items():
+    print(f"{'subjects':22s} {'bone':8s} {'n':>3s} {'before':>7s} {'after':>7s} {'diff':>7s} "
+          f"{'better':>6s} {'worse':>6s}")
+    rows = [("all", comparison["all"]), *comparison["subjects"].items()]
+    for group, bones in rows:
         for bone, row in bones.items():
             print(f"{group:22s} {bone:8s} {row['n']:3d} {row['before']:7.3f} {row['after']:7.3f} "
                   f"{row['difference']:+7.3f} {row['after_better']:6d} {row['after_worse']:6d}")
-    for bone in BONES:
-        if bone in comparison.get("all", {}):
-            print(f"subjects weighed equally, {bone}: before {subject_weighted(comparison, bone, 'before'):.3f}, "
-                  f"after {subject_weighted(comparison, bone, 'after'):.3f}")
+    for bone in comparison["all"]:
+        print(f"subjects weighed equally, {bone}: before {subject_weighted(comparison, bone, 'before'):.3f}, "
+              f"after {subject_weighted(comparison, bone, 'after'):.3f}")
+
+
+def common_bones(before, after) -> list:
+    """The bones both bundles label, by name; a name with another label value in each is refused (each
+    model would be scored against another truth)."""
+    from kneeseg.errors import InputError
+
+    values = {label.name: label.value for label in before.labels}
+    clashing = [label.name for label in after.labels if values.get(label.name, label.value) != label.value]
+    if clashing:
+        raise InputError(f"the two bundles give {', '.join(clashing)} different label values: nothing to pair")
+    return [label.name for label in after.labels if label.name in values]
+
+
+def check_writable(path):
+    """Refuse an --out that cannot be written before half an hour of scoring, not after it."""
+    import os
+
+    from kneeseg.errors import OutputError
+
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError("--out is a folder: name a file", path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"--out cannot be written: {exc.strerror}", path) from None
+    if not os.access(path.parent, os.W_OK):
+        raise OutputError("--out cannot be written: its folder is not writable", path)
+
+
+def json_safe(value):
+    """NaN (a surface distance of a bone the model missed) as null: strict JSON has no NaN."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def compare(args):
     from kneeseg.bundle import load_bundle
     from kneeseg.errors import InputError
     from kneeseg.synth import EVALUATION_CONFIG_RIM_OUTSIDE
-    from kneeseg.workflows.evaluate import compare_cases, evaluate_synthetic_fibula
+    from kneeseg.workflows.evaluate import compare_cases, evaluate_synthetic_fibula, named_fibula_entries
 
     if args.seeds < 1:
         raise InputError(f"--seeds must be at least 1, not {args.seeds}")
     if not Path(args.cache).is_dir():
-        raise InputError(f"the label-map cache {args.cache} does not exist (make synth-cache)", args.cache)
+        raise InputError("the label-map cache does not exist (make synth-cache)", args.cache)
+    if args.out:
+        check_writable(args.out)
     before, after = load_bundle(args.before), load_bundle(args.after)
-    subjects = args.subjects or default_subjects(after, args.cache)
+    subjects = sorted(set(args.subjects)) if args.subjects else default_subjects(after, args.cache)
     if not subjects:
         raise InputError(f"no held-out subject of {args.after} has a fibula map in {args.cache}: name --subjects")
-    bones = [label.name for label in after.labels if label.name in {label.name for label in before.labels}]
+    named_fibula_entries(args.cache, subjects)  # a mistyped subject is named as such, not as "trained on"
+    bones = common_bones(before, after)
     if not bones:
         raise InputError(f"{args.before} and {args.after} label no bone in common: nothing to compare")
     for path, bundle in ((args.before, before), (args.after, after)):
@@ -96,16 +137,14 @@ def compare(args):
     comparison = compare_cases(reports["before"]["cases"], reports["after"]["cases"], bones)
     print_comparison(comparison, args.before, args.after)
     if args.out:
-        from kneeseg.writing import atomic_path
+        from kneeseg.io import write_json
 
         cases = {name: [{"case": c["case"], **{b: {"dice": c[b]["dice"], "truth_voxels": c[b]["truth_voxels"],
                                                     "signed_surface_mm": c[b].get("signed_surface_mm")}
                                                 for b in bones}} for c in report["cases"]]
                  for name, report in reports.items()}
-        result = {"before": str(args.before), "after": str(args.after), "subjects": subjects, "seeds": args.seeds,
-                  "comparison": comparison, "cases": cases}
-        with atomic_path(args.out) as tmp:
-            Path(tmp).write_text(json.dumps(result, indent=1) + "\n")
+        write_json(args.out, json_safe({"before": str(args.before), "after": str(args.after), "subjects": subjects,
+                                        "seeds": args.seeds, "comparison": comparison, "cases": cases}), indent=1)
         print(f"wrote {args.out}")
 
 

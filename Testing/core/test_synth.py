@@ -681,6 +681,7 @@ def test_the_fibula_maps_of_named_subjects_are_scored_with_the_seeds_asked_for(p
     assert report["maps"] == ["phantom_knee.npz"] and report["n_cases"] == 3 * len(FIBULA_PLANES)
     assert sorted({kw["seed"] for _, kw in model.calls}) == [2000, 2001, 2002]
     assert "named subjects: P-knee" in report["dataset"]
+    assert evaluate_synthetic_fibula(_bundle([]), cache, seeds=(0,), subjects="P-knee")["n_cases"] == 3  # not letters
     for lacking in (["P-other"], ["P-knee", "P-nobody"]):  # a map without a fibula, a subject with no map
         with pytest.raises(InputError, match=lacking[-1]):
             evaluate_synthetic_fibula(_bundle([]), cache, subjects=lacking)
@@ -695,20 +696,28 @@ def test_paired_comparison_matches_cases_by_id_and_counts_each_subject():
     from kneeseg.workflows.evaluate import compare_cases
 
     before = [_case("A:a.npz:sagittal#0", Fibula=0.2, Femur=0.9), _case("A:a.npz:axial#0", Fibula=0.5, Femur=0.9),
-              _case("B:b.npz:sagittal#0", Fibula=0.6, Femur=None)]
-    after = [_case("B:b.npz:sagittal#0", Fibula=0.605, Femur=None), _case("A:a.npz:axial#0", Fibula=0.3, Femur=0.95),
+              _case("all:b.npz:sagittal#0", Fibula=0.6, Femur=None)]  # a subject may be called "all"
+    after = [_case("all:b.npz:sagittal#0", Fibula=0.605, Femur=None), _case("A:a.npz:axial#0", Fibula=0.3, Femur=0.95),
              _case("A:a.npz:sagittal#0", Fibula=0.6, Femur=0.9)]
     result = compare_cases(before, after, ["Femur", "Fibula"])
     fibula = result["all"]["Fibula"]
-    assert fibula["n"] == 3 and fibula["before"] == pytest.approx(1.3 / 3) and fibula["after"] == pytest.approx(1.505 / 3)
+    assert fibula["n"] == 3 and fibula["before"] == pytest.approx(1.3 / 3)
+    assert fibula["after"] == pytest.approx(1.505 / 3)
     assert fibula["difference"] == pytest.approx(0.205 / 3)
-    assert (fibula["after_better"], fibula["after_worse"]) == (1, 1)  # B's +0.005 is within the margin
-    assert result["A"]["Fibula"]["n"] == 2 and result["B"]["Fibula"]["n"] == 1
-    assert result["all"]["Femur"]["n"] == 2 and "Femur" not in result["B"]  # B's truth has no femur
-    with pytest.raises(InputError, match="same cases"):
+    assert (fibula["after_better"], fibula["after_worse"]) == (1, 1)  # the +0.005 is within the margin
+    assert list(result["subjects"]) == ["A", "all"] and result["subjects"]["A"]["Fibula"]["n"] == 2
+    assert result["subjects"]["all"]["Fibula"]["after"] == pytest.approx(0.605)
+    assert result["all"]["Femur"]["n"] == 2 and "Femur" not in result["subjects"]["all"]  # its truth has no femur
+    with pytest.raises(InputError, match="same cases: 1 case ids differ, e.g. A:a.npz:sagittal#0"):
         compare_cases(before, after[:2], ["Fibula"])
-    with pytest.raises(InputError, match="same cases"):
-        compare_cases(before, after[:2] + after[:1], ["Fibula"])
+    with pytest.raises(InputError, match="first model has case A:a.npz:axial#0 twice"):
+        compare_cases(before + before[1:2], after, ["Fibula"])
+    with pytest.raises(InputError, match="second model has case"):
+        compare_cases(before, after + after[:1], ["Fibula"])
+    other_truth = [dict(case) for case in after]
+    other_truth[1] = {**other_truth[1], "Fibula": {"dice": 0.3, "truth_voxels": 11}}
+    with pytest.raises(InputError, match="A:a.npz:axial#0: the two models were scored against different Fibula"):
+        compare_cases(before, other_truth, ["Femur", "Fibula"])
 
 
 def _compare_script():
@@ -746,10 +755,13 @@ def test_the_model_comparison_script_scores_both_bundles_on_the_same_volumes(pha
     script.main([str(tmp_path / "before"), str(tmp_path / "after"), "--cache", str(cache), "--seeds", "2",
                  "--out", str(out)])
     result = json.loads(out.read_text())
+    first, second = model.calls[:6], model.calls[6:12]
+    assert first == second and len(model.calls) == 12  # the same six volumes for both
     assert result["subjects"] == ["P-knee"] and len(result["cases"]["before"]) == len(result["cases"]["after"]) == 6
     fibula = result["comparison"]["all"]["Fibula"]
     assert fibula["n"] >= 1  # the small phantom volumes do not all reach the fibula
-    assert (fibula["before"], fibula["after"], fibula["after_better"], fibula["after_worse"]) == (0.0, 1.0, fibula["n"], 0)
+    assert (fibula["before"], fibula["after"]) == (0.0, 1.0)
+    assert (fibula["after_better"], fibula["after_worse"]) == (fibula["n"], 0)
     printed = capsys.readouterr().out
     assert "subjects weighed equally, Fibula: before 0.000, after 1.000" in printed
     assert printed.count("synthetic fibula case 6/6") == 2  # progress of a long run, per model
@@ -768,7 +780,11 @@ def test_the_model_comparison_script_scores_both_bundles_on_the_same_volumes(pha
     with pytest.raises(SystemExit) as refused:
         script.main([str(tmp_path / "before"), str(tmp_path / "after"), "--cache", str(cache)])
     assert refused.value.code == 2 and "before was trained on P-knee" in capsys.readouterr().err
-    for bad, message in ((["--seeds", "0"], "at least 1"), (["--cache", str(tmp_path / "none")], "does not exist")):
+    (tmp_path / "a-file").write_text("")
+    for bad, message in ((["--seeds", "0"], "at least 1"), (["--cache", str(tmp_path / "none")], "does not exist"),
+                         (["--cache", str(cache), "--subjects", "P-nobody"], "has no map with a fibula for P-nobody"),
+                         (["--cache", str(cache), "--out", str(tmp_path / "a-file" / "c.json")], "--out cannot be written"),
+                         (["--cache", str(cache), "--out", str(tmp_path)], "is a folder")):
         with pytest.raises(SystemExit):
             script.main([str(tmp_path / "before"), str(tmp_path / "after"), *bad])
         assert message in capsys.readouterr().err

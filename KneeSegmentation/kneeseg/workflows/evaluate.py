@@ -180,13 +180,14 @@ def evaluate_synthetic(bundle, cache, n_cases=6, progress=None, options=None, co
     return _report(cases, bundle.labels, f"synthetic from the label-map cache {Path(cache).name} ({held_out})")
 
 
-def _named_fibula_entries(cache, subjects):
+def named_fibula_entries(cache, subjects):
     """(manifest entries of the named subjects' fibula maps, how they were chosen); every subject must
-    have one."""
+    have one, else an ``InputError`` names those that do not."""
+    subjects = [subjects] if isinstance(subjects, str) else list(subjects)
     entries = [e for e in synth.load_manifest(cache)["files"] if e["subject"] in subjects and e.get("has_fibula")]
     lacking = sorted(set(subjects) - {e["subject"] for e in entries})
     if lacking:
-        raise InputError(f"no label map with a fibula for {', '.join(lacking)} in the cache {cache}", cache)
+        raise InputError(f"this label-map cache has no map with a fibula for {', '.join(lacking)}", cache)
     return entries, f"named subjects: {', '.join(sorted(set(subjects)))}"
 
 
@@ -202,7 +203,7 @@ def evaluate_synthetic_fibula(bundle, cache, progress=None, options=None, config
     if subjects is None:
         entries, chosen = _held_out_entries(bundle, cache, fibula_only=True)
     else:
-        entries, chosen = _named_fibula_entries(cache, subjects)
+        entries, chosen = named_fibula_entries(cache, subjects)
     predictor = make_predictor(bundle) if entries else None
     runs = [(e, plane, seed) for e in entries for plane in FIBULA_PLANES for seed in seeds]
     cases = []
@@ -213,7 +214,8 @@ def evaluate_synthetic_fibula(bundle, cache, progress=None, options=None, config
         case["case"] = f"{entry['subject']}:{Path(entry['file']).name}:{plane}#{seed}"
         cases.append(case)
         progress("evaluate", (n + 1) / len(runs), f"synthetic fibula case {n + 1}/{len(runs)}")
-    report = _report(cases, bundle.labels, f"synthetic from the fibula maps in the label-map cache {Path(cache).name} ({chosen})")
+    report = _report(cases, bundle.labels,
+                     f"synthetic from the fibula maps in the label-map cache {Path(cache).name} ({chosen})")
     report["maps"] = [entry["file"] for entry in entries]
     return report
 
@@ -221,32 +223,52 @@ def evaluate_synthetic_fibula(bundle, cache, progress=None, options=None, config
 BETTER_BY = 0.01  # a paired case counts as better (worse) when its Dice rose (fell) by more than this
 
 
+def _cases_by_id(cases, side):
+    by_id = {}
+    for case in cases:
+        if case["case"] in by_id:
+            raise InputError(f"the {side} model has case {case['case']} twice")
+        by_id[case["case"]] = case
+    return by_id
+
+
+def _paired_scores(before, after, ids, bone) -> dict:
+    scored = [i for i in ids if before[i][bone]["truth_voxels"] > 0]
+    if not scored:
+        return None
+    a = np.array([before[i][bone]["dice"] for i in scored])
+    b = np.array([after[i][bone]["dice"] for i in scored])
+    return {"n": len(scored), "before": float(a.mean()), "after": float(b.mean()), "difference": float((b - a).mean()),
+            "after_better": int((b - a > BETTER_BY).sum()), "after_worse": int((a - b > BETTER_BY).sum())}
+
+
 def compare_cases(before, after, bone_names) -> dict:
     """Paired Dice of two models on the same cases (matched by their ``case`` id): per bone over all
-    cases and per subject (the id's part before the first ``:``), the mean of each model, the mean
-    difference (after - before) and how many cases rose or fell by more than ``BETTER_BY``. A case
-    counts for a bone where its truth has the bone."""
-    by_id = {case["case"]: case for case in before}
-    ids = [case["case"] for case in after]
-    if sorted(ids) != sorted(by_id) or len(set(ids)) != len(ids):
+    cases (``all``) and per subject (``subjects``; the id's part before the first ``:``), the mean of
+    each model, the mean difference (after - before) and how many cases rose or fell by more than
+    ``BETTER_BY``. A case counts for a bone where its truth has the bone; both models' truths must
+    agree (the same volumes, the same label values)."""
+    before, after = _cases_by_id(before, "first"), _cases_by_id(after, "second")
+    unmatched = sorted(set(before) ^ set(after))
+    if unmatched:
         raise InputError("the two models were not scored on the same cases: "
-                         f"{len(set(ids) ^ set(by_id))} case ids differ")
-    after_by_id = {case["case"]: case for case in after}
-    groups = {"all": ids}
-    for case_id in ids:
-        groups.setdefault(case_id.split(":", 1)[0], []).append(case_id)
-    out = {}
-    for group, members in groups.items():
-        out[group] = {}
+                         f"{len(unmatched)} case ids differ, e.g. {', '.join(unmatched[:3])}")
+    for case_id in before:
         for bone in bone_names:
-            scored = [i for i in members if by_id[i][bone]["truth_voxels"] > 0]
-            if not scored:
-                continue
-            a = np.array([by_id[i][bone]["dice"] for i in scored])
-            b = np.array([after_by_id[i][bone]["dice"] for i in scored])
-            out[group][bone] = {"n": len(scored), "before": float(a.mean()), "after": float(b.mean()),
-                                "difference": float((b - a).mean()), "after_better": int((b - a > BETTER_BY).sum()),
-                                "after_worse": int((a - b > BETTER_BY).sum())}
+            if before[case_id][bone]["truth_voxels"] != after[case_id][bone]["truth_voxels"]:
+                raise InputError(f"case {case_id}: the two models were scored against different {bone} truths "
+                                 "(another volume, or another label value)")
+    subjects = {}
+    for case_id in before:
+        subjects.setdefault(case_id.split(":", 1)[0], []).append(case_id)
+    out = {"all": {}, "subjects": {}}
+    for bone in bone_names:
+        overall = _paired_scores(before, after, list(before), bone)
+        if overall:
+            out["all"][bone] = overall
+    for subject, ids in sorted(subjects.items()):
+        out["subjects"][subject] = {bone: row for bone in bone_names
+                                    if (row := _paired_scores(before, after, ids, bone))}
     return out
 
 
