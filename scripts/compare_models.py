@@ -8,8 +8,8 @@
 fibula on that person 0.22 with them, 0.68 with seeds 2-3). This script scores both bundles on the
 same volumes (rim outside the label, each bundle's own fusion and the CLI defaults, planes sagittal,
 coronal and axial, seeds 0..N-1 as ``make eval`` numbers them) and prints per bone and per subject
-each model's mean Dice, the paired difference and how many volumes rose or fell by more than 0.01. A person counts once in the
-"subjects weighed equally" line however many knees and seeds they have.
+each model's mean Dice, the paired difference and how many volumes rose or fell by more than 0.01. A
+person counts once in the "subjects weighed equally" line however many knees and seeds they have.
 
 ``--subjects``: default the held-out subjects of AFTER that have a fibula map. A subject that either
 bundle trained on is refused (a model scored on its own training knees measures memory) unless
