@@ -735,7 +735,7 @@ def test_the_model_comparison_script_scores_both_bundles_on_the_same_volumes(pha
     from types import SimpleNamespace
 
     import kneeseg.bundle
-    from kneeseg.labels import SEPARATE_BONES
+    from kneeseg.labels import MERGED_BONES, SEPARATE_BONES
     from kneeseg.workflows import evaluate
 
     cache, _, _ = phantom_cache
@@ -766,12 +766,15 @@ def test_the_model_comparison_script_scores_both_bundles_on_the_same_volumes(pha
     assert "subjects weighed equally, Fibula: before 0.000, after 1.000" in printed
     assert printed.count("synthetic fibula case 6/6") == 2  # progress of a long run, per model
 
-    from kneeseg.labels import MERGED_BONES
-
     bundles["before"].labels = MERGED_BONES
     with pytest.raises(SystemExit):
         script.main([str(tmp_path / "before"), str(tmp_path / "after"), "--cache", str(cache)])
     assert "no bone in common" in capsys.readouterr().err
+    bundles["before"].labels = tuple(dataclasses.replace(label, value=9) if label.name == "Fibula" else label
+                                     for label in SEPARATE_BONES)
+    with pytest.raises(SystemExit):
+        script.main([str(tmp_path / "before"), str(tmp_path / "after"), "--cache", str(cache)])
+    assert "give Fibula different label values" in capsys.readouterr().err
     bundles["before"].labels = SEPARATE_BONES
     bundles["before"].card.test_subjects, bundles["before"].card.validation_subjects = [], []
     script.main([str(tmp_path / "before"), str(tmp_path / "after"), "--cache", str(cache), "--seeds", "1"])
