@@ -73,23 +73,6 @@ def common_bones(before, after) -> list:
     return [label.name for label in after.labels if label.name in values]
 
 
-def check_writable(path):
-    """Refuse an --out that cannot be written before half an hour of scoring, not after it."""
-    import os
-
-    from kneeseg.errors import OutputError
-
-    path = Path(path)
-    if path.is_dir():
-        raise OutputError("--out is a folder: name a file", path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"--out cannot be written: {exc.strerror}", path) from None
-    if not os.access(path.parent, os.W_OK):
-        raise OutputError("--out cannot be written: its folder is not writable", path)
-
-
 def json_safe(value):
     """NaN (a surface distance of a bone the model missed) as null: strict JSON has no NaN."""
     if isinstance(value, float) and value != value:
@@ -111,8 +94,10 @@ def compare(args):
         raise InputError(f"--seeds must be at least 1, not {args.seeds}")
     if not Path(args.cache).is_dir():
         raise InputError("the label-map cache does not exist (make synth-cache)", args.cache)
-    if args.out:
-        check_writable(args.out)
+    if args.out:  # before half an hour of scoring, not after it; never into the bundles or the cache
+        from kneeseg.outputs import Output, check_outputs
+
+        check_outputs([args.before, args.after], [Output("--out", Path(args.out))], input_folders=[args.cache])
     before, after = load_bundle(args.before), load_bundle(args.after)
     subjects = sorted(set(args.subjects)) if args.subjects else default_subjects(after, args.cache)
     if not subjects:

@@ -786,8 +786,10 @@ def test_the_model_comparison_script_scores_both_bundles_on_the_same_volumes(pha
     (tmp_path / "a-file").write_text("")
     for bad, message in ((["--seeds", "0"], "at least 1"), (["--cache", str(tmp_path / "none")], "does not exist"),
                          (["--cache", str(cache), "--subjects", "P-nobody"], "has no map with a fibula for P-nobody"),
-                         (["--cache", str(cache), "--out", str(tmp_path / "a-file" / "c.json")], "--out cannot be written"),
-                         (["--cache", str(cache), "--out", str(tmp_path)], "is a folder")):
+                         (["--cache", str(cache), "--out", str(tmp_path / "a-file" / "c.json")],
+                          "--out: cannot write here"),
+                         (["--cache", str(cache), "--out", str(tmp_path)], "--out names an existing folder"),
+                         (["--cache", str(cache), "--out", str(cache / "c.json")], "lies inside the input folder")):
         with pytest.raises(SystemExit):
             script.main([str(tmp_path / "before"), str(tmp_path / "after"), *bad])
         assert message in capsys.readouterr().err
