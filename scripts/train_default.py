@@ -16,6 +16,7 @@
     python scripts/train_default.py round17 --cache .cache/labelmaps --out build/round17 [--time-limit-min 25]
     python scripts/train_default.py round18 --cache .cache/labelmaps --out build/round18 [--time-limit-min 75]
     python scripts/train_default.py round19 --cache .cache/labelmaps --out build/round19 [--time-limit-min 75]
+    python scripts/train_default.py round20 --cache .cache/labelmaps --out build/round20 [--time-limit-min 75]
     python scripts/train_default.py round15-chain --cache .cache/labelmaps [--out build/round15-chain] [--time-limit-min 150]
     python scripts/train_default.py finalize build/default/stage2 --stage1 build/default/stage1 \
         --cache .cache/labelmaps --real2d ../shared/data/real_2d/sagittal_slices_dev.npz [--install]
@@ -45,7 +46,8 @@ bones (docs/evaluation.md, "Round 8").
 is where they arrived, round 15's generator and loss, in one fine-tune of the shipped model.
 ``round15-chain`` runs rounds 8, 9, 11, 12 and 15 one after the other in one resumable command.
 ``round18`` is round 16 with the weights averaged over its epochs 6-20 rather than its best epoch's;
-``round19`` the same run's best epoch (both measured, not shipped: docs/evaluation.md).
+``round19`` the same run's best epoch (both measured, not shipped: docs/evaluation.md); ``round20`` is
+round 19 without the fat septa in the generator.
 
 ``train`` runs two stages with ``kneeseg train``: stage 1 from scratch (Adam 1e-3 -> 1e-4), stage 2 a
 fine-tune of stage 1 at a lower learning rate (3e-4 -> 3e-5). On a GPU machine the same stages run
@@ -430,6 +432,17 @@ ROUND19 = {**ROUND18, "average_from_epoch": None}
 round19 = _plain_fine_tune("round19")
 
 
+# Round 20: round 19 paired, the one change being the generator's fat septa (off; the stretched muscles
+# kept). Round 19 lost the fibula against round 6 on both held-out fibula people, every plane and seed
+# (2026-12-04, docs/round19_fibula_pool.json). Septa are thin lines through the soft tissue, the size and
+# direction of a fibula's cortex in a slice; round 9 added them with the stretched muscles and its fibula
+# fell to 0.06, while round 15 (at the end of a longer chain) kept it: the likeliest cost, not a proven one.
+# The stretched muscles alone are what the DESS thigh needs (round 9's note), so they stay.
+ROUND20 = {**ROUND19, "seed": 20, "synthesis": {**ROUND19["synthesis"], "septum_probability": 0.0}}
+
+round20 = _plain_fine_tune("round20")
+
+
 # Each fine-tune's subcommand: what it runs, its help line and its parser options (fine_tune_parser).
 # The newest is finalize's default recipe.
 FINE_TUNES = {
@@ -466,6 +479,8 @@ FINE_TUNES = {
                 "epoch's; rerun to continue", {"init_from": True}),
     "round19": (round19, "round 19: round 18's run, its best epoch instead of the average; rerun to continue",
                 {"init_from": True}),
+    "round20": (round20, "round 20: round 19 without the fat septa in the generator (stretched muscles kept); "
+                "rerun to continue", {"init_from": True}),
 }
 
 

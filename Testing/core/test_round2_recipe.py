@@ -278,6 +278,17 @@ def test_the_round19_settings_are_round18_without_the_average():
     assert TrainConfig.from_flat(**recipe.ROUND19).recipe.average_from_epoch is None
 
 
+def test_the_round20_settings_are_round19_without_the_fat_septa():
+    recipe = _recipe()
+    config, round19 = TrainConfig.from_flat(**recipe.ROUND20), TrainConfig.from_flat(**recipe.ROUND19)
+    assert config.network == round19.network and _changed_synthesis(config, round19) == {"septum_probability"}
+    generator, before = synthesis_config(config.recipe.synthesis), synthesis_config(round19.recipe.synthesis)
+    assert generator.septum_probability == 0.0 < before.septum_probability
+    assert generator.muscle_stretch_probability == before.muscle_stretch_probability > 0
+    assert {k for k in recipe.ROUND20 if recipe.ROUND20[k] != recipe.ROUND19.get(k)} == {"seed", "synthesis"}
+    assert config.recipe.init_from == str(recipe.INSTALLED) and config.recipe.average_from_epoch is None
+
+
 def test_the_round15_chain_is_rounds_8_9_11_12_15_with_12_and_15_cut_where_their_time_limit_cut_them():
     recipe = _recipe()
     assert [name for name, _ in recipe.ROUND15_CHAIN] == ["round8", "round9", "round11", "round12", "round15"]
