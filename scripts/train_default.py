@@ -17,6 +17,7 @@
     python scripts/train_default.py round18 --cache .cache/labelmaps --out build/round18 [--time-limit-min 75]
     python scripts/train_default.py round19 --cache .cache/labelmaps --out build/round19 [--time-limit-min 75]
     python scripts/train_default.py round20 --cache .cache/labelmaps --out build/round20 [--time-limit-min 75]
+    python scripts/train_default.py round21 --cache .cache/labelmaps --out build/round21 [--time-limit-min 7]  # a GPU
     python scripts/train_default.py round15-chain --cache .cache/labelmaps [--out build/round15-chain] [--time-limit-min 150]
     python scripts/train_default.py finalize build/default/stage2 --stage1 build/default/stage1 \
         --cache .cache/labelmaps --real2d ../shared/data/real_2d/sagittal_slices_dev.npz [--install]
@@ -47,7 +48,8 @@ is where they arrived, round 15's generator and loss, in one fine-tune of the sh
 ``round15-chain`` runs rounds 8, 9, 11, 12 and 15 one after the other in one resumable command.
 ``round18`` is round 16 with the weights averaged over its epochs 6-20 rather than its best epoch's;
 ``round19`` the same run's best epoch (both measured, not shipped: docs/evaluation.md); ``round20`` is
-round 19 without the fat septa in the generator.
+round 19 without the fat septa in the generator; ``round21`` is round 19 trained 8x longer with batch 32,
+on a lent GPU (``scripts/gpu_round21.sh``).
 
 ``train`` runs two stages with ``kneeseg train``: stage 1 from scratch (Adam 1e-3 -> 1e-4), stage 2 a
 fine-tune of stage 1 at a lower learning rate (3e-4 -> 3e-5). On a GPU machine the same stages run
@@ -443,6 +445,18 @@ ROUND20 = {**ROUND19, "seed": 20, "synthesis": {**ROUND19["synthesis"], "septum_
 round20 = _plain_fine_tune("round20")
 
 
+# Round 21: round 19 trained longer, on a lent GPU (issue 12, "train longer"): the same start (the shipped
+# model), data, generator and loss, with batch 32 for batch 8 and 28 epochs of 150 steps (134,400 slices,
+# 8.4x round 19's 16,000), the learning rate 2e-4 -> 2e-5 (twice round 19's, for the 4x batch). The paired
+# question: does round 19's fibula, lost against round 6 after 16,000 slices, come back with more training,
+# while round 19's real-slice femur and tibia stay? On two CPU cores an epoch takes ~15 minutes; on one
+# H200 with 15 synthesis processes about 12 s (scripts/gpu_round21.sh).
+ROUND21 = {**ROUND19, "seed": 21, "batch_size": 32, "steps_per_epoch": 150, "validation_steps": 10, "epochs": 28,
+           "learning_rate": 2e-4, "final_learning_rate": 2e-5}
+
+round21 = _plain_fine_tune("round21")
+
+
 # Each fine-tune's subcommand: what it runs, its help line and its parser options (fine_tune_parser).
 # The newest is finalize's default recipe.
 FINE_TUNES = {
@@ -480,6 +494,8 @@ FINE_TUNES = {
     "round19": (round19, "round 19: round 18's run, its best epoch instead of the average; rerun to continue",
                 {"init_from": True}),
     "round20": (round20, "round 20: round 19 without the fat septa in the generator (stretched muscles kept); "
+                "rerun to continue", {"init_from": True}),
+    "round21": (round21, "round 21: round 19 trained 8x longer with batch 32 (a GPU run: scripts/gpu_round21.sh); "
                 "rerun to continue", {"init_from": True}),
 }
 

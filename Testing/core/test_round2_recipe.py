@@ -289,6 +289,20 @@ def test_the_round20_settings_are_round19_without_the_fat_septa():
     assert config.recipe.init_from == str(recipe.INSTALLED) and config.recipe.average_from_epoch is None
 
 
+def test_the_round21_settings_are_round19_with_8x_the_slices_in_batches_of_32():
+    recipe = _recipe()
+    config, round19 = TrainConfig.from_flat(**recipe.ROUND21), TrainConfig.from_flat(**recipe.ROUND19)
+    assert config.network == round19.network and config.frame == round19.frame
+    assert _changed_synthesis(config, round19) == set() and config.recipe.loss == round19.recipe.loss
+    assert {k for k in recipe.ROUND21 if recipe.ROUND21[k] != recipe.ROUND19.get(k)} == {
+        "seed", "batch_size", "steps_per_epoch", "validation_steps", "epochs", "learning_rate", "final_learning_rate"}
+    slices = config.recipe.batch_size * config.recipe.steps_per_epoch * config.recipe.last_epoch
+    before = round19.recipe.batch_size * round19.recipe.steps_per_epoch * round19.recipe.last_epoch
+    assert slices == 134_400 and slices / before == 8.4 and config.recipe.batch_size == 4 * round19.recipe.batch_size
+    assert config.recipe.learning_rate == 2 * round19.recipe.learning_rate
+    assert config.recipe.init_from == str(recipe.INSTALLED) and config.recipe.average_from_epoch is None
+
+
 def test_the_round15_chain_is_rounds_8_9_11_12_15_with_12_and_15_cut_where_their_time_limit_cut_them():
     recipe = _recipe()
     assert [name for name, _ in recipe.ROUND15_CHAIN] == ["round8", "round9", "round11", "round12", "round15"]

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Round 21 of the default model (scripts/train_default.py round21, docs/training.md) on a lent GPU machine:
+# Keras on the JAX backend, 15 synthesis processes, stopping after the epoch that crosses MINUTES. Run from the
+# repository root with the label-map cache in .cache/labelmaps and wheels for keras (+namex, optree) in .whl/.
+# Writes to $OUT (or ./gpu-out): round21.tar.gz (the best-epoch bundle, and the work folder whose checkpoint a
+# later run continues from: unpack it to build/ and rerun the same command), train.log, gpu.txt (the machine)
+# and gpu_bench.txt (network throughput of the shipped model and of round 21 on this GPU).
+set -euo pipefail
+OUT=${OUT:-gpu-out}
+MINUTES=${MINUTES:-6.8}
+mkdir -p "$OUT" build
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site KERAS_BACKEND=jax XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
+{ date -u; nproc; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__)"; } | tee "$OUT/gpu.txt"
+started=$(date +%s)
+status=0
+python3 scripts/train_default.py round21 --cache .cache/labelmaps --out build/round21 --work build/round21.work \
+    --time-limit-min "$MINUTES" > "$OUT/train.log" 2>&1 || status=$?
+echo "training: exit $status, $(( $(date +%s) - started )) s wall" | tee -a "$OUT/gpu.txt"
+tail -c 1200 "$OUT/train.log"
+[ -d build/round21.work ] && tar czf "$OUT/round21.tar.gz" -C build round21.work $( [ -d build/round21 ] && echo round21 )
+[ -f build/round21.work/history.csv ] && tail -n 40 build/round21.work/history.csv | cut -c1-200
+[ "$status" = 0 ] || exit "$status"
+python3 - KneeSegmentation/Resources/Models/knee-bones-default build/round21 <<'PY' | tee "$OUT/gpu_bench.txt"
+import sys, time, numpy as np, keras
+for bundle in sys.argv[1:]:
+    model = keras.models.load_model(f"{bundle}/model.keras", compile=False)
+    for batch in (8, 80):
+        x = np.random.rand(batch, *model.inputs[0].shape[1:]).astype("float32")
+        keras.ops.convert_to_numpy(model(x))  # compile
+        t, n = time.perf_counter(), 0
+        while time.perf_counter() - t < 3:
+            keras.ops.convert_to_numpy(model(x)); n += batch
+        print(f"{bundle}: network inference, batch {batch}: {n / (time.perf_counter() - t):.0f} slices/s")
+PY
