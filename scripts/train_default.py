@@ -449,8 +449,8 @@ round20 = _plain_fine_tune("round20")
 # model), data, generator and loss, with batch 32 for batch 8 and 28 epochs of 150 steps (134,400 slices,
 # 8.4x round 19's 16,000), the learning rate 2e-4 -> 2e-5 (twice round 19's, for the 4x batch). The paired
 # question: does round 19's fibula, lost against round 6 after 16,000 slices, come back with more training,
-# while round 19's real-slice femur and tibia stay? On two CPU cores an epoch takes ~15 minutes; on one
-# H200 with 15 synthesis processes about 12 s (scripts/gpu_round21.sh).
+# while round 19's real-slice femur and tibia stay? On two CPU cores an epoch takes ~11 minutes; on one
+# H200 with 15 synthesis processes about 16 s (scripts/gpu_round21.sh).
 ROUND21 = {**ROUND19, "seed": 21, "batch_size": 32, "steps_per_epoch": 150, "validation_steps": 10, "epochs": 28,
            "learning_rate": 2e-4, "final_learning_rate": 2e-5}
 
