@@ -451,6 +451,8 @@ round20 = _plain_fine_tune("round20")
 # question: does round 19's fibula, lost against round 6 after 16,000 slices, come back with more training,
 # while round 19's real-slice femur and tibia stay? On two CPU cores an epoch takes ~11 minutes; on one
 # H200 with 15 synthesis processes about 16 s (scripts/gpu_round21.sh).
+# Run and measured 2026-12-04: best real slices of any round, fibula back to round 6's, but the DESS thigh
+# muscle labelled femur again; not shipped (docs/evaluation.md, "Round 21").
 ROUND21 = {**ROUND19, "seed": 21, "batch_size": 32, "steps_per_epoch": 150, "validation_steps": 10, "epochs": 28,
            "learning_rate": 2e-4, "final_learning_rate": 2e-5}
 
