@@ -11,11 +11,8 @@
 set -euo pipefail
 OUT=${OUT:-gpu-out}
 MINUTES=${MINUTES:-6.8}
-mkdir -p "$OUT" build
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site KERAS_BACKEND=jax XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
-{ date -u; nproc; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  python3 -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__)"; } | tee "$OUT/gpu.txt"
+mkdir -p build
+source scripts/gpu_setup.sh
 started=$(date +%s)
 status=0
 python3 scripts/train_default.py round21 --cache .cache/labelmaps --out build/round21 --work build/round21.work \
@@ -25,15 +22,5 @@ tail -c 1200 "$OUT/train.log"
 [ -d build/round21.work ] && tar czf "$OUT/round21.tar.gz" -C build round21.work $( [ -d build/round21 ] && echo round21 )
 [ -f build/round21.work/history.csv ] && tail -n 40 build/round21.work/history.csv | cut -c1-200
 [ "$status" = 0 ] || exit "$status"
-python3 - KneeSegmentation/Resources/Models/knee-bones-default build/round21 <<'PY' | tee "$OUT/gpu_bench.txt"
-import sys, time, numpy as np, keras
-for bundle in sys.argv[1:]:
-    model = keras.models.load_model(f"{bundle}/model.keras", compile=False)
-    for batch in (8, 80):
-        x = np.random.rand(batch, *model.inputs[0].shape[1:]).astype("float32")
-        keras.ops.convert_to_numpy(model(x))  # compile
-        t, n = time.perf_counter(), 0
-        while time.perf_counter() - t < 3:
-            keras.ops.convert_to_numpy(model(x)); n += batch
-        print(f"{bundle}: network inference, batch {batch}: {n / (time.perf_counter() - t):.0f} slices/s")
-PY
+python3 scripts/gpu_throughput.py KneeSegmentation/Resources/Models/knee-bones-default build/round21 --seconds 3 \
+    | tee "$OUT/gpu_bench.txt"

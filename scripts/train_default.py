@@ -48,7 +48,7 @@ is where they arrived, round 15's generator and loss, in one fine-tune of the sh
 ``round15-chain`` runs rounds 8, 9, 11, 12 and 15 one after the other in one resumable command.
 ``round18`` is round 16 with the weights averaged over its epochs 6-20 rather than its best epoch's;
 ``round19`` the same run's best epoch (both measured, not shipped: docs/evaluation.md); ``round20`` is
-round 19 without the fat septa in the generator; ``round21`` is round 19 trained 8x longer with batch 32,
+round 19 without the fat septa in the generator; ``round21`` is round 19 trained 8.4x longer with batch 32,
 on a lent GPU (``scripts/gpu_round21.sh``).
 
 ``train`` runs two stages with ``kneeseg train``: stage 1 from scratch (Adam 1e-3 -> 1e-4), stage 2 a
@@ -451,7 +451,7 @@ round20 = _plain_fine_tune("round20")
 # question: does round 19's fibula, lost against round 6 after 16,000 slices, come back with more training,
 # while round 19's real-slice femur and tibia stay? On two CPU cores an epoch takes ~11 minutes; on one
 # H200 with 15 synthesis processes about 16 s (scripts/gpu_round21.sh).
-# Run and measured 2026-12-04: best real slices of any round, fibula back to round 6's, but the DESS thigh
+# Run and measured 2026-12-04: best real slices of any round, fibula about round 6's, but the DESS thigh
 # muscle labelled femur again; not shipped (docs/evaluation.md, "Round 21").
 ROUND21 = {**ROUND19, "seed": 21, "batch_size": 32, "steps_per_epoch": 150, "validation_steps": 10, "epochs": 28,
            "learning_rate": 2e-4, "final_learning_rate": 2e-5}
@@ -497,7 +497,7 @@ FINE_TUNES = {
                 {"init_from": True}),
     "round20": (round20, "round 20: round 19 without the fat septa in the generator (stretched muscles kept); "
                 "rerun to continue", {"init_from": True}),
-    "round21": (round21, "round 21: round 19 trained 8x longer with batch 32 (a GPU run: scripts/gpu_round21.sh); "
+    "round21": (round21, "round 21: round 19 trained 8.4x longer with batch 32 (a GPU run: scripts/gpu_round21.sh); "
                 "rerun to continue", {"init_from": True}),
 }
 
