@@ -18,6 +18,7 @@
     python scripts/train_default.py round19 --cache .cache/labelmaps --out build/round19 [--time-limit-min 75]
     python scripts/train_default.py round20 --cache .cache/labelmaps --out build/round20 [--time-limit-min 75]
     python scripts/train_default.py round21 --cache .cache/labelmaps --out build/round21 [--time-limit-min 7]  # a GPU
+    python scripts/train_default.py round22 --cache .cache/labelmaps --out build/round22 [--time-limit-min 7]  # a GPU
     python scripts/train_default.py round15-chain --cache .cache/labelmaps [--out build/round15-chain] [--time-limit-min 150]
     python scripts/train_default.py finalize build/default/stage2 --stage1 build/default/stage1 \
         --cache .cache/labelmaps --real2d ../shared/data/real_2d/sagittal_slices_dev.npz [--install]
@@ -49,7 +50,8 @@ is where they arrived, round 15's generator and loss, in one fine-tune of the sh
 ``round18`` is round 16 with the weights averaged over its epochs 6-20 rather than its best epoch's;
 ``round19`` the same run's best epoch (both measured, not shipped: docs/evaluation.md); ``round20`` is
 round 19 without the fat septa in the generator; ``round21`` is round 19 trained 8.4x longer with batch 32,
-on a lent GPU (``scripts/gpu_round21.sh``).
+on a lent GPU (``scripts/gpu_fine_tune.sh round21``); ``round22`` is round 21 with streaks along the muscle
+fibres drawn in the generator's soft tissue.
 
 ``train`` runs two stages with ``kneeseg train``: stage 1 from scratch (Adam 1e-3 -> 1e-4), stage 2 a
 fine-tune of stage 1 at a lower learning rate (3e-4 -> 3e-5). On a GPU machine the same stages run
@@ -450,13 +452,23 @@ round20 = _plain_fine_tune("round20")
 # 8.4x round 19's 16,000), the learning rate 2e-4 -> 2e-5 (twice round 19's, for the 4x batch). The paired
 # question: does round 19's fibula, lost against round 6 after 16,000 slices, come back with more training,
 # while round 19's real-slice femur and tibia stay? On two CPU cores an epoch takes ~11 minutes; on one
-# H200 with 15 synthesis processes about 16 s (scripts/gpu_round21.sh).
+# H200 with 15 synthesis processes about 16 s (scripts/gpu_fine_tune.sh round21).
 # Run and measured 2026-12-04: best real slices of any round, fibula about round 6's, but the DESS thigh
 # muscle labelled femur again; not shipped (docs/evaluation.md, "Round 21").
 ROUND21 = {**ROUND19, "seed": 21, "batch_size": 32, "steps_per_epoch": 150, "validation_steps": 10, "epochs": 28,
            "learning_rate": 2e-4, "final_learning_rate": 2e-5}
 
 round21 = _plain_fine_tune("round21")
+
+
+# Round 22: round 21 paired, the one change being fine streaks along the muscle fibres in the generator's soft
+# tissue (``striation_probability`` 0.6: the fat and fascia between fibre bundles). Round 21's network labels
+# the DESS vastus femur: on that scan the muscle is a large bright region with fine dark streaks and the marrow
+# is dark; the generator's muscles were smooth fields, its bones may be bright, and a bright smooth region above
+# the condyles is what a femoral shaft looks like to it. Streaks are in real muscle and never in bone.
+ROUND22 = {**ROUND21, "seed": 22, "synthesis": {**ROUND21["synthesis"], "striation_probability": 0.6}}
+
+round22 = _plain_fine_tune("round22")
 
 
 # Each fine-tune's subcommand: what it runs, its help line and its parser options (fine_tune_parser).
@@ -497,8 +509,10 @@ FINE_TUNES = {
                 {"init_from": True}),
     "round20": (round20, "round 20: round 19 without the fat septa in the generator (stretched muscles kept); "
                 "rerun to continue", {"init_from": True}),
-    "round21": (round21, "round 21: round 19 trained 8.4x longer with batch 32 (a GPU run: scripts/gpu_round21.sh); "
-                "rerun to continue", {"init_from": True}),
+    "round21": (round21, "round 21: round 19 trained 8.4x longer with batch 32 (a GPU run: scripts/gpu_fine_tune.sh "
+                "round21); rerun to continue", {"init_from": True}),
+    "round22": (round22, "round 22: round 21 with streaks along the muscle fibres in the generator (a GPU run: "
+                "scripts/gpu_fine_tune.sh round22); rerun to continue", {"init_from": True}),
 }
 
 

@@ -303,6 +303,16 @@ def test_the_round21_settings_are_round19_with_8x_the_slices_in_batches_of_32():
     assert config.recipe.init_from == str(recipe.INSTALLED) and config.recipe.average_from_epoch is None
 
 
+def test_the_round22_settings_are_round21_with_fibre_streaks_in_the_generator():
+    recipe = _recipe()
+    config, round21 = TrainConfig.from_flat(**recipe.ROUND22), TrainConfig.from_flat(**recipe.ROUND21)
+    assert config.network == round21.network and config.frame == round21.frame
+    assert _changed_synthesis(config, round21) == {"striation_probability"}
+    assert config.recipe.synthesis["striation_probability"] == 0.6
+    assert {k for k in recipe.ROUND22 if recipe.ROUND22[k] != recipe.ROUND21.get(k)} == {"seed", "synthesis"}
+    assert config.recipe.init_from == str(recipe.INSTALLED)
+
+
 def test_the_round15_chain_is_rounds_8_9_11_12_15_with_12_and_15_cut_where_their_time_limit_cut_them():
     recipe = _recipe()
     assert [name for name, _ in recipe.ROUND15_CHAIN] == ["round8", "round9", "round11", "round12", "round15"]

@@ -529,6 +529,63 @@ def test_moving_the_rim_outside_changes_no_other_draw(phantom_cache):
             np.testing.assert_equal(getattr(looks[0], field.name), getattr(looks[1], field.name), err_msg=field.name)
 
 
+def test_the_limb_lies_along_the_rows_of_sagittal_and_coronal_slices_and_across_axial_ones():
+    from kneeseg.geometry import frame_points
+
+    for plane, along_rows in (("sagittal", True), ("coronal", True), ("axial", False)):
+        direction, in_plane = render.limb_direction(frame_points(np.zeros(3), plane, 5, 10.0, [0.0])[0], 10.0)
+        assert in_plane == pytest.approx(1.0 if along_rows else 0.0)
+        if along_rows:
+            assert abs(direction[0]) == pytest.approx(1.0)  # rows run superior-inferior in both
+
+
+def _plain_striated(probability):
+    return dataclasses.replace(EXACT, striation_probability=probability, striation_angle_deg=0.0,
+                               striation_mm=(6.0, 6.0), striation_fraction=(0.08, 0.08), texture_std=(0.0, 0.0),
+                               bias_std=(0.0, 0.0), noise_std=(0.0, 0.0), blur_sigma_px=(0.0, 0.0),
+                               thick_slice_probability=0.0, gamma_log_std=0.0, air_probability=0.0,
+                               cortex_probability=0.0, slab_half_mm=10.0, septum_probability=0.0)
+
+
+def test_fibre_streaks_run_along_the_limb_in_the_soft_tissue_and_never_cross_a_bone(phantom_cache, monkeypatch):
+    cache, _, _ = phantom_cache
+    monkeypatch.setattr(render, "_finish_intensities", lambda images, no_signal, look: images)  # no rescaling
+    changed, soft = [], []
+    for seed in range(3):
+        pair = []
+        for probability in (0.0, 1.0):
+            synthesizer = make(cache, planes=("sagittal",), config=_plain_striated(probability))
+            view, label_map, look, noise_rng = synthesizer.draw(np.random.SeedSequence(seed), 2)
+            pair.append(render.render(noise_rng, view, label_map, look, synthesizer.grid, synthesizer.target))
+        (plain, labels), (striated, striated_labels) = pair
+        assert np.array_equal(labels, striated_labels)
+        changed.append(np.abs(striated - plain) > 1e-4)
+        soft.append(labels == 0)
+    changed, soft = np.concatenate(changed), np.concatenate(soft)
+    assert not (changed & ~soft).any()  # no streak on a bone
+    assert 0.03 < changed[soft].mean() < 0.12  # about the drawn 8 % of the soft tissue
+    # streaks run along the rows (superior-inferior in a sagittal slice): neighbours in a column are both
+    # streak far more often than neighbours in a row
+    down = (changed[:, 1:, :] & changed[:, :-1, :]).sum()
+    across = (changed[:, :, 1:] & changed[:, :, :-1]).sum()
+    assert down > 2 * across
+
+
+def test_striation_changes_no_other_draw(phantom_cache):
+    from kneeseg.synth.draws import draw_appearance
+
+    cache, _, _ = phantom_cache
+    synthesizer = make(cache)
+    view, label_map, _, _ = synthesizer.draw(np.random.SeedSequence(3), 2)
+    looks = [draw_appearance(np.random.default_rng(7), dataclasses.replace(synthesizer.config,
+                                                                           striation_probability=p),
+                             label_map, view, SIZE) for p in (0.0, 1.0)]
+    assert looks[0].striation_mean < 0 <= looks[1].striation_mean
+    for field in dataclasses.fields(looks[0]):
+        if not field.name.startswith("striation"):
+            np.testing.assert_equal(getattr(looks[0], field.name), getattr(looks[1], field.name), err_msg=field.name)
+
+
 def test_staple_source_names_the_person_so_both_knees_share_a_subject():
     from kneeseg.synth import DEFAULT_SOURCES, TISSUES
 

@@ -56,6 +56,14 @@ class SynthesisConfig:
         tissue) instead of inside it: the label edge is then the inner edge of the dark band, where
         annotators of real scans put the bone surface (docs: the dark band lies 0.35-2.15 mm outside
         the real labelled slices' bone edges). 0 keeps the rim inside, as before this option.
+      striation_probability, striation_mm, striation_fraction, striation_angle_deg: fine streaks inside
+        the soft tissue (the fat and fascia between muscle fibre bundles), about a pixel wide, running
+        along the limb as it lies in the slice (short dots where the limb crosses the slice) turned by up
+        to striation_angle_deg (pennate muscle), of about striation_mm length (the standard deviation of
+        their smoothing along the fibres), covering striation_fraction of the soft tissue, with the fat's
+        intensity (dark in DESS, bright in T1) or a fibrous one. Real thigh muscle on a DESS scan is a
+        bright region with such streaks; bone marrow has none. A striation_probability of 0 (the
+        default) draws every sample as the generator did before this option.
       bias_std: standard deviation of the log of a smooth multiplicative bias field.
       thick_slice_probability, slice_thickness_mm: simulated thick 2D acquisition, along the slice
         axis (half of the cases: partial-volume average) or along one in-plane axis (averaged and
@@ -107,6 +115,10 @@ class SynthesisConfig:
     cortex_mm: tuple = (0.7, 2.0)
     dark_cortex_probability: float = 0.85
     rim_outside_probability: float = 0.0
+    striation_probability: float = 0.0
+    striation_mm: tuple = (2.0, 8.0)
+    striation_fraction: tuple = (0.02, 0.10)
+    striation_angle_deg: float = 25.0
     bias_std: tuple = (0.0, 0.35)
     thick_slice_probability: float = 0.5
     slice_thickness_mm: tuple = (1.5, 6.0)

@@ -118,6 +118,11 @@ class Appearance:
     gamma: float
     fov_crop: tuple | None  # (row0, row1, col0, col1) kept, or None
     rim_outside: bool = False  # the cortical rim lies outside the bone label, not inside
+    striation_mean: float = -1.0  # < 0: no streaks in the soft tissue
+    striation_mm: float = 0.0  # their length (smoothing along the limb, standard deviation)
+    striation_fraction: float = 0.0  # the share of soft-tissue pixels they cover
+    striation_strength: float = 0.0  # 1: a streak pixel takes striation_mean, 0.5: half way to it
+    striation_angle_deg: float = 0.0  # the fibres' angle to the limb's axis (pennate muscle)
 
 
 def _kind_means(rng, cfg: SynthesisConfig) -> dict:
@@ -220,6 +225,14 @@ def draw_appearance(rng, cfg: SynthesisConfig, label_map: CachedLabelMap, view: 
     )
     if cfg.rim_outside_probability > 0:  # drawn last: every other draw is that of a generator without it
         look = dataclasses.replace(look, rim_outside=bool(rng.random() < cfg.rim_outside_probability))
+    if cfg.striation_probability > 0 and rng.random() < cfg.striation_probability:  # likewise
+        kind = "fat" if rng.random() < 0.7 else "fibrous"
+        look = dataclasses.replace(
+            look, striation_mean=float(np.clip(kind_means[kind] + rng.normal(0.0, 0.05), 0.0, 1.0)),
+            striation_mm=float(rng.uniform(*cfg.striation_mm)),
+            striation_fraction=float(rng.uniform(*cfg.striation_fraction)),
+            striation_strength=float(rng.uniform(0.5, 1.0)),
+            striation_angle_deg=float(rng.uniform(-1.0, 1.0) * cfg.striation_angle_deg))
     return look
 
 

@@ -13,12 +13,16 @@ import math
 
 import numpy as np
 from scipy import ndimage
+from scipy.signal import fftconvolve
 
 from ..geometry import frame_points
 from ..transforms import LinearWeights, lattice_values, thick_slices, with_bias, with_noise
 from .cache import CachedLabelMap
 from .draws import Appearance, View
-from .tissues import BONE_IDS, OUTSIDE_FIELD_OF_VIEW
+from .tissues import BONE_IDS, OUTSIDE_FIELD_OF_VIEW, TISSUES
+
+MUSCLE_IDS = tuple(t.id for t in TISSUES if t.kind == "muscle")
+STREAK_WIDTH_PX = 0.6  # standard deviation of a streak's smoothing across the fibres
 
 COARSE_STRIDE_PX = 8
 
@@ -33,8 +37,8 @@ def render(rng, view: View, label_map: CachedLabelMap, look: Appearance, grid: C
       2. where the pixels of a sub-slice lie in the model frame (on the coarse grid);
       3. deformation: where in the label map they look (rotation, scaling, mirroring, smooth warp);
       4. the tissue at each pixel (nearest neighbour; bone shafts continued beyond the field of view);
-      5. paint: tissue means and texture, background structures, septa, air, fat layer, cortex (inside
-         the bone label, or just outside it);
+      5. paint: tissue means and texture, background structures, septa, streaks along the muscle
+         fibres, air, fat layer, cortex (inside the bone label, or just outside it);
       6. the mean of the sub-slices;
       7. a thick 2D acquisition along an in-plane axis;
       8. blur;
@@ -186,6 +190,11 @@ def _paint(rng, tissue: np.ndarray, q: np.ndarray, physical_mm: np.ndarray, view
         if look.septum_mean >= 0:
             septa = region_borders(regions, max(1, int(round(look.septum_mm / view.pixel_mm))))
             background = np.where(septa, look.septum_mean + look.background_texture * texture, background)
+        if look.striation_mean >= 0:
+            streaks = _fibre_streaks(rng, physical_mm, view.pixel_mm, look, grid.size)
+            background = np.where(streaks, _towards(background, look), background)
+            muscle = np.isin(tissue, MUSCLE_IDS)
+            image = np.where(streaks & muscle, _towards(image, look), image)
         if look.outline is not None:
             depth = grid.to_full(_skin_depth(look.outline, physical_mm).astype(np.float32))
             if look.fat_mean >= 0:
@@ -197,6 +206,37 @@ def _paint(rng, tissue: np.ndarray, q: np.ndarray, physical_mm: np.ndarray, view
         rim = _rim_outside(tissue, width) if look.rim_outside else _cortex(tissue, width)
         image = np.where(rim, look.cortex_mean, image)
     return image.astype(np.float32)
+
+
+def limb_direction(physical_mm: np.ndarray, step_mm: float) -> tuple:
+    """The limb's long axis (label-map LPS z) as it lies in a slice: its unit direction (row, column)
+    and how much of it lies in the slice (1: in the slice, 0: across it), from the label-map positions
+    (n, n, 3) of a grid of points ``step_mm`` apart in the slice."""
+    step = np.array([np.mean(np.diff(physical_mm[..., 2], axis=0)), np.mean(np.diff(physical_mm[..., 2], axis=1))])
+    length = float(np.hypot(*step))
+    in_plane = min(1.0, length / step_mm)
+    direction = step / length if length > 1e-9 else np.array([1.0, 0.0])
+    return direction, in_plane
+
+
+def _fibre_streaks(rng, physical_mm: np.ndarray, pixel_mm: float, look: Appearance, size: int) -> np.ndarray:
+    """Thin streaks along the muscle fibres: the highest ``striation_fraction`` of white noise smoothed
+    ``striation_mm`` along the limb (as it lies in the slice) and under a pixel across it."""
+    direction, in_plane = limb_direction(physical_mm, (size - 1) * pixel_mm / (physical_mm.shape[0] - 1))
+    turn = math.radians(look.striation_angle_deg)
+    direction = np.array([[math.cos(turn), -math.sin(turn)], [math.sin(turn), math.cos(turn)]]) @ direction
+    long_px = max(STREAK_WIDTH_PX, look.striation_mm / pixel_mm * in_plane)
+    half = int(math.ceil(3 * long_px))
+    r, c = np.mgrid[-half:half + 1, -half:half + 1].astype(np.float32)
+    along = r * direction[0] + c * direction[1]
+    across = -r * direction[1] + c * direction[0]
+    kernel = np.exp(-0.5 * ((along / long_px) ** 2 + (across / STREAK_WIDTH_PX) ** 2))
+    field = fftconvolve(rng.standard_normal((size, size), dtype=np.float32), kernel, mode="same")
+    return field > np.quantile(field, 1.0 - look.striation_fraction)
+
+
+def _towards(image: np.ndarray, look: Appearance) -> np.ndarray:
+    return image + look.striation_strength * (look.striation_mean - image)
 
 
 def _sub_slice_offsets(look: Appearance, offset_mm: float) -> np.ndarray:
