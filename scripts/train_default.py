@@ -471,6 +471,22 @@ ROUND22 = {**ROUND21, "seed": 22, "synthesis": {**ROUND21["synthesis"], "striati
 round22 = _plain_fine_tune("round22")
 
 
+# Rounds 23 and 24: a paired probe on two CPU cores, not ship candidates. Round 22's sagittal plane no longer
+# labels the DESS thigh muscle, its coronal and axial planes still do; in a coronal reformat of that scan the
+# muscle's streaks lie across or oblique to the limb, where round 22 drew them within 25 degrees of it. Both
+# continue round 22's measured bundle (build/round22.final) for 4,800 slices at batch 8 with round 19's
+# learning rate (1e-4 -> 1e-5); round 23 draws the streaks at any angle, round 24 (the control) as round 22 did. The question:
+# does the DESS femur of the coronal and axial planes alone fall more with streaks at any angle?
+ROUND23 = {**ROUND22, "seed": 23, "init_from": str(REPO / "build" / "round22.final"), "batch_size": 8,
+           "steps_per_epoch": 100, "validation_steps": 15, "epochs": 6, "patience": 100,
+           "learning_rate": 1e-4, "final_learning_rate": 1e-5,
+           "synthesis": {**ROUND22["synthesis"], "striation_angle_deg": 90.0}}
+ROUND24 = {**ROUND23, "seed": 24, "synthesis": ROUND22["synthesis"]}
+
+round23 = _plain_fine_tune("round23")
+round24 = _plain_fine_tune("round24")
+
+
 # Each fine-tune's subcommand: what it runs, its help line and its parser options (fine_tune_parser).
 # The newest is finalize's default recipe.
 FINE_TUNES = {
@@ -513,6 +529,10 @@ FINE_TUNES = {
                 "round21); rerun to continue", {"init_from": True}),
     "round22": (round22, "round 22: round 21 with streaks along the muscle fibres in the generator (a GPU run: "
                 "scripts/gpu_fine_tune.sh round22); rerun to continue", {"init_from": True}),
+    "round23": (round23, "round 23: a probe, round 22 continued briefly with the streaks at any angle; rerun to "
+                "continue", {"init_from": True}),
+    "round24": (round24, "round 24: round 23's control, round 22 continued briefly as it was; rerun to continue",
+                {"init_from": True}),
 }
 
 

@@ -313,6 +313,18 @@ def test_the_round22_settings_are_round21_with_fibre_streaks_in_the_generator():
     assert config.recipe.init_from == str(recipe.INSTALLED)
 
 
+def test_rounds_23_and_24_continue_round22_and_differ_only_in_the_streaks_angle_and_seed():
+    recipe = _recipe()
+    probe, control = TrainConfig.from_flat(**recipe.ROUND23), TrainConfig.from_flat(**recipe.ROUND24)
+    round22 = TrainConfig.from_flat(**recipe.ROUND22)
+    assert probe.network == control.network == round22.network and probe.frame == round22.frame
+    assert _changed_synthesis(probe, control) == {"striation_angle_deg"}
+    assert probe.recipe.synthesis["striation_angle_deg"] == 90.0 and _changed_synthesis(control, round22) == set()
+    assert {k for k in recipe.ROUND24 if recipe.ROUND24[k] != recipe.ROUND23.get(k)} == {"seed", "synthesis"}
+    assert probe.recipe.init_from == str(recipe.REPO / "build" / "round22.final")
+    assert probe.recipe.batch_size * probe.recipe.steps_per_epoch * probe.recipe.last_epoch == 4_800
+
+
 def test_the_round15_chain_is_rounds_8_9_11_12_15_with_12_and_15_cut_where_their_time_limit_cut_them():
     recipe = _recipe()
     assert [name for name, _ in recipe.ROUND15_CHAIN] == ["round8", "round9", "round11", "round12", "round15"]
