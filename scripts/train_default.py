@@ -475,8 +475,9 @@ round22 = _plain_fine_tune("round22")
 # labels the DESS thigh muscle, its coronal and axial planes still do; in a coronal reformat of that scan the
 # muscle's streaks lie across or oblique to the limb, where round 22 drew them within 25 degrees of it. Both
 # continue round 22's measured bundle (build/round22.final) for 4,800 slices at batch 8 with round 19's
-# learning rate (1e-4 -> 1e-5); round 23 draws the streaks at any angle, round 24 (the control) as round 22 did. The question:
-# does the DESS femur of the coronal and axial planes alone fall more with streaks at any angle?
+# learning rate (1e-4 -> 1e-5); round 23 draws the streaks at any angle, round 24 (the control) as round 22
+# did. The question: does the DESS femur of the coronal and axial planes alone fall more with streaks at any
+# angle?
 ROUND23 = {**ROUND22, "seed": 23, "init_from": str(REPO / "build" / "round22.final"), "batch_size": 8,
            "steps_per_epoch": 100, "validation_steps": 15, "epochs": 6, "patience": 100,
            "learning_rate": 1e-4, "final_learning_rate": 1e-5,

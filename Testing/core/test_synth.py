@@ -513,20 +513,28 @@ def test_rim_outside_darkens_the_tissue_around_the_bone_label(phantom_cache):
             assert np.abs(image[other] - image[rim][0]).min() > 1e-3
 
 
-def test_moving_the_rim_outside_changes_no_other_draw(phantom_cache):
-    """Drawn last: a benchmark can switch the rim's side and keep every other draw (contrast, noise...)."""
+def _appearances_with(cache, setting, values):
+    """The appearance of one view drawn with the same random stream under each value of one setting."""
     from kneeseg.synth.draws import draw_appearance
 
-    cache, _, _ = phantom_cache
     synthesizer = make(cache)
     view, label_map, _, _ = synthesizer.draw(np.random.SeedSequence(3), 2)
-    looks = [draw_appearance(np.random.default_rng(7), dataclasses.replace(synthesizer.config,
-                                                                           rim_outside_probability=p),
-                             label_map, view, SIZE) for p in (0.0, 1.0)]
-    assert not looks[0].rim_outside and looks[1].rim_outside
+    return [draw_appearance(np.random.default_rng(7), dataclasses.replace(synthesizer.config, **{setting: value}),
+                            label_map, view, SIZE) for value in values]
+
+
+def _assert_same_draws(looks, compared):
     for field in dataclasses.fields(looks[0]):
-        if field.name != "rim_outside":
+        if compared(field.name):
             np.testing.assert_equal(getattr(looks[0], field.name), getattr(looks[1], field.name), err_msg=field.name)
+
+
+def test_moving_the_rim_outside_changes_no_other_draw(phantom_cache):
+    """Drawn last: a benchmark can switch the rim's side and keep every other draw (contrast, noise...)."""
+    cache, _, _ = phantom_cache
+    looks = _appearances_with(cache, "rim_outside_probability", (0.0, 1.0))
+    assert not looks[0].rim_outside and looks[1].rim_outside
+    _assert_same_draws(looks, lambda name: name != "rim_outside")
 
 
 def test_the_limb_lies_along_the_rows_of_sagittal_and_coronal_slices_and_across_axial_ones():
@@ -572,18 +580,10 @@ def test_fibre_streaks_run_along_the_limb_in_the_soft_tissue_and_never_cross_a_b
 
 
 def test_striation_changes_no_other_draw(phantom_cache):
-    from kneeseg.synth.draws import draw_appearance
-
     cache, _, _ = phantom_cache
-    synthesizer = make(cache)
-    view, label_map, _, _ = synthesizer.draw(np.random.SeedSequence(3), 2)
-    looks = [draw_appearance(np.random.default_rng(7), dataclasses.replace(synthesizer.config,
-                                                                           striation_probability=p),
-                             label_map, view, SIZE) for p in (0.0, 1.0)]
+    looks = _appearances_with(cache, "striation_probability", (0.0, 1.0))
     assert looks[0].striation_mean < 0 <= looks[1].striation_mean
-    for field in dataclasses.fields(looks[0]):
-        if not field.name.startswith("striation"):
-            np.testing.assert_equal(getattr(looks[0], field.name), getattr(looks[1], field.name), err_msg=field.name)
+    _assert_same_draws(looks, lambda name: not name.startswith("striation"))
 
 
 def test_staple_source_names_the_person_so_both_knees_share_a_subject():

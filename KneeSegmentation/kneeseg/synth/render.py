@@ -88,10 +88,13 @@ class CoarseGrid:
         self.n = int(math.ceil((size - 1) / COARSE_STRIDE_PX)) + 1
         self.upsample = LinearWeights.between(np.arange(size) * (self.n - 1) / (size - 1), np.arange(self.n))
 
+    def step_mm(self, pixel_mm: float) -> float:
+        """The spacing of the coarse points of an image of ``pixel_mm`` pixels."""
+        return (self.size - 1) * pixel_mm / (self.n - 1)
+
     def points(self, plane: str, pixel_mm: float, offset_mm: float) -> np.ndarray:
         """Model-frame points (n, n, 3), relative to the view centre, spanning the full image."""
-        coarse_pixel = (self.size - 1) * pixel_mm / (self.n - 1)
-        return frame_points(np.zeros(3), plane, self.n, coarse_pixel, [offset_mm])[0]
+        return frame_points(np.zeros(3), plane, self.n, self.step_mm(pixel_mm), [offset_mm])[0]
 
     def to_full(self, coarse: np.ndarray) -> np.ndarray:
         """(..., n, n) -> (..., size, size)."""
@@ -191,7 +194,7 @@ def _paint(rng, tissue: np.ndarray, q: np.ndarray, physical_mm: np.ndarray, view
             septa = region_borders(regions, max(1, int(round(look.septum_mm / view.pixel_mm))))
             background = np.where(septa, look.septum_mean + look.background_texture * texture, background)
         if look.striation_mean >= 0:
-            streaks = _fibre_streaks(rng, physical_mm, view.pixel_mm, look, grid.size)
+            streaks = _fibre_streaks(rng, physical_mm, view.pixel_mm, look, grid)
             background = np.where(streaks, _towards(background, look), background)
             muscle = np.isin(tissue, MUSCLE_IDS)
             image = np.where(streaks & muscle, _towards(image, look), image)
@@ -219,10 +222,10 @@ def limb_direction(physical_mm: np.ndarray, step_mm: float) -> tuple:
     return direction, in_plane
 
 
-def _fibre_streaks(rng, physical_mm: np.ndarray, pixel_mm: float, look: Appearance, size: int) -> np.ndarray:
+def _fibre_streaks(rng, physical_mm: np.ndarray, pixel_mm: float, look: Appearance, grid: CoarseGrid) -> np.ndarray:
     """Thin streaks along the muscle fibres: the highest ``striation_fraction`` of white noise smoothed
     ``striation_mm`` along the limb (as it lies in the slice) and under a pixel across it."""
-    direction, in_plane = limb_direction(physical_mm, (size - 1) * pixel_mm / (physical_mm.shape[0] - 1))
+    direction, in_plane = limb_direction(physical_mm, grid.step_mm(pixel_mm))
     turn = math.radians(look.striation_angle_deg)
     direction = np.array([[math.cos(turn), -math.sin(turn)], [math.sin(turn), math.cos(turn)]]) @ direction
     long_px = max(STREAK_WIDTH_PX, look.striation_mm / pixel_mm * in_plane)
@@ -231,7 +234,7 @@ def _fibre_streaks(rng, physical_mm: np.ndarray, pixel_mm: float, look: Appearan
     along = r * direction[0] + c * direction[1]
     across = -r * direction[1] + c * direction[0]
     kernel = np.exp(-0.5 * ((along / long_px) ** 2 + (across / STREAK_WIDTH_PX) ** 2))
-    field = fftconvolve(rng.standard_normal((size, size), dtype=np.float32), kernel, mode="same")
+    field = fftconvolve(rng.standard_normal((grid.size, grid.size), dtype=np.float32), kernel, mode="same")
     return field > np.quantile(field, 1.0 - look.striation_fraction)
 
 
