@@ -496,7 +496,12 @@ round24 = _plain_fine_tune("round24")
 ROUND25 = {**ROUND22, "seed": 25, "init_from": str(REPO / "build" / "round24.final"), "epochs": 24,
            "patience": 100, "learning_rate": 1e-4, "final_learning_rate": 1e-5}
 
+# Round 26: round 25's replicate on the same GPU lease, another seed and 16 epochs (the lease's time left), the
+# learning rate decaying over them: how far two runs of one recipe land apart.
+ROUND26 = {**ROUND25, "seed": 26, "epochs": 16}
+
 round25 = _plain_fine_tune("round25")
+round26 = _plain_fine_tune("round26")
 
 
 # Each fine-tune's subcommand: what it runs, its help line and its parser options (fine_tune_parser).
@@ -547,6 +552,8 @@ FINE_TUNES = {
                 {"init_from": True}),
     "round25": (round25, "round 25: round 24 trained longer with batch 32 (a GPU run: scripts/gpu_fine_tune.sh "
                 "round25); rerun to continue", {"init_from": True}),
+    "round26": (round26, "round 26: round 25 with another seed and 16 epochs (a GPU run); rerun to continue",
+                {"init_from": True}),
 }
 
 
