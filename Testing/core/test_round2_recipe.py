@@ -325,6 +325,21 @@ def test_rounds_23_and_24_continue_round22_and_differ_only_in_the_streaks_angle_
     assert probe.recipe.batch_size * probe.recipe.steps_per_epoch * probe.recipe.last_epoch == 4_800
 
 
+def test_rounds_25_and_26_continue_round24_with_round22s_data_and_batch_24x_and_16x_its_slices():
+    recipe = _recipe()
+    config, replicate = TrainConfig.from_flat(**recipe.ROUND25), TrainConfig.from_flat(**recipe.ROUND26)
+    round22, round24 = TrainConfig.from_flat(**recipe.ROUND22), TrainConfig.from_flat(**recipe.ROUND24)
+    assert config.network == round24.network and config.frame == round24.frame
+    assert _changed_synthesis(config, round22) == set() and config.recipe.loss == round22.recipe.loss
+    assert config.recipe.init_from == str(recipe.REPO / "build" / "round24.final")
+    assert (config.recipe.batch_size, config.recipe.steps_per_epoch) == (round22.recipe.batch_size, 150)
+    assert (config.recipe.learning_rate, config.recipe.final_learning_rate) == (1e-4, 1e-5)
+    slices = config.recipe.batch_size * config.recipe.steps_per_epoch * config.recipe.last_epoch
+    assert slices == 115_200 and slices == 24 * 4_800 and config.recipe.patience > config.recipe.last_epoch
+    assert {k for k in recipe.ROUND26 if recipe.ROUND26[k] != recipe.ROUND25.get(k)} == {"seed", "epochs"}
+    assert replicate.recipe.last_epoch == 16
+
+
 def test_the_round15_chain_is_rounds_8_9_11_12_15_with_12_and_15_cut_where_their_time_limit_cut_them():
     recipe = _recipe()
     assert [name for name, _ in recipe.ROUND15_CHAIN] == ["round8", "round9", "round11", "round12", "round15"]
