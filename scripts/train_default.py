@@ -493,6 +493,8 @@ round24 = _plain_fine_tune("round24")
 # 115,200 slices, 24x round 24's 4,800) at round 24's learning rate, 1e-4 -> 1e-5, the best epoch by validation
 # mean Dice kept. Round 24 passed every part of the ship rule but the real patella (0.705 against 0.710); the
 # question: does more of the same training keep its fibula and DESS and move the patella, or drift further?
+# Run and measured 2026-12-04 with round 26: the best real femur of any round, but the DESS thigh muscle back in
+# the coronal and axial planes and the fibula lost; not shipped (docs/evaluation.md, "Rounds 25 and 26").
 ROUND25 = {**ROUND22, "seed": 25, "init_from": str(REPO / "build" / "round24.final"), "epochs": 24,
            "patience": 100, "learning_rate": 1e-4, "final_learning_rate": 1e-5}
 
