@@ -15,6 +15,16 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def load_script(name):
+    """``scripts/NAME.py`` imported as a module (its functions, without running it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def shared_data(*parts):
     """A path under ../shared/data, or skip the test with the reason when it is absent."""
     path = SHARED_DATA.joinpath(*parts)

@@ -7,7 +7,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from conftest import toy_knee, write_dicom_series
+from conftest import load_script, toy_knee, write_dicom_series
 from kneeseg import dicom_seg, io
 from kneeseg.errors import InputError
 from kneeseg.labels import SEPARATE_BONES
@@ -110,11 +110,7 @@ def demo_series():
     does (pip, hash-checked, into the same .demo folder) when absent, skipped only when pip cannot reach
     the package index, so a fresh clone in CI runs it."""
     if not DEMO_SERIES.is_dir():
-        import importlib.util
-
-        spec = importlib.util.spec_from_file_location("kneeseg_demo", REPO / "scripts" / "demo.py")
-        demo = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(demo)
+        demo = load_script("demo")
         try:
             demo.fetch_sample(DEMO_SERIES.parent)
         except (Exception, SystemExit) as exc:  # offline: pip cannot reach the package index

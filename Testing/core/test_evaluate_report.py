@@ -1,24 +1,12 @@
 """``make eval``'s real-volume section (scripts/evaluate_default.py): the default and each plane alone."""
-import importlib.util
-from pathlib import Path
-
 import SimpleITK as sitk
 
-from conftest import toy_knee
+from conftest import load_script, toy_knee
 from kneeseg.bundle import load_bundle
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "evaluate_default.py"
-
-
-def _evaluate_default():
-    spec = importlib.util.spec_from_file_location("evaluate_default", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_each_real_volume_is_segmented_tri_planar_and_by_each_plane_alone_with_sheets_for_two(tiny_bundle, tmp_path):
-    evaluate_default = _evaluate_default()
+    evaluate_default = load_script("evaluate_default")
     volumes, docs = tmp_path / "volumes", tmp_path / "docs"
     volumes.mkdir(), docs.mkdir()
     image, _ = toy_knee(seed=7, size=(48, 48, 40), spacing=(1.5, 1.5, 1.5))

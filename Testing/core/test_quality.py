@@ -13,7 +13,7 @@ from kneeseg.postprocess import cleanup, fusion
 from kneeseg.preprocess.centre import image_centre
 from kneeseg.preprocess.frame import model_frame, resample_from_frame
 from kneeseg.specs import FrameSpec
-from conftest import toy_knee
+from conftest import load_script, toy_knee
 
 
 def _dice(a, b):
@@ -201,13 +201,7 @@ def test_quality_against_dice_ranks_and_counts_flagged_cases_in_the_worst_quarti
 
 
 def test_make_eval_writes_the_quality_section_for_each_data_set_that_has_one(tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[2] / "scripts" / "evaluate_default.py"
-    spec = importlib.util.spec_from_file_location("evaluate_default", script)
-    evaluate_default = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(evaluate_default)
+    evaluate_default = load_script("evaluate_default")
     q = {"n": 102, "threshold": quality.FLAG_BELOW, "spearman": 0.623, "p_value": 1e-9, "worst_quartile_dice": 0.43,
          "n_worst_quartile": 26, "n_flagged": 24, "n_flagged_in_worst_quartile": 18, "mean_dice_flagged": 0.23,
          "mean_dice_unflagged": 0.71}
@@ -270,7 +264,6 @@ def test_the_sweep_counts_flags_at_each_threshold_and_the_rule_picks_the_highest
 
 
 def test_the_report_counts_flags_by_the_current_threshold_and_can_be_written_again_without_measuring(tmp_path):
-    import importlib.util
     import json
     import subprocess
     import sys
@@ -278,10 +271,8 @@ def test_the_report_counts_flags_by_the_current_threshold_and_can_be_written_aga
 
     from kneeseg.workflows.evaluate import quality_vs_dice
 
-    script = Path(__file__).resolve().parents[2] / "scripts" / "evaluate_default.py"
-    spec = importlib.util.spec_from_file_location("evaluate_default", script)
-    evaluate_default = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(evaluate_default)
+    evaluate_default = load_script("evaluate_default")
+    script = Path(evaluate_default.__file__)
     dice = [0.1, 0.2, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
     # Flags made at some other threshold (all 8): the report counts by the shipped threshold instead.
     q = quality_vs_dice([{"quality_score": d, "quality_flag": True, "mean_dice": d} for d in dice])

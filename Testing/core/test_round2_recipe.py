@@ -1,13 +1,12 @@
 """The round-2 recipe (scripts/train_default.py round2, issue 12): its split file and settings."""
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-from conftest import shared_data
+from conftest import load_script, shared_data
 from kneeseg.datasets import read_split
 from kneeseg.errors import InputError
 from kneeseg.synth import DEFAULT_SOURCES, synthesis_config
@@ -17,10 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _recipe():
-    spec = importlib.util.spec_from_file_location("train_default", REPO / "scripts" / "train_default.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_default")
 
 
 def _changed_synthesis(config, reference):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import load_script
 from kneeseg.errors import InputError
 from kneeseg.geometry import frame_points
 from kneeseg.specs import FrameSpec
@@ -778,13 +779,7 @@ def test_paired_comparison_matches_cases_by_id_and_counts_each_subject():
 
 
 def _compare_script():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[2] / "scripts" / "compare_models.py"
-    spec = importlib.util.spec_from_file_location("compare_models", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("compare_models")
 
 
 def test_the_model_comparison_script_scores_both_bundles_on_the_same_volumes(phantom_cache, monkeypatch, tmp_path,
