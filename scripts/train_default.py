@@ -506,6 +506,22 @@ round25 = _plain_fine_tune("round25")
 round26 = _plain_fine_tune("round26")
 
 
+# Rounds 27 and 28: a paired probe on two CPU cores of the slice's position as input (issue 12, "edge slices and
+# context"). Round 25's coronal and axial planes label the DESS thigh muscle femur and the tibial plateau femur
+# slice by slice: a coronal or axial slice alone does not know where along the limb it lies. Round 27 gives the
+# network two more channels, each slice's distance from the knee centre and whether it is known
+# (NetworkSpec.slice_position; the weights of the new channels start at zero, so it starts out as round 24), and
+# continues round 24's measured bundle for 9,600 slices at round 24's batch and learning rate. Round 28 is its
+# control: the same run (same seed, so the same images) without the position. The question: does the axial and
+# coronal plane alone label femur and tibia better with the position, on held-out synthetic volumes and on DESS?
+ROUND27 = {**ROUND24, "seed": 27, "init_from": str(REPO / "build" / "round24.final"), "epochs": 12,
+           "slice_position": True}
+ROUND28 = {key: value for key, value in ROUND27.items() if key != "slice_position"}
+
+round27 = _plain_fine_tune("round27")
+round28 = _plain_fine_tune("round28")
+
+
 # Each fine-tune's subcommand: what it runs, its help line and its parser options (fine_tune_parser).
 # The newest is finalize's default recipe.
 FINE_TUNES = {
@@ -555,6 +571,10 @@ FINE_TUNES = {
     "round25": (round25, "round 25: round 24 trained longer with batch 32 (a GPU run: scripts/gpu_fine_tune.sh "
                 "round25); rerun to continue", {"init_from": True}),
     "round26": (round26, "round 26: round 25 with another seed and 16 epochs (a GPU run); rerun to continue",
+                {"init_from": True}),
+    "round27": (round27, "round 27: a probe, round 24 continued with each slice's distance from the knee centre "
+                "as input; rerun to continue", {"init_from": True}),
+    "round28": (round28, "round 28: round 27's control, the same run without the position; rerun to continue",
                 {"init_from": True}),
 }
 

@@ -257,6 +257,9 @@ TRAIN_OPTIONS = (
     _trained(("--depth",), "depth", "U-Net levels (poolings)", type=int, setting="depth"),
     _trained(("--context-slices",), "context_slices", "2.5D: neighbouring slices on each side the network sees "
              "as extra channels (0: the slice alone)", type=int, setting="context_slices"),
+    _trained(("--slice-position",), "slice_position", "two more input channels tell the network each slice's "
+             "distance from the knee centre (coronal and axial slices alone cannot tell thigh from calf)",
+             action=STORE_TRUE, setting="slice_position"),
     _trained(("--input-size",), "input_size", "pixels per side of the network's square input", type=int,
              setting="input_size"),
     _trained(("--planes",), "planes", "comma-separated slice planes to train on (and fuse at inference)",

@@ -19,7 +19,7 @@ from .augment import AugmentConfig, augment_batch
 from .errors import InputError
 from .io import read_volume, same_geometry
 from .preprocess.centre import knee_centre_from_labels
-from .preprocess.frame import context_index, model_frame, resample_to_frame
+from .preprocess.frame import context_index, model_frame, position_channels, resample_to_frame, slice_positions_mm
 from .preprocess.intensity import population_statistics, standardize
 from .specs import FrameSpec
 
@@ -169,11 +169,13 @@ class PairedSlices:
     Slices showing bone are drawn with probability ``bone_fraction`` (the rest from all slices), so
     the many empty slices at the edges of a volume do not dominate the batches. ``context_slices``:
     each slice comes with that many neighbours of its own frame on each side as channels, as
-    inference gives them (``preprocess.frame.with_context``).
+    inference gives them (``preprocess.frame.with_context``). ``slice_position``: and with their
+    distance from the knee centre of the labels (``preprocess.frame.position_channels``).
     """
 
     def __init__(self, pairs, frame: FrameSpec = FrameSpec(), batch_size=8, seed=0, augment=True, steps=None,
-                 merged=False, augment_config=AugmentConfig(), bone_fraction=0.8, population=None, context_slices=0):
+                 merged=False, augment_config=AugmentConfig(), bone_fraction=0.8, population=None, context_slices=0,
+                 slice_position=False):
         """Slices of every plane of ``frame``, cut as inference cuts them (window, pixels, slice spacing).
         ``population``: None for per-volume standardisation, "compute" to standardise with the mean
         and standard deviation of these volumes (then in ``self.population``), or a (mean, std) pair
@@ -182,7 +184,7 @@ class PairedSlices:
 
         self.batch_size, self.seed, self.augment = batch_size, seed, augment
         self.augment_config = augment_config
-        raw, labels = [], []
+        raw, labels, positions = [], [], []
         for pair in pairs:
             image, label = load_pair(pair)
             centre = knee_centre_from_labels(label)
@@ -191,6 +193,7 @@ class PairedSlices:
                 raw.append(sitk.GetArrayFromImage(resample_to_frame(image, grid)))
                 lab = sitk.GetArrayFromImage(resample_to_frame(label, grid, "nearest"))
                 labels.append((lab > 0).astype(np.uint8) if merged else lab)
+                positions.append(slice_positions_mm(grid, centre))
         clip = frame.normalisation.clip_percentiles
         self.population = population_statistics(raw, clip) if population == "compute" else population
         mean, std = self.population if self.population is not None else (None, None)
@@ -198,6 +201,7 @@ class PairedSlices:
         self.images = np.concatenate(images)
         self.labels = np.concatenate(labels)
         self.context_slices = int(context_slices)
+        self.positions_mm = np.concatenate(positions) if slice_position else None
         # each slice's own frame, as (first, last) slice indices: neighbours never cross into another frame
         sizes = np.array([len(a) for a in images])
         ends = np.cumsum(sizes)
@@ -219,6 +223,8 @@ class PairedSlices:
         y = self.labels[pick]
         if self.augment:
             x, y = augment_batch(x, y, rng, self.augment_config)
+        if self.positions_mm is not None:  # after the augmentation: it would move and scale them as pixels
+            x = position_channels(x, self.positions_mm[pick])
         return x, y
 
     def _with_context(self, pick):

@@ -21,8 +21,8 @@ from .postprocess.cleanup import bone_volumes_ml, clean_labelmap, keep_largest_c
 from .postprocess.fusion import PlaneProbabilities, class_plane_weights, fuse_frames
 from .preprocess import intensity
 from .preprocess.centre import centre_by_intensity, image_centre, knee_centre
-from .preprocess.frame import (model_frame, pad_slices, physical_bounds, resample_to_frame, subsample_slices,
-                               unpad_slices, upsample_slices, with_context)
+from .preprocess.frame import (model_frame, pad_slices, physical_bounds, position_channels, resample_to_frame,
+                               slice_positions_mm, subsample_slices, unpad_slices, upsample_slices, with_context)
 from .progress import NO_PROGRESS
 from .specs import FUSIONS
 
@@ -200,15 +200,21 @@ def _check_cancel(cancel):
         raise Cancelled("segmentation cancelled")
 
 
-def predict_frame(predictor, frame_array, card, batch_size=8, cancel=None):
-    """Class probabilities for a normalised model-frame array (slices, rows, cols) -> (..., classes)."""
+def predict_frame(predictor, frame_array, card, batch_size=8, cancel=None, positions_mm=None):
+    """Class probabilities for a normalised model-frame array (slices, rows, cols) -> (..., classes).
+
+    ``positions_mm``: each slice's distance from the knee centre (:func:`slice_positions_mm`), for a
+    network that takes it (``slice_position``); None: not known."""
     if card.network.dims == 3:
         return _predict_volume_3d(predictor, frame_array)
     out = []
     n = frame_array.shape[0]
     for start in range(0, n, batch_size):
         _check_cancel(cancel)
-        batch = with_context(frame_array, card.network.context_slices, start, min(start + batch_size, n))
+        stop = min(start + batch_size, n)
+        batch = with_context(frame_array, card.network.context_slices, start, stop)
+        if card.network.slice_position:
+            batch = position_channels(batch, None if positions_mm is None else positions_mm[start:stop])
         out.append(predictor(batch.astype(np.float32)))
     return np.concatenate(out, axis=0)
 
@@ -229,8 +235,10 @@ def _probabilities(probs):
     return probs
 
 
-def frame_probabilities(image, predictor, card, plane, centre, batch_size=8, cancel=None):
-    """(frame, probabilities on the frame) for one plane."""
+def frame_probabilities(image, predictor, card, plane, centre, batch_size=8, cancel=None, centre_known=True):
+    """(frame, probabilities on the frame) for one plane. ``centre_known``: ``centre`` is the knee
+    centre (else only where the frame is put), so each slice's distance from it is given to a network
+    that takes it."""
     import SimpleITK as sitk
 
     spec = card.frame
@@ -238,7 +246,8 @@ def frame_probabilities(image, predictor, card, plane, centre, batch_size=8, can
     array = sitk.GetArrayFromImage(resample_to_frame(image, frame))
     mean, std = spec.normalisation.statistics
     array = intensity.standardize(array, mean, std, clip_percentiles=spec.normalisation.clip_percentiles)
-    return frame, _probabilities(predict_frame(predictor, array, card, batch_size, cancel))
+    positions = slice_positions_mm(frame, centre) if centre_known else None
+    return frame, _probabilities(predict_frame(predictor, array, card, batch_size, cancel, positions))
 
 
 COARSE_SLICES = 24
@@ -263,31 +272,34 @@ def detect_knee_centre(image, predictor, card, batch_size=8):
     coarse_slice_mm = max(3.0, extent / COARSE_SLICES)
     coarse = card.with_frame(window_mm=extent, min_slice_mm=coarse_slice_mm)
     plane = card.frame.planes[0]
-    frame, probs = frame_probabilities(image, predictor, coarse, plane, image_centre(image), batch_size)
+    frame, probs = frame_probabilities(image, predictor, coarse, plane, image_centre(image), batch_size,
+                                       centre_known=False)
     bones = clean_labelmap(np.argmax(probs, axis=-1), (names["Femur"], names["Tibia"]), fill=False)
     return knee_centre(bones, frame.grid, names["Femur"], names["Tibia"], min_voxels=MIN_BONE_VOXELS)
 
 
 def find_centre(image, predictor, card, how="auto", batch_size=8):
-    """The knee centre by ``how``; "auto" is the model's first pass, else the field of view's centre.
+    """(centre, known): the knee centre by ``how``; "auto" is the model's first pass, else the field of
+    view's centre. ``known``: the centre is where femur and tibia meet (the model's, or a point the
+    caller gave), not the field of view's or the body's centre (a guess).
 
     On the real labelled slices (docs/evaluation.md) the model's estimate was the closest to the true
     femur-tibia junction (median 3 mm), the field-of-view centre the best fallback (9 mm), and the
     body centroid the worst (22 mm: the thigh pulls it up).
     """
     if not isinstance(how, str):
-        return tuple(float(c) for c in how)
+        return tuple(float(c) for c in how), True
     if how == "image":
-        return image_centre(image)
+        return image_centre(image), False
     if how == "intensity":
-        return centre_by_intensity(image)
+        return centre_by_intensity(image), False
     if how in ("auto", "model"):
         centre = detect_knee_centre(image, predictor, card, batch_size)
         if centre is not None:
-            return centre
+            return centre, True
         if how == "model":
             raise InputError("the model found no femur and tibia to centre on; try --centre image")
-        return image_centre(image)
+        return image_centre(image), False
     raise InputError(f"unknown centre method {how!r}")
 
 
@@ -361,14 +373,16 @@ def plane_predictions(image, bundle, predictor, options: SegmentOptions, planes,
 
     progress("centre", 0.15, "finding the knee centre")
     t = time.perf_counter()
-    centre = find_centre(work, predictor, card, options.centre, options.batch_size)
+    centre, known = find_centre(work, predictor, card, options.centre, options.batch_size)
     timings["centre"] = time.perf_counter() - t
+    known = known and not options.single_slice  # one slice: its distance from the centre is not known
 
     frames = []
     for i, plane in enumerate(planes):
         progress("network", 0.2 + 0.6 * i / len(planes), f"predicting {plane} slices")
         t = time.perf_counter()
-        frame, probs = frame_probabilities(work, predictor, card, plane, centre, options.batch_size, cancel)
+        frame, probs = frame_probabilities(work, predictor, card, plane, centre, options.batch_size, cancel,
+                                           centre_known=known)
         frames.append(PlaneProbabilities(frame, probs, image))  # bone channels only: less memory
         del probs
         timings[f"network_{plane}"] = time.perf_counter() - t

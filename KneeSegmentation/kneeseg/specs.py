@@ -143,6 +143,7 @@ class FrameSpec:
 
 
 OUTPUTS = ("separate", "merged")
+POSITION_CHANNELS = 2  # the slice's distance from the knee centre, and whether that is known
 FUSIONS = ("weighted", "mean")  # tri-planar fusion: the bundle's fitted per-class plane weights, or the plain mean
 
 
@@ -152,7 +153,12 @@ class NetworkSpec:
     the bottleneck, ``output`` "separate" (softmax over ``n_classes`` = background + bones) or
     "merged" (one sigmoid bone channel). ``n_slices``: the 3D network's slab depth (None: any).
     ``context_slices``: a 2D network's context across slices (2.5D): it sees this many neighbouring
-    slices on each side of the one it labels, as extra input channels (0: the slice alone)."""
+    slices on each side of the one it labels, as extra input channels (0: the slice alone).
+    ``slice_position``: two more channels tell a 2D network where its slice lies along the plane's
+    normal: the signed distance from the knee centre (``preprocess.frame.position_channels``) and
+    whether it is known (a single slice, or the first pass that looks for the centre, has none). A
+    coronal or axial slice alone cannot tell a thigh from a calf or the tibial plateau from the femoral
+    condyles; its position can."""
 
     dims: int = 2
     n_classes: int = 5
@@ -162,6 +168,7 @@ class NetworkSpec:
     output: str = "separate"
     n_slices: int = None
     context_slices: int = 0
+    slice_position: bool = False
 
     def __post_init__(self):
         if isinstance(self.dims, bool) or self.dims not in (2, 3):
@@ -180,11 +187,20 @@ class NetworkSpec:
         check_int("context_slices", self.context_slices, 0, 8)
         if self.context_slices and self.dims != 2:
             raise SpecError("context_slices", "neighbouring slices as channels are for a 2D network (dims 2)")
+        check_bool("slice_position", self.slice_position)
+        if self.slice_position and self.dims != 2:
+            raise SpecError("slice_position", "the slice's position as channels is for a 2D network (dims 2)")
+
+    @property
+    def input_channels_of_slices(self) -> int:
+        """Image channels of one input: the slice and its ``context_slices`` neighbours on each side."""
+        return 2 * self.context_slices + 1
 
     @property
     def input_channels(self) -> int:
-        """Channels of one input slice: the slice and its ``context_slices`` neighbours on each side."""
-        return 2 * self.context_slices + 1
+        """Channels of one input slice: the slice and its ``context_slices`` neighbours on each side,
+        then the two position channels when ``slice_position``."""
+        return self.input_channels_of_slices + (POSITION_CHANNELS if self.slice_position else 0)
 
     def check_input_size(self, size: int):
         """The input must halve ``depth`` times without remainder."""
@@ -260,7 +276,7 @@ class Recipe:
         return float(self.learning_rate * ratio ** (min(epoch, self.epochs - 1) / (self.epochs - 1)))
 
 
-NETWORK_SETTINGS = ("dims", "output", "filters", "depth", "dropout", "context_slices")  # flat name = NetworkSpec field
+NETWORK_SETTINGS = ("dims", "output", "filters", "depth", "dropout", "context_slices", "slice_position")  # flat name = NetworkSpec field
 FRAME_SETTINGS = {"input_size": "size", "planes": "planes", "window_mm": "window_mm", "min_slice_mm": "min_slice_mm"}
 
 

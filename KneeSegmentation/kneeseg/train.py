@@ -80,12 +80,14 @@ class TrainConfig:
             raise InputError(f"training setting {exc}") from None
 
     def to_flat(self) -> dict:
-        """The flat settings, JSON-able, in the layout cards and ``state.json`` have always had."""
+        """The flat settings, JSON-able, in the layout cards and ``state.json`` have always had
+        (``slice_position`` only when on, so that older runs' state files still match)."""
         network, frame = self.network, self.frame
         return _jsonable({"dims": network.dims, "output": network.output, "filters": network.filters,
                           "depth": network.depth, "dropout": network.dropout,
                           "context_slices": network.context_slices, "input_size": frame.size,
                           "planes": frame.planes, "window_mm": frame.window_mm, "min_slice_mm": frame.min_slice_mm,
+                          **({"slice_position": True} if network.slice_position else {}),
                           **asdict(self.recipe)})
 
 
@@ -301,7 +303,7 @@ def fit(config: TrainConfig, labels, train_source, val_source, work_dir, progres
         else:
             model = build_and_compile(config, labels)
             if recipe.init_from:
-                _load_initial_weights(model, recipe.init_from)
+                _load_initial_weights(model, recipe.init_from, config.network)
     initial_epoch = state["epoch"] + 1
     to_train = initial_epoch < recipe.last_epoch and not state.get("stopped_early")
     if to_train or (state.get("averaged_epochs") and "average_val_mean_dice" not in state):
@@ -350,32 +352,39 @@ def check_start_bundle(config: TrainConfig, work_dir):
         load_bundle(config.recipe.init_from)
 
 
-def _load_initial_weights(model, bundle_path):
+def _load_initial_weights(model, bundle_path, network: NetworkSpec):
     """Start from a bundle's weights (checksum verified); the architectures must match, except that a
-    single-slice network may start a 2.5D one (:func:`widen_input`)."""
+    network may take more input channels than the bundle's (:func:`widen_input`)."""
 
-    source = load_bundle(bundle_path).load_keras_model()
-    weights = source.get_weights()
+    start = load_bundle(bundle_path)
+    weights = start.load_keras_model().get_weights()
     shapes = [w.shape for w in model.get_weights()]
     if weights and shapes and [w.shape for w in weights[1:]] == shapes[1:]:
-        weights[0] = widen_input(weights[0], shapes[0])
+        weights[0] = widen_input(weights[0], start.card.network, network)
     if [w.shape for w in weights] != shapes:
         raise BundleError("its network differs from the one configured for training (filters, depth, input size "
                           "and output must match to fine-tune)", bundle_path)
     model.set_weights(weights)
 
 
-def widen_input(kernel, shape):
-    """A single-slice network's first convolution kernel (kh, kw, 1, filters) as one of a network with
-    neighbouring slices as channels (kh, kw, 2c+1, filters): the old kernel on the middle channel,
-    zeros on the neighbours, so the wider network starts out computing exactly what the narrow one
-    did. Any other kernel is returned unchanged."""
+def widen_input(kernel, source: NetworkSpec, target: NetworkSpec):
+    """The first convolution kernel (kh, kw, channels, filters) of a ``source`` network as one of a
+    ``target`` network that takes more input channels, with zeros for the new ones, so that it starts
+    out computing exactly what the source did: a single-slice kernel goes on the middle of the
+    target's neighbouring slices (2.5D), and the position channels (``slice_position``) are added
+    after the slices. Any other kernel (nothing to add, or channels the target would drop) is returned
+    unchanged."""
     kernel = np.asarray(kernel)
-    if kernel.ndim != 4 or len(shape) != 4 or kernel.shape[2] != 1 or shape[2] % 2 != 1 or shape[2] == 1 \
-            or kernel.shape[:2] != tuple(shape[:2]) or kernel.shape[3] != shape[3]:
+    slices_in, slices_out = source.input_channels_of_slices, target.input_channels_of_slices
+    drops_position = source.slice_position and not target.slice_position
+    if kernel.ndim != 4 or kernel.shape[2] != source.input_channels or drops_position \
+            or slices_in not in (1, slices_out) or source.input_channels == target.input_channels:
         return kernel
-    wide = np.zeros(shape, kernel.dtype)
-    wide[:, :, shape[2] // 2] = kernel[:, :, 0]
+    wide = np.zeros(kernel.shape[:2] + (target.input_channels,) + kernel.shape[3:], kernel.dtype)
+    first = (slices_out - slices_in) // 2  # the single slice on the middle channel
+    wide[:, :, first:first + slices_in] = kernel[:, :, :slices_in]
+    if source.slice_position:
+        wide[:, :, slices_out:] = kernel[:, :, slices_in:]
     return wide
 
 

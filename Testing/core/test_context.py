@@ -74,13 +74,14 @@ def test_a_single_slice_kernel_starts_a_wider_network_computing_the_same():
     narrow = build_model(NetworkSpec(filters=4, depth=2), 32)
     wide = build_model(NetworkSpec(filters=4, depth=2, context_slices=1), 32)
     weights = narrow.get_weights()
-    weights[0] = widen_input(weights[0], wide.get_weights()[0].shape)
+    weights[0] = widen_input(weights[0], NetworkSpec(filters=4, depth=2), NetworkSpec(filters=4, depth=2,
+                                                                                     context_slices=1))
     wide.set_weights(weights)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(wide.predict(x, verbose=0), narrow.predict(x[..., 1:2], verbose=0), atol=1e-5)
-    other = rng.normal(size=(3, 3, 2, 4))
-    assert widen_input(other, (3, 3, 3, 4)) is not None and widen_input(other, (3, 3, 3, 4)).shape == (3, 3, 2, 4)
+    other = rng.normal(size=(3, 3, 3, 4))  # a 2.5D kernel cannot start a network of other context: unchanged
+    assert widen_input(other, NetworkSpec(context_slices=1), NetworkSpec(context_slices=2)).shape == (3, 3, 3, 4)
 
 
 def test_inference_gives_the_network_each_slice_between_its_neighbours():

@@ -123,7 +123,7 @@ def test_the_first_pass_centre_ignores_a_stray_piece_of_bone(monkeypatch):
     stray_map = sitk.GetImageFromArray(with_stray)
     stray_map.CopyInformation(truth)
 
-    def labels_as_probabilities(image, predictor, card, plane, centre, batch_size=8, cancel=None):
+    def labels_as_probabilities(image, predictor, card, plane, centre, batch_size=8, cancel=None, centre_known=True):
         frame = model_frame(image, plane, centre, card.frame)
         on_frame = sitk.GetArrayFromImage(resample_to_frame(stray_map, frame, "nearest"))
         return frame, np.eye(5, dtype=np.float32)[on_frame]

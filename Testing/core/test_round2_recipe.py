@@ -336,6 +336,20 @@ def test_rounds_25_and_26_continue_round24_with_round22s_data_and_batch_24x_and_
     assert replicate.recipe.last_epoch == 16
 
 
+def test_rounds_27_and_28_are_one_run_of_round24s_recipe_with_and_without_the_slice_position():
+    recipe = _recipe()
+    probe, control = TrainConfig.from_flat(**recipe.ROUND27), TrainConfig.from_flat(**recipe.ROUND28)
+    round24 = TrainConfig.from_flat(**recipe.ROUND24)
+    assert probe.network.slice_position and not control.network.slice_position
+    assert control.network == round24.network and control.frame == probe.frame == round24.frame
+    assert probe.recipe == control.recipe  # the same seed: the same synthetic images in both runs
+    assert probe.recipe.init_from == str(recipe.REPO / "build" / "round24.final")
+    assert _changed_synthesis(probe, round24) == set()
+    changed = {k for k in recipe.ROUND27 if recipe.ROUND27[k] != recipe.ROUND24.get(k)}
+    assert changed == {"seed", "init_from", "epochs", "slice_position"}
+    assert probe.recipe.batch_size * probe.recipe.steps_per_epoch * probe.recipe.last_epoch == 9_600
+
+
 def test_the_round15_chain_is_rounds_8_9_11_12_15_with_12_and_15_cut_where_their_time_limit_cut_them():
     recipe = _recipe()
     assert [name for name, _ in recipe.ROUND15_CHAIN] == ["round8", "round9", "round11", "round12", "round15"]

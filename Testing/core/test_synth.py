@@ -845,3 +845,28 @@ def test_the_model_comparison_script_scores_both_bundles_on_the_same_volumes(pha
         with pytest.raises(SystemExit):
             script.main([str(tmp_path / "before"), str(tmp_path / "after"), *bad])
         assert message in capsys.readouterr().err
+
+
+def test_synthetic_batches_carry_the_position_and_keep_the_images_of_a_run_without_it(phantom_cache):
+    from kneeseg.preprocess.frame import POSITION_SCALE_MM
+
+    cache, _, _ = phantom_cache
+    config = SynthesisConfig(position_unknown_probability=0.5)
+    with_position = make(cache, batch_size=8, n_slices_per_sample=2, seed=4, config=config, slice_position=True)
+    plain = make(cache, batch_size=8, n_slices_per_sample=2, seed=4, config=config)
+    known = []
+    for index in range(4):
+        x, y, info = with_position.batch_with_info(index)
+        x_plain, y_plain = plain.batch(index)
+        assert x.shape == (8, SIZE, SIZE, 3)
+        np.testing.assert_array_equal(x[..., 0], x_plain[..., 0])
+        np.testing.assert_array_equal(y, y_plain)
+        for k, slice_info in enumerate(info):
+            assert np.ptp(x[k, ..., 1]) == 0 and np.ptp(x[k, ..., 2]) == 0  # constant over the slice
+            if slice_info["position_mm"] is None:
+                assert x[k, 0, 0, 1:].tolist() == [0.0, 0.0]
+            else:
+                assert x[k, 0, 0, 2] == 1.0
+                assert x[k, 0, 0, 1] == pytest.approx(slice_info["position_mm"] / POSITION_SCALE_MM, abs=1e-6)
+            known.append(slice_info["position_mm"] is not None)
+    assert 0 < sum(known) < len(known)  # about half of the stacks without a position

@@ -6,7 +6,7 @@ scan's own spacing, slid back inside the scan where it would run past an edge (:
 One resample onto it (:func:`resample_to_frame`) does the reorientation, the crop and the in-plane
 resize for any scanner orientation; :func:`resample_from_frame` brings per-voxel maps back onto the
 scan's exact grid. A 2.5D network sees each slice with its neighbours
-(:func:`with_context`); a 3D network sees a frame's slices padded and thinned the thesis'
+(:func:`with_context`), and may be told where each slice lies (:func:`position_channels`); a 3D network sees a frame's slices padded and thinned the thesis'
 way (:func:`pad_slices` ... :func:`upsample_slices`).
 """
 
@@ -179,6 +179,33 @@ def context_index(centres, context: int, lo, hi):
     centres = np.asarray(centres)
     steps = np.arange(-context, context + 1)
     return np.clip(centres[:, None] + steps[None, :], np.reshape(lo, (-1, 1)), np.reshape(hi, (-1, 1)))
+
+
+POSITION_SCALE_MM = 50.0  # a slice's distance from the knee centre is given to the network in these units
+
+
+def slice_positions_mm(frame: Frame, centre) -> np.ndarray:
+    """Each slice's signed distance (mm) from ``centre`` along ``frame``'s slice axis, shape (n_slices,).
+
+    The frame's own centre is not the knee centre when the window was slid back inside the scan
+    (:func:`window_centre`) or the slices were centred on the part of the scan they span."""
+    along = float((np.asarray(frame.centre, dtype=float) - np.asarray(centre, dtype=float)) @ frame.direction[:, 2])
+    return along + (np.arange(frame.n_slices) - (frame.n_slices - 1) / 2.0) * frame.slice_mm
+
+
+def position_channels(x, positions_mm=None) -> np.ndarray:
+    """``x`` (batch, rows, cols, channels) with the two position channels appended: each slice's
+    distance from the knee centre in units of :data:`POSITION_SCALE_MM`, and 1 where it is known;
+    ``positions_mm`` None (not known: a single slice, the first pass looking for the centre): both 0."""
+    x = np.asarray(x, dtype=np.float32)
+    channels = np.zeros(x.shape[:3] + (2,), np.float32)
+    if positions_mm is not None:
+        positions_mm = np.asarray(positions_mm, dtype=np.float32).reshape(-1)
+        if len(positions_mm) != len(x):
+            raise ValueError(f"{len(positions_mm)} slice positions for {len(x)} slices")
+        channels[..., 0] = (positions_mm / POSITION_SCALE_MM)[:, None, None]
+        channels[..., 1] = 1.0
+    return np.concatenate([x, channels], axis=-1)
 
 
 # --- a frame's slices for a 3D network: the thesis' z handling -------------------------------------

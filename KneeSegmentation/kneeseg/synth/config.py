@@ -82,6 +82,13 @@ class SynthesisConfig:
       thick slices along the slice axis: their thickness times ``context_gap`` apart (slice gaps);
       otherwise ``min_slice_mm`` apart with context_fine_probability (a fine scan, or a plane across
         a thick one), else a spacing in ``context_spacing_mm``.
+
+    Slice position (a network with ``slice_position``; ``synthesizer.slice_positions_mm``):
+      position_error_mm: standard deviation (clipped at three) of the error of the knee centre the
+        slice's distance is measured from, one per stack, as inference's first pass has (median 4 mm on
+        held-out synthetic volumes).
+      position_unknown_probability: a stack's position is not given (both channels 0), as for a single
+        slice or the first pass, so that the network still labels slices without it.
     """
 
     fibula_weight: float = 10.0
@@ -128,6 +135,9 @@ class SynthesisConfig:
     gamma_log_std: float = 0.3
     fov_crop_probability: float = 0.2
     fov_crop_fraction: tuple = (0.55, 1.0)
+
+    position_error_mm: float = 5.0
+    position_unknown_probability: float = 0.2
 
     context_drop_probability: float = 0.1
     context_fine_probability: float = 0.5

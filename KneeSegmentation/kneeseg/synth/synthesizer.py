@@ -8,6 +8,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..geometry import PLANES, check_plane, frame_origin, plane_direction
+from ..preprocess.frame import position_channels
 from ..preprocess.intensity import standardize
 from ..specs import FrameSpec
 from .cache import CachedLabelMap, cache_files, load_label_map
@@ -39,12 +40,13 @@ class SliceSynthesizer:
     its ``window_mm`` is the nominal field of view, which ``config.window_scale`` varies.
     ``context_slices``: each slice comes with that many neighbours on each side as channels (a 2.5D
     network), rendered from the same synthetic volume (``draws.draw_context_spacing``); the label is
-    the middle slice's.
+    the middle slice's. ``slice_position``: two more channels give each slice's distance from the knee
+    centre as inference measures it (:func:`slice_positions_mm`, ``preprocess.frame.position_channels``).
     """
 
     def __init__(self, cache, frame: FrameSpec = FrameSpec(), n_slices_per_sample: int = 4, batch_size: int = 8,
                  seed: int = 0, config: SynthesisConfig = SynthesisConfig(), steps: int = 1000, fixed: bool = False,
-                 merged: bool = False, context_slices: int = 0):
+                 merged: bool = False, context_slices: int = 0, slice_position: bool = False):
         self.files = cache_files(cache)
         if not self.files:
             raise ValueError("no cached label maps to synthesise from")
@@ -56,6 +58,7 @@ class SliceSynthesizer:
         self.steps = int(steps)
         self.fixed = bool(fixed)
         self.context_slices = int(context_slices)
+        self.slice_position = bool(slice_position)
         self.epoch = 0
         self._knee_centres, has_fibula = zip(*(self._read_summary(f) for f in self.files))
         weights = np.where(has_fibula, config.fibula_weight, 1.0)
@@ -139,13 +142,35 @@ class SliceSynthesizer:
             targets = targets[context::channels]
         else:
             x = np.repeat(x[..., None], channels, axis=-1)
+        positions = None
+        if self.slice_position:
+            positions = slice_positions_mm(np.random.default_rng(seed_sequence.spawn(1)[0]), self.config, view,
+                                           self._knee_centres[view.map_index], centres)
+            x = position_channels(x, positions)
         info = [{"source": label_map.source, "subject": label_map.subject, "plane": view.plane,
                  "pixel_mm": view.pixel_mm, "centre_mm": view.centre.tolist(), "slice_offset_mm": float(offset),
                  "mirrored": view.mirrored, "thick_axis": look.thick_axis,
                  "thickness_mm": look.thickness_mm if look.thick_axis else None,
-                 **({"context_mm": spacing} if context else {})}
-                for offset in centres]
+                 **({"context_mm": spacing} if context else {}),
+                 **({"position_mm": None if positions is None else float(positions[k])} if self.slice_position else {})}
+                for k, offset in enumerate(centres)]
         return x, targets, info
+
+
+def slice_positions_mm(rng, config: SynthesisConfig, view, knee_centre_mm, offsets_mm):
+    """Each slice's signed distance (mm) along the view's slice axis from the knee centre, as inference
+    measures it from its estimate of that centre: the true distance plus one error for the stack
+    (``config.position_error_mm``); None with ``config.position_unknown_probability`` (not known).
+
+    The view shows the label map at ``view.centre + matrix @ q`` for model-frame points ``q``, so the
+    knee centre lies at ``q = matrix^-1 (knee - view.centre)`` in the frame."""
+    unknown = rng.random() < config.position_unknown_probability
+    error = float(np.clip(rng.normal(), -3.0, 3.0)) * config.position_error_mm
+    if unknown:
+        return None
+    knee_in_frame = np.linalg.solve(view.matrix, np.asarray(knee_centre_mm, dtype=float) - view.centre)
+    along = float(knee_in_frame @ plane_direction(view.plane)[:, 2])
+    return np.asarray(offsets_mm, dtype=float) - along + error
 
 
 def fibula_centre_mm(label_map: CachedLabelMap):

@@ -38,7 +38,8 @@ def paired_sources(config, data, progress=None):
     progress("data", 0.0, f"{len(pairs)} pairs: {len(train_ids)} train / {len(val_ids)} validation / "
              f"{len(test_ids)} test subjects")
     common = dict(frame=config.frame, batch_size=recipe.batch_size, seed=recipe.seed,
-                  merged=config.network.output == "merged", context_slices=config.network.context_slices)
+                  merged=config.network.output == "merged", context_slices=config.network.context_slices,
+                  slice_position=config.network.slice_position)
     population = "compute" if recipe.normalisation == "population" else None
     train_source = PairedSlices([p for p in pairs if p.subject in train_ids], augment=recipe.augment,
                                 steps=recipe.steps_per_epoch, population=population, **common)
@@ -71,7 +72,8 @@ def synthetic_sources(config, cache, progress=None):
         return [Path(cache) / e["file"] for e in entries if e["subject"] in ids]
 
     common = dict(frame=config.frame, batch_size=recipe.batch_size, config=synth.synthesis_config(recipe.synthesis),
-                  merged=config.network.output == "merged", context_slices=config.network.context_slices)
+                  merged=config.network.output == "merged", context_slices=config.network.context_slices,
+                  slice_position=config.network.slice_position)
     train_source = synth.SliceSynthesizer(files(train_ids), seed=recipe.seed, steps=recipe.steps_per_epoch, **common)
     val_source = synth.SliceSynthesizer(files(val_ids), seed=recipe.seed + 10_000, steps=recipe.validation_steps,
                                         fixed=True, **common)
