@@ -610,9 +610,7 @@ def finalize(args):
                                         "metrics": start.metrics}}
         if args.recipe == "round15-chain":
             training["chain"] = chain_record(Path(args.bundle).parent)
-    context = trained.card.network.context_slices
-    kind = f"2.5D U-Net (each slice with {context} neighbour(s) on each side as channels; " if context else "2D U-Net ("
-    description = (f"{kind}thesis architecture, {trained.card.network.filters} filters, "
+    description = (f"{trained.card.network.kind} (thesis architecture, {trained.card.network.filters} filters, "
                    f"{model.count_params():,} parameters) trained only on images synthesised from real knee "
                    "label maps (domain randomisation); tri-planar fusion at inference")
     card = dataclasses.replace(trained.card, training=training, description=description, metrics={})

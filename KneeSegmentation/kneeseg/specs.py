@@ -192,6 +192,13 @@ class NetworkSpec:
             raise SpecError("slice_position", "the slice's position as channels is for a 2D network (dims 2)")
 
     @property
+    def kind(self) -> str:
+        """What the network sees, in words (the model summary, a card's description)."""
+        kind = (f"2.5D U-Net: each slice with {self.context_slices} neighbour(s) on each side" if self.context_slices
+                else f"{self.dims}D U-Net")
+        return kind + (", told each slice's distance from the knee centre" if self.slice_position else "")
+
+    @property
     def input_channels_of_slices(self) -> int:
         """Image channels of one input: the slice and its ``context_slices`` neighbours on each side."""
         return 2 * self.context_slices + 1

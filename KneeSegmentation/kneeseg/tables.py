@@ -94,10 +94,7 @@ def card_table(card, location) -> str:
     if card.description:
         lines.append(f"  {card.description}")
     lines.append("  bones: " + ", ".join(f"{label.name}={label.value}" for label in card.labels))
-    context = card.network.context_slices
-    kind = (f"2.5D U-Net: each slice with {context} neighbour(s) on each side" if context
-            else f"{card.network.dims}D U-Net")
-    lines.append(f"  planes: {', '.join(card.frame.planes)}  ({kind}, "
+    lines.append(f"  planes: {', '.join(card.frame.planes)}  ({card.network.kind}, "
                  f"input {card.frame.size}x{card.frame.size}, window {card.frame.window_mm} mm)")
     if len(card.frame.planes) > 1:
         lines.append("  fusion: " + _fusion_line(card))

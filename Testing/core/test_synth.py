@@ -870,3 +870,37 @@ def test_synthetic_batches_carry_the_position_and_keep_the_images_of_a_run_witho
                 assert x[k, 0, 0, 1] == pytest.approx(slice_info["position_mm"] / POSITION_SCALE_MM, abs=1e-6)
             known.append(slice_info["position_mm"] is not None)
     assert 0 < sum(known) < len(known)  # about half of the stacks without a position
+
+
+def test_the_plane_comparison_runs_each_plane_alone_and_the_default_on_the_same_volumes(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    import kneeseg.bundle
+    from kneeseg.synth import EVALUATION_CONFIG, EVALUATION_CONFIG_RIM_OUTSIDE
+    from kneeseg.workflows import evaluate
+
+    calls = []
+
+    def evaluate_synthetic(bundle, cache, n_cases, options=None, config=None):
+        calls.append((bundle.name, n_cases, options.planes, config))
+        dice = {None: 0.9, ("sagittal",): 0.8, ("axial",): 0.5}[options.planes]
+        return {measure: {"Femur": {"mean": dice}, "Tibia": {"mean": dice - 0.1}}
+                for measure in ("dice", "volume_ratio", "signed_surface_mm")}
+
+    monkeypatch.setattr(evaluate, "evaluate_synthetic", evaluate_synthetic)
+    monkeypatch.setattr(kneeseg.bundle, "load_bundle", lambda folder: SimpleNamespace(name=Path(folder).name))
+    script = load_script("compare_planes")
+    out = tmp_path / "planes.json"
+    script.main(["a=build/one", "b=build/two", "--cache", "c", "--volumes", "3", "--planes", "sagittal", "axial",
+                 "fused", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert [c[:3] for c in calls] == [(name, 3, planes) for name in ("one", "two")
+                                      for planes in (("sagittal",), ("axial",), None)]
+    assert all(c[3] is EVALUATION_CONFIG_RIM_OUTSIDE for c in calls)
+    rows = result["bundles"]["b"]["synthetic"]
+    assert rows["axial"]["dice"] == {"Femur": 0.5, "Tibia": 0.4} and rows["fused"]["dice"]["Femur"] == 0.9
+    calls.clear()
+    script.main(["a=build/one", "--cache", "c", "--planes", "sagittal", "--rim-inside", "--out", str(out)])
+    assert calls[0][3] is EVALUATION_CONFIG
+    with pytest.raises(SystemExit):
+        script.main(["build/one", "--cache", "c", "--out", str(out)])  # no NAME=
