@@ -100,7 +100,7 @@ class Card:
         if self.network.context_slices:  # written only when used: older readers keep reading 2D cards
             model["context_slices"] = self.network.context_slices
         if self.network.slice_position:
-            model["slice_position"] = True
+            model["slice_position"] = self.network.slice_position
         preprocessing = {**self.raw.get("preprocessing", {}), "planes": list(self.frame.planes),
                          "window_mm": self.frame.window_mm, "min_slice_mm": self.frame.min_slice_mm,
                          "n4": self.n4, "n4_settings": dict(self.n4_settings)}

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from .errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK, Cancelled, InputError, MissingPackage
 from .geometry import PLANES
 from .progress import Progress
-from .specs import FUSIONS, NORMALISATION_MODES, OUTPUTS, setting_defaults
+from .specs import FUSIONS, NORMALISATION_MODES, OUTPUTS, SLICE_POSITIONS, setting_defaults
 
 __all__ = [
     "EXIT_OK", "EXIT_INTERNAL", "EXIT_BAD_INPUT", "EXIT_CANCELLED", "PROGRESS_MODES", "DEVICES", "PLANES",
@@ -258,8 +258,9 @@ TRAIN_OPTIONS = (
     _trained(("--context-slices",), "context_slices", "2.5D: neighbouring slices on each side the network sees "
              "as extra channels (0: the slice alone)", type=int, setting="context_slices"),
     _trained(("--slice-position",), "slice_position", "two more input channels tell the network each slice's "
-             "distance from the knee centre (coronal and axial slices alone cannot tell thigh from calf)",
-             action=STORE_TRUE, setting="slice_position"),
+             "distance from the knee centre (a coronal or axial slice alone cannot tell thigh from calf), entering "
+             "beside the image at the input or as a bias of the bottleneck (default: not given)",
+             setting="slice_position", choices=SLICE_POSITIONS),
     _trained(("--input-size",), "input_size", "pixels per side of the network's square input", type=int,
              setting="input_size"),
     _trained(("--planes",), "planes", "comma-separated slice planes to train on (and fuse at inference)",

@@ -9,7 +9,7 @@ With 4 levels and 32 filters it has 195k parameters.
 import keras
 from keras import layers
 
-from .specs import FrameSpec, NetworkSpec
+from .specs import POSITION_CHANNELS, FrameSpec, NetworkSpec
 
 _NETWORK, _FRAME = NetworkSpec(), FrameSpec()  # the builders' defaults are the specs' own
 
@@ -27,6 +27,16 @@ def _head(x, n_classes, output, conv, name="head"):
     return conv(n_classes, 1, activation="softmax", name=name, dtype="float32")(x)
 
 
+def _position_bias(position, filters):
+    """A bias per bottleneck filter from the position channels (constant over a slice): a small dense
+    embedding, its last layer starting at zero so that a network fine-tuned from one without the
+    position starts out computing exactly what it did."""
+    p = layers.GlobalAveragePooling2D(name="position_mean")(position)
+    p = layers.Dense(filters, activation="elu", name="position_embedding")(p)
+    p = layers.Dense(filters, kernel_initializer="zeros", name="position_bias")(p)
+    return layers.Reshape((1, 1, filters), name="position_bias_map")(p)
+
+
 def _check(output, n_classes, depth, filters):
     if output not in ("merged", "separate"):
         raise ValueError(f"output must be 'merged' or 'separate', not {output!r}")
@@ -37,25 +47,30 @@ def _check(output, n_classes, depth, filters):
 
 
 def build_unet_2d(input_size=_FRAME.size, n_classes=_NETWORK.n_classes, filters=_NETWORK.filters,
-                  depth=_NETWORK.depth, dropout=_NETWORK.dropout, output=_NETWORK.output, channels=1, name="unet2d"):
+                  depth=_NETWORK.depth, dropout=_NETWORK.dropout, output=_NETWORK.output, channels=1, position=None,
+                  name="unet2d"):
     """The thesis 2D U-Net.
 
     ``depth`` poolings (levels), ``filters`` convolution filters everywhere, ``output`` "separate"
     (softmax over ``n_classes`` = background + bones) or "merged" (one sigmoid bone channel).
     ``input_size`` must be divisible by ``2**depth``. ``channels``: 1 for a slice alone, more for a
-    slice with its neighbours (2.5D; the labelled slice is the middle channel).
+    slice with its neighbours (2.5D; the labelled slice is the middle channel). ``position``: two
+    more input channels (the slice's distance from the knee centre, and whether it is known) enter at
+    the "input" (into the first convolution) or the "bottleneck" (:func:`_position_bias`).
     """
     _check(output, n_classes, depth, filters)
     if input_size % (2 ** depth):
         raise ValueError(f"input size {input_size} is not divisible by 2**depth = {2 ** depth}")
-    inputs = keras.Input((input_size, input_size, channels), name="image")
-    x = inputs
+    inputs = keras.Input((input_size, input_size, channels + (POSITION_CHANNELS if position else 0)), name="image")
+    x = inputs[..., :channels] if position == "bottleneck" else inputs
     skips = []
     for level in range(depth):
         x = _conv_block(x, filters, layers.Conv2D, 3, f"down{level}")
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f"pool{level}")(x)
     x = _conv_block(x, filters, layers.Conv2D, 3, "bottleneck")
+    if position == "bottleneck":
+        x = layers.Add(name="bottleneck_position")([x, _position_bias(inputs[..., channels:], filters)])
     x = layers.Dropout(dropout, name="bottleneck_dropout")(x)
     for level in reversed(range(depth)):
         x = layers.Conv2DTranspose(filters, 3, strides=2, padding="same", activation="elu",
@@ -96,4 +111,4 @@ def build_model(network, input_size: int):
                   depth=network.depth, dropout=network.dropout, output=network.output)
     if network.dims == 3:
         return build_unet_3d(n_slices=network.n_slices, **common)
-    return build_unet_2d(channels=network.input_channels, **common)
+    return build_unet_2d(channels=network.input_channels_of_slices, position=network.slice_position, **common)

@@ -144,6 +144,7 @@ class FrameSpec:
 
 OUTPUTS = ("separate", "merged")
 POSITION_CHANNELS = 2  # the slice's distance from the knee centre, and whether that is known
+SLICE_POSITIONS = ("input", "bottleneck")  # where a network takes them (NetworkSpec.slice_position)
 FUSIONS = ("weighted", "mean")  # tri-planar fusion: the bundle's fitted per-class plane weights, or the plain mean
 
 
@@ -154,11 +155,13 @@ class NetworkSpec:
     "merged" (one sigmoid bone channel). ``n_slices``: the 3D network's slab depth (None: any).
     ``context_slices``: a 2D network's context across slices (2.5D): it sees this many neighbouring
     slices on each side of the one it labels, as extra input channels (0: the slice alone).
-    ``slice_position``: two more channels tell a 2D network where its slice lies along the plane's
-    normal: the signed distance from the knee centre (``preprocess.frame.position_channels``) and
-    whether it is known (a single slice, or the first pass that looks for the centre, has none). A
+    ``slice_position``: two more input channels tell a 2D network where its slice lies along the
+    plane's normal: the signed distance from the knee centre (``preprocess.frame.position_channels``)
+    and whether it is known (a single slice, or the first pass that looks for the centre, has none). A
     coronal or axial slice alone cannot tell a thigh from a calf or the tibial plateau from the femoral
-    condyles; its position can."""
+    condyles; its position can. Where they enter: "input", beside the image into the first
+    convolution; "bottleneck", through a small dense embedding added to the bottleneck's features (the
+    slice-wide decision); None: not given."""
 
     dims: int = 2
     n_classes: int = 5
@@ -168,7 +171,7 @@ class NetworkSpec:
     output: str = "separate"
     n_slices: int = None
     context_slices: int = 0
-    slice_position: bool = False
+    slice_position: str = None
 
     def __post_init__(self):
         if isinstance(self.dims, bool) or self.dims not in (2, 3):
@@ -187,7 +190,8 @@ class NetworkSpec:
         check_int("context_slices", self.context_slices, 0, 8)
         if self.context_slices and self.dims != 2:
             raise SpecError("context_slices", "neighbouring slices as channels are for a 2D network (dims 2)")
-        check_bool("slice_position", self.slice_position)
+        if self.slice_position is not None:
+            check_choice("slice_position", self.slice_position, SLICE_POSITIONS)
         if self.slice_position and self.dims != 2:
             raise SpecError("slice_position", "the slice's position as channels is for a 2D network (dims 2)")
 
@@ -196,12 +200,18 @@ class NetworkSpec:
         """What the network sees, in words (the model summary, a card's description)."""
         kind = (f"2.5D U-Net: each slice with {self.context_slices} neighbour(s) on each side" if self.context_slices
                 else f"{self.dims}D U-Net")
-        return kind + (", told each slice's distance from the knee centre" if self.slice_position else "")
+        return kind + (f", told each slice's distance from the knee centre (at the {self.slice_position})"
+                       if self.slice_position else "")
 
     @property
     def input_channels_of_slices(self) -> int:
         """Image channels of one input: the slice and its ``context_slices`` neighbours on each side."""
         return 2 * self.context_slices + 1
+
+    @property
+    def first_kernel_channels(self) -> int:
+        """Input channels of the first convolution: the slices, and the position where it enters there."""
+        return self.input_channels if self.slice_position == "input" else self.input_channels_of_slices
 
     @property
     def input_channels(self) -> int:

@@ -87,7 +87,7 @@ class TrainConfig:
                           "depth": network.depth, "dropout": network.dropout,
                           "context_slices": network.context_slices, "input_size": frame.size,
                           "planes": frame.planes, "window_mm": frame.window_mm, "min_slice_mm": frame.min_slice_mm,
-                          **({"slice_position": True} if network.slice_position else {}),
+                          **({"slice_position": network.slice_position} if network.slice_position else {}),
                           **asdict(self.recipe)})
 
 
@@ -352,38 +352,51 @@ def check_start_bundle(config: TrainConfig, work_dir):
         load_bundle(config.recipe.init_from)
 
 
+FIRST_CONVOLUTION = "down0_conv1"  # kneeseg.model's name for the layer that takes the input
+
+
 def _load_initial_weights(model, bundle_path, network: NetworkSpec):
-    """Start from a bundle's weights (checksum verified); the architectures must match, except that a
-    network may take more input channels than the bundle's (:func:`widen_input`)."""
+    """Start from a bundle's weights (checksum verified), layer by layer; the architectures must match,
+    except that the network may take more input channels than the bundle's (:func:`widen_input`) and
+    have the position layers it lacks (``slice_position`` "bottleneck": they start at zero effect)."""
 
     start = load_bundle(bundle_path)
-    weights = start.load_keras_model().get_weights()
-    shapes = [w.shape for w in model.get_weights()]
-    if weights and shapes and [w.shape for w in weights[1:]] == shapes[1:]:
-        weights[0] = widen_input(weights[0], start.card.network, network)
-    if [w.shape for w in weights] != shapes:
-        raise BundleError("its network differs from the one configured for training (filters, depth, input size "
-                          "and output must match to fine-tune)", bundle_path)
-    model.set_weights(weights)
+    source = {layer.name: layer for layer in start.load_keras_model().layers if layer.weights}
+    mismatch = BundleError("its network differs from the one configured for training (filters, depth, input size "
+                           "and output must match to fine-tune)", bundle_path)
+    targets = [layer for layer in model.layers if layer.weights]
+    if set(source) - {layer.name for layer in targets}:
+        raise mismatch
+    for layer in targets:
+        if layer.name not in source:
+            if layer.name.startswith("position_") and network.slice_position == "bottleneck":
+                continue
+            raise mismatch
+        weights = source[layer.name].get_weights()
+        if layer.name == FIRST_CONVOLUTION:
+            weights[0] = widen_input(weights[0], start.card.network, network)
+        if [w.shape for w in weights] != [w.shape for w in layer.get_weights()]:
+            raise mismatch
+        layer.set_weights(weights)
 
 
 def widen_input(kernel, source: NetworkSpec, target: NetworkSpec):
     """The first convolution kernel (kh, kw, channels, filters) of a ``source`` network as one of a
-    ``target`` network that takes more input channels, with zeros for the new ones, so that it starts
-    out computing exactly what the source did: a single-slice kernel goes on the middle of the
-    target's neighbouring slices (2.5D), and the position channels (``slice_position``) are added
-    after the slices. Any other kernel (nothing to add, or channels the target would drop) is returned
-    unchanged."""
+    ``target`` network whose first convolution takes more input channels, with zeros for the new
+    ones, so that it starts out computing exactly what the source did: a single-slice kernel goes on
+    the middle of the target's neighbouring slices (2.5D), and the position channels
+    (``slice_position`` "input") are added after the slices. Any other kernel (another layer's,
+    nothing to add, or channels the target would drop) is returned unchanged."""
     kernel = np.asarray(kernel)
     slices_in, slices_out = source.input_channels_of_slices, target.input_channels_of_slices
-    drops_position = source.slice_position and not target.slice_position
-    if kernel.ndim != 4 or kernel.shape[2] != source.input_channels or drops_position \
-            or slices_in not in (1, slices_out) or source.input_channels == target.input_channels:
+    position_in, position_out = (source.slice_position == "input"), (target.slice_position == "input")
+    if kernel.ndim != 4 or kernel.shape[2] != source.first_kernel_channels or (position_in and not position_out) \
+            or slices_in not in (1, slices_out) or source.first_kernel_channels == target.first_kernel_channels:
         return kernel
-    wide = np.zeros(kernel.shape[:2] + (target.input_channels,) + kernel.shape[3:], kernel.dtype)
+    wide = np.zeros(kernel.shape[:2] + (target.first_kernel_channels,) + kernel.shape[3:], kernel.dtype)
     first = (slices_out - slices_in) // 2  # the single slice on the middle channel
     wide[:, :, first:first + slices_in] = kernel[:, :, :slices_in]
-    if source.slice_position:
+    if position_in:
         wide[:, :, slices_out:] = kernel[:, :, slices_in:]
     return wide
 

@@ -336,7 +336,7 @@ def test_rounds_25_and_26_continue_round24_with_round22s_data_and_batch_24x_and_
     assert replicate.recipe.last_epoch == 16
 
 
-def test_rounds_27_and_28_are_one_run_of_round24s_recipe_with_and_without_the_slice_position():
+def test_rounds_27_28_29_are_one_run_of_round24s_recipe_with_the_position_at_the_input_none_or_bottleneck():
     recipe = _recipe()
     probe, control = TrainConfig.from_flat(**recipe.ROUND27), TrainConfig.from_flat(**recipe.ROUND28)
     round24 = TrainConfig.from_flat(**recipe.ROUND24)
@@ -348,6 +348,9 @@ def test_rounds_27_and_28_are_one_run_of_round24s_recipe_with_and_without_the_sl
     changed = {k for k in recipe.ROUND27 if recipe.ROUND27[k] != recipe.ROUND24.get(k)}
     assert changed == {"seed", "init_from", "epochs", "slice_position"}
     assert probe.recipe.batch_size * probe.recipe.steps_per_epoch * probe.recipe.last_epoch == 9_600
+    bottleneck = TrainConfig.from_flat(**recipe.ROUND29)
+    assert (probe.network.slice_position, bottleneck.network.slice_position) == ("input", "bottleneck")
+    assert {k for k in recipe.ROUND29 if recipe.ROUND29[k] != recipe.ROUND27[k]} == {"slice_position"}
 
 
 def test_the_round15_chain_is_rounds_8_9_11_12_15_with_12_and_15_cut_where_their_time_limit_cut_them():

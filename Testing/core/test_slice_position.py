@@ -17,18 +17,22 @@ WEIGHTS = {"model.keras": WeightFile("model.keras", "0" * 64)}
 
 
 def test_the_position_takes_two_channels_after_the_slices_and_only_a_2d_network_has_them():
-    assert NetworkSpec(slice_position=True).input_channels == 3
-    assert NetworkSpec(context_slices=1, slice_position=True).input_channels == 5
+    assert NetworkSpec(slice_position="input").input_channels == 3
+    assert NetworkSpec(context_slices=1, slice_position="input").input_channels == 5
     with pytest.raises(SpecError, match="slice_position"):
-        NetworkSpec(dims=3, slice_position=True)
-    with pytest.raises(SpecError, match="slice_position"):
-        NetworkSpec(slice_position=1)
+        NetworkSpec(dims=3, slice_position="input")
+    assert NetworkSpec(slice_position="bottleneck").input_channels == 3
+    assert NetworkSpec(slice_position="bottleneck").first_kernel_channels == 1
+    assert NetworkSpec(slice_position="input").first_kernel_channels == 3
+    for wrong in (1, True, "middle"):
+        with pytest.raises(SpecError, match="slice_position"):
+            NetworkSpec(slice_position=wrong)
 
 
 def test_a_card_keeps_the_position_setting_and_an_older_card_reads_without_it():
-    card = card_for(SEPARATE_BONES, NetworkSpec(slice_position=True), FrameSpec(), weights=WEIGHTS).to_json()
-    assert card["model"]["slice_position"] is True
-    assert parse_card(json.loads(json.dumps(card))).network.slice_position is True
+    card = card_for(SEPARATE_BONES, NetworkSpec(slice_position="input"), FrameSpec(), weights=WEIGHTS).to_json()
+    assert card["model"]["slice_position"] == "input"
+    assert parse_card(json.loads(json.dumps(card))).network.slice_position == "input"
     plain = card_for(SEPARATE_BONES, NetworkSpec(), FrameSpec()).to_json()
     assert "slice_position" not in plain["model"]
     card["model"]["slice_position"] = "yes"
@@ -63,21 +67,38 @@ def test_slice_distances_are_measured_from_the_knee_centre_not_from_the_slid_fra
         assert positions[k] == pytest.approx(float((middle - np.array([5.0, -3.0, 0.0])) @ axis))
 
 
-def test_a_wider_network_with_position_channels_starts_out_computing_what_its_start_did():
+@pytest.mark.parametrize("where", ["input", "bottleneck"])
+def test_a_network_with_the_position_started_from_one_without_computes_what_it_did(where, tmp_path):
+    from kneeseg.bundle import save_bundle
     from kneeseg.model import build_model
-    from kneeseg.train import widen_input
+    from kneeseg.train import _load_initial_weights
 
-    plain_spec, position_spec = NetworkSpec(filters=4, depth=2), NetworkSpec(filters=4, depth=2, slice_position=True)
-    plain, with_position = build_model(plain_spec, 32), build_model(position_spec, 32)
-    weights = plain.get_weights()
-    weights[0] = widen_input(weights[0], plain_spec, position_spec)
-    with_position.set_weights(weights)
+    plain_spec, position_spec = NetworkSpec(filters=4, depth=2), NetworkSpec(filters=4, depth=2, slice_position=where)
+    plain = build_model(plain_spec, 32)
+    save_bundle(tmp_path / "plain", plain, card_for(SEPARATE_BONES, plain_spec, FrameSpec(size=32)))
+    with_position = build_model(position_spec, 32)
+    _load_initial_weights(with_position, tmp_path / "plain", position_spec)
     x = np.random.default_rng(0).normal(size=(2, 32, 32, 1)).astype(np.float32)
     np.testing.assert_allclose(with_position.predict(position_channels(x, [-40.0, 30.0]), verbose=0),
                                plain.predict(x, verbose=0), atol=1e-5)
-    # a network that has learnt a position cannot start one without: the kernel stays as it was
-    kernel = with_position.get_weights()[0]
-    assert widen_input(kernel, position_spec, plain_spec).shape == kernel.shape
+    # a network that has learnt a position cannot start one without it
+    save_bundle(tmp_path / "with", with_position, card_for(SEPARATE_BONES, position_spec, FrameSpec(size=32)))
+    with pytest.raises(BundleError, match="differs from the one configured"):
+        _load_initial_weights(build_model(plain_spec, 32), tmp_path / "with", plain_spec)
+
+
+def test_the_bottleneck_position_changes_the_output_once_its_last_layer_is_not_zero():
+    from kneeseg.model import build_model
+
+    model = build_model(NetworkSpec(filters=4, depth=2, slice_position="bottleneck"), 32)
+    x = np.random.default_rng(0).normal(size=(1, 32, 32, 1)).astype(np.float32)
+    near, far = position_channels(x, [0.0]), position_channels(x, [60.0])
+    np.testing.assert_allclose(model.predict(near, verbose=0), model.predict(far, verbose=0), atol=1e-6)
+    layer = model.get_layer("position_bias")
+    layer.set_weights([np.full_like(w, 0.5) for w in layer.get_weights()])
+    assert np.abs(model.predict(near, verbose=0) - model.predict(far, verbose=0)).max() > 1e-3
+    # the image does not reach the position layers, nor the position the first convolution
+    assert model.get_layer("down0_conv1").get_weights()[0].shape[2] == 1
 
 
 def test_inference_gives_known_distances_for_a_found_centre_and_none_for_a_guessed_one(monkeypatch):
@@ -87,7 +108,7 @@ def test_inference_gives_known_distances_for_a_found_centre_and_none_for_a_guess
 
     image = sitk.GetImageFromArray(np.random.default_rng(1).random((9, 16, 16)).astype(np.float32))
     image.SetSpacing((2.0, 2.0, 3.0))
-    card = card_for(SEPARATE_BONES, NetworkSpec(filters=4, depth=2, slice_position=True),
+    card = card_for(SEPARATE_BONES, NetworkSpec(filters=4, depth=2, slice_position="input"),
                     FrameSpec(planes=("axial",), window_mm=32.0, size=16))
     seen = []
 
@@ -141,7 +162,7 @@ def test_a_bundle_without_the_position_starts_a_model_with_it_that_segments_with
     common = dict(filters=4, depth=2, input_size=32, planes=("sagittal", "axial"), window_mm=80.0, batch_size=4,
                   steps_per_epoch=2, validation_steps=1, epochs=1)
     train_bundle(TrainConfig.from_flat(**common), tmp_path / "plain", tmp_path / "plain.work", data=data)
-    config = TrainConfig.from_flat(**common, slice_position=True, init_from=str(tmp_path / "plain"))
+    config = TrainConfig.from_flat(**common, slice_position="bottleneck", init_from=str(tmp_path / "plain"))
     train_bundle(config, tmp_path / "bundle", tmp_path / "work", data=data)
     bundle = load_bundle(tmp_path / "bundle")
     assert bundle.card.network.slice_position and bundle.onnx_path is not None

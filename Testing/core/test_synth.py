@@ -852,7 +852,7 @@ def test_synthetic_batches_carry_the_position_and_keep_the_images_of_a_run_witho
 
     cache, _, _ = phantom_cache
     config = SynthesisConfig(position_unknown_probability=0.5)
-    with_position = make(cache, batch_size=8, n_slices_per_sample=2, seed=4, config=config, slice_position=True)
+    with_position = make(cache, batch_size=8, n_slices_per_sample=2, seed=4, config=config, slice_position="input")
     plain = make(cache, batch_size=8, n_slices_per_sample=2, seed=4, config=config)
     known = []
     for index in range(4):
