@@ -293,7 +293,8 @@ class Recipe:
         return float(self.learning_rate * ratio ** (min(epoch, self.epochs - 1) / (self.epochs - 1)))
 
 
-NETWORK_SETTINGS = ("dims", "output", "filters", "depth", "dropout", "context_slices", "slice_position")  # flat name = NetworkSpec field
+# flat name = NetworkSpec field
+NETWORK_SETTINGS = ("dims", "output", "filters", "depth", "dropout", "context_slices", "slice_position")
 FRAME_SETTINGS = {"input_size": "size", "planes": "planes", "window_mm": "window_mm", "min_slice_mm": "min_slice_mm"}
 
 

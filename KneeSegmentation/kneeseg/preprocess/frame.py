@@ -5,9 +5,9 @@ window of :class:`~kneeseg.specs.FrameSpec` ``window_mm`` at ``size`` x ``size``
 scan's own spacing, slid back inside the scan where it would run past an edge (:func:`window_centre`).
 One resample onto it (:func:`resample_to_frame`) does the reorientation, the crop and the in-plane
 resize for any scanner orientation; :func:`resample_from_frame` brings per-voxel maps back onto the
-scan's exact grid. A 2.5D network sees each slice with its neighbours
-(:func:`with_context`), and may be told where each slice lies (:func:`position_channels`); a 3D network sees a frame's slices padded and thinned the thesis'
-way (:func:`pad_slices` ... :func:`upsample_slices`).
+scan's exact grid. A 2.5D network sees each slice with its neighbours (:func:`with_context`), and a
+network may be told where each slice lies (:func:`position_channels`); a 3D network sees a frame's
+slices padded and thinned the thesis' way (:func:`pad_slices` ... :func:`upsample_slices`).
 """
 
 from dataclasses import dataclass
