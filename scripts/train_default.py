@@ -533,6 +533,15 @@ ROUND29 = {**ROUND27, "slice_position": "bottleneck"}
 round29 = _plain_fine_tune("round29")
 
 
+# Round 30: does the position help at all, with the features as they are? Round 24's network with round 29's
+# bottleneck position layers, and only those trained (train_layers "position"; everything else stays round 24's,
+# so its DESS and fibula cannot drift) at a learning rate of their own, 3e-3, for 2,400 slices. Rounds 27-29
+# had left those layers near zero at 1e-4.
+ROUND30 = {**ROUND29, "train_layers": "position", "learning_rate": 3e-3, "final_learning_rate": 3e-3, "epochs": 3}
+
+round30 = _plain_fine_tune("round30")
+
+
 # Each fine-tune's subcommand: what it runs, its help line and its parser options (fine_tune_parser).
 # The newest is finalize's default recipe.
 FINE_TUNES = {
@@ -589,6 +598,8 @@ FINE_TUNES = {
                 {"init_from": True}),
     "round29": (round29, "round 29: round 27 with the position entering at the bottleneck; rerun to continue",
                 {"init_from": True}),
+    "round30": (round30, "round 30: round 24 with round 29's position layers, only those trained; rerun to "
+                "continue", {"init_from": True}),
 }
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from .errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK, Cancelled, InputError, MissingPackage
 from .geometry import PLANES
 from .progress import Progress
-from .specs import FUSIONS, NORMALISATION_MODES, OUTPUTS, SLICE_POSITIONS, setting_defaults
+from .specs import FUSIONS, NORMALISATION_MODES, OUTPUTS, SLICE_POSITIONS, TRAIN_LAYERS, setting_defaults
 
 __all__ = [
     "EXIT_OK", "EXIT_INTERNAL", "EXIT_BAD_INPUT", "EXIT_CANCELLED", "PROGRESS_MODES", "DEVICES", "PLANES",
@@ -261,6 +261,9 @@ TRAIN_OPTIONS = (
              "distance from the knee centre (a coronal or axial slice alone cannot tell thigh from calf), entering "
              "beside the image at the input or as a bias of the bottleneck (default: not given)",
              setting="slice_position", choices=SLICE_POSITIONS),
+    _trained(("--train-layers",), "train_layers", "train only these layers of a fine-tune (--init-from), the "
+             "rest kept as the start bundle has them: 'position', the layers --slice-position bottleneck adds",
+             setting="train_layers", choices=TRAIN_LAYERS),
     _trained(("--input-size",), "input_size", "pixels per side of the network's square input", type=int,
              setting="input_size"),
     _trained(("--planes",), "planes", "comma-separated slice planes to train on (and fuse at inference)",

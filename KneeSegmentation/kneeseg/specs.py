@@ -145,6 +145,7 @@ class FrameSpec:
 OUTPUTS = ("separate", "merged")
 POSITION_CHANNELS = 2  # the slice's distance from the knee centre, and whether that is known
 SLICE_POSITIONS = ("input", "bottleneck")  # where a network takes them (NetworkSpec.slice_position)
+TRAIN_LAYERS = ("position",)  # Recipe.train_layers: the layers a fine-tune may train alone
 FUSIONS = ("weighted", "mean")  # tri-planar fusion: the bundle's fitted per-class plane weights, or the plain mean
 
 
@@ -266,11 +267,17 @@ class Recipe:
     # validation score picks (stochastic weight averaging; the network has no batch statistics to refit)
     average_from_epoch: int = None
     init_from: str = None  # a bundle whose weights start the training (fine-tuning); same architecture
+    # "position": only the layers a bottleneck position adds train, the rest stays the start bundle's
+    train_layers: str = None
     normalisation: str = "volume"  # the frame's statistics: each scan's own, or "population" (fitted on the training set)
     synthesis: dict = None  # synthetic training: overrides of synth.SynthesisConfig (None: the defaults)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if self.train_layers is not None:
+            check_choice("train_layers", self.train_layers, TRAIN_LAYERS)
+            if not self.init_from:
+                raise SpecError("train_layers", "training only some layers needs a bundle to start from (init_from)")
         if self.stop_after_epochs is not None:
             check_int("stop_after_epochs", self.stop_after_epochs, 1, 100_000)
         if self.average_from_epoch is not None:

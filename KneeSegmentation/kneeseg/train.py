@@ -48,6 +48,9 @@ class TrainConfig:
     recipe: Recipe = field(default_factory=Recipe)
 
     def __post_init__(self):
+        if self.recipe.train_layers == "position" and self.network.slice_position != "bottleneck":
+            raise InputError("training setting train_layers: 'position' trains the layers a bottleneck position "
+                             "adds; the network has none (slice_position must be 'bottleneck')")
         expected = 1 if self.network.output == "merged" else len(SEPARATE_BONES) + 1
         if self.network.n_classes != expected:
             raise InputError(f"a {self.network.output} network for the knee bones has {expected} output "
@@ -244,6 +247,9 @@ def build_and_compile(config: TrainConfig, labels):
 
     recipe = config.recipe
     model = build_model(config.network, config.frame.size)
+    if recipe.train_layers == "position":  # the rest keeps the start bundle's weights
+        for layer in model.layers:
+            layer.trainable = layer.name.startswith(POSITION_LAYER_PREFIX)
     model.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate),
                   loss=make_loss(recipe.loss, recipe.class_weights, recipe.beta),
                   metrics=training_metrics(labels))
@@ -353,6 +359,7 @@ def check_start_bundle(config: TrainConfig, work_dir):
 
 
 FIRST_CONVOLUTION = "down0_conv1"  # kneeseg.model's name for the layer that takes the input
+POSITION_LAYER_PREFIX = "position_"  # kneeseg.model's names of the layers a bottleneck position adds
 
 
 def _load_initial_weights(model, bundle_path, network: NetworkSpec):
@@ -369,7 +376,7 @@ def _load_initial_weights(model, bundle_path, network: NetworkSpec):
         raise mismatch
     for layer in targets:
         if layer.name not in source:
-            if layer.name.startswith("position_") and network.slice_position == "bottleneck":
+            if layer.name.startswith(POSITION_LAYER_PREFIX) and network.slice_position == "bottleneck":
                 continue
             raise mismatch
         weights = source[layer.name].get_weights()

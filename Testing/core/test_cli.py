@@ -394,7 +394,8 @@ def test_train_flags_default_to_the_specs_and_each_reaches_its_setting(tmp_path,
     base = ["train", "--data", str(tmp_path), "-o", str(tmp_path / "b"), "--progress", "none"]
     assert cli.main(base) == 0
     assert configs.pop() == TrainConfig()
-    changed = {"output_mode": "merged", "filters": 12, "depth": 3, "context_slices": 1, "slice_position": "input",
+    changed = {"output_mode": "merged", "filters": 12, "depth": 3, "context_slices": 1, "slice_position": "bottleneck",
+               "train_layers": "position",
                "input_size": 96, "planes": "axial,sagittal",
                "window_mm": 120.0, "epochs": 7, "steps_per_epoch": 11, "validation_steps": 5, "batch_size": 3,
                "patience": 2, "learning_rate": 0.01, "final_learning_rate": 0.002, "loss": "dice+ce", "beta": 2.0,

@@ -351,6 +351,11 @@ def test_rounds_27_28_29_are_one_run_of_round24s_recipe_with_the_position_at_the
     bottleneck = TrainConfig.from_flat(**recipe.ROUND29)
     assert (probe.network.slice_position, bottleneck.network.slice_position) == ("input", "bottleneck")
     assert {k for k in recipe.ROUND29 if recipe.ROUND29[k] != recipe.ROUND27[k]} == {"slice_position"}
+    position_only = TrainConfig.from_flat(**recipe.ROUND30)
+    assert position_only.recipe.train_layers == "position" and position_only.network == bottleneck.network
+    assert (position_only.recipe.learning_rate, position_only.recipe.final_learning_rate) == (3e-3, 3e-3)
+    assert position_only.recipe.batch_size * position_only.recipe.steps_per_epoch * position_only.recipe.last_epoch \
+        == 2_400
 
 
 def test_the_round15_chain_is_rounds_8_9_11_12_15_with_12_and_15_cut_where_their_time_limit_cut_them():

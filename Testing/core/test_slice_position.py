@@ -162,10 +162,20 @@ def test_a_bundle_without_the_position_starts_a_model_with_it_that_segments_with
     common = dict(filters=4, depth=2, input_size=32, planes=("sagittal", "axial"), window_mm=80.0, batch_size=4,
                   steps_per_epoch=2, validation_steps=1, epochs=1)
     train_bundle(TrainConfig.from_flat(**common), tmp_path / "plain", tmp_path / "plain.work", data=data)
-    config = TrainConfig.from_flat(**common, slice_position="bottleneck", init_from=str(tmp_path / "plain"))
+    config = TrainConfig.from_flat(**{**common, "learning_rate": 1e-2}, slice_position="bottleneck",
+                                   train_layers="position", init_from=str(tmp_path / "plain"))
     train_bundle(config, tmp_path / "bundle", tmp_path / "work", data=data)
     bundle = load_bundle(tmp_path / "bundle")
     assert bundle.card.network.slice_position and bundle.onnx_path is not None
+    # only the position layers trained: every other layer is the start bundle's, to the bit
+    start = {layer.name: layer.get_weights() for layer in load_bundle(tmp_path / "plain").load_keras_model().layers}
+    trained = {layer.name: layer.get_weights() for layer in bundle.load_keras_model().layers if layer.weights}
+    for name, weights in trained.items():
+        if name.startswith("position_"):
+            continue
+        for before, after in zip(start[name], weights, strict=True):
+            np.testing.assert_array_equal(before, after)
+    assert np.abs(trained["position_bias"][0]).max() > 0  # it started at zero
     image, _ = toy_knee(size=(32, 32, 24), spacing=(2.0, 2.0, 2.0))
     before = image_array(image)
     centre = tuple(np.array(image.TransformContinuousIndexToPhysicalPoint((16.0, 16.0, 12.0))))
@@ -180,3 +190,15 @@ def image_array(image):
     import SimpleITK as sitk
 
     return sitk.GetArrayFromImage(image)
+
+
+def test_training_only_the_position_layers_needs_a_start_bundle_and_a_bottleneck_position():
+    from kneeseg.errors import InputError
+    from kneeseg.train import TrainConfig
+
+    with pytest.raises(InputError, match="train_layers.*init_from"):
+        TrainConfig.from_flat(slice_position="bottleneck", train_layers="position")
+    with pytest.raises(InputError, match="slice_position must be 'bottleneck'"):
+        TrainConfig.from_flat(slice_position="input", train_layers="position", init_from="start")
+    with pytest.raises(InputError, match="train_layers"):
+        TrainConfig.from_flat(slice_position="bottleneck", train_layers="decoder", init_from="start")
