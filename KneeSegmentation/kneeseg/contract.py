@@ -262,7 +262,8 @@ TRAIN_OPTIONS = (
              "beside the image at the input or as a bias of the bottleneck (default: not given)",
              setting="slice_position", choices=SLICE_POSITIONS),
     _trained(("--train-layers",), "train_layers", "train only these layers of a fine-tune (--init-from), the "
-             "rest kept as the start bundle has them: 'position', the layers --slice-position bottleneck adds",
+             "rest kept as the start bundle has them: 'position', the layers --slice-position bottleneck adds (default: "
+             "every layer trains)",
              setting="train_layers", choices=TRAIN_LAYERS),
     _trained(("--input-size",), "input_size", "pixels per side of the network's square input", type=int,
              setting="input_size"),
