@@ -511,10 +511,11 @@ round26 = _plain_fine_tune("round26")
 # slice by slice: a coronal or axial slice alone does not know where along the limb it lies. Round 27 gives the
 # network two more channels, each slice's distance from the knee centre and whether it is known
 # (NetworkSpec.slice_position "input", beside the image; the weights of the new channels start at zero, so it
-# starts out as round 24), and
-# continues round 24's measured bundle for 9,600 slices at round 24's batch and learning rate. Round 28 is its
-# control: the same run (same seed, so the same images) without the position. The question: does the axial and
-# coronal plane alone label femur and tibia better with the position, on held-out synthetic volumes and on DESS?
+# starts out as round 24), and continues round 24's measured bundle for 9,600 slices at round 24's batch and
+# learning rate. Round 28 is its control: the same run (same seed, so the same images) without the position. The
+# question: does the axial and coronal plane alone label femur and tibia better with the position, on held-out
+# synthetic volumes and on DESS? Run and measured 2026-12-04 (CPU): the network did not learn to use it, and both
+# runs bring the DESS thigh muscle back (docs/evaluation.md, "Rounds 27-30").
 ROUND27 = {**ROUND24, "seed": 27, "init_from": str(REPO / "build" / "round24.final"), "epochs": 12,
            "slice_position": "input"}
 ROUND28 = {key: value for key, value in ROUND27.items() if key != "slice_position"}
@@ -536,7 +537,8 @@ round29 = _plain_fine_tune("round29")
 # Round 30: does the position help at all, with the features as they are? Round 24's network with round 29's
 # bottleneck position layers, and only those trained (train_layers "position"; everything else stays round 24's,
 # so its DESS and fibula cannot drift) at a learning rate of their own, 3e-3, for 2,400 slices. Rounds 27-29
-# had left those layers near zero at 1e-4.
+# had left those layers near zero at 1e-4. Run and measured 2026-12-04: it uses the position (synthetic axial plane
+# better), but labels more of the DESS thigh femur in the axial and coronal planes; not a candidate.
 ROUND30 = {**ROUND29, "train_layers": "position", "learning_rate": 3e-3, "final_learning_rate": 3e-3, "epochs": 3}
 
 round30 = _plain_fine_tune("round30")
