@@ -132,7 +132,7 @@ def test_inference_gives_known_distances_for_a_found_centre_and_none_for_a_guess
 def test_the_synthesizer_measures_each_slice_from_the_knee_centre_as_the_view_shows_it(tmp_path):
     from kneeseg.synth.config import SynthesisConfig
     from kneeseg.synth.draws import View
-    from kneeseg.synth.synthesizer import slice_positions_mm as synthetic_positions
+    from kneeseg.synth.synthesizer import synthetic_slice_positions_mm as synthetic_positions
 
     config = SynthesisConfig(position_error_mm=0.0, position_unknown_probability=0.0)
     knee = np.array([10.0, -20.0, 30.0])
@@ -152,6 +152,8 @@ def test_the_synthesizer_measures_each_slice_from_the_knee_centre_as_the_view_sh
 
 
 def test_a_bundle_without_the_position_starts_a_model_with_it_that_segments_with_both_engines(tmp_path):
+    import SimpleITK as sitk
+
     from conftest import toy_knee, write_toy_pairs
     from kneeseg import infer
     from kneeseg.bundle import load_bundle
@@ -177,19 +179,14 @@ def test_a_bundle_without_the_position_starts_a_model_with_it_that_segments_with
             np.testing.assert_array_equal(before, after)
     assert np.abs(trained["position_bias"][0]).max() > 0  # it started at zero
     image, _ = toy_knee(size=(32, 32, 24), spacing=(2.0, 2.0, 2.0))
-    before = image_array(image)
+    before = sitk.GetArrayFromImage(image)
     centre = tuple(np.array(image.TransformContinuousIndexToPhysicalPoint((16.0, 16.0, 12.0))))
     keras_result = infer.segment(image, bundle, infer.SegmentOptions(centre=centre, backend="keras"))
     onnx_result = infer.segment(image, bundle, infer.SegmentOptions(centre=centre, backend="onnx"))
     assert keras_result.labelmap.GetSize() == image.GetSize()
-    assert (image_array(keras_result.labelmap) == image_array(onnx_result.labelmap)).mean() > 0.999
-    np.testing.assert_array_equal(image_array(image), before)  # the input is not touched
-
-
-def image_array(image):
-    import SimpleITK as sitk
-
-    return sitk.GetArrayFromImage(image)
+    keras_labels, onnx_labels = (sitk.GetArrayFromImage(r.labelmap) for r in (keras_result, onnx_result))
+    assert (keras_labels == onnx_labels).mean() > 0.999
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), before)  # the input is not touched
 
 
 def test_training_only_the_position_layers_needs_a_start_bundle_and_a_bottleneck_position():

@@ -83,7 +83,7 @@ class SynthesisConfig:
       otherwise ``min_slice_mm`` apart with context_fine_probability (a fine scan, or a plane across
         a thick one), else a spacing in ``context_spacing_mm``.
 
-    Slice position (a network with ``slice_position``; ``synthesizer.slice_positions_mm``):
+    Slice position (a network with ``slice_position``; ``synthesizer.synthetic_slice_positions_mm``):
       position_error_mm: standard deviation (clipped at three) of the error of the knee centre the
         slice's distance is measured from, one per stack, as inference's first pass has (median 4 mm on
         held-out synthetic volumes).

@@ -41,7 +41,7 @@ class SliceSynthesizer:
     ``context_slices``: each slice comes with that many neighbours on each side as channels (a 2.5D
     network), rendered from the same synthetic volume (``draws.draw_context_spacing``); the label is
     the middle slice's. ``slice_position``: two more channels give each slice's distance from the knee
-    centre as inference measures it (:func:`slice_positions_mm`, ``preprocess.frame.position_channels``).
+    centre as inference measures it (:func:`synthetic_slice_positions_mm`, ``preprocess.frame.position_channels``).
     """
 
     def __init__(self, cache, frame: FrameSpec = FrameSpec(), n_slices_per_sample: int = 4, batch_size: int = 8,
@@ -144,8 +144,8 @@ class SliceSynthesizer:
             x = np.repeat(x[..., None], channels, axis=-1)
         positions = None
         if self.slice_position:
-            positions = slice_positions_mm(np.random.default_rng(seed_sequence.spawn(1)[0]), self.config, view,
-                                           self._knee_centres[view.map_index], centres)
+            positions = synthetic_slice_positions_mm(np.random.default_rng(seed_sequence.spawn(1)[0]), self.config,
+                                                     view, self._knee_centres[view.map_index], centres)
             x = position_channels(x, positions)
         info = [{"source": label_map.source, "subject": label_map.subject, "plane": view.plane,
                  "pixel_mm": view.pixel_mm, "centre_mm": view.centre.tolist(), "slice_offset_mm": float(offset),
@@ -157,7 +157,7 @@ class SliceSynthesizer:
         return x, targets, info
 
 
-def slice_positions_mm(rng, config: SynthesisConfig, view, knee_centre_mm, offsets_mm):
+def synthetic_slice_positions_mm(rng, config: SynthesisConfig, view, knee_centre_mm, offsets_mm):
     """Each slice's signed distance (mm) along the view's slice axis from the knee centre, as inference
     measures it from its estimate of that centre: the true distance plus one error for the stack
     (``config.position_error_mm``); None with ``config.position_unknown_probability`` (not known).
