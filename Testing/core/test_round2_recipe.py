@@ -1,6 +1,7 @@
 """The round-2 recipe (scripts/train_default.py round2, issue 12): its split file and settings."""
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -357,6 +358,16 @@ def test_rounds_27_28_29_are_one_run_of_round24s_recipe_with_the_position_at_the
     assert position_only.recipe.batch_size * position_only.recipe.steps_per_epoch * position_only.recipe.last_epoch \
         == 2_400
 
+
+
+def test_round31_is_round28_with_the_marrow_tied_to_the_fat():
+    recipe = _recipe()
+    probe, control = TrainConfig.from_flat(**recipe.ROUND31), TrainConfig.from_flat(**recipe.ROUND28)
+    assert dataclasses.replace(probe.recipe, synthesis=control.recipe.synthesis) == control.recipe  # same seed
+    assert probe.network == control.network and probe.frame == control.frame
+    assert _changed_synthesis(probe, control) == {"marrow_like_fat_probability"}
+    assert probe.recipe.synthesis["marrow_like_fat_probability"] == 0.8
+    assert "round31" in recipe.FINE_TUNES
 
 def test_the_round15_chain_is_rounds_8_9_11_12_15_with_12_and_15_cut_where_their_time_limit_cut_them():
     recipe = _recipe()

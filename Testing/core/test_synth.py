@@ -587,6 +587,27 @@ def test_striation_changes_no_other_draw(phantom_cache):
     _assert_same_draws(looks, lambda name: not name.startswith("striation"))
 
 
+
+def test_marrow_like_fat_ties_every_bone_to_the_fat_and_changes_no_other_draw(phantom_cache):
+    from kneeseg.synth.draws import draw_appearance
+    from kneeseg.synth.tissues import BONE_IDS, TISSUE_IDS
+
+    cache, _, _ = phantom_cache
+    base = make(cache).config
+    tied = []
+    for seed in range(20):
+        view, label_map, _, _ = make(cache).draw(np.random.SeedSequence(seed), 2)
+        looks = [draw_appearance(np.random.default_rng(seed), dataclasses.replace(base, marrow_like_fat_probability=p),
+                                 label_map, view, SIZE) for p in (0.0, 1.0)]
+        _assert_same_draws(looks, lambda name: name != "means")
+        fat = looks[1].means[TISSUE_IDS["infrapatellar_fat"]]  # the fat's kind mean plus its own jitter
+        bones = looks[1].means[list(BONE_IDS)]
+        assert np.all(np.abs(bones - fat) <= 6 * base.intensity_jitter)
+        others = np.setdiff1d(np.arange(256), BONE_IDS)
+        np.testing.assert_equal(looks[0].means[others], looks[1].means[others])
+        tied.append(np.ptp(bones) < np.ptp(looks[0].means[list(BONE_IDS)]) or np.ptp(bones) < 0.15)
+    assert all(tied)  # never four independent marrow intensities
+
 def test_staple_source_names_the_person_so_both_knees_share_a_subject():
     from kneeseg.synth import DEFAULT_SOURCES, TISSUES
 

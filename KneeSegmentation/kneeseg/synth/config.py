@@ -39,6 +39,13 @@ class SynthesisConfig:
       fibula_like_tibia_probability: when they do not, the fibula still takes the tibia's (plus a small
         jitter), as the marrow of the two bones of the lower leg does in real scans; a fibula of its
         own random intensity is a plain blob that only its outline tells from the background structures.
+      marrow_like_fat_probability: every bone's marrow takes the fat's intensity (plus a small jitter),
+        as the fatty marrow of adult knee bones does in every common contrast (bright with the subcutaneous
+        and Hoffa's fat in T1, PD and T2 spin echo; dark with it in fat-suppressed and water-excitation DESS
+        scans); otherwise the bones' means are drawn as above, in any relation to the fat (red marrow, edema,
+        other sequences). Without the tie a bright smooth region is bone as often as muscle: in a DESS scan
+        the thigh muscle is the bright one and the marrow is as dark as the fat (measured on the real DESS
+        volume: marrow 0.057, subcutaneous fat 0.051, vastus medialis 0.48 of the 99.5th percentile).
       texture_std: range of the amplitude of intra-structure texture (fraction of full scale).
       texture_sigma_px: range of the correlation length of that texture.
       background_classes: number of random smooth structures (muscle, fat, fluid stand-ins) that fill
@@ -107,6 +114,7 @@ class SynthesisConfig:
     shared_bone_probability: float = 0.7
     fibula_like_tibia_probability: float = 0.0
     intensity_jitter: float = 0.06
+    marrow_like_fat_probability: float = 0.0
     texture_std: tuple = (0.0, 0.08)
     texture_sigma_px: tuple = (0.7, 2.0)
     background_classes: tuple = (2, 6)

@@ -233,7 +233,18 @@ def draw_appearance(rng, cfg: SynthesisConfig, label_map: CachedLabelMap, view: 
             striation_fraction=float(rng.uniform(*cfg.striation_fraction)),
             striation_strength=float(rng.uniform(0.5, 1.0)),
             striation_angle_deg=float(rng.uniform(-1.0, 1.0) * cfg.striation_angle_deg))
+    if cfg.marrow_like_fat_probability > 0 and rng.random() < cfg.marrow_like_fat_probability:  # likewise
+        look = dataclasses.replace(look, means=_marrow_like_fat(rng, cfg, look.means, kind_means["fat"]))
     return look
+
+
+def _marrow_like_fat(rng, cfg: SynthesisConfig, means: np.ndarray, fat_mean: float) -> np.ndarray:
+    """``means`` with every bone's set to the fat's intensity plus a small jitter of its own."""
+    means = means.copy()
+    for t in TISSUES:
+        if t.kind == "bone":
+            means[t.id] = np.clip(fat_mean + rng.normal(0.0, cfg.intensity_jitter / 2), 0.0, 1.0)
+    return means
 
 
 
