@@ -557,6 +557,16 @@ ROUND31 = {**ROUND28, "synthesis": {**ROUND28["synthesis"], "marrow_like_fat_pro
 round31 = _plain_fine_tune("round31")
 
 
+# Round 32: round 31 paired, the one change being bone-shaped decoys in half the images (``decoy_probability``
+# 0.5): the femur's or tibia's shape moved 20-45 mm sideways and painted as soft tissue unlike that bone's marrow.
+# Round 31's sagittal plane still labels the DESS vastus femur in the slices at the knee's edge, where the muscle
+# lies above the condyle in the place and shape of the shaft of a central slice: shape and place alone said bone.
+# Same seed as round 31: the same images but for the decoys.
+ROUND32 = {**ROUND31, "synthesis": {**ROUND31["synthesis"], "decoy_probability": 0.5}}
+
+round32 = _plain_fine_tune("round32")
+
+
 # Each fine-tune's subcommand: what it runs, its help line and its parser options (fine_tune_parser).
 # The newest is finalize's default recipe.
 FINE_TUNES = {
@@ -616,6 +626,8 @@ FINE_TUNES = {
     "round30": (round30, "round 30: round 24 with round 29's position layers, only those trained; rerun to "
                 "continue", {"init_from": True}),
     "round31": (round31, "round 31: round 28 with the marrow's intensity tied to the fat's; rerun to continue",
+                {"init_from": True}),
+    "round32": (round32, "round 32: round 31 with bone-shaped soft-tissue decoys; rerun to continue",
                 {"init_from": True}),
 }
 

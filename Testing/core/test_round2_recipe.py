@@ -360,14 +360,17 @@ def test_rounds_27_28_29_are_one_run_of_round24s_recipe_with_the_position_at_the
 
 
 
-def test_round31_is_round28_with_the_marrow_tied_to_the_fat():
+def test_round31_is_round28_with_the_marrow_tied_to_the_fat_and_round32_adds_decoys():
     recipe = _recipe()
     probe, control = TrainConfig.from_flat(**recipe.ROUND31), TrainConfig.from_flat(**recipe.ROUND28)
     assert dataclasses.replace(probe.recipe, synthesis=control.recipe.synthesis) == control.recipe  # same seed
     assert probe.network == control.network and probe.frame == control.frame
     assert _changed_synthesis(probe, control) == {"marrow_like_fat_probability"}
     assert probe.recipe.synthesis["marrow_like_fat_probability"] == 0.8
-    assert "round31" in recipe.FINE_TUNES
+    decoys = TrainConfig.from_flat(**recipe.ROUND32)
+    assert dataclasses.replace(decoys.recipe, synthesis=control.recipe.synthesis) == control.recipe
+    assert _changed_synthesis(decoys, probe) == {"decoy_probability"} and decoys.network == probe.network
+    assert {"round31", "round32"} <= set(recipe.FINE_TUNES)
 
 def test_the_round15_chain_is_rounds_8_9_11_12_15_with_12_and_15_cut_where_their_time_limit_cut_them():
     recipe = _recipe()

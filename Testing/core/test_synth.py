@@ -608,6 +608,49 @@ def test_marrow_like_fat_ties_every_bone_to_the_fat_and_changes_no_other_draw(ph
         tied.append(np.ptp(bones) < np.ptp(looks[0].means[list(BONE_IDS)]) or np.ptp(bones) < 0.15)
     assert all(tied)  # never four independent marrow intensities
 
+
+def test_a_decoy_changes_no_other_draw_and_keeps_its_distance_from_the_bones_intensity(phantom_cache):
+    from kneeseg.synth.draws import draw_appearance
+    from kneeseg.synth.tissues import TISSUE_IDS
+
+    cache, _, _ = phantom_cache
+    looks = _appearances_with(cache, "decoy_probability", (0.0, 1.0))
+    assert looks[0].decoy is None and looks[1].decoy is not None
+    _assert_same_draws(looks, lambda name: name != "decoy")
+    synthesizer = make(cache)
+    config = dataclasses.replace(synthesizer.config, decoy_probability=1.0)
+    for seed in range(30):
+        view, label_map, _, _ = synthesizer.draw(np.random.SeedSequence(seed), 2)
+        look = draw_appearance(np.random.default_rng(seed), config, label_map, view, SIZE)
+        decoy, femur = look.decoy, TISSUE_IDS["femur"]
+        assert decoy.bone_id in (femur, TISSUE_IDS["tibia"])
+        assert abs(decoy.mean - look.means[decoy.bone_id]) >= 0.2 - 1e-6
+        assert 20.0 <= abs(decoy.shift_mm[0]) <= 45.0
+        assert decoy.shift_mm[2] * (1.0 if decoy.bone_id == femur else -1.0) >= 0  # away from the joint
+
+
+def test_a_decoy_paints_the_moved_bone_over_soft_tissue_only_and_leaves_the_labels(phantom_cache, monkeypatch):
+    from kneeseg.synth.draws import Decoy
+    from kneeseg.synth.tissues import TISSUE_IDS
+
+    cache, _, _ = phantom_cache
+    monkeypatch.setattr(render, "_finish_intensities", lambda images, no_signal, look: images)  # no rescaling
+    synthesizer = make(cache, planes=("coronal",), config=_plain_striated(0.0))
+    view, label_map, look, noise_rng = synthesizer.draw(np.random.SeedSequence(1), 2)
+    state = noise_rng.bit_generator.state
+    plain, labels = render.render(noise_rng, view, label_map, look, synthesizer.grid, synthesizer.target)
+    femur_mean = look.means[TISSUE_IDS["femur"]]
+    decoy_mean = float(femur_mean + 0.5 if femur_mean < 0.5 else femur_mean - 0.5)
+    decoy = Decoy(TISSUE_IDS["femur"], np.array([30.0, 0.0, 10.0]), decoy_mean, -1.0, 1.0)
+    noise_rng.bit_generator.state = state
+    with_decoy, decoy_labels = render.render(noise_rng, view, label_map, dataclasses.replace(look, decoy=decoy),
+                                             synthesizer.grid, synthesizer.target)
+    assert np.array_equal(labels, decoy_labels)
+    changed = np.abs(with_decoy - plain) > 1e-4
+    assert changed.sum() > 20  # the femur moved 30 mm sideways shows beside the femur
+    assert not (changed & (labels > 0)).any()  # never over a bone
+    np.testing.assert_allclose(with_decoy[changed], decoy.mean, atol=1e-4)  # no texture in this config
+
 def test_staple_source_names_the_person_so_both_knees_share_a_subject():
     from kneeseg.synth import DEFAULT_SOURCES, TISSUES
 

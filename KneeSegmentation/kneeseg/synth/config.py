@@ -71,6 +71,13 @@ class SynthesisConfig:
         intensity (dark in DESS, bright in T1) or a fibrous one. Real thigh muscle on a DESS scan is a
         bright region with such streaks; bone marrow has none. A striation_probability of 0 (the
         default) draws every sample as the generator did before this option.
+      decoy_probability, decoy_shift_mm, decoy_contrast: a bone-shaped structure that is not bone: the femur's
+        or the tibia's shape moved sideways (medially or laterally by decoy_shift_mm, up to 20 mm forwards or
+        back, and away from the joint by up to 30 mm) and painted, where it covers soft tissue, as a smooth
+        soft-tissue region at least decoy_contrast away from that bone's intensity, with the fibre streaks of
+        the soft tissue and, half the time, a fat-coloured outline. Real thigh and calf muscles lie beside the
+        shafts in just such shapes (the vastus above a condyle in a sagittal slice at the knee's edge, where a
+        central slice shows the shaft); a region is bone only if it also looks like the image's marrow.
       bias_std: standard deviation of the log of a smooth multiplicative bias field.
       thick_slice_probability, slice_thickness_mm: simulated thick 2D acquisition, along the slice
         axis (half of the cases: partial-volume average) or along one in-plane axis (averaged and
@@ -134,6 +141,9 @@ class SynthesisConfig:
     striation_mm: tuple = (2.0, 8.0)
     striation_fraction: tuple = (0.02, 0.10)
     striation_angle_deg: float = 25.0
+    decoy_probability: float = 0.0
+    decoy_shift_mm: tuple = (20.0, 45.0)
+    decoy_contrast: float = 0.2
     bias_std: tuple = (0.0, 0.35)
     thick_slice_probability: float = 0.5
     slice_thickness_mm: tuple = (1.5, 6.0)

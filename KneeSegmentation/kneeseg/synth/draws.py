@@ -123,6 +123,19 @@ class Appearance:
     striation_fraction: float = 0.0  # the share of soft-tissue pixels they cover
     striation_strength: float = 0.0  # 1: a streak pixel takes striation_mean, 0.5: half way to it
     striation_angle_deg: float = 0.0  # the fibres' angle to the limb's axis (pennate muscle)
+    decoy: Decoy | None = None  # a bone-shaped soft-tissue structure, or None
+
+
+@dataclass(frozen=True)
+class Decoy:
+    """A bone's shape moved by ``shift_mm`` (label-map LPS) and painted as soft tissue of ``mean``, with an
+    outline of ``outline_mean`` (< 0: none) ``outline_mm`` wide."""
+
+    bone_id: int
+    shift_mm: np.ndarray
+    mean: float
+    outline_mean: float
+    outline_mm: float
 
 
 def _kind_means(rng, cfg: SynthesisConfig) -> dict:
@@ -235,7 +248,24 @@ def draw_appearance(rng, cfg: SynthesisConfig, label_map: CachedLabelMap, view: 
             striation_angle_deg=float(rng.uniform(-1.0, 1.0) * cfg.striation_angle_deg))
     if cfg.marrow_like_fat_probability > 0 and rng.random() < cfg.marrow_like_fat_probability:  # likewise
         look = dataclasses.replace(look, means=_marrow_like_fat(rng, cfg, look.means, kind_means["fat"]))
+    if cfg.decoy_probability > 0 and rng.random() < cfg.decoy_probability:  # likewise, after the bones' means
+        look = dataclasses.replace(look, decoy=_draw_decoy(rng, cfg, look.means, kind_means["fat"]))
     return look
+
+
+def _draw_decoy(rng, cfg: SynthesisConfig, means: np.ndarray, fat_mean: float) -> Decoy:
+    bone = ("femur", "tibia")[int(rng.integers(2))]
+    away = 1.0 if bone == "femur" else -1.0  # the femur's decoy moves up the thigh, the tibia's down the calf
+    shift = np.array([rng.choice((-1.0, 1.0)) * rng.uniform(*cfg.decoy_shift_mm), rng.uniform(-20.0, 20.0),
+                      away * rng.uniform(0.0, 30.0)])
+    bone_mean = float(means[TISSUE_IDS[bone]])
+    below, above = max(0.0, bone_mean - cfg.decoy_contrast), max(0.0, 1.0 - bone_mean - cfg.decoy_contrast)
+    u = rng.uniform(0.0, below + above) if below + above > 0 else 0.0
+    mean = u if u < below else bone_mean + cfg.decoy_contrast + (u - below)
+    outlined = rng.random() < 0.5
+    return Decoy(TISSUE_IDS[bone], shift, float(np.clip(mean, 0.0, 1.0)),
+                 float(np.clip(fat_mean + rng.normal(0.0, 0.05), 0.0, 1.0)) if outlined else -1.0,
+                 float(rng.uniform(*cfg.septum_mm)))
 
 
 def _marrow_like_fat(rng, cfg: SynthesisConfig, means: np.ndarray, fat_mean: float) -> np.ndarray:

@@ -22,6 +22,7 @@ from .draws import Appearance, View
 from .tissues import BONE_IDS, OUTSIDE_FIELD_OF_VIEW, TISSUES
 
 MUSCLE_IDS = tuple(t.id for t in TISSUES if t.kind == "muscle")
+SOFT_IDS = tuple(t.id for t in TISSUES if t.kind in ("background", "muscle", "fat", "other"))  # a decoy may cover
 STREAK_WIDTH_PX = 0.6  # standard deviation of a streak's smoothing across the fibres
 
 COARSE_STRIDE_PX = 8
@@ -38,7 +39,8 @@ def render(rng, view: View, label_map: CachedLabelMap, look: Appearance, grid: C
       3. deformation: where in the label map they look (rotation, scaling, mirroring, smooth warp);
       4. the tissue at each pixel (nearest neighbour; bone shafts continued beyond the field of view);
       5. paint: tissue means and texture, background structures, septa, streaks along the muscle
-         fibres, air, fat layer, cortex (inside the bone label, or just outside it);
+         fibres, air, fat layer, a bone-shaped soft-tissue decoy, cortex (inside the bone label, or just
+         outside it);
       6. the mean of the sub-slices;
       7. a thick 2D acquisition along an in-plane axis;
       8. blur;
@@ -56,7 +58,9 @@ def render(rng, view: View, label_map: CachedLabelMap, look: Appearance, grid: C
             q = grid.points(view.plane, view.pixel_mm, sub_offset)  # 2
             physical = _cache_mm(view, q)  # 3
             tissue = _lookup_tissue(label_map, _cache_index(label_map, physical, grid), view.extend_shafts)  # 4
-            image += _paint(rng, tissue, q, physical, view, look, grid)  # 5
+            decoy = None if look.decoy is None else _lookup_tissue(
+                label_map, _cache_index(label_map, physical - look.decoy.shift_mm, grid), view.extend_shafts)
+            image += _paint(rng, tissue, q, physical, view, look, grid, decoy)  # 5
             if n == len(sub_offsets) // 2:
                 centre_tissue, centre_q = tissue, q
         image = image / len(sub_offsets)  # 6
@@ -178,15 +182,17 @@ def _rim_outside(tissue: np.ndarray, width_px: int) -> np.ndarray:
 
 
 def _paint(rng, tissue: np.ndarray, q: np.ndarray, physical_mm: np.ndarray, view: View,
-                   look: Appearance, grid: CoarseGrid) -> np.ndarray:
+                   look: Appearance, grid: CoarseGrid, decoy_tissue: np.ndarray | None = None) -> np.ndarray:
     """Noise-free image of one slice (values ~[0, 1]) from its tissue ids.
 
     ``q`` and ``physical_mm`` are the coarse-grid model-frame and label-map positions of the slice:
-    every smooth field is evaluated there and interpolated to full size.
+    every smooth field is evaluated there and interpolated to full size. ``decoy_tissue``: the tissue ids
+    of the label map moved by the decoy's shift (``look.decoy``).
     """
     texture = _unit_texture(rng, grid.size, look.texture_sigma_px)
     image = look.means[tissue] + look.texture_amplitude[tissue] * texture
     unlabelled = tissue == 0
+    streaks, air = None, np.zeros(tissue.shape, bool)
     if unlabelled.any():
         regions = background_regions(look, q, view.half_extent_mm, grid)
         background = look.background_means[regions] + look.background_texture * texture
@@ -203,12 +209,37 @@ def _paint(rng, tissue: np.ndarray, q: np.ndarray, physical_mm: np.ndarray, view
             if look.fat_mean >= 0:
                 background = np.where(depth < look.fat_layer_mm, look.fat_mean, background)
             background = np.where(depth >= 0, background, 0.0)
+            air = unlabelled & (depth < 0)
         image = np.where(unlabelled, background, image)
+    if decoy_tissue is not None:
+        image = _paint_decoy(rng, image, tissue, decoy_tissue, air, streaks, texture, physical_mm, view, look, grid)
     if look.cortex_mm > 0:
         width = max(1, int(round(look.cortex_mm / view.pixel_mm)))
         rim = _rim_outside(tissue, width) if look.rim_outside else _cortex(tissue, width)
         image = np.where(rim, look.cortex_mean, image)
     return image.astype(np.float32)
+
+
+def _paint_decoy(rng, image, tissue, decoy_tissue, air, streaks, texture, physical_mm, view: View, look: Appearance,
+                 grid: CoarseGrid) -> np.ndarray:
+    """``image`` with the decoy (the shifted bone where it covers soft tissue inside the body) painted as smooth
+    soft tissue, streaked as the soft tissue is, and outlined in fat where drawn so."""
+    decoy = look.decoy
+    ground = np.isin(tissue, SOFT_IDS) & ~air
+    inside = (decoy_tissue == decoy.bone_id) & ground
+    if not inside.any():
+        return image
+    value = decoy.mean + look.background_texture * texture
+    if look.striation_mean >= 0:
+        if streaks is None:
+            streaks = _fibre_streaks(rng, physical_mm, view.pixel_mm, look, grid)
+        value = np.where(streaks, _towards(value, look), value)
+    image = np.where(inside, value, image)
+    if decoy.outline_mean >= 0:
+        width = max(1, int(round(decoy.outline_mm / view.pixel_mm)))
+        outline = region_borders(inside.view(np.uint8), width) & ground
+        image = np.where(outline, decoy.outline_mean + look.background_texture * texture, image)
+    return image
 
 
 def limb_direction(physical_mm: np.ndarray, step_mm: float) -> tuple:
