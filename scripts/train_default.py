@@ -567,6 +567,17 @@ ROUND32 = {**ROUND31, "synthesis": {**ROUND31["synthesis"], "decoy_probability":
 round32 = _plain_fine_tune("round32")
 
 
+# Round 33: round 24 paired (round 22's measured bundle continued for 4,800 slices, seed 24: the same images but
+# for the bones' intensity and the decoys), with round 32's two generator changes. Every 9,600-slice continuation
+# of round 24 on seed 27's images (rounds 27-32, the controls too) labels the DESS vastus femur in the sagittal
+# plane as well, where round 24 and its GPU continuations (rounds 25-26) did not: rounds 31 and 32 were measured
+# against a control that had already drifted. Here the control is round 24 itself, clean on DESS.
+ROUND33 = {**ROUND24, "synthesis": {**ROUND24["synthesis"], "marrow_like_fat_probability": 0.8,
+                                    "decoy_probability": 0.5}}
+
+round33 = _plain_fine_tune("round33")
+
+
 # Each fine-tune's subcommand: what it runs, its help line and its parser options (fine_tune_parser).
 # The newest is finalize's default recipe.
 FINE_TUNES = {
@@ -629,6 +640,8 @@ FINE_TUNES = {
                 {"init_from": True}),
     "round32": (round32, "round 32: round 31 with bone-shaped soft-tissue decoys; rerun to continue",
                 {"init_from": True}),
+    "round33": (round33, "round 33: round 24 with the marrow tied to the fat and bone-shaped decoys; rerun to "
+                "continue", {"init_from": True}),
 }
 
 

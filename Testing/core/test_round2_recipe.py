@@ -360,7 +360,7 @@ def test_rounds_27_28_29_are_one_run_of_round24s_recipe_with_the_position_at_the
 
 
 
-def test_round31_is_round28_with_the_marrow_tied_to_the_fat_and_round32_adds_decoys():
+def test_rounds_31_32_33_add_the_marrow_tied_to_the_fat_and_decoys_to_their_controls_runs():
     recipe = _recipe()
     probe, control = TrainConfig.from_flat(**recipe.ROUND31), TrainConfig.from_flat(**recipe.ROUND28)
     assert dataclasses.replace(probe.recipe, synthesis=control.recipe.synthesis) == control.recipe  # same seed
@@ -370,7 +370,11 @@ def test_round31_is_round28_with_the_marrow_tied_to_the_fat_and_round32_adds_dec
     decoys = TrainConfig.from_flat(**recipe.ROUND32)
     assert dataclasses.replace(decoys.recipe, synthesis=control.recipe.synthesis) == control.recipe
     assert _changed_synthesis(decoys, probe) == {"decoy_probability"} and decoys.network == probe.network
-    assert {"round31", "round32"} <= set(recipe.FINE_TUNES)
+    round24, round33 = TrainConfig.from_flat(**recipe.ROUND24), TrainConfig.from_flat(**recipe.ROUND33)
+    assert dataclasses.replace(round33.recipe, synthesis=round24.recipe.synthesis) == round24.recipe  # same seed
+    assert _changed_synthesis(round33, round24) == {"marrow_like_fat_probability", "decoy_probability"}
+    assert round33.recipe.synthesis["decoy_probability"] == decoys.recipe.synthesis["decoy_probability"]
+    assert {"round31", "round32", "round33"} <= set(recipe.FINE_TUNES)
 
 def test_the_round15_chain_is_rounds_8_9_11_12_15_with_12_and_15_cut_where_their_time_limit_cut_them():
     recipe = _recipe()
