@@ -593,24 +593,23 @@ def test_marrow_like_fat_ties_every_bone_to_the_fat_and_changes_no_other_draw(ph
     from kneeseg.synth.tissues import BONE_IDS, TISSUE_IDS
 
     cache, _, _ = phantom_cache
-    base = make(cache).config
-    tied = []
+    base = dataclasses.replace(make(cache).config, intensity_jitter=0.0)  # tissue means exactly their kind's
+    untied = 0
     for seed in range(20):
         view, label_map, _, _ = make(cache).draw(np.random.SeedSequence(seed), 2)
         looks = [draw_appearance(np.random.default_rng(seed), dataclasses.replace(base, marrow_like_fat_probability=p),
                                  label_map, view, SIZE) for p in (0.0, 1.0)]
         _assert_same_draws(looks, lambda name: name != "means")
-        fat = looks[1].means[TISSUE_IDS["infrapatellar_fat"]]  # the fat's kind mean plus its own jitter
-        bones = looks[1].means[list(BONE_IDS)]
-        assert np.all(np.abs(bones - fat) <= 6 * base.intensity_jitter)
+        fat = looks[1].means[TISSUE_IDS["infrapatellar_fat"]]
+        np.testing.assert_array_equal(looks[1].means[list(BONE_IDS)], fat)
         others = np.setdiff1d(np.arange(256), BONE_IDS)
         np.testing.assert_equal(looks[0].means[others], looks[1].means[others])
-        tied.append(np.ptp(bones) < np.ptp(looks[0].means[list(BONE_IDS)]) or np.ptp(bones) < 0.15)
-    assert all(tied)  # never four independent marrow intensities
+        untied += not np.allclose(looks[0].means[list(BONE_IDS)], fat)
+    assert untied > 10  # without the tie the marrow is mostly not the fat's
 
 
 def test_a_decoy_changes_no_other_draw_and_keeps_its_distance_from_the_bones_intensity(phantom_cache):
-    from kneeseg.synth.draws import draw_appearance
+    from kneeseg.synth.draws import _draw_decoy, draw_appearance
     from kneeseg.synth.tissues import TISSUE_IDS
 
     cache, _, _ = phantom_cache
@@ -627,29 +626,94 @@ def test_a_decoy_changes_no_other_draw_and_keeps_its_distance_from_the_bones_int
         assert abs(decoy.mean - look.means[decoy.bone_id]) >= 0.2 - 1e-6
         assert 20.0 <= abs(decoy.shift_mm[0]) <= 45.0
         assert decoy.shift_mm[2] * (1.0 if decoy.bone_id == femur else -1.0) >= 0  # away from the joint
+        assert abs(decoy.shift_mm[1]) <= 20.0 and 0.0 <= decoy.mean <= 1.0
+    # a contrast no intensity can keep from the bone's: the farthest one
+    for bone_mean, farthest in ((0.5, 0.0), (0.45, 1.0), (0.7, 0.0)):
+        means = np.full(256, bone_mean, np.float32)
+        decoy = _draw_decoy(np.random.default_rng(0), dataclasses.replace(config, decoy_contrast=0.8), means, 0.2)
+        assert decoy.mean == farthest
 
 
-def test_a_decoy_paints_the_moved_bone_over_soft_tissue_only_and_leaves_the_labels(phantom_cache, monkeypatch):
+def _tissue_ids(synthesizer, view, label_map, shift_mm=np.zeros(3)):
+    """Per slice of ``view``: the tissue ids of the label map moved by ``shift_mm``."""
+    tissues = []
+    for offset in view.slice_offsets_mm:
+        physical = render._cache_mm(view, synthesizer.grid.points(view.plane, view.pixel_mm, offset))
+        index = render._cache_index(label_map, physical - shift_mm, synthesizer.grid)
+        tissues.append(render._lookup_tissue(label_map, index, view.extend_shafts))
+    return np.stack(tissues)
+
+
+def _with_and_without_decoy(synthesizer, seed, decoy_for):
+    """Images of one drawn stack rendered with the same noise without and with a decoy, its tissue ids, where
+    the moved bone lies, its appearance and the decoy."""
+    view, label_map, look, noise_rng = synthesizer.draw(np.random.SeedSequence(seed), 2)
+    state = noise_rng.bit_generator.state
+    plain, labels = render.render(noise_rng, view, label_map, look, synthesizer.grid, synthesizer.target)
+    decoy = decoy_for(look)
+    noise_rng.bit_generator.state = state
+    with_decoy, decoy_labels = render.render(noise_rng, view, label_map, dataclasses.replace(look, decoy=decoy),
+                                             synthesizer.grid, synthesizer.target)
+    assert np.array_equal(labels, decoy_labels)  # a decoy is never labelled
+    moved = _tissue_ids(synthesizer, view, label_map, decoy.shift_mm) == decoy.bone_id
+    return plain, with_decoy, _tissue_ids(synthesizer, view, label_map), moved, look, decoy
+
+
+@pytest.mark.parametrize("outlined", [False, True])
+def test_a_decoy_paints_the_moved_bone_over_soft_tissue_only_and_leaves_the_labels(phantom_cache, monkeypatch,
+                                                                                     outlined):
     from kneeseg.synth.draws import Decoy
     from kneeseg.synth.tissues import TISSUE_IDS
 
     cache, _, _ = phantom_cache
     monkeypatch.setattr(render, "_finish_intensities", lambda images, no_signal, look: images)  # no rescaling
     synthesizer = make(cache, planes=("coronal",), config=_plain_striated(0.0))
-    view, label_map, look, noise_rng = synthesizer.draw(np.random.SeedSequence(1), 2)
-    state = noise_rng.bit_generator.state
-    plain, labels = render.render(noise_rng, view, label_map, look, synthesizer.grid, synthesizer.target)
-    femur_mean = look.means[TISSUE_IDS["femur"]]
-    decoy_mean = float(femur_mean + 0.5 if femur_mean < 0.5 else femur_mean - 0.5)
-    decoy = Decoy(TISSUE_IDS["femur"], np.array([30.0, 0.0, 10.0]), decoy_mean, -1.0, 1.0)
-    noise_rng.bit_generator.state = state
-    with_decoy, decoy_labels = render.render(noise_rng, view, label_map, dataclasses.replace(look, decoy=decoy),
-                                             synthesizer.grid, synthesizer.target)
-    assert np.array_equal(labels, decoy_labels)
+
+    def decoy_for(look):
+        femur_mean = float(look.means[TISSUE_IDS["femur"]])
+        return Decoy(TISSUE_IDS["femur"], np.array([30.0, 0.0, 10.0]),
+                     femur_mean + 0.5 if femur_mean < 0.5 else femur_mean - 0.5, 0.03 if outlined else -1.0, 1.0)
+
+    plain, with_decoy, tissue, moved, _, decoy = _with_and_without_decoy(synthesizer, 1, decoy_for)
+    soft = tissue == 0  # the phantom's one other tissue, a muscle, lies behind the knee, away from the moved femur
+    inside = moved & soft
+    outline = np.stack([render.region_borders(m.view(np.uint8), 1) for m in moved]) & soft
+    if not outlined:
+        outline[:] = False
+    assert inside.sum() > 20  # the femur moved 30 mm sideways shows beside the femur
     changed = np.abs(with_decoy - plain) > 1e-4
-    assert changed.sum() > 20  # the femur moved 30 mm sideways shows beside the femur
-    assert not (changed & (labels > 0)).any()  # never over a bone
-    np.testing.assert_allclose(with_decoy[changed], decoy.mean, atol=1e-4)  # no texture in this config
+    np.testing.assert_array_equal(changed, inside | outline)
+    np.testing.assert_allclose(with_decoy[inside & ~outline], decoy.mean, atol=1e-4)  # no texture in this config
+    if outlined:
+        np.testing.assert_allclose(with_decoy[outline], 0.03, atol=1e-4)
+
+
+def test_a_decoy_stays_below_the_skin_and_its_fat(phantom_cache, monkeypatch):
+    from kneeseg.synth.draws import Decoy
+    from kneeseg.synth.tissues import TISSUE_IDS
+
+    cache, _, _ = phantom_cache
+    monkeypatch.setattr(render, "_finish_intensities", lambda images, no_signal, look: images)
+    config = dataclasses.replace(_plain_striated(0.0), air_probability=1.0, subcutaneous_fat_probability=1.0,
+                                 fat_layer_mm=(4.0, 4.0))
+    synthesizer = make(cache, planes=("coronal",), config=config, window_mm=150.0)  # wide enough to show the skin
+    painted, spared = 0, 0
+    for seed in range(6):
+        plain, with_decoy, tissue, moved, look, _ = _with_and_without_decoy(
+            synthesizer, seed, lambda look: Decoy(TISSUE_IDS["femur"], np.array([45.0, 0.0, 0.0]),
+                                                  0.99 if look.fat_mean < 0.5 else 0.01, -1.0, 1.0))
+        view = synthesizer.draw(np.random.SeedSequence(seed), 2)[0]
+        depth = np.stack([synthesizer.grid.to_full(render._skin_depth(look.outline, render._cache_mm(
+            view, synthesizer.grid.points(view.plane, view.pixel_mm, offset))).astype(np.float32))
+            for offset in view.slice_offsets_mm])
+        under_skin = (tissue == 0) & (depth < 4.0)  # air and the 4 mm of fat beneath the skin
+        changed = np.abs(with_decoy - plain) > 1e-4
+        assert not (changed & under_skin).any()
+        np.testing.assert_array_equal(changed, moved & (tissue == 0) & ~under_skin)  # nor outside the label map
+        painted += int(changed.sum())
+        spared += int((moved & under_skin).sum())
+    assert painted > 0 and spared > 0  # the decoy reached the skin and stopped beneath its fat
+
 
 def test_staple_source_names_the_person_so_both_knees_share_a_subject():
     from kneeseg.synth import DEFAULT_SOURCES, TISSUES

@@ -73,9 +73,10 @@ class SynthesisConfig:
         default) draws every sample as the generator did before this option.
       decoy_probability, decoy_shift_mm, decoy_contrast: a bone-shaped structure that is not bone: the femur's
         or the tibia's shape moved sideways (medially or laterally by decoy_shift_mm, up to 20 mm forwards or
-        back, and away from the joint by up to 30 mm) and painted, where it covers soft tissue, as a smooth
-        soft-tissue region at least decoy_contrast away from that bone's intensity, with the fibre streaks of
-        the soft tissue and, half the time, a fat-coloured outline. Real thigh and calf muscles lie beside the
+        back, and away from the joint by up to 30 mm) and painted, where it covers soft tissue below the skin's
+        fat layer, as a smooth soft-tissue region at least decoy_contrast away from that bone's intensity (the
+        farthest of 0 and 1 where no intensity is that far), with the soft tissue's fibre streaks and, half the
+        time, a fat-coloured outline along its shape, as wide as a septum (septum_mm). Real thigh and calf muscles lie beside the
         shafts in just such shapes (the vastus above a condyle in a sagittal slice at the knee's edge, where a
         central slice shows the shaft); a region is bone only if it also looks like the image's marrow.
       bias_std: standard deviation of the log of a smooth multiplicative bias field.

@@ -260,8 +260,11 @@ def _draw_decoy(rng, cfg: SynthesisConfig, means: np.ndarray, fat_mean: float) -
                       away * rng.uniform(0.0, 30.0)])
     bone_mean = float(means[TISSUE_IDS[bone]])
     below, above = max(0.0, bone_mean - cfg.decoy_contrast), max(0.0, 1.0 - bone_mean - cfg.decoy_contrast)
-    u = rng.uniform(0.0, below + above) if below + above > 0 else 0.0
-    mean = u if u < below else bone_mean + cfg.decoy_contrast + (u - below)
+    u = rng.uniform(0.0, below + above)  # uniform over [0, 1] less the band of +-decoy_contrast about the bone
+    if below + above <= 0:  # no intensity that far from the bone's: the farthest one
+        mean = 0.0 if bone_mean >= 0.5 else 1.0
+    else:
+        mean = u if u < below else bone_mean + cfg.decoy_contrast + (u - below)
     outlined = rng.random() < 0.5
     return Decoy(TISSUE_IDS[bone], shift, float(np.clip(mean, 0.0, 1.0)),
                  float(np.clip(fat_mean + rng.normal(0.0, 0.05), 0.0, 1.0)) if outlined else -1.0,

@@ -192,7 +192,7 @@ def _paint(rng, tissue: np.ndarray, q: np.ndarray, physical_mm: np.ndarray, view
     texture = _unit_texture(rng, grid.size, look.texture_sigma_px)
     image = look.means[tissue] + look.texture_amplitude[tissue] * texture
     unlabelled = tissue == 0
-    streaks, air = None, np.zeros(tissue.shape, bool)
+    streaks, under_skin = None, np.zeros(tissue.shape, bool)  # under_skin: air and the subcutaneous fat layer
     if unlabelled.any():
         regions = background_regions(look, q, view.half_extent_mm, grid)
         background = look.background_means[regions] + look.background_texture * texture
@@ -209,10 +209,10 @@ def _paint(rng, tissue: np.ndarray, q: np.ndarray, physical_mm: np.ndarray, view
             if look.fat_mean >= 0:
                 background = np.where(depth < look.fat_layer_mm, look.fat_mean, background)
             background = np.where(depth >= 0, background, 0.0)
-            air = unlabelled & (depth < 0)
+            under_skin = unlabelled & (depth < (look.fat_layer_mm if look.fat_mean >= 0 else 0.0))
         image = np.where(unlabelled, background, image)
     if decoy_tissue is not None:
-        image = _paint_decoy(rng, image, tissue, decoy_tissue, air, streaks, texture, physical_mm, view, look, grid)
+        image = _paint_decoy(image, tissue, decoy_tissue, under_skin, streaks, texture, view, look)
     if look.cortex_mm > 0:
         width = max(1, int(round(look.cortex_mm / view.pixel_mm)))
         rim = _rim_outside(tissue, width) if look.rim_outside else _cortex(tissue, width)
@@ -220,24 +220,24 @@ def _paint(rng, tissue: np.ndarray, q: np.ndarray, physical_mm: np.ndarray, view
     return image.astype(np.float32)
 
 
-def _paint_decoy(rng, image, tissue, decoy_tissue, air, streaks, texture, physical_mm, view: View, look: Appearance,
-                 grid: CoarseGrid) -> np.ndarray:
-    """``image`` with the decoy (the shifted bone where it covers soft tissue inside the body) painted as smooth
-    soft tissue, streaked as the soft tissue is, and outlined in fat where drawn so."""
+def _paint_decoy(image, tissue, decoy_tissue, under_skin, streaks, texture, view: View, look: Appearance) -> np.ndarray:
+    """``image`` with the decoy (the shifted bone, where it covers soft tissue below the skin's fat layer) painted
+    as smooth soft tissue, with the soft tissue's streaks where the slice has them, and outlined in fat along its
+    own shape where drawn so (not where it is cut off by bone or skin). Draws no random numbers: a slice's noise
+    is that of the same slice without the decoy."""
     decoy = look.decoy
-    ground = np.isin(tissue, SOFT_IDS) & ~air
-    inside = (decoy_tissue == decoy.bone_id) & ground
+    ground = np.isin(tissue, SOFT_IDS) & ~under_skin
+    shape = decoy_tissue == decoy.bone_id
+    inside = shape & ground
     if not inside.any():
         return image
     value = decoy.mean + look.background_texture * texture
-    if look.striation_mean >= 0:
-        if streaks is None:
-            streaks = _fibre_streaks(rng, physical_mm, view.pixel_mm, look, grid)
+    if streaks is not None:
         value = np.where(streaks, _towards(value, look), value)
     image = np.where(inside, value, image)
     if decoy.outline_mean >= 0:
         width = max(1, int(round(decoy.outline_mm / view.pixel_mm)))
-        outline = region_borders(inside.view(np.uint8), width) & ground
+        outline = region_borders(shape.view(np.uint8), width) & ground
         image = np.where(outline, decoy.outline_mean + look.background_texture * texture, image)
     return image
 
