@@ -578,6 +578,16 @@ ROUND33 = {**ROUND24, "synthesis": {**ROUND24["synthesis"], "marrow_like_fat_pro
 round33 = _plain_fine_tune("round33")
 
 
+# Rounds 34 and 35: round 24's recipe again with two other seeds, to measure how far runs of one recipe land apart
+# on DESS. Round 24 (clean on DESS) is the control of round 33 and the nearest any round came to shipping: is a clean
+# DESS what that recipe gives, or what one of its runs did? Replicates for the spread, not ship candidates.
+ROUND34 = {**ROUND24, "seed": 34}
+ROUND35 = {**ROUND24, "seed": 35}
+
+round34 = _plain_fine_tune("round34")
+round35 = _plain_fine_tune("round35")
+
+
 # Each fine-tune's subcommand: what it runs, its help line and its parser options (fine_tune_parser).
 # The newest is finalize's default recipe.
 FINE_TUNES = {
@@ -642,6 +652,10 @@ FINE_TUNES = {
                 {"init_from": True}),
     "round33": (round33, "round 33: round 24 with the marrow tied to the fat and bone-shaped decoys; rerun to "
                 "continue", {"init_from": True}),
+    "round34": (round34, "round 34: round 24's recipe with seed 34 (a replicate); rerun to continue",
+                {"init_from": True}),
+    "round35": (round35, "round 35: round 24's recipe with seed 35 (a replicate); rerun to continue",
+                {"init_from": True}),
 }
 
 
