@@ -76,9 +76,10 @@ class SynthesisConfig:
         back, and away from the joint by up to 30 mm) and painted, where it covers soft tissue below the skin's
         fat layer, as a smooth soft-tissue region at least decoy_contrast away from that bone's intensity (the
         farthest of 0 and 1 where no intensity is that far), with the soft tissue's fibre streaks and, half the
-        time, a fat-coloured outline along its shape, as wide as a septum (septum_mm). Real thigh and calf muscles lie beside the
-        shafts in just such shapes (the vastus above a condyle in a sagittal slice at the knee's edge, where a
-        central slice shows the shaft); a region is bone only if it also looks like the image's marrow.
+        time, a fat-coloured outline along its shape, as wide as a septum (septum_mm). Real thigh and calf
+        muscles lie beside the shafts in just such shapes (the vastus above a condyle in a sagittal slice at the
+        knee's edge, where a central slice shows the shaft); a region is bone only if it also looks like the
+        image's marrow.
       bias_std: standard deviation of the log of a smooth multiplicative bias field.
       thick_slice_probability, slice_thickness_mm: simulated thick 2D acquisition, along the slice
         axis (half of the cases: partial-volume average) or along one in-plane axis (averaged and

@@ -280,7 +280,6 @@ def _marrow_like_fat(rng, cfg: SynthesisConfig, means: np.ndarray, fat_mean: flo
     return means
 
 
-
 def draw_context_spacing(rng, cfg: SynthesisConfig, look: Appearance, min_slice_mm: float) -> float:
     """How far apart (mm) a slice's neighbours lie for a network that sees them; 0: no neighbours (the
     slice repeated). See ``SynthesisConfig``'s context settings."""
