@@ -588,6 +588,16 @@ round34 = _plain_fine_tune("round34")
 round35 = _plain_fine_tune("round35")
 
 
+# Rounds 36 and 37: round 33 (round 24's recipe with the marrow tied to the fat and decoys) with seeds 34 and 35, each
+# paired with the replicate of the same seed (rounds 34, 35): three seeds per arm, the comparison one run per arm
+# could not make.
+ROUND36 = {**ROUND33, "seed": 34}
+ROUND37 = {**ROUND33, "seed": 35}
+
+round36 = _plain_fine_tune("round36")
+round37 = _plain_fine_tune("round37")
+
+
 # Each fine-tune's subcommand: what it runs, its help line and its parser options (fine_tune_parser).
 # The newest is finalize's default recipe.
 FINE_TUNES = {
@@ -655,6 +665,10 @@ FINE_TUNES = {
     "round34": (round34, "round 34: round 24's recipe with seed 34 (a replicate); rerun to continue",
                 {"init_from": True}),
     "round35": (round35, "round 35: round 24's recipe with seed 35 (a replicate); rerun to continue",
+                {"init_from": True}),
+    "round36": (round36, "round 36: round 33 with seed 34 (paired with round 34); rerun to continue",
+                {"init_from": True}),
+    "round37": (round37, "round 37: round 33 with seed 35 (paired with round 35); rerun to continue",
                 {"init_from": True}),
 }
 

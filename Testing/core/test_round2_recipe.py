@@ -375,8 +375,10 @@ def test_rounds_31_32_33_add_the_marrow_tied_to_the_fat_and_decoys_to_their_cont
     assert _changed_synthesis(round33, round24) == {"marrow_like_fat_probability", "decoy_probability"}
     assert round33.recipe.synthesis["decoy_probability"] == decoys.recipe.synthesis["decoy_probability"]
     assert {"round31", "round32", "round33", "round34", "round35"} <= set(recipe.FINE_TUNES)
-    for replicate in (recipe.ROUND34, recipe.ROUND35):  # round 24's recipe, another seed
-        assert {k for k in replicate if replicate[k] != recipe.ROUND24[k]} == {"seed"}
+    for replicate, treated in ((recipe.ROUND34, recipe.ROUND36), (recipe.ROUND35, recipe.ROUND37)):
+        assert {k for k in replicate if replicate[k] != recipe.ROUND24[k]} == {"seed"}  # round 24's recipe
+        assert treated == {**recipe.ROUND33, "seed": replicate["seed"]}  # round 33's, paired by seed
+    assert {"round36", "round37"} <= set(recipe.FINE_TUNES)
 
 def test_the_round15_chain_is_rounds_8_9_11_12_15_with_12_and_15_cut_where_their_time_limit_cut_them():
     recipe = _recipe()
