@@ -634,19 +634,22 @@ def test_a_decoy_changes_no_other_draw_and_keeps_its_distance_from_the_bones_int
         assert decoy.mean == farthest
 
 
+def _label_map_mm(synthesizer, view):
+    """Per slice of ``view``: the label-map positions (mm) of its coarse grid points."""
+    return [render._cache_mm(view, synthesizer.grid.points(view.plane, view.pixel_mm, offset))
+            for offset in view.slice_offsets_mm]
+
+
 def _tissue_ids(synthesizer, view, label_map, shift_mm=np.zeros(3)):
     """Per slice of ``view``: the tissue ids of the label map moved by ``shift_mm``."""
-    tissues = []
-    for offset in view.slice_offsets_mm:
-        physical = render._cache_mm(view, synthesizer.grid.points(view.plane, view.pixel_mm, offset))
-        index = render._cache_index(label_map, physical - shift_mm, synthesizer.grid)
-        tissues.append(render._lookup_tissue(label_map, index, view.extend_shafts))
-    return np.stack(tissues)
+    return np.stack([render._lookup_tissue(label_map, render._cache_index(label_map, physical - shift_mm,
+                                                                          synthesizer.grid), view.extend_shafts)
+                     for physical in _label_map_mm(synthesizer, view)])
 
 
 def _with_and_without_decoy(synthesizer, seed, decoy_for):
     """Images of one drawn stack rendered with the same noise without and with a decoy, its tissue ids, where
-    the moved bone lies, its appearance and the decoy."""
+    the moved bone lies, its view, its appearance and the decoy."""
     view, label_map, look, noise_rng = synthesizer.draw(np.random.SeedSequence(seed), 2)
     state = noise_rng.bit_generator.state
     plain, labels = render.render(noise_rng, view, label_map, look, synthesizer.grid, synthesizer.target)
@@ -656,7 +659,7 @@ def _with_and_without_decoy(synthesizer, seed, decoy_for):
                                              synthesizer.grid, synthesizer.target)
     assert np.array_equal(labels, decoy_labels)  # a decoy is never labelled
     moved = _tissue_ids(synthesizer, view, label_map, decoy.shift_mm) == decoy.bone_id
-    return plain, with_decoy, _tissue_ids(synthesizer, view, label_map), moved, look, decoy
+    return plain, with_decoy, _tissue_ids(synthesizer, view, label_map), moved, view, look, decoy
 
 
 @pytest.mark.parametrize("outlined", [False, True])
@@ -674,7 +677,7 @@ def test_a_decoy_paints_the_moved_bone_over_soft_tissue_only_and_leaves_the_labe
         return Decoy(TISSUE_IDS["femur"], np.array([30.0, 0.0, 10.0]),
                      femur_mean + 0.5 if femur_mean < 0.5 else femur_mean - 0.5, 0.03 if outlined else -1.0, 1.0)
 
-    plain, with_decoy, tissue, moved, _, decoy = _with_and_without_decoy(synthesizer, 1, decoy_for)
+    plain, with_decoy, tissue, moved, _, _, decoy = _with_and_without_decoy(synthesizer, 1, decoy_for)
     soft = tissue == 0  # the phantom's one other tissue, a muscle, lies behind the knee, away from the moved femur
     inside = moved & soft
     outline = np.stack([render.region_borders(m.view(np.uint8), 1) for m in moved]) & soft
@@ -699,13 +702,11 @@ def test_a_decoy_stays_below_the_skin_and_its_fat(phantom_cache, monkeypatch):
     synthesizer = make(cache, planes=("coronal",), config=config, window_mm=150.0)  # wide enough to show the skin
     painted, spared = 0, 0
     for seed in range(6):
-        plain, with_decoy, tissue, moved, look, _ = _with_and_without_decoy(
+        plain, with_decoy, tissue, moved, view, look, _ = _with_and_without_decoy(
             synthesizer, seed, lambda look: Decoy(TISSUE_IDS["femur"], np.array([45.0, 0.0, 0.0]),
                                                   0.99 if look.fat_mean < 0.5 else 0.01, -1.0, 1.0))
-        view = synthesizer.draw(np.random.SeedSequence(seed), 2)[0]
-        depth = np.stack([synthesizer.grid.to_full(render._skin_depth(look.outline, render._cache_mm(
-            view, synthesizer.grid.points(view.plane, view.pixel_mm, offset))).astype(np.float32))
-            for offset in view.slice_offsets_mm])
+        depth = np.stack([synthesizer.grid.to_full(render._skin_depth(look.outline, physical).astype(np.float32))
+                          for physical in _label_map_mm(synthesizer, view)])
         under_skin = (tissue == 0) & (depth < 4.0)  # air and the 4 mm of fat beneath the skin
         changed = np.abs(with_decoy - plain) > 1e-4
         assert not (changed & under_skin).any()
