@@ -192,7 +192,7 @@ def _paint(rng, tissue: np.ndarray, q: np.ndarray, physical_mm: np.ndarray, view
     texture = _unit_texture(rng, grid.size, look.texture_sigma_px)
     image = look.means[tissue] + look.texture_amplitude[tissue] * texture
     unlabelled = tissue == 0
-    streaks, under_skin = None, np.zeros(tissue.shape, bool)  # under_skin: air and the subcutaneous fat layer
+    streaks, under_skin = None, None  # under_skin: air and the subcutaneous fat layer, where there is an outline
     if unlabelled.any():
         regions = background_regions(look, q, view.half_extent_mm, grid)
         background = look.background_means[regions] + look.background_texture * texture
@@ -226,7 +226,9 @@ def _paint_decoy(image, tissue, decoy_tissue, under_skin, streaks, texture, view
     own shape where drawn so (not where it is cut off by bone or skin). Draws no random numbers: a slice's noise
     is that of the same slice without the decoy."""
     decoy = look.decoy
-    ground = np.isin(tissue, SOFT_IDS) & ~under_skin
+    ground = np.isin(tissue, SOFT_IDS)
+    if under_skin is not None:
+        ground &= ~under_skin
     shape = decoy_tissue == decoy.bone_id
     inside = shape & ground
     if not inside.any():
