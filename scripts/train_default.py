@@ -598,6 +598,75 @@ round36 = _plain_fine_tune("round36")
 round37 = _plain_fine_tune("round37")
 
 
+# Rounds 38-40: weight soups (kneeseg.workflows.train.soup_bundles), no training of their own. Three runs of round
+# 24's recipe landed far apart on the DESS volume (rounds 24, 34, 35), so each run's weights carry a part that is
+# its path's, not its recipe's; averaging the weights of fine-tunes of one start cancels that part (Wortsman et al.
+# 2022). Round 38 is the mean of the five siblings fine-tuned from round 22's bundle at the reviewed generator
+# (round 24's recipe with seeds 24/34/35, round 33's with 34/35); round 39 of round 24's recipe's three seeds only;
+# round 40 halfway between the shipped model and round 38 (WiSE-FT: a model and its fine-tune interpolated). Each
+# member is the bundle its round's command made: MEMBERS/roundN (default build/roundN). Measured 2026-12-05, not
+# shipped (docs/evaluation.md, "Rounds 38-40").
+SOUPS = {
+    "round38": (("round24", "round34", "round35", "round36", "round37"), None),
+    "round39": (("round24", "round34", "round35"), None),
+    "round40": (("shipped", "round38"), (0.5, 0.5)),
+}
+
+
+def _soup_member(member, members_folder, name) -> Path:
+    """The bundle of one soup member: the shipped model, or the bundle its round's command made."""
+    from kneeseg.errors import InputError
+
+    if member == "shipped":
+        if _made_by(INSTALLED, name):
+            raise InputError(f"the shipped model is already the output of {name}: name the bundle it was made from "
+                             f"in place of the shipped one (docs/training.md, round {name.removeprefix('round')})",
+                             INSTALLED)
+        return INSTALLED
+    path = Path(members_folder) / member
+    if not (path / "card.json").exists():
+        raise InputError(f"{name} averages {member}'s bundle, which is not there: make it first "
+                         f"(scripts/train_default.py {member} --out {path}), or name the folder that holds it with "
+                         "--members", path)
+    return path
+
+
+def _soup(name):
+    """The subcommand of the weight soup ``name`` (:data:`SOUPS`)."""
+    members, mix = SOUPS[name]
+
+    def run(args):
+        from kneeseg.workflows.train import soup_bundles
+
+        paths = [_soup_member(member, args.members, name) for member in members]
+        soup = soup_bundles(paths, args.out, mix=mix, name="knee-bones-default")
+        print(json.dumps(soup, indent=2))
+        starts = {member["init_from"] for member in soup["members"]}
+        start = paths[0]
+        if len(starts) == 1 and None not in starts:  # the members' one start, as the cards name it
+            named = starts.pop()
+            start = next((p for p in (Path(named), Path(args.members) / named) if (p / "card.json").exists()), start)
+        print(f"the soup is in {args.out}; then: scripts/train_default.py finalize {args.out} --recipe {name} "
+              f"--cache {args.cache} --real2d ../shared/data/real_2d/sagittal_slices_dev.npz --fine-tuned-from "
+              f"{start}, and make eval")
+
+    run.__name__ = name
+    return run
+
+
+round38, round39, round40 = _soup("round38"), _soup("round39"), _soup("round40")
+
+
+def soup_parser(sub, name, help):
+    p = sub.add_parser(name, help=help)
+    p.add_argument("--members", default="build", help="the folder holding each member round's bundle as roundN "
+                   "(default: %(default)s)")
+    p.add_argument("--out", default=f"build/{name}", help="the soup's bundle (default: %(default)s)")
+    p.add_argument("--cache", default=".cache/labelmaps", help="named in the next step's command (default: "
+                   "%(default)s)")
+    return p
+
+
 # Each fine-tune's subcommand: what it runs, its help line and its parser options (fine_tune_parser).
 # The newest is finalize's default recipe.
 FINE_TUNES = {
@@ -671,6 +740,11 @@ FINE_TUNES = {
     "round37": (round37, "round 37: round 33 with seed 35 (paired with round 35); rerun to continue",
                 {"init_from": True}),
 }
+SOUP_RECIPES = {
+    "round38": (round38, "round 38: the mean of the weights of rounds 24, 34, 35, 36 and 37"),
+    "round39": (round39, "round 39: the mean of the weights of rounds 24, 34 and 35"),
+    "round40": (round40, "round 40: halfway between the shipped model's weights and round 38's"),
+}
 
 
 def finalize(args):
@@ -697,8 +771,10 @@ def finalize(args):
         start = load_bundle(args.fine_tuned_from).card
         before = ("the shipped default model before " + args.recipe.replace("round", "round ").replace("-", " ")
                   if Path(args.fine_tuned_from).resolve() == INSTALLED.resolve() else str(args.fine_tuned_from))
+        made = ("a weight soup of the bundles in training.soup" if args.recipe in SOUP_RECIPES
+                else f"a fine-tune of {before}")
         training = {**trained.card.training, "config": {**trained.card.training["config"], "init_from": before},
-                    "recipe": f"{_recipe_command(args.recipe)} (a fine-tune of {before})",
+                    "recipe": f"{_recipe_command(args.recipe)} ({made})",
                     "hardware": args.hardware,
                     "fine_tuned_from": {"description": start.description, "training": start.training,
                                         "metrics": start.metrics}}
@@ -771,6 +847,8 @@ def main():
     p.add_argument("--out", default="build/default")
     for name, (_, help, options) in FINE_TUNES.items():
         fine_tune_parser(sub, name, help, **options)
+    for name, (_, help) in SOUP_RECIPES.items():
+        soup_parser(sub, name, help)
     p = sub.add_parser("finalize")
     p.add_argument("bundle")
     p.add_argument("--stage1")
@@ -781,7 +859,7 @@ def main():
     p.add_argument("--no-synthetic", action="store_true",
                    help="fit the fusion but leave the held-out synthetic volumes to make eval, which scores them "
                         "again (about 15 minutes less on two cores)")
-    p.add_argument("--recipe", choices=tuple(FINE_TUNES), default=list(FINE_TUNES)[-1],
+    p.add_argument("--recipe", choices=(*FINE_TUNES, *SOUP_RECIPES), default=list(FINE_TUNES)[-1],
                    help="the fine-tune that made BUNDLE (without --stage1; default: %(default)s)")
     p.add_argument("--fine-tuned-from", default=str(INSTALLED),
                    help="the bundle it started from, recorded in the card (default: the shipped model)")
@@ -794,7 +872,8 @@ def main():
         import datetime
 
         args.date = datetime.date.today().isoformat()
-    commands = {"train": train, "finalize": finalize, **{name: run for name, (run, _, _) in FINE_TUNES.items()}}
+    commands = {"train": train, "finalize": finalize, **{name: run for name, (run, _, _) in FINE_TUNES.items()},
+                **{name: run for name, (run, _) in SOUP_RECIPES.items()}}
     from kneeseg.errors import InputError
 
     try:

@@ -88,7 +88,7 @@ def test_every_fine_tune_round_has_a_subcommand_and_is_a_recipe_finalize_accepts
     with pytest.raises(SystemExit):
         recipe.main()
     usage = capsys.readouterr().out
-    assert "{" + ",".join(recipe.FINE_TUNES) + "}" in usage
+    assert "{" + ",".join((*recipe.FINE_TUNES, *recipe.SOUP_RECIPES)) + "}" in usage
     assert f"default: {list(recipe.FINE_TUNES)[-1]}" in " ".join(usage.split())  # the newest round
 
 

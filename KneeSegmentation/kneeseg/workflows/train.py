@@ -138,3 +138,63 @@ def _try_export_onnx(model, work, progress):
     except ImportError as exc:
         (progress or NO_PROGRESS).log(f"no ONNX export ({exc}); the bundle runs with TensorFlow only")
         return None
+
+
+def soup_bundles(members, output, mix=None, name=None) -> dict:
+    """One bundle whose every weight is the weighted mean of the ``members``' weights (a weight soup,
+    Wortsman et al. 2022); returns what the card records of it.
+
+    Averaging weights works for fine-tunes of one start, which stay in one basin of the loss; for
+    networks trained apart it gives noise, so it is for members the caller knows to be related (the
+    card records each member's start). Members must share network, frame and labels. ``mix``: one
+    weight per member, each >= 0, summing to 1 (default: equal). The card is the first member's
+    without its metrics and fusion weights, which belong to that member alone and are measured again
+    (``finalize``)."""
+    import numpy as np
+
+    members = [Path(m) for m in members]
+    if len(members) < 2:
+        raise InputError("a weight soup needs at least two member bundles", members[0] if members else None)
+    if Path(output).resolve() in {m.resolve() for m in members}:
+        raise InputError("the soup's output is one of its members; name another folder so that it stays as it is",
+                         output)
+    mix = _soup_mix(mix, len(members))
+    bundles = [load_bundle(m) for m in members]
+    first = bundles[0].card
+    for path, bundle in zip(members[1:], bundles[1:]):
+        for part in ("network", "frame", "labels"):
+            if getattr(bundle.card, part) != getattr(first, part):
+                raise InputError(f"the {part} of this bundle and of {members[0]} differ: only bundles of one "
+                                 "architecture, frame and labels can be averaged", path)
+    model = bundles[0].load_keras_model()
+    total = [np.zeros(w.shape, np.float64) for w in model.get_weights()]
+    for path, bundle, share in zip(members, bundles, mix):
+        weights = model.get_weights() if bundle is bundles[0] else bundle.load_keras_model().get_weights()
+        if [w.shape for w in weights] != [t.shape for t in total]:
+            raise InputError(f"its weights' shapes differ from {members[0]}'s", path)
+        for t, w in zip(total, weights):
+            t += share * np.asarray(w, np.float64)
+    model.set_weights([t.astype(w.dtype) for t, w in zip(total, model.get_weights())])
+    soup = {"how": "the weighted mean of every weight of the members (a weight soup)",
+            "members": [{"bundle": str(path), "share": share, "init_from": (b.card.training.get("config") or {})
+                         .get("init_from"), **{k: b.card.training.get(k) for k in ("recipe", "best_epoch",
+                                                                                   "best_val_mean_dice")
+                                               if b.card.training.get(k) is not None},
+                         "seed": (b.card.training.get("config") or {}).get("seed")}
+                        for path, b, share in zip(members, bundles, mix)]}
+    card = dataclasses.replace(first, name=name or first.name, metrics={}, fusion_weights=None,
+                               training={**first.training, "soup": soup},
+                               raw={k: v for k, v in first.raw.items() if k != "fusion"})
+    save_bundle(output, model, card)
+    return soup
+
+
+def _soup_mix(mix, count) -> list:
+    if mix is None:
+        return [1.0 / count] * count
+    mix = [float(share) for share in mix]
+    if len(mix) != count:
+        raise InputError(f"the soup's mix gives {len(mix)} weights for {count} members: give one per member")
+    if any(not share >= 0 for share in mix) or abs(sum(mix) - 1.0) > 1e-6:
+        raise InputError(f"the soup's mix {mix} must be weights >= 0 that sum to 1")
+    return mix
