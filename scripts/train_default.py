@@ -20,6 +20,7 @@
     python scripts/train_default.py round21 --cache .cache/labelmaps --out build/round21 [--time-limit-min 7]  # a GPU
     python scripts/train_default.py round22 --cache .cache/labelmaps --out build/round22 [--time-limit-min 7]  # a GPU
     python scripts/train_default.py round15-chain --cache .cache/labelmaps [--out build/round15-chain] [--time-limit-min 150]
+    python scripts/train_default.py round38 [--members build] [--out build/round38]  # a weight soup: round39, round40
     python scripts/train_default.py finalize build/default/stage2 --stage1 build/default/stage1 \
         --cache .cache/labelmaps --real2d ../shared/data/real_2d/sagittal_slices_dev.npz [--install]
 
@@ -52,6 +53,10 @@ is where they arrived, round 15's generator and loss, in one fine-tune of the sh
 round 19 without the fat septa in the generator; ``round21`` is round 19 trained 8.4x longer with batch 32,
 on a lent GPU (``scripts/gpu_fine_tune.sh round21``); ``round22`` is round 21 with streaks along the muscle
 fibres drawn in the generator's soft tissue.
+
+``round38``-``round40`` train nothing: each is a weight soup (``kneeseg.workflows.train.soup_bundles``) of bundles
+other rounds made, read from ``--members`` (MEMBERS/roundN): round 38 the mean of rounds 24, 34, 35, 36 and 37,
+round 39 of rounds 24, 34 and 35, round 40 halfway between the shipped model and round 38.
 
 ``train`` runs two stages with ``kneeseg train``: stage 1 from scratch (Adam 1e-3 -> 1e-4), stage 2 a
 fine-tune of stage 1 at a lower learning rate (3e-4 -> 3e-5). On a GPU machine the same stages run
