@@ -610,7 +610,7 @@ round37 = _plain_fine_tune("round37")
 # (round 24's recipe with seeds 24/34/35, round 33's with 34/35); round 39 of round 24's recipe's three seeds only;
 # round 40 halfway between the shipped model and round 38 (WiSE-FT: a model and its fine-tune interpolated). Each
 # member is the bundle its round's command made: MEMBERS/roundN (default build/roundN). Measured 2026-12-05, not
-# shipped (docs/evaluation.md, "Rounds 38-40").
+# shipped (docs/evaluation.md, "Rounds 38-43").
 SOUPS = {
     "round38": (("round24", "round34", "round35", "round36", "round37"), None),
     "round39": (("round24", "round34", "round35"), None),

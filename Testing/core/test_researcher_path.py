@@ -212,6 +212,7 @@ def test_three_fold_cross_validation_then_evaluate_and_info_tables(tmp_path):
     assert [f["dice"] for f in again["per_fold"]] == [f["dice"] for f in report["per_fold"]]
     card = json.loads((model / "card.json").read_text())
     assert card["name"] == "knee-bones-ensemble" and card["training"]["data"]["split"]["test"] == []
+    assert "best_epoch" not in card["training"]  # fold 0's own run, not the ensemble's
     assert card["metrics"]["cross_validation"]["bundle_fold"] is None
     labels = tmp_path / "knee0_labels.nrrd"
     segmented = kneeseg("segment", data / "images" / "knee0.nrrd", "-o", labels, "--model", model, "--progress", "none")

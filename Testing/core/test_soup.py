@@ -24,7 +24,8 @@ def _member(folder, seed, spec=SPEC, size=32, labels=SEPARATE_BONES, fusion=True
     rng = np.random.default_rng(seed)
     weights = [rng.normal(scale=0.2, size=w.shape).astype(w.dtype) for w in model.get_weights()]
     model.set_weights(weights)
-    card = card_for(labels, spec, FrameSpec(size=size), training={"config": {"init_from": "start", "seed": seed}})
+    card = card_for(labels, spec, FrameSpec(size=size), training={"config": {"init_from": "start", "seed": seed},
+                                                                   "best_epoch": seed + 3, "epochs_run": 9})
     if fusion:  # a member's own fitted plane weights and metrics, which a soup must not inherit
         n = len(labels) + 1
         card = dataclasses.replace(card, fusion_weights={p: [1.0 / 3] * n for p in ("sagittal", "coronal", "axial")},
@@ -46,6 +47,8 @@ def test_the_soup_holds_the_weighted_mean_of_every_members_weight_and_computes_w
     np.testing.assert_allclose(model.predict(image, verbose=0), reference.predict(image, verbose=0), atol=1e-5)
     assert soup.card.name == "soup-test"
     assert soup.card.fusion_weights is None and soup.card.metrics == {}  # the members' own: measured again
+    assert "best_epoch" not in soup.card.training and "epochs_run" not in soup.card.training  # one run's record
+    assert [m["best_epoch"] for m in record["members"]] == [3, 4, 5]
     assert "fusion" not in soup.card.to_json()
     assert [m["share"] for m in record["members"]] == [0.5, 0.25, 0.25]
     assert [m["seed"] for m in soup.card.training["soup"]["members"]] == [0, 1, 2]

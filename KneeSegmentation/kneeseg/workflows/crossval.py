@@ -189,14 +189,12 @@ def _save_ensemble(fold_bundles, output: Path, folds, name, export_onnx, progres
     import dataclasses as dc
 
     from ..bundle import save_bundle
-    from .train import _try_export_onnx
+    from .train import _try_export_onnx, without_run_record
 
     bundles = [load_bundle(path) for path in fold_bundles]
     model = ensemble_model([b.load_keras_model() for b in bundles])
     card = bundles[0].card
-    training = {k: v for k, v in card.training.items()  # fold 0's own run: not the ensemble's
-                if k not in ("epochs_run", "best_epoch", "best_val_mean_dice", "stopped_early", "stopped_at_time_limit",
-                             "averaged_epochs", "average_val_mean_dice")}
+    training = without_run_record(card.training)  # fold 0's own run: not the ensemble's
     data = dict(training.get("data", {}))
     subjects = sorted({s for fold in folds for s in fold["val"]})
     data.update(split={"train": subjects, "validation": [], "test": []},

@@ -140,6 +140,15 @@ def _try_export_onnx(model, work, progress):
         return None
 
 
+RUN_RECORD = ("epochs_run", "best_epoch", "best_val_mean_dice", "stopped_early", "stopped_at_time_limit",
+              "averaged_epochs", "average_val_mean_dice")  # a card's training entries that belong to one run
+
+
+def without_run_record(training: dict) -> dict:
+    """A card's ``training`` without what one training run recorded of itself (for a model made of several)."""
+    return {k: v for k, v in training.items() if k not in RUN_RECORD}
+
+
 def soup_bundles(members, output, mix=None, name=None) -> dict:
     """One bundle whose every weight is the weighted mean of the ``members``' weights (a weight soup,
     Wortsman et al. 2022); returns what the card records of it.
@@ -148,8 +157,8 @@ def soup_bundles(members, output, mix=None, name=None) -> dict:
     networks trained apart it gives noise, so it is for members the caller knows to be related (the
     card records each member's start). Members must share network, frame and labels. ``mix``: one
     weight per member, each >= 0, summing to 1 (default: equal). The card is the first member's
-    without its metrics and fusion weights, which belong to that member alone and are measured again
-    (``finalize``)."""
+    without its run's record, metrics and fusion weights, which belong to that member alone (``finalize``
+    measures the soup's fusion weights and metrics again)."""
     import numpy as np
 
     members = [Path(m) for m in members]
@@ -183,7 +192,7 @@ def soup_bundles(members, output, mix=None, name=None) -> dict:
                          "seed": (b.card.training.get("config") or {}).get("seed")}
                         for path, b, share in zip(members, bundles, mix)]}
     card = dataclasses.replace(first, name=name or first.name, metrics={}, fusion_weights=None,
-                               training={**first.training, "soup": soup},
+                               training={**without_run_record(first.training), "soup": soup},
                                raw={k: v for k, v in first.raw.items() if k != "fusion"})
     save_bundle(output, model, card)
     return soup
