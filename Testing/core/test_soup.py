@@ -107,6 +107,7 @@ def test_the_soup_rounds_average_their_rounds_bundles_and_name_a_missing_one(tmp
     assert recipe.SOUPS["round38"] == (("round24", "round34", "round35", "round36", "round37"), None)
     assert recipe.SOUPS["round39"] == (("round24", "round34", "round35"), None)
     assert recipe.SOUPS["round40"] == (("shipped", "round38"), (0.5, 0.5))
+    assert recipe.SOUPS["round44"] == (("round33", "round36", "round37"), None)  # round 39's other arm
     members = tmp_path / "members"
     weights = [_member(members / name, seed)[1] for seed, name in enumerate(("round24", "round34"))]
     monkeypatch.setattr("sys.argv", ["train_default.py", "round39", "--members", str(members),
