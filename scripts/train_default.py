@@ -780,9 +780,10 @@ def finalize(args):
         start = load_bundle(args.fine_tuned_from).card
         before = ("the shipped default model before " + args.recipe.replace("round", "round ").replace("-", " ")
                   if Path(args.fine_tuned_from).resolve() == INSTALLED.resolve() else str(args.fine_tuned_from))
-        made = ("a weight soup of the bundles in training.soup" if args.recipe in SOUP_RECIPES
-                else f"a fine-tune of {before}")
-        training = {**trained.card.training, "config": {**trained.card.training["config"], "init_from": before},
+        souped = args.recipe in SOUP_RECIPES
+        made = "a weight soup of the bundles in training.soup" if souped else f"a fine-tune of {before}"
+        training = {**trained.card.training, "config": {**trained.card.training["config"],
+                                                        "init_from": "training.soup" if souped else before},
                     "recipe": f"{_recipe_command(args.recipe)} ({made})",
                     "hardware": args.hardware,
                     "fine_tuned_from": {"description": start.description, "training": start.training,
@@ -869,9 +870,10 @@ def main():
                    help="fit the fusion but leave the held-out synthetic volumes to make eval, which scores them "
                         "again (about 15 minutes less on two cores)")
     p.add_argument("--recipe", choices=(*FINE_TUNES, *SOUP_RECIPES), default=list(FINE_TUNES)[-1],
-                   help="the fine-tune that made BUNDLE (without --stage1; default: %(default)s)")
+                   help="the fine-tune or weight soup that made BUNDLE (without --stage1; default: %(default)s)")
     p.add_argument("--fine-tuned-from", default=str(INSTALLED),
-                   help="the bundle it started from, recorded in the card (default: the shipped model)")
+                   help="the bundle it started from (a soup: its members' start), recorded in the card (default: the "
+                        "shipped model)")
     p.add_argument("--install", action="store_true", help="replace the shipped default model with the result")
     p.add_argument("--hardware", default="one NVIDIA H100 80GB (Keras 3.15.1 on JAX 0.11.2)")
     p.add_argument("--hardware-eval", default="2-core AVX-512 EPYC CPU, TensorFlow 2.21 CPU")

@@ -18,14 +18,15 @@ from conftest import load_script
 SPEC = NetworkSpec(filters=4, depth=2)
 
 
-def _member(folder, seed, spec=SPEC, size=32, labels=SEPARATE_BONES, fusion=True):
+def _member(folder, seed, spec=SPEC, size=32, labels=SEPARATE_BONES, fusion=True, n4=False):
     """A bundle of ``spec`` with random weights drawn from ``seed``; returns (folder, its weights)."""
     model = build_model(spec, size)
     rng = np.random.default_rng(seed)
     weights = [rng.normal(scale=0.2, size=w.shape).astype(w.dtype) for w in model.get_weights()]
     model.set_weights(weights)
-    card = card_for(labels, spec, FrameSpec(size=size), training={"config": {"init_from": "start", "seed": seed},
-                                                                   "best_epoch": seed + 3, "epochs_run": 9})
+    card = card_for(labels, spec, FrameSpec(size=size), n4=n4,
+                    training={"config": {"init_from": "start", "seed": seed, "epochs": 6}, "best_epoch": seed + 3,
+                              "epochs_run": 9, "recipe": f"round{seed}", "hardware": "a GPU"})
     if fusion:  # a member's own fitted plane weights and metrics, which a soup must not inherit
         n = len(labels) + 1
         card = dataclasses.replace(card, fusion_weights={p: [1.0 / 3] * n for p in ("sagittal", "coronal", "axial")},
@@ -47,8 +48,11 @@ def test_the_soup_holds_the_weighted_mean_of_every_members_weight_and_computes_w
     np.testing.assert_allclose(model.predict(image, verbose=0), reference.predict(image, verbose=0), atol=1e-5)
     assert soup.card.name == "soup-test"
     assert soup.card.fusion_weights is None and soup.card.metrics == {}  # the members' own: measured again
-    assert "best_epoch" not in soup.card.training and "epochs_run" not in soup.card.training  # one run's record
-    assert [m["best_epoch"] for m in record["members"]] == [3, 4, 5]
+    # what one member's run and making recorded is not the soup's; the shared settings are
+    assert not {"best_epoch", "epochs_run", "recipe", "hardware"} & set(soup.card.training)
+    assert soup.card.training["config"] == {"epochs": 6} and "weighted mean" in soup.card.description
+    assert [(m["bundle"], m["best_epoch"], m["recipe"]) for m in record["members"]] == [
+        ("a", 3, "round0"), ("b", 4, "round1"), ("c", 5, "round2")]  # folder names, not this machine's paths
     assert "fusion" not in soup.card.to_json()
     assert [m["share"] for m in record["members"]] == [0.5, 0.25, 0.25]
     assert [m["seed"] for m in soup.card.training["soup"]["members"]] == [0, 1, 2]
@@ -70,6 +74,7 @@ def test_an_equal_soup_by_default_and_its_members_left_as_they_were(tmp_path):
     (dict(size=48), "frame of this bundle"),
     (dict(labels=(dataclasses.replace(SEPARATE_BONES[0], name="Thighbone"),) + SEPARATE_BONES[1:]),
      "labels of this bundle"),
+    (dict(n4=True), "n4 of this bundle"),
 ])
 def test_bundles_of_another_architecture_frame_or_labels_are_refused_by_name(tmp_path, other, message):
     a, _ = _member(tmp_path / "a", 0)
@@ -92,6 +97,23 @@ def test_a_bad_member_count_or_mix_is_refused_before_anything_is_written(tmp_pat
     with pytest.raises(InputError, match=message):
         soup_bundles(paths, tmp_path / "soup", mix=mix)
     assert not (tmp_path / "soup").exists()
+
+
+def test_a_member_named_twice_or_an_output_that_is_no_bundle_is_refused_and_nothing_is_deleted(tmp_path):
+    (a, _), (b, _) = _member(tmp_path / "a", 0), _member(tmp_path / "b", 1)
+    with pytest.raises(InputError, match="named twice"):
+        soup_bundles([a, b, tmp_path / "b" / ".." / "a"], tmp_path / "soup")
+    with pytest.raises(InputError, match="not a model bundle"):  # the folder holding the members
+        soup_bundles([a, b], tmp_path)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "keep.txt").write_text("mine")
+    with pytest.raises(InputError, match="not a model bundle"):
+        soup_bundles([a, b], notes)
+    assert (notes / "keep.txt").read_text() == "mine" and (a / "card.json").exists() and (b / "card.json").exists()
+    soup_bundles([a, b], tmp_path / "soup")
+    soup_bundles([b, a], tmp_path / "soup")  # an earlier soup is a bundle: replaced
+    assert load_bundle(tmp_path / "soup").card.training["soup"]["members"][0]["bundle"] == "b"
 
 
 def test_the_soup_may_not_overwrite_one_of_its_members(tmp_path):
@@ -125,3 +147,29 @@ def test_the_soup_rounds_average_their_rounds_bundles_and_name_a_missing_one(tmp
     _member(members / "start", 9)  # the bundle the members' cards name as their start, beside them
     recipe.main()
     assert f"--fine-tuned-from {members / 'start'}" in capsys.readouterr().out
+
+
+def test_finalize_records_a_soup_as_one_and_keeps_its_members(tiny_bundle, tmp_path, monkeypatch):
+    import shutil
+
+    import kneeseg.workflows.evaluate as evaluate
+
+    recipe = load_script("train_default")
+    members = tmp_path / "members"
+    for name in ("round24", "round34", "round35"):
+        shutil.copytree(tiny_bundle, members / name)
+    monkeypatch.setattr(recipe, "INSTALLED", tmp_path / "installed")  # the shipped model is never touched
+    monkeypatch.setattr(evaluate, "evaluate_synthetic", lambda *a, **k: {"n_cases": 0})
+    monkeypatch.setattr(evaluate, "evaluate_synthetic_fibula", lambda *a, **k: {})
+    soup = tmp_path / "round39"
+    monkeypatch.setattr("sys.argv", ["train_default.py", "round39", "--members", str(members), "--out", str(soup)])
+    recipe.main()
+    monkeypatch.setattr("sys.argv", ["train_default.py", "finalize", str(soup), "--recipe", "round39", "--cache",
+                                     str(tmp_path / "cache"), "--fine-tuned-from", str(members / "round24"),
+                                     "--hardware", "two cores"])
+    recipe.main()
+    training = load_bundle(tmp_path / "round39.final").card.training
+    assert training["recipe"] == "scripts/train_default.py round39 (a weight soup of the bundles in training.soup)"
+    assert training["config"]["init_from"] == "training.soup" and training["hardware"] == "two cores"
+    assert [m["bundle"] for m in training["soup"]["members"]] == ["round24", "round34", "round35"]
+    assert not (tmp_path / "installed").exists()

@@ -29,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle import CARD_NAME, load_bundle, update_card
+from ..bundle import load_bundle, update_card
 from ..datasets import find_pairs
 from ..errors import InputError
 from ..io import write_json
 from ..progress import NO_PROGRESS
 from .evaluate import evaluate_pairs
-from .train import train_bundle
+from .train import refuse_to_replace_non_bundle, train_bundle
 
 SPLITS_NAME = "splits_final.json"
 REPORT_NAME = "cross_validation.json"
@@ -79,9 +79,7 @@ def cross_validate(config, data, output, k: int, work=None, name="knee-bones", e
     if config.recipe.split:
         raise InputError("--folds deals the subjects into folds itself: give --folds or --split, not both")
     output = Path(output)
-    if output.exists() and not (output.is_dir() and ((output / CARD_NAME).is_file() or not any(output.iterdir()))):
-        raise InputError("exists and is not a model bundle: the cross-validation's bundle would replace it; "
-                         "choose another -o", output)
+    refuse_to_replace_non_bundle(output, "the cross-validation's bundle", "choose another -o")
     folds_dir = output.with_name(output.name + ".folds")
     work = Path(work) if work else output.with_name(output.name + ".work")
     pairs = find_pairs(data)

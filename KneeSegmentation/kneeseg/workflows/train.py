@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .. import synth
 from .. import train as training
-from ..bundle import load_bundle, save_bundle, update_card
+from ..bundle import CARD_NAME, load_bundle, save_bundle, update_card
 from ..datasets import PairedSlices, find_pairs, fixed_split, read_split, split_by_subject
 from ..errors import InputError
 from ..onnx_backend import export_onnx
@@ -149,32 +149,51 @@ def without_run_record(training: dict) -> dict:
     return {k: v for k, v in training.items() if k not in RUN_RECORD}
 
 
+# A soup's card keeps the members' shared settings (config, data, generator) but not what one member's own
+# making recorded: its run (RUN_RECORD), its recipe and where it was made, its seed.
+MEMBER_RECORD = ("recipe", "hardware", "fine_tuned_from", "chain", "stage1")
+
+
+def refuse_to_replace_non_bundle(output, replaced_by: str, choose: str):
+    """Refuse an ``output`` that exists and is neither a bundle nor an empty folder: saving a bundle
+    there would delete what it holds."""
+    output = Path(output)
+    if output.exists() and not (output.is_dir() and ((output / CARD_NAME).is_file() or not any(output.iterdir()))):
+        raise InputError(f"exists and is not a model bundle: {replaced_by} would replace it; {choose}", output)
+
+
 def soup_bundles(members, output, mix=None, name=None) -> dict:
     """One bundle whose every weight is the weighted mean of the ``members``' weights (a weight soup,
     Wortsman et al. 2022); returns what the card records of it.
 
     Averaging weights works for fine-tunes of one start, which stay in one basin of the loss; for
     networks trained apart it gives noise, so it is for members the caller knows to be related (the
-    card records each member's start). Members must share network, frame and labels. ``mix``: one
-    weight per member, each >= 0, summing to 1 (default: equal). The card is the first member's
-    without its run's record, metrics and fusion weights, which belong to that member alone (``finalize``
-    measures the soup's fusion weights and metrics again)."""
+    card records each member's start). Members must share network, frame, labels and preprocessing.
+    ``mix``: one weight per member, each >= 0, summing to 1 (default: equal). The card is the first
+    member's settings without what belongs to that member alone (its run, recipe, seed, metrics and
+    fusion weights; ``finalize`` measures the soup's fusion weights and metrics again)."""
     import numpy as np
 
     members = [Path(m) for m in members]
     if len(members) < 2:
         raise InputError("a weight soup needs at least two member bundles", members[0] if members else None)
-    if Path(output).resolve() in {m.resolve() for m in members}:
+    resolved = [m.resolve() for m in members]
+    for i, path in enumerate(resolved):
+        if path in resolved[:i]:
+            raise InputError("this bundle is named twice among the soup's members: give a mix to weigh it more",
+                             members[i])
+    if Path(output).resolve() in resolved:
         raise InputError("the soup's output is one of its members; name another folder so that it stays as it is",
                          output)
+    refuse_to_replace_non_bundle(output, "the soup's bundle", "name another folder")
     mix = _soup_mix(mix, len(members))
     bundles = [load_bundle(m) for m in members]
     first = bundles[0].card
     for path, bundle in zip(members[1:], bundles[1:]):
-        for part in ("network", "frame", "labels"):
+        for part in ("network", "frame", "labels", "n4", "n4_settings"):
             if getattr(bundle.card, part) != getattr(first, part):
                 raise InputError(f"the {part} of this bundle and of {members[0]} differ: only bundles of one "
-                                 "architecture, frame and labels can be averaged", path)
+                                 "architecture, frame, labels and preprocessing can be averaged", path)
     model = bundles[0].load_keras_model()
     total = [np.zeros(w.shape, np.float64) for w in model.get_weights()]
     for path, bundle, share in zip(members, bundles, mix):
@@ -185,17 +204,26 @@ def soup_bundles(members, output, mix=None, name=None) -> dict:
             t += share * np.asarray(w, np.float64)
     model.set_weights([t.astype(w.dtype) for t, w in zip(total, model.get_weights())])
     soup = {"how": "the weighted mean of every weight of the members (a weight soup)",
-            "members": [{"bundle": str(path), "share": share, "init_from": (b.card.training.get("config") or {})
-                         .get("init_from"), **{k: b.card.training.get(k) for k in ("recipe", "best_epoch",
-                                                                                   "best_val_mean_dice")
-                                               if b.card.training.get(k) is not None},
-                         "seed": (b.card.training.get("config") or {}).get("seed")}
-                        for path, b, share in zip(members, bundles, mix)]}
+            "members": [_soup_member_record(path, bundle.card, share) for path, bundle, share in
+                        zip(members, bundles, mix)]}
+    training = {k: v for k, v in without_run_record(first.training).items() if k not in MEMBER_RECORD}
+    config = {k: v for k, v in (training.get("config") or {}).items() if k not in ("seed", "init_from")}
     card = dataclasses.replace(first, name=name or first.name, metrics={}, fusion_weights=None,
-                               training={**without_run_record(first.training), "soup": soup},
+                               description=f"the weighted mean of the weights of {len(members)} bundles of one "
+                                           "architecture (training.soup)",
+                               training={**training, "config": config, "soup": soup},
                                raw={k: v for k, v in first.raw.items() if k != "fusion"})
     save_bundle(output, model, card)
     return soup
+
+
+def _soup_member_record(path: Path, card, share) -> dict:
+    """What a soup's card says of one member: its folder's name (not this machine's path), share, start,
+    seed and how its run went."""
+    config = card.training.get("config") or {}
+    return {"bundle": path.name, "share": share, "init_from": config.get("init_from"), "seed": config.get("seed"),
+            **{k: card.training[k] for k in ("recipe", "best_epoch", "best_val_mean_dice")
+               if card.training.get(k) is not None}}
 
 
 def _soup_mix(mix, count) -> list:
