@@ -54,10 +54,10 @@ round 19 without the fat septa in the generator; ``round21`` is round 19 trained
 on a lent GPU (``scripts/gpu_fine_tune.sh round21``); ``round22`` is round 21 with streaks along the muscle
 fibres drawn in the generator's soft tissue.
 
-``round38``-``round40`` and ``round44`` train nothing: each is a weight soup (``kneeseg.workflows.train.soup_bundles``) of bundles
-other rounds made, read from ``--members`` (MEMBERS/roundN): round 38 the mean of rounds 24, 34, 35, 36 and 37,
-round 39 of rounds 24, 34 and 35, round 40 halfway between the shipped model and round 38, round 44 of rounds 33,
-36 and 37.
+``round38``-``round40`` and ``round44`` train nothing: each is a weight soup
+(``kneeseg.workflows.train.soup_bundles``) of bundles other rounds made, read from ``--members`` (MEMBERS/roundN):
+round 38 the mean of rounds 24, 34, 35, 36 and 37, round 39 of rounds 24, 34 and 35, round 40 halfway between the
+shipped model and round 38, round 44 of rounds 33, 36 and 37.
 
 ``train`` runs two stages with ``kneeseg train``: stage 1 from scratch (Adam 1e-3 -> 1e-4), stage 2 a
 fine-tune of stage 1 at a lower learning rate (3e-4 -> 3e-5). On a GPU machine the same stages run
@@ -604,15 +604,15 @@ round36 = _plain_fine_tune("round36")
 round37 = _plain_fine_tune("round37")
 
 
-# Rounds 38-40 and 44: weight soups (kneeseg.workflows.train.soup_bundles), no training of their own. Three runs of round
-# 24's recipe landed far apart on the DESS volume (rounds 24, 34, 35), so each run's weights carry a part that is
-# its path's, not its recipe's; averaging the weights of fine-tunes of one start cancels that part (Wortsman et al.
-# 2022). Round 38 is the mean of the five siblings fine-tuned from round 22's bundle at the reviewed generator
+# Rounds 38-40 and 44: weight soups (kneeseg.workflows.train.soup_bundles), no training of their own. Three runs of
+# round 24's recipe landed far apart on the DESS volume (rounds 24, 34, 35), so each run's weights carry a part that
+# is its path's, not its recipe's; averaging the weights of fine-tunes of one start cancels that part (Wortsman et
+# al. 2022). Round 38 is the mean of the five siblings fine-tuned from round 22's bundle at the reviewed generator
 # (round 24's recipe with seeds 24/34/35, round 33's with 34/35); round 39 of round 24's recipe's three seeds only;
 # round 40 halfway between the shipped model and round 38 (WiSE-FT: a model and its fine-tune interpolated); round
 # 44 of round 33's settings' three seeds, so that the two arms of rounds 33-37 compare as soups (39 against 44). Each
 # member is the bundle its round's command made: MEMBERS/roundN (default build/roundN). Measured 2026-12-05, not
-# shipped (docs/evaluation.md, "Rounds 38-43").
+# shipped (docs/evaluation.md, "Rounds 38-44").
 SOUPS = {
     "round38": (("round24", "round34", "round35", "round36", "round37"), None),
     "round39": (("round24", "round34", "round35"), None),
