@@ -757,7 +757,9 @@ SOUP_RECIPES = {
 
 
 def finalize(args):
-    from kneeseg.bundle import load_bundle, save_bundle
+    import tempfile
+
+    from kneeseg.bundle import load_bundle, refuse_to_replace_non_bundle, save_bundle
     from kneeseg.onnx_backend import export_onnx
     from kneeseg.workflows.evaluate import card_summary, evaluate_real2d, evaluate_synthetic
 
@@ -766,9 +768,9 @@ def finalize(args):
 
         raise InputError("--no-synthetic fits the fusion on the label-map cache: name it with --cache", args.bundle)
     trained = load_bundle(args.bundle)
-    model = trained.load_keras_model()
     staging = Path(args.bundle).with_name(Path(args.bundle).name + ".final")
-    onnx_path = export_onnx(model, Path(args.bundle).with_name("model.onnx"))
+    refuse_to_replace_non_bundle(staging, "the finalized bundle", "move it away")
+    model = trained.load_keras_model()
     extras = [Path(args.bundle) / f for f in ("history.csv", "history.png") if (Path(args.bundle) / f).exists()]
     stage1 = load_bundle(args.stage1).card.training if args.stage1 else None
     if args.stage1:
@@ -794,7 +796,9 @@ def finalize(args):
                    f"{model.count_params():,} parameters) trained only on images synthesised from real knee "
                    "label maps (domain randomisation); tri-planar fusion at inference")
     card = dataclasses.replace(trained.card, training=training, description=description, metrics={})
-    save_bundle(staging, model, card, onnx_path=onnx_path, extra_files=extras)
+    with tempfile.TemporaryDirectory(prefix=".finalize-onnx-", dir=staging.parent) as onnx_folder:
+        onnx_path = export_onnx(model, Path(onnx_folder) / "model.onnx")
+        save_bundle(staging, model, card, onnx_path=onnx_path, extra_files=extras)
     if args.cache and len(card.frame.planes) > 1:  # the fusion's plane weights, on the validation subjects
         from kneeseg.errors import InputError
         from kneeseg.workflows.fusion import fit_fusion

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import bundle_files
 from .card import CARD_NAME, FORMAT, FORMAT_VERSION, KERAS_NAME, ONNX_NAME, Card, WeightFile, parse_card  # noqa: F401
-from .errors import BundleError
+from .errors import BundleError, InputError
 from .io import write_json
 
 DEFAULT_BUNDLE_NAME = "knee-bones-default"
@@ -164,13 +164,26 @@ def load_bundle(path=None) -> Bundle:
     return Bundle(folder, card)
 
 
+def refuse_to_replace_non_bundle(folder, replaced_by: str = "the new bundle", choose: str = "name another folder"):
+    """Refuse a ``folder`` that exists and is neither a bundle nor an empty folder: saving a bundle there
+    would delete what it holds. Entry points call it before their work, :func:`save_bundle` again."""
+    folder = Path(folder)
+    if folder.is_symlink():
+        raise InputError(f"is a link: {replaced_by} would replace the link, not the folder it points to; "
+                         "name that folder itself", folder)
+    if folder.exists() and not (folder.is_dir() and ((folder / CARD_NAME).is_file() or not any(folder.iterdir()))):
+        raise InputError(f"exists and is not a model bundle: {replaced_by} would replace it; {choose}", folder)
+
+
 def save_bundle(folder, model, card: Card, onnx_path=None, extra_files=()) -> Path:
     """Write ``model`` and ``card`` (checksums filled in) as a bundle folder, atomically.
 
     The bundle is assembled in a temporary sibling folder and renamed into place, so an interrupted
-    save never leaves a half-written bundle. An existing bundle at ``folder`` is replaced.
+    save never leaves a half-written bundle. An existing bundle or empty folder at ``folder`` is replaced;
+    anything else there is refused (:func:`refuse_to_replace_non_bundle`), before anything is written.
     """
     folder = Path(folder)
+    refuse_to_replace_non_bundle(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     umask = os.umask(0)
@@ -188,8 +201,7 @@ def save_bundle(folder, model, card: Card, onnx_path=None, extra_files=()) -> Pa
         parse_card(card_json, staging / CARD_NAME)  # what is written must read back
         (staging / CARD_NAME).write_text(json.dumps(card_json, indent=2) + "\n")
         if folder.exists():
-            old = folder.with_name(f".{folder.name}-old")
-            shutil.rmtree(old, ignore_errors=True)
+            old = staging.with_name(staging.name + "-old")  # staging's name is unique: no one else's folder
             folder.rename(old)
             staging.rename(folder)
             shutil.rmtree(old, ignore_errors=True)

@@ -10,7 +10,7 @@ import pytest
 
 from kneeseg import bundle as bundles
 from kneeseg.card import card_for
-from kneeseg.errors import BundleError
+from kneeseg.errors import BundleError, InputError
 from kneeseg.labels import SEPARATE_BONES
 from kneeseg.specs import FrameSpec, NetworkSpec
 
@@ -106,6 +106,40 @@ def test_save_is_atomic_and_replaces(tmp_path):
     bundles.save_bundle(tmp_path / "b", model, card)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["card.json", "model.keras"]
+
+
+def test_save_refuses_to_replace_what_is_not_a_bundle_and_deletes_nothing(tmp_path):
+    from kneeseg.model import build_unet_2d
+
+    model, card = build_unet_2d(input_size=32, filters=4, depth=2), _card()
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "keep.txt").write_text("mine")
+    (tmp_path / "report.pdf").write_bytes(b"%PDF")
+    bundles.save_bundle(tmp_path / "b", model, card)
+    (tmp_path / "link").symlink_to(tmp_path / "b")
+    for target, message in ((notes, "exists and is not a model bundle"), (tmp_path / "report.pdf", "not a model"),
+                            (tmp_path / "link", "is a link")):
+        with pytest.raises(InputError, match=message):
+            bundles.save_bundle(target, model, card)
+    assert (notes / "keep.txt").read_text() == "mine" and (tmp_path / "report.pdf").read_bytes() == b"%PDF"
+    assert (tmp_path / "link").is_symlink() and bundles.load_bundle(tmp_path / "b")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def test_replacing_a_bundle_leaves_the_folders_beside_it_alone(tmp_path):
+    from kneeseg.model import build_unet_2d
+
+    model, card = build_unet_2d(input_size=32, filters=4, depth=2), _card()
+    (tmp_path / "empty").mkdir()
+    bundles.save_bundle(tmp_path / "empty", model, card)  # an empty folder holds nothing to lose
+    bundles.save_bundle(tmp_path / "b", model, card)
+    (tmp_path / ".b-old").mkdir()  # a name an older save used for the bundle it replaced
+    (tmp_path / ".b-old" / "keep.txt").write_text("mine")
+    bundles.save_bundle(tmp_path / "b", model, card)
+    assert (tmp_path / ".b-old" / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".b-old", "b", "empty"]
+    assert bundles.load_bundle(tmp_path / "empty") and bundles.load_bundle(tmp_path / "b")
 
 
 def test_bundles_ship_weights_without_optimizer_state(tmp_path):

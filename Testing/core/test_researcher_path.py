@@ -153,9 +153,14 @@ def test_wrong_fold_counts_and_combinations_are_refused_before_any_training(tmp_
                        *phrases)
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "mine.txt").write_text("not a bundle")
-    assert_refused(kneeseg("train", "--data", data, "--folds", "3", "-o", tmp_path / "notes", *TINY_TRAINING,
-                           "--progress", "none"), "notes: exists and is not a model bundle")
-    assert (tmp_path / "notes" / "mine.txt").read_text() == "not a bundle"
+    for folds in (("--folds", "3"), ()):  # one training or several: refused before any, nothing deleted
+        assert_refused(kneeseg("train", "--data", data, *folds, "-o", tmp_path / "notes", *TINY_TRAINING,
+                               "--progress", "none"), "notes: exists and is not a model bundle")
+        assert (tmp_path / "notes" / "mine.txt").read_text() == "not a bundle"
+    for work in (tmp_path / "model", tmp_path / "model" / "work"):
+        assert_refused(kneeseg("train", "--data", data, "-o", tmp_path / "model", "--work", work, *TINY_TRAINING,
+                               "--progress", "none"), "the work folder (checkpoints, history) is the output folder")
+    assert not (tmp_path / "notes.work").exists()
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"train": ["knee0", "knee1"], "validation": ["knee2"], "test": ["knee3"]}))
     assert_refused(kneeseg("train", "--data", data, "--folds", "3", "--split", split, "-o", tmp_path / "model",

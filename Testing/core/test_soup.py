@@ -149,7 +149,7 @@ def test_the_soup_rounds_average_their_rounds_bundles_and_name_a_missing_one(tmp
     assert f"--fine-tuned-from {members / 'start'}" in capsys.readouterr().out
 
 
-def test_finalize_records_a_soup_as_one_and_keeps_its_members(tiny_bundle, tmp_path, monkeypatch):
+def test_finalize_records_a_soup_as_one_and_keeps_its_members(tiny_bundle, tmp_path, monkeypatch, capsys):
     import shutil
 
     import kneeseg.workflows.evaluate as evaluate
@@ -167,7 +167,15 @@ def test_finalize_records_a_soup_as_one_and_keeps_its_members(tiny_bundle, tmp_p
     monkeypatch.setattr("sys.argv", ["train_default.py", "finalize", str(soup), "--recipe", "round39", "--cache",
                                      str(tmp_path / "cache"), "--fine-tuned-from", str(members / "round24"),
                                      "--hardware", "two cores"])
+    (tmp_path / "round39.final").mkdir()
+    (tmp_path / "round39.final" / "keep.txt").write_text("mine")
+    with pytest.raises(SystemExit):
+        recipe.main()
+    assert "not a model bundle: the finalized bundle would replace it" in capsys.readouterr().err
+    assert (tmp_path / "round39.final" / "keep.txt").read_text() == "mine"
+    (tmp_path / "round39.final" / "keep.txt").unlink()
     recipe.main()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["members", "round39", "round39.final"]  # no model.onnx
     training = load_bundle(tmp_path / "round39.final").card.training
     assert training["recipe"] == "scripts/train_default.py round39 (a weight soup of the bundles in training.soup)"
     assert training["config"]["init_from"] == "training.soup" and training["hardware"] == "two cores"

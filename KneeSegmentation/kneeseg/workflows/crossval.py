@@ -35,7 +35,7 @@ from ..errors import InputError
 from ..io import write_json
 from ..progress import NO_PROGRESS
 from .evaluate import evaluate_pairs
-from .train import refuse_to_replace_non_bundle, train_bundle
+from .train import check_output_and_work, train_bundle
 
 SPLITS_NAME = "splits_final.json"
 REPORT_NAME = "cross_validation.json"
@@ -79,9 +79,9 @@ def cross_validate(config, data, output, k: int, work=None, name="knee-bones", e
     if config.recipe.split:
         raise InputError("--folds deals the subjects into folds itself: give --folds or --split, not both")
     output = Path(output)
-    refuse_to_replace_non_bundle(output, "the cross-validation's bundle", "choose another -o")
     folds_dir = output.with_name(output.name + ".folds")
     work = Path(work) if work else output.with_name(output.name + ".work")
+    check_output_and_work(output, work)
     pairs = find_pairs(data)
     folds = folds_of([p.subject for p in pairs], k, config.recipe.split_seed)
     folds_dir.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .. import synth
 from .. import train as training
-from ..bundle import CARD_NAME, load_bundle, save_bundle, update_card
+from ..bundle import load_bundle, refuse_to_replace_non_bundle, save_bundle, update_card
 from ..datasets import PairedSlices, find_pairs, fixed_split, read_split, split_by_subject
 from ..errors import InputError
 from ..onnx_backend import export_onnx
@@ -104,6 +104,7 @@ def train_bundle(config, output, work, synthetic=None, data=None, name="knee-bon
     if (synthetic is None) == (data is None):
         raise InputError("give exactly one training data source (synthetic cache or labelled pairs)")
     labels = config.labels
+    check_output_and_work(output, work)
     training.check_start_bundle(config, work)
     if synthetic is not None:
         train_source, val_source, provenance = synthetic_sources(config, synthetic, progress)
@@ -132,6 +133,16 @@ def train_bundle(config, output, work, synthetic=None, data=None, name="knee-bon
             "metrics": metrics}
 
 
+def check_output_and_work(output, work):
+    """Before any training: the bundle may not replace what ``output`` holds, nor the run's own work folder
+    (its checkpoints and history), which it may neither be nor lie inside."""
+    refuse_to_replace_non_bundle(output, "the trained bundle", "choose another -o")
+    output, work = Path(output).resolve(), Path(work).resolve()
+    if work == output or output in work.parents:
+        raise InputError("the work folder (checkpoints, history) is the output folder or inside it: the saved "
+                         "bundle would replace it; give the work folder a place of its own", work)
+
+
 def _try_export_onnx(model, work, progress):
     try:
         return export_onnx(model, Path(work) / "model.onnx")
@@ -152,14 +163,6 @@ def without_run_record(training: dict) -> dict:
 # A soup's card keeps the members' shared settings (config, data, generator) but not what one member's own
 # making recorded: its run (RUN_RECORD), its recipe and where it was made, its seed.
 MEMBER_RECORD = ("recipe", "hardware", "fine_tuned_from", "chain", "stage1")
-
-
-def refuse_to_replace_non_bundle(output, replaced_by: str, choose: str):
-    """Refuse an ``output`` that exists and is neither a bundle nor an empty folder: saving a bundle
-    there would delete what it holds."""
-    output = Path(output)
-    if output.exists() and not (output.is_dir() and ((output / CARD_NAME).is_file() or not any(output.iterdir()))):
-        raise InputError(f"exists and is not a model bundle: {replaced_by} would replace it; {choose}", output)
 
 
 def soup_bundles(members, output, mix=None, name=None) -> dict:
