@@ -33,6 +33,7 @@ import slicer
 import vtk
 
 from kneeseg import contract
+from kneeseg.card import CARD_NAME
 from kneeseg.contract import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_OK
 
 from . import bundles, results, terminology
@@ -798,8 +799,12 @@ class KneeSegmentationLogic:
         if not outputBundle or not str(outputBundle).strip():
             raise KneeSegmentationError("Choose where to write the new model bundle.", INPUT)
         outputBundle = Path(outputBundle)
-        if outputBundle.exists() and any(outputBundle.iterdir()) and not overwrite:
-            raise KneeSegmentationError(f"{outputBundle} already exists and is not empty: choose a new folder.", INPUT)
+        if outputBundle.exists() and (not outputBundle.is_dir() or any(outputBundle.iterdir())):
+            if not overwrite:
+                raise KneeSegmentationError(f"{outputBundle} already exists and is not empty: choose a new folder.", INPUT)
+            if not (outputBundle / CARD_NAME).is_file():  # overwrite replaces a model bundle, nothing else
+                raise KneeSegmentationError(f"{outputBundle} exists and is not a model bundle: training would replace "
+                                            "what it holds; choose a new folder.", INPUT)
         if (dataDir is None) == (not pairs):
             raise KneeSegmentationError("Give either a training data folder or volume/segmentation pairs from the scene.", INPUT)
         workDir = self._workDir("KneeSegmentation-train-")

@@ -119,6 +119,11 @@ def test_training_option_and_path_errors(fakeLogic, tmp_path):
     (tmp_path / "full" / "x").write_text("x")
     with pytest.raises(KneeSegmentationError, match="already exists"):
         fakeLogic.startTraining(tmp_path / "full", dataDir=data)
+    (tmp_path / "notes.txt").write_text("mine")
+    for target in (tmp_path / "full", tmp_path / "notes.txt"):  # overwrite replaces a bundle, nothing else
+        with pytest.raises(KneeSegmentationError, match="is not a model bundle"):
+            fakeLogic.startTraining(target, dataDir=data, overwrite=True)
+    assert (tmp_path / "full" / "x").read_text() == "x" and (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_failed_training_reports_and_keeps_the_plot_history(mrml, fakeLogic, tmp_path):
