@@ -761,7 +761,7 @@ def finalize(args):
 
     from kneeseg.bundle import load_bundle, refuse_to_replace_non_bundle, save_bundle
     from kneeseg.onnx_backend import export_onnx
-    from kneeseg.workflows.evaluate import card_summary, evaluate_real2d, evaluate_synthetic
+    from kneeseg.workflows.evaluate import card_summary, evaluate_real2d, evaluate_synthetic, read_real2d
 
     if args.no_synthetic and not args.cache:
         from kneeseg.errors import InputError
@@ -770,6 +770,8 @@ def finalize(args):
     trained = load_bundle(args.bundle)
     staging = Path(args.bundle).with_name(Path(args.bundle).name + ".final")
     refuse_to_replace_non_bundle(staging, "the finalized bundle", "move it away")
+    if args.real2d:
+        read_real2d(args.real2d)  # before OUT.final is replaced, not after
     model = trained.load_keras_model()
     extras = [Path(args.bundle) / f for f in ("history.csv", "history.png") if (Path(args.bundle) / f).exists()]
     stage1 = load_bundle(args.stage1).card.training if args.stage1 else None

@@ -33,7 +33,7 @@ import slicer
 import vtk
 
 from kneeseg import contract
-from kneeseg.card import CARD_NAME
+from kneeseg.bundle import why_not_replaceable
 from kneeseg.contract import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_OK
 
 from . import bundles, results, terminology
@@ -759,8 +759,10 @@ class KneeSegmentationLogic:
             return {}
 
     # -- training
-    def trainingCommand(self, dataDir, outputBundle, options) -> list:
+    def trainingCommand(self, dataDir, outputBundle, options, workDir=None) -> list:
+        """``workDir``: checkpoints and history (default: beside the bundle, ``OUTPUT.work``)."""
         return self._command("train", data=str(dataDir), output=str(outputBundle), epochs=int(options.epochs),
+                             work=str(workDir) if workDir else None,
                              patience=int(options.patience), dims=int(options.dims), output_mode=options.outputMode,
                              filters=int(options.width), no_augment=not options.augmentation)
 
@@ -802,9 +804,10 @@ class KneeSegmentationLogic:
         if outputBundle.exists() and (not outputBundle.is_dir() or any(outputBundle.iterdir())):
             if not overwrite:
                 raise KneeSegmentationError(f"{outputBundle} already exists and is not empty: choose a new folder.", INPUT)
-            if not (outputBundle / CARD_NAME).is_file():  # overwrite replaces a model bundle, nothing else
-                raise KneeSegmentationError(f"{outputBundle} exists and is not a model bundle: training would replace "
-                                            "what it holds; choose a new folder.", INPUT)
+            problem = why_not_replaceable(outputBundle)  # overwrite replaces a model bundle, nothing else
+            if problem:
+                raise KneeSegmentationError(f"{outputBundle} {problem}; training would replace it: choose a new "
+                                            "folder.", INPUT)
         if (dataDir is None) == (not pairs):
             raise KneeSegmentationError("Give either a training data folder or volume/segmentation pairs from the scene.", INPUT)
         workDir = self._workDir("KneeSegmentation-train-")
@@ -816,7 +819,9 @@ class KneeSegmentationLogic:
             else:
                 dataDir = workDir / "data"
                 self.exportTrainingPairs(pairs, dataDir)
-            command = self.trainingCommand(dataDir, outputBundle, options)
+            # checkpoints in the run's own folder, removed with it: a retrain over a bundle starts afresh instead
+            # of finding the last run's checkpoints beside the bundle (with another export of the data)
+            command = self.trainingCommand(dataDir, outputBundle, options, workDir / "checkpoints")
         except BaseException:
             shutil.rmtree(workDir, ignore_errors=True)
             raise

@@ -22,6 +22,7 @@ from . import bundle_files
 from .card import CARD_NAME, FORMAT, FORMAT_VERSION, KERAS_NAME, ONNX_NAME, Card, WeightFile, parse_card  # noqa: F401
 from .errors import BundleError, InputError
 from .io import write_json
+from .writing import staging_folder
 
 DEFAULT_BUNDLE_NAME = "knee-bones-default"
 
@@ -164,15 +165,42 @@ def load_bundle(path=None) -> Bundle:
     return Bundle(folder, card)
 
 
-def refuse_to_replace_non_bundle(folder, replaced_by: str = "the new bundle", choose: str = "name another folder"):
-    """Refuse a ``folder`` that exists and is neither a bundle nor an empty folder: saving a bundle there
-    would delete what it holds. Entry points call it before their work, :func:`save_bundle` again."""
+BUNDLE_FILE_NAMES = (CARD_NAME, KERAS_NAME, ONNX_NAME, "history.csv", "history.png")  # all a saved bundle holds
+
+
+def why_not_replaceable(folder) -> str | None:
+    """Why saving a bundle at ``folder`` would destroy something (None: it is missing, an empty folder or a
+    bundle holding nothing but bundle files): a bundle replaces only a bundle."""
     folder = Path(folder)
     if folder.is_symlink():
-        raise InputError(f"is a link: {replaced_by} would replace the link, not the folder it points to; "
-                         "name that folder itself", folder)
-    if folder.exists() and not (folder.is_dir() and ((folder / CARD_NAME).is_file() or not any(folder.iterdir()))):
-        raise InputError(f"exists and is not a model bundle: {replaced_by} would replace it; {choose}", folder)
+        return "is a link: the bundle would replace the link, not the folder it points to; name that folder itself"
+    if not folder.exists():
+        return None
+    if not folder.is_dir():
+        return "exists and is not a model bundle (a file)"
+    entries = sorted(folder.iterdir())
+    if not entries:
+        return None
+    others = [e.name for e in entries if e.name not in BUNDLE_FILE_NAMES or e.is_symlink() or not e.is_file()]
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        return f"exists and is not a model bundle: it holds {shown}"
+    try:
+        parse_card(_read_card_json(folder / CARD_NAME, folder), folder / CARD_NAME)
+    except BundleError as exc:
+        return f"exists and is not a model bundle: {exc.reason}"
+    except OSError as exc:
+        return f"exists and its {CARD_NAME} cannot be read ({exc.strerror or exc})"
+    return None
+
+
+def refuse_to_replace_non_bundle(folder, replaced_by: str = "the new bundle", choose: str = "name another folder"):
+    """Refuse a ``folder`` that exists and is neither a bundle nor an empty folder (:func:`why_not_replaceable`):
+    saving a bundle there would delete what it holds. Entry points call it before their work, :func:`save_bundle`
+    again."""
+    problem = why_not_replaceable(folder)
+    if problem:
+        raise InputError(f"{problem}; {replaced_by} would replace it; {choose}", folder)
 
 
 def save_bundle(folder, model, card: Card, onnx_path=None, extra_files=()) -> Path:
@@ -185,10 +213,7 @@ def save_bundle(folder, model, card: Card, onnx_path=None, extra_files=()) -> Pa
     folder = Path(folder)
     refuse_to_replace_non_bundle(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it 0700: a bundle is meant to be shared
+    staging = staging_folder(folder)  # a bundle is meant to be shared: not mkdtemp's 0700
     try:
         _without_optimizer(model).save(staging / KERAS_NAME)
         weights = {KERAS_NAME: WeightFile(KERAS_NAME, sha256_of(staging / KERAS_NAME))}

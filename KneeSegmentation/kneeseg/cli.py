@@ -335,6 +335,15 @@ def cmd_evaluate(args, progress):
 
     if not (args.pairs or args.real2d or args.synthetic):
         raise InputError("nothing to evaluate: give --pairs, --real2d and/or --synthetic")
+    if args.update_card and not args.model:
+        raise InputError("--update-card writes the summary into a bundle's card: name that bundle with --model (the "
+                         "shipped model's card is not changed)")
+    if args.report:
+        from .bundle import default_bundle_path
+        from .outputs import Output, check_outputs
+
+        check_outputs([args.model or default_bundle_path(), args.pairs, args.real2d, args.synthetic],
+                      [Output("--report", Path(args.report))])
     bundle = load_bundle(args.model)
     results = {}
     if args.real2d:
@@ -427,6 +436,11 @@ def cmd_synth(args, progress):
         csv_path = synth.write_labelled_volumes(args.cache, args.output, n=args.n, seed=args.seed, progress=progress)
         progress.done(f"wrote {args.n} labelled scans and {csv_path}", {"pairs": str(csv_path), "scans": args.n})
     else:
+        from .outputs import Output, check_outputs
+
+        if args.n < 1:
+            raise InputError(f"-n must be 1 or more, not {args.n}")
+        check_outputs([args.cache], [Output("the sheet", Path(args.output), (".png",))], input_folders=[args.cache])
         synth.write_example_sheet(args.cache, args.output, n=args.n, seed=args.seed)
         progress.done(f"wrote {args.output}", {"sheet": args.output})
     return EXIT_OK

@@ -247,8 +247,9 @@ TRAIN_OPTIONS = (
            "synthesised from it [this or --data]", group="source"),
     Option(("--data",), "data", "folder (images/ + labels/, same names) or CSV (image,label[,subject]) of your "
            "labelled scans [this or --synthetic]", group="source"),
-    Option(("-o", "--output"), "output", "bundle folder to write", required=True),
-    Option(("--work",), "work", "work folder for checkpoints/history (default OUTPUT.work); rerun to resume"),
+    Option(("-o", "--output"), "output", "bundle folder to write (new, empty or a bundle to replace)", required=True),
+    Option(("--work",), "work", "work folder for checkpoints/history: new, empty or a run's own (default "
+           "OUTPUT.work); rerun to resume"),
     _trained(("--dims",), "dims", "2: slices, the network the shipped model uses; 3: volumes (not trainable "
              "from the command line yet)", type=int, setting="dims", choices=(2, 3)),
     _trained(("--output-mode",), "output_mode", "separate: one class per bone; merged: one 'Bone' class",

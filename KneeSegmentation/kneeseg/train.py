@@ -272,8 +272,10 @@ def _check_same_run(saved: dict, config: TrainConfig, inputs: dict, work: Path):
     # a setting newer than the saved run is that run's default
     changed = sorted(k for k in current if k not in RESUMABLE_CHANGES
                      and not _same_setting(k, saved.get("config", {}).get(k, _jsonable(defaults.get(k))), current[k]))
-    if saved.get("inputs", inputs) != inputs:
-        changed.append("training data")
+    saved_inputs = saved.get("inputs", inputs)  # a key newer than the saved run is not compared
+    if set(saved_inputs) - set(inputs) or any(saved_inputs.get(k, v) != v for k, v in inputs.items()):
+        changed.append("training data" if "split_sha256" not in inputs or saved_inputs.get("split_sha256") in
+                       (None, inputs["split_sha256"]) else "the split file's contents")
     if changed:
         raise InputError(f"the work folder holds a run with other settings ({', '.join(changed)}); resume it with "
                          "the same settings, or give another --work folder (or delete this one)", work)
@@ -292,6 +294,7 @@ def fit(config: TrainConfig, labels, train_source, val_source, work_dir, progres
 
     recipe, progress = config.recipe, progress or NO_PROGRESS
     work = Path(work_dir)
+    check_work_folder(work)
     check_start_bundle(config, work)
     work.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(recipe.seed)
@@ -348,6 +351,18 @@ def _score_average(model, work: Path, state: dict, val_batches, progress):
 
 def _resuming(work: Path) -> bool:
     return (work / "state.json").exists() and (work / "checkpoint.keras").exists()
+
+
+def check_work_folder(work_dir):
+    """A work folder is new, empty or a training run's own (its ``state.json``): a run writes checkpoints and
+    its history there and removes stale weight averages, so a folder of other files is refused."""
+    work = Path(work_dir)
+    if work.is_symlink() or (work.exists() and not work.is_dir()):
+        raise InputError("the work folder (checkpoints, history) is a file or a link: name a folder", work)
+    if work.is_dir() and any(work.iterdir()) and not (work / "state.json").is_file():
+        held = ", ".join(sorted(e.name for e in work.iterdir())[:3])
+        raise InputError(f"the work folder holds files no training run wrote ({held}, ...): a run would overwrite "
+                         "or remove some of them; give a new or empty --work folder", work)
 
 
 def check_start_bundle(config: TrainConfig, work_dir):

@@ -142,3 +142,13 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def staging_folder(final) -> Path:
+    """A hidden temporary folder beside ``final``, to be filled and renamed onto it, with the permissions a
+    folder made there would have (``mkdtemp`` makes it 0700)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    os.chmod(staging, 0o777 & ~_umask())
+    return staging

@@ -171,7 +171,7 @@ def test_finalize_records_a_soup_as_one_and_keeps_its_members(tiny_bundle, tmp_p
     (tmp_path / "round39.final" / "keep.txt").write_text("mine")
     with pytest.raises(SystemExit):
         recipe.main()
-    assert "not a model bundle: the finalized bundle would replace it" in capsys.readouterr().err
+    assert "not a model bundle: it holds keep.txt; the finalized bundle would replace it" in capsys.readouterr().err
     assert (tmp_path / "round39.final" / "keep.txt").read_text() == "mine"
     (tmp_path / "round39.final" / "keep.txt").unlink()
     recipe.main()

@@ -1,6 +1,7 @@
 """Training from the logic: a folder or scene pairs in, a live plot per epoch, a new bundle out."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,6 +44,9 @@ def test_training_plots_each_epoch_and_yields_a_bundle(mrml, fakeLogic, tmp_path
     for flag in ("--epochs", "4", "--patience", "2", "--dims", "2", "--output-mode", "merged", "--width", "8",
                  "--no-augment", "--progress", "json"):
         assert flag in argv
+    # checkpoints go to the run's own folder, removed afterwards: none are left beside the bundle to be resumed
+    work = Path(argv[argv.index("--work") + 1])
+    assert work.parent == run.workDir and not run.workDir.exists() and not (tmp_path / "new-bundle.work").exists()
     # the new bundle is usable by the segmentation panel
     assert fakeLogic.readCard(run.bundlePath)["labels"][0]["name"] == "Femur"
 

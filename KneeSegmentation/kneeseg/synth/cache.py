@@ -191,6 +191,23 @@ def _jobs(source_dir: Path, sources, note) -> list:
     return jobs
 
 
+def _check_cache_folder(cache_dir: Path, source_dir: Path):
+    """A cache goes into a new or empty folder or replaces a cache (a manifest and .npz maps, nothing else), and
+    never into its source or around it: the user's own files are not overwritten."""
+    cache, source = cache_dir.resolve(), source_dir.resolve()
+    if cache == source or source in cache.parents or cache in source.parents:
+        raise InputError("the cache folder and the folder of label maps overlap; write the cache elsewhere", cache_dir)
+    if not cache_dir.is_dir() or not any(cache_dir.iterdir()):
+        return
+    others = sorted(e.name for e in cache_dir.iterdir()
+                    if not (e.is_file() and (e.name == MANIFEST_NAME or e.suffix == ".npz")))
+    if others or not (cache_dir / MANIFEST_NAME).is_file():
+        held = ", ".join(others[:3]) if others else f"no {MANIFEST_NAME}"
+        raise InputError(f"this folder holds files and is not a label-map cache ({held}): a cache goes into a new "
+                         "or empty folder, or replaces a cache", cache_dir)
+    load_manifest(cache_dir)  # a folder of .npz files with someone else's manifest is not ours to replace
+
+
 def prepare_cache(source_dir, cache_dir, spacing_mm: float = 0.7, margin_mm: float = 40.0,
                   sources=DEFAULT_SOURCES, progress=None) -> dict:
     """Convert the label maps under ``source_dir`` into the synthesizer's cache; return the manifest.
@@ -214,6 +231,7 @@ def prepare_cache(source_dir, cache_dir, spacing_mm: float = 0.7, margin_mm: flo
                          source_dir)
     if cache_dir.exists() and not cache_dir.is_dir():
         raise InputError("the cache must be a folder, and this is a file", cache_dir)
+    _check_cache_folder(cache_dir, source_dir)
     entries = write_staged(cache_dir, "the cache folder",
                            lambda staging: _cache_all(jobs, source_dir, staging, spacing_mm, margin_mm, progress, note))
     manifest = {

@@ -6,6 +6,7 @@ import numpy as np
 
 from ..labels import SEPARATE_BONES
 from ..specs import FrameSpec
+from ..writing import atomic_path
 from .config import SynthesisConfig
 from .synthesizer import SliceSynthesizer
 
@@ -39,6 +40,6 @@ def write_example_sheet(cache_dir, out_png, n: int = 16, seed: int = 0, frame: F
     figure.subplots_adjust(left=0.01, right=0.99, top=1.0 - 0.45 / figure.get_figheight(), bottom=0.01,
                            wspace=0.03, hspace=0.12)
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out_png)
+    with atomic_path(out_png) as tmp:
+        figure.savefig(tmp, format="png")
     return out_png

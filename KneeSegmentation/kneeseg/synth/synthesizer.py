@@ -1,6 +1,7 @@
 """The synthesizer: batches of synthetic training slices, and whole synthetic scans for evaluation."""
 
 import dataclasses
+import shutil
 import threading
 from pathlib import Path
 
@@ -227,24 +228,35 @@ def write_labelled_volumes(cache_dir, out_dir, n: int = 6, seed: int = 0, config
     import csv
 
     from ..io import write_image, write_labelmap
+    from ..writing import staging_folder
     from .cache import load_manifest
 
     if n < 1:
         raise InputError("-n must be 1 or more")
     entries = load_manifest(cache_dir)["files"]
     out_dir = Path(out_dir)
-    rows = []
-    for i in range(n):
-        entry = entries[i % len(entries)]
-        image, labels = synthesize_volume(Path(cache_dir) / entry["file"], seed=seed + i, config=config)
-        name = f"{Path(entry['file']).stem}_{seed + i}.nrrd"
-        write_image(image, out_dir / "images" / name)
-        write_labelmap(labels, out_dir / "labels" / name)
-        rows.append({"image": f"images/{name}", "label": f"labels/{name}", "subject": entry["subject"]})
-        if progress:
-            progress("synthesize", (i + 1) / n, name)
-    with open(out_dir / "pairs.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["image", "label", "subject"], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+    if out_dir.is_symlink() or (out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir()))):
+        raise InputError("the synthetic scans go into a new or empty folder (they would mix with what this one "
+                         "holds, and be taken for real scans)", out_dir)
+    staging = staging_folder(out_dir)  # all scans or none
+    try:
+        rows = []
+        for i in range(n):
+            entry = entries[i % len(entries)]
+            image, labels = synthesize_volume(Path(cache_dir) / entry["file"], seed=seed + i, config=config)
+            name = f"{Path(entry['file']).stem}_{seed + i}.nrrd"
+            write_image(image, staging / "images" / name)
+            write_labelmap(labels, staging / "labels" / name)
+            rows.append({"image": f"images/{name}", "label": f"labels/{name}", "subject": entry["subject"]})
+            if progress:
+                progress("synthesize", (i + 1) / n, name)
+        with open(staging / "pairs.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["image", "label", "subject"], lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+        if out_dir.exists():
+            out_dir.rmdir()  # empty, checked above
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out_dir / "pairs.csv"

@@ -23,6 +23,7 @@ carries the report; the pooled figures are the estimate to quote.
 """
 
 import dataclasses
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,6 +33,7 @@ import numpy as np
 from ..bundle import load_bundle, update_card
 from ..datasets import find_pairs
 from ..errors import InputError
+from ..train import check_work_folder
 from ..io import write_json
 from ..progress import NO_PROGRESS
 from .evaluate import evaluate_pairs
@@ -55,6 +57,18 @@ def folds_of(subjects, k: int, seed: int = 0) -> list:
     order = [unique[i] for i in rng.permutation(n)]
     held = [sorted(part.tolist()) for part in np.array_split(np.array(order, dtype=object), k)]
     return [{"train": sorted(set(unique) - set(val)), "val": val} for val in held]
+
+
+def _check_folds_work(work: Path):
+    """The cross-validation's work folder holds one training run's folder per fold (``fold_N``), nothing else."""
+    if work.is_symlink() or (work.exists() and not work.is_dir()):
+        raise InputError("the work folder (checkpoints, history) is a file or a link: name a folder", work)
+    others = sorted(e.name for e in work.iterdir() if not re.fullmatch(r"fold_\d+", e.name)) if work.is_dir() else []
+    if others:
+        raise InputError(f"the work folder holds files no cross-validation wrote ({', '.join(others[:3])}, ...): "
+                         "give a new or empty --work folder", work)
+    for fold in work.glob("fold_*") if work.is_dir() else ():
+        check_work_folder(fold)
 
 
 def fold_split(fold: dict, index: int, k: int, seed: int) -> dict:
@@ -81,7 +95,7 @@ def cross_validate(config, data, output, k: int, work=None, name="knee-bones", e
     output = Path(output)
     folds_dir = output.with_name(output.name + ".folds")
     work = Path(work) if work else output.with_name(output.name + ".work")
-    check_output_and_work(output, work)
+    check_output_and_work(output, work, check_work=_check_folds_work)
     pairs = find_pairs(data)
     folds = folds_of([p.subject for p in pairs], k, config.recipe.split_seed)
     folds_dir.mkdir(parents=True, exist_ok=True)

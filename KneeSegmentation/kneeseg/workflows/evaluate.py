@@ -282,12 +282,31 @@ def slice_as_volume(slice_2d: np.ndarray, pixel_mm=REAL2D_PIXEL_MM):
     return image
 
 
+def read_real2d(npz_path) -> dict:
+    """The real labelled slices of an ``.npz`` (``images``, ``labels`` of one shape, optional ``slice_ids``);
+    refused by name when missing or unreadable. Training calls it before it starts, to fail early."""
+    try:
+        with np.load(npz_path, allow_pickle=False) as npz:
+            data = {key: npz[key] for key in npz.files}
+    except FileNotFoundError:
+        raise InputError("no such file of real labelled slices", npz_path) from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(f"not a readable .npz of real labelled slices ({exc})", npz_path) from None
+    missing = [k for k in ("images", "labels") if k not in data]
+    if missing:
+        raise InputError(f"the real labelled slices lack {' and '.join(missing)} (it holds {sorted(data)})", npz_path)
+    if data["images"].shape != data["labels"].shape or data["images"].ndim != 3:
+        raise InputError(f"images {data['images'].shape} and labels {data['labels'].shape} must be stacks of 2D "
+                         "slices of one shape", npz_path)
+    return data
+
+
 def evaluate_real2d(bundle, npz_path, predictor=None, progress=None, centre="auto") -> dict:
     """Segment each real labelled sagittal slice and score femur, tibia and patella."""
     import SimpleITK as sitk
 
     progress = progress or NO_PROGRESS
-    data = np.load(npz_path, allow_pickle=False)
+    data = read_real2d(npz_path)
     images, truths = data["images"], data["labels"]
     predictor = predictor or make_predictor(bundle)
     label_by_value = {label.value: label for label in bundle.labels}

@@ -13,12 +13,12 @@ from pathlib import Path
 
 from .. import synth
 from .. import train as training
-from ..bundle import load_bundle, refuse_to_replace_non_bundle, save_bundle, update_card
+from ..bundle import load_bundle, refuse_to_replace_non_bundle, save_bundle, sha256_of, update_card
 from ..datasets import PairedSlices, find_pairs, fixed_split, read_split, split_by_subject
 from ..errors import InputError
 from ..onnx_backend import export_onnx
 from ..progress import NO_PROGRESS
-from .evaluate import card_summary, evaluate_real2d
+from .evaluate import card_summary, evaluate_real2d, read_real2d
 
 
 def split_subjects(subjects, recipe):
@@ -65,8 +65,13 @@ def synthetic_sources(config, cache, progress=None):
         fibula_subjects = {e["subject"] for e in entries if e.get("has_fibula")}
         for ids in (val_ids, test_ids):
             for s in sorted(fibula_subjects & set(ids)):
+                if ids is val_ids and len(ids) == 1:
+                    break  # the last validation subject stays, fibula or not: early stopping needs one
                 ids.remove(s)
                 train_ids.append(s)
+    if not train_ids or not val_ids:
+        raise InputError(f"the split leaves {'no training' if not train_ids else 'no validation'} subject among the "
+                         f"cache's {len(subjects)}: add label maps, or give a split file (--split)", cache)
 
     def files(ids):
         return [Path(cache) / e["file"] for e in entries if e["subject"] in ids]
@@ -104,13 +109,17 @@ def train_bundle(config, output, work, synthetic=None, data=None, name="knee-bon
     if (synthetic is None) == (data is None):
         raise InputError("give exactly one training data source (synthetic cache or labelled pairs)")
     labels = config.labels
-    check_output_and_work(output, work)
+    check_output_and_work(output, work, config.recipe.init_from)
+    if real2d:
+        read_real2d(real2d)  # measured after the training: a typo must not wait for it
     training.check_start_bundle(config, work)
     if synthetic is not None:
         train_source, val_source, provenance = synthetic_sources(config, synthetic, progress)
     else:
         train_source, val_source, provenance = paired_sources(config, data, progress)
     inputs = {"synthetic": str(Path(synthetic).resolve())} if synthetic is not None else {"data": str(Path(data).resolve())}
+    if config.recipe.split:  # its contents, not only its path: a run resumed with other subjects would be mislabelled
+        inputs["split_sha256"] = sha256_of(config.recipe.split)
     model, state = training.fit(config, labels, train_source, val_source, work, progress, inputs=inputs)
     work = Path(work)
     training.plot_history(work / "history.csv", work / "history.png")
@@ -133,14 +142,37 @@ def train_bundle(config, output, work, synthetic=None, data=None, name="knee-bon
             "metrics": metrics}
 
 
-def check_output_and_work(output, work):
-    """Before any training: the bundle may not replace what ``output`` holds, nor the run's own work folder
-    (its checkpoints and history), which it may neither be nor lie inside."""
+def check_output_and_work(output, work, init_from=None, check_work=training.check_work_folder):
+    """Before any training: the bundle may replace only a bundle at ``output``, not the bundle training starts
+    from, nor the run's own work folder (which may neither be the output nor lie inside it, and must pass
+    ``check_work``: new, empty or a run's own); the output's folder must be one that can be written."""
+    if Path(output).name in ("", ".", ".."):
+        raise InputError("name the new bundle's own folder (not '.' or '..'): a bundle replaces the folder it is "
+                         "saved as", output)
     refuse_to_replace_non_bundle(output, "the trained bundle", "choose another -o")
     output, work = Path(output).resolve(), Path(work).resolve()
     if work == output or output in work.parents:
         raise InputError("the work folder (checkpoints, history) is the output folder or inside it: the saved "
                          "bundle would replace it; give the work folder a place of its own", work)
+    if init_from and Path(init_from).resolve() == output:
+        raise InputError("the output is the bundle this training starts from (--init-from): choose another -o so "
+                         "that it stays as it is", output)
+    check_work(work)
+    writable_folder_above(output)
+
+
+def writable_folder_above(path: Path):
+    """Refuse a ``path`` whose nearest existing folder above is a file or cannot be written (checked before a
+    long run, not after it)."""
+    import os
+
+    above = Path(path).parent
+    while not above.exists():
+        above = above.parent
+    if not above.is_dir():
+        raise InputError("is a file, not a folder: the bundle's folder cannot be made inside it", above)
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise InputError("cannot write in this folder (permission denied)", above)
 
 
 def _try_export_onnx(model, work, progress):
