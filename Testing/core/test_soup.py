@@ -121,7 +121,9 @@ def test_the_soup_may_not_overwrite_one_of_its_members(tmp_path):
     before = (b / "model.keras").read_bytes()
     with pytest.raises(InputError, match="one of its members"):
         soup_bundles([a, b], tmp_path / "x" / ".." / "b")
-    assert (b / "model.keras").read_bytes() == before
+    with pytest.raises(InputError, match="inside one of its members"):
+        soup_bundles([a, b], b / "inner")
+    assert (b / "model.keras").read_bytes() == before and not (b / "inner").exists()
 
 
 def test_the_soup_rounds_average_their_rounds_bundles_and_name_a_missing_one(tmp_path, monkeypatch, capsys):

@@ -138,3 +138,15 @@ def test_synthesis_writes_only_into_new_or_empty_folders_or_over_its_own_cache(t
     for args, words in ((("-n", "0"), "-n must be 1 or more"), ((), "must end in .png")):
         assert_refused(kneeseg("synth", "sheet", cache, tmp_path / ("sheet.json" if not args else "sheet.png"), *args),
                        words)
+
+
+def test_the_best_folds_bundle_replaces_only_a_bundle(tiny_bundle, tmp_path):
+    from kneeseg.workflows.crossval import _install_best
+
+    _install_best(tiny_bundle, tmp_path / "model")
+    _install_best(tiny_bundle, tmp_path / "model")  # a rerun replaces its own bundle
+    assert load_bundle(tmp_path / "model") and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    (tmp_path / "model" / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="it holds notes.txt"):
+        _install_best(tiny_bundle, tmp_path / "model")
+    assert (tmp_path / "model" / "notes.txt").read_text() == "mine"

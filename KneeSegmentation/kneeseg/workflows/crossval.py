@@ -30,10 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle import load_bundle, update_card
+from ..bundle import load_bundle, refuse_to_replace_non_bundle, update_card
 from ..datasets import find_pairs
 from ..errors import InputError
 from ..train import check_work_folder
+from ..writing import staging_folder
 from ..io import write_json
 from ..progress import NO_PROGRESS
 from .evaluate import evaluate_pairs
@@ -225,12 +226,12 @@ def _save_ensemble(fold_bundles, output: Path, folds, name, export_onnx, progres
 
 def _install_best(fold_bundle: Path, output: Path) -> None:
     """Copy the fold's bundle to ``output`` (staged beside it, renamed into place)."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
+    refuse_to_replace_non_bundle(output, "the cross-validation's bundle", "choose another -o")  # checked again
+    staging = staging_folder(output)
     try:
         shutil.copytree(fold_bundle, staging / "bundle")
         if output.exists():
-            shutil.rmtree(output)
+            output.rename(staging / "replaced")  # the old bundle goes only once the new one is in place
         (staging / "bundle").rename(output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -220,6 +220,9 @@ def soup_bundles(members, output, mix=None, name=None) -> dict:
     if Path(output).resolve() in resolved:
         raise InputError("the soup's output is one of its members; name another folder so that it stays as it is",
                          output)
+    if any(member in Path(output).resolve().parents for member in resolved):
+        raise InputError("the soup's output lies inside one of its members; a bundle holds nothing else: name a "
+                         "folder outside it", output)
     refuse_to_replace_non_bundle(output, "the soup's bundle", "name another folder")
     mix = _soup_mix(mix, len(members))
     bundles = [load_bundle(m) for m in members]
