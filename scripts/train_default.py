@@ -170,7 +170,10 @@ def _fine_tune(args, settings, name, cache=None, next_steps=True):
         raise InputError(f"--out is the bundle {name} starts from; name another folder so that it stays as it is",
                          args.out)
     check_cache_holds_split(args.cache, ROUND2_SPLIT)
-    workers = max(1, (os.cpu_count() or 2) - 1)
+    workers = getattr(args, "workers", None)
+    workers = max(1, (os.cpu_count() or 2) - 1) if workers is None else workers
+    if workers < 1:
+        raise InputError(f"--workers must be 1 or more, not {workers}")
     config = TrainConfig.from_flat(**{**settings, "init_from": start},
                                    time_limit_min=args.time_limit_min, workers=workers,
                                    use_multiprocessing=workers > 1)
@@ -851,6 +854,8 @@ def fine_tune_parser(sub, name, help, work="checkpoints (default: OUT.work); the
         start = start.relative_to(REPO) if isinstance(start, Path) and start.is_relative_to(REPO) else start
         p.add_argument("--init-from", default=None, help=f"bundle to fine-tune (default: {start})")
     p.add_argument("--time-limit-min", type=float, default=50.0, help="stop after the epoch that crosses this")
+    p.add_argument("--workers", type=int, default=None, help="synthesis processes (default: all cores but one; "
+                   "several fine-tunes at once share the cores: scripts/gpu_fine_tune.sh)")
     return p
 
 

@@ -3,6 +3,7 @@
 import argparse
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -506,3 +507,23 @@ def test_finalize_of_the_chain_writes_its_steps_and_its_recipe_into_the_card(tin
     assert training["recipe"] == ("scripts/train_default.py round15-chain (a fine-tune of the shipped default model "
                                   "before round 15 chain)")
     assert recipe._made_by(tmp_path / "chain" / "round15.final", "round15-chain")
+
+
+def test_a_fine_tune_takes_its_synthesis_workers_and_refuses_none(tiny_bundle, tmp_path, monkeypatch, capsys):
+    import kneeseg.workflows.train as workflow
+
+    recipe = _recipe()
+    configs = []
+    monkeypatch.setattr(recipe, "check_cache_holds_split", lambda *a: None)
+    monkeypatch.setattr(workflow, "train_bundle", lambda config, *a, **k: configs.append(config) or {
+        "epochs_run": 1, "best_epoch": 1, "stopped_early": True})
+    for workers in (["--workers", "3"], []):
+        monkeypatch.setattr("sys.argv", ["train_default.py", "round24", "--out", str(tmp_path / "out"),
+                                         "--init-from", str(tiny_bundle), *workers])
+        recipe.main()
+    assert configs[0].recipe.workers == 3 and configs[1].recipe.workers == max(1, (os.cpu_count() or 2) - 1)
+    monkeypatch.setattr("sys.argv", ["train_default.py", "round24", "--out", str(tmp_path / "out"),
+                                     "--init-from", str(tiny_bundle), "--workers", "0"])
+    with pytest.raises(SystemExit):
+        recipe.main()
+    assert "--workers must be 1 or more, not 0" in capsys.readouterr().err and len(configs) == 2
