@@ -8,7 +8,7 @@
 2. By eye: a sheet of the maps that got a fibula (a cache from ``add_fibulas``): for each, the coronal
    and the axial slice through the carried fibula's centre, bones coloured.
 
-    python scripts/fibula_transfer_check.py --cache .cache/labelmaps --carried build/round3.work/labelmaps-fibula \
+    python scripts/fibula_transfer_check.py --cache .cache/labelmaps --carried build/round3.labelmaps-fibula \
         --json docs/fibula_transfer.json --sheet docs/fibula_transfer.png
 """
 

@@ -234,7 +234,8 @@ def round3(args):
     from kneeseg.synth.fibula import add_fibulas
 
     check_cache_holds_split(args.cache, ROUND2_SPLIT)
-    fibula_cache = Path(args.work or f"{args.out}.work") / "labelmaps-fibula"
+    # beside the bundle, not in the work folder, which holds only what the training run writes
+    fibula_cache = Path(args.out).with_name(Path(args.out).name + ".labelmaps-fibula")
     if not (fibula_cache / "manifest.json").exists():
         shutil.rmtree(fibula_cache, ignore_errors=True)
         manifest = add_fibulas(args.cache, fibula_cache, subjects=set(read_split(ROUND2_SPLIT)["train"]),

@@ -803,7 +803,8 @@ class KneeSegmentationLogic:
         outputBundle = Path(outputBundle)
         if outputBundle.exists() and (not outputBundle.is_dir() or any(outputBundle.iterdir())):
             if not overwrite:
-                raise KneeSegmentationError(f"{outputBundle} already exists and is not empty: choose a new folder.", INPUT)
+                what = "is not empty" if outputBundle.is_dir() else "is a file"
+                raise KneeSegmentationError(f"{outputBundle} already exists and {what}: choose a new folder.", INPUT)
             problem = why_not_replaceable(outputBundle)  # overwrite replaces a model bundle, nothing else
             if problem:
                 raise KneeSegmentationError(f"{outputBundle} {problem}; training would replace it: choose a new "

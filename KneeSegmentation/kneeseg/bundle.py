@@ -20,9 +20,9 @@ from pathlib import Path
 
 from . import bundle_files
 from .card import CARD_NAME, FORMAT, FORMAT_VERSION, KERAS_NAME, ONNX_NAME, Card, WeightFile, parse_card  # noqa: F401
-from .errors import BundleError, InputError
+from .errors import BundleError, InputError, listed
 from .io import write_json
-from .writing import staging_folder
+from .writing import is_temp_name, staging_folder, swap_into_place
 
 DEFAULT_BUNDLE_NAME = "knee-bones-default"
 
@@ -173,7 +173,7 @@ def why_not_replaceable(folder) -> str | None:
     bundle holding nothing but bundle files): a bundle replaces only a bundle."""
     folder = Path(folder)
     if folder.is_symlink():
-        return "is a link: the bundle would replace the link, not the folder it points to; name that folder itself"
+        return "is a link (a bundle saved there would replace the link, not the folder it points to)"
     if not folder.exists():
         return None
     if not folder.is_dir():
@@ -181,10 +181,10 @@ def why_not_replaceable(folder) -> str | None:
     entries = sorted(folder.iterdir())
     if not entries:
         return None
-    others = [e.name for e in entries if e.name not in BUNDLE_FILE_NAMES or e.is_symlink() or not e.is_file()]
+    others = [e.name for e in entries if not is_temp_name(e.name)  # a killed update_card's leftover is ours
+              and (e.name not in BUNDLE_FILE_NAMES or e.is_symlink() or not e.is_file())]
     if others:
-        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
-        return f"exists and is not a model bundle: it holds {shown}"
+        return f"exists and is not a model bundle: it holds {listed(others)}"
     try:
         parse_card(_read_card_json(folder / CARD_NAME, folder), folder / CARD_NAME)
     except BundleError as exc:
@@ -212,7 +212,6 @@ def save_bundle(folder, model, card: Card, onnx_path=None, extra_files=()) -> Pa
     """
     folder = Path(folder)
     refuse_to_replace_non_bundle(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     staging = staging_folder(folder)  # a bundle is meant to be shared: not mkdtemp's 0700
     try:
         _without_optimizer(model).save(staging / KERAS_NAME)
@@ -225,13 +224,7 @@ def save_bundle(folder, model, card: Card, onnx_path=None, extra_files=()) -> Pa
         card_json = dataclasses.replace(card, weights=weights).to_json()
         parse_card(card_json, staging / CARD_NAME)  # what is written must read back
         (staging / CARD_NAME).write_text(json.dumps(card_json, indent=2) + "\n")
-        if folder.exists():
-            old = staging.with_name(staging.name + "-old")  # staging's name is unique: no one else's folder
-            folder.rename(old)
-            staging.rename(folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(folder)
+        swap_into_place(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder

@@ -12,6 +12,12 @@ EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 130
 
 
+def listed(names, shown: int = 3) -> str:
+    """``names`` for a message: the first ``shown``, then how many more."""
+    names = list(names)
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
 class InputError(ValueError):
     """Bad input: the message names the problem and, where there is one, the file."""
 

@@ -17,6 +17,7 @@ import csv
 import json
 import math
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -24,11 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import load_bundle
-from .errors import BundleError, InputError
+from .errors import BundleError, InputError, listed
 from .io import write_json
 from .labels import MERGED_BONES, SEPARATE_BONES
 from .progress import NO_PROGRESS
-from .writing import atomic_path
+from .writing import atomic_path, is_temp_name
 from .specs import (FRAME_SETTINGS, NETWORK_SETTINGS, FrameSpec, NetworkSpec, Normalisation, Recipe, SpecError,
                     setting_defaults)
 
@@ -273,9 +274,11 @@ def _check_same_run(saved: dict, config: TrainConfig, inputs: dict, work: Path):
     changed = sorted(k for k in current if k not in RESUMABLE_CHANGES
                      and not _same_setting(k, saved.get("config", {}).get(k, _jsonable(defaults.get(k))), current[k]))
     saved_inputs = saved.get("inputs", inputs)  # a key newer than the saved run is not compared
-    if set(saved_inputs) - set(inputs) or any(saved_inputs.get(k, v) != v for k, v in inputs.items()):
-        changed.append("training data" if "split_sha256" not in inputs or saved_inputs.get("split_sha256") in
-                       (None, inputs["split_sha256"]) else "the split file's contents")
+    data_keys = (set(saved_inputs) | set(inputs)) - {"split_sha256"}
+    if any(saved_inputs.get(k) != inputs.get(k) for k in data_keys):
+        changed.append("training data")
+    if saved_inputs.get("split_sha256", inputs.get("split_sha256")) != inputs.get("split_sha256"):
+        changed.append("the split file's contents")
     if changed:
         raise InputError(f"the work folder holds a run with other settings ({', '.join(changed)}); resume it with "
                          "the same settings, or give another --work folder (or delete this one)", work)
@@ -353,16 +356,27 @@ def _resuming(work: Path) -> bool:
     return (work / "state.json").exists() and (work / "checkpoint.keras").exists()
 
 
-def check_work_folder(work_dir):
-    """A work folder is new, empty or a training run's own (its ``state.json``): a run writes checkpoints and
-    its history there and removes stale weight averages, so a folder of other files is refused."""
-    work = Path(work_dir)
+RUN_FILES_BEFORE_STATE = ("history.csv", "best.keras", "checkpoint.keras")  # a run killed in its first epoch
+
+
+def check_work_is_a_folder(work: Path):
     if work.is_symlink() or (work.exists() and not work.is_dir()):
         raise InputError("the work folder (checkpoints, history) is a file or a link: name a folder", work)
-    if work.is_dir() and any(work.iterdir()) and not (work / "state.json").is_file():
-        held = ", ".join(sorted(e.name for e in work.iterdir())[:3])
-        raise InputError(f"the work folder holds files no training run wrote ({held}, ...): a run would overwrite "
-                         "or remove some of them; give a new or empty --work folder", work)
+
+
+def check_work_folder(work_dir):
+    """A work folder is new, empty or a training run's own (its ``state.json``, or only what a run killed in its
+    first epoch leaves): a run writes checkpoints and its history there and removes stale weight averages, so a
+    folder of other files is refused."""
+    work = Path(work_dir)
+    check_work_is_a_folder(work)
+    if not work.is_dir() or (work / "state.json").is_file():
+        return
+    others = sorted(e.name for e in work.iterdir() if e.name not in RUN_FILES_BEFORE_STATE
+                    and not is_temp_name(e.name) and not re.fullmatch(r"\..+\.tmp\.keras", e.name))
+    if others:
+        raise InputError(f"the work folder holds files that are not a training run's ({listed(others)}): a run "
+                         "would overwrite or remove some of them; give a new or empty --work folder", work)
 
 
 def check_start_bundle(config: TrainConfig, work_dir):

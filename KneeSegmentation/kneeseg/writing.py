@@ -15,6 +15,7 @@
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -152,3 +153,20 @@ def staging_folder(final) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     os.chmod(staging, 0o777 & ~_umask())
     return staging
+
+
+def swap_into_place(staging, final):
+    """Rename the folder ``staging`` onto ``final`` (a sibling); a folder already there is moved aside first and
+    removed only once the new one is in place, and put back if that rename fails."""
+    staging, final = Path(staging), Path(final)
+    if not final.exists():
+        staging.rename(final)
+        return
+    old = staging.with_name(staging.name + "-old")  # staging's name is unique: no one else's folder
+    final.rename(old)
+    try:
+        staging.rename(final)
+    except BaseException:
+        old.rename(final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -54,13 +54,16 @@ def test_only_a_folder_holding_a_bundle_and_nothing_else_is_replaceable(tiny_bun
 def test_output_and_work_folders_are_checked_before_any_training(tiny_bundle, tmp_path):
     docs = tmp_path / "docs"
     docs.mkdir()
+    (tmp_path / "worklink").symlink_to(docs)
     (docs / "average-2019.npz").write_bytes(b"precious")
     (docs / "history.csv").write_text("epoch,loss\n1,0.5\n")
     (tmp_path / "afile.csv").write_text("a,b\n")
     for output, work, init_from, words in (
             (".", tmp_path / "w", None, "not '.' or '..'"),
-            (tmp_path / "out", docs, None, "the work folder holds files no training run wrote (average-2019.npz"),
-            (tmp_path / "out", tiny_bundle, None, "the work folder holds files no training run wrote"),
+            (tmp_path / "out", docs, None, "the work folder holds files that are not a training run's (average-2019"),
+            (tmp_path / "out", tiny_bundle, None, "not a training run's (card.json, history.png, model.keras)"),
+            (tmp_path / "out", tmp_path / "worklink", None, "is a file or a link"),
+            (tiny_bundle / "inner", tmp_path / "w", tiny_bundle, "lies inside) the bundle this training starts from"),
             (tmp_path / "out", tmp_path / "afile.csv", None, "is a file or a link"),
             (tiny_bundle, tmp_path / "w", tiny_bundle, "the bundle this training starts from"),
             (tmp_path / "afile.csv" / "model", tmp_path / "w", None, "is a file, not a folder")):
@@ -70,6 +73,21 @@ def test_output_and_work_folders_are_checked_before_any_training(tiny_bundle, tm
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "state.json").write_text("{}")  # a run's own work folder: resumable
     check_output_and_work(tmp_path / "out", tmp_path / "run")
+    (tmp_path / "killed").mkdir()  # a run killed in its first epoch leaves these, and no state.json
+    for name in ("history.csv", "best.keras", ".checkpoint.tmp.keras"):
+        (tmp_path / "killed" / name).write_bytes(b"")
+    check_output_and_work(tmp_path / "out", tmp_path / "killed")
+
+
+def test_cross_validation_refuses_its_start_bundle_as_output_before_any_fold(tiny_bundle, tmp_path):
+    from kneeseg.workflows.crossval import cross_validate
+
+    data = write_toy_pairs(tmp_path / "data", n=4, size=(40, 40, 32), spacing=(1.5, 1.5, 1.5))
+    before = _contents(tiny_bundle)
+    with pytest.raises(InputError, match="the bundle this training starts from"):
+        cross_validate(TrainConfig.from_flat(**TINY, init_from=str(tiny_bundle)), data, tiny_bundle, 2,
+                       export_onnx=False)
+    assert _contents(tiny_bundle) == before and not (tmp_path / "data.folds").exists()
 
 
 @pytest.mark.slow
@@ -132,7 +150,8 @@ def test_synthesis_writes_only_into_new_or_empty_folders_or_over_its_own_cache(t
     with pytest.raises(InputError, match="new or empty folder"):
         write_labelled_volumes(cache, theirs, n=1)
     assert _contents(theirs) == before and not (tmp_path / "src" / "cache").exists()
-    pairs = write_labelled_volumes(cache, tmp_path / "volumes", n=2)
+    pairs = write_labelled_volumes(cache, tmp_path / "volumes", n=3)
+    pairs = write_labelled_volumes(cache, tmp_path / "volumes", n=2)  # a rerun replaces its own earlier output
     assert pairs.read_text().count("\n") == 3 and len(list((tmp_path / "volumes" / "images").iterdir())) == 2
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     for args, words in ((("-n", "0"), "-n must be 1 or more"), ((), "must end in .png")):
@@ -150,3 +169,39 @@ def test_the_best_folds_bundle_replaces_only_a_bundle(tiny_bundle, tmp_path):
     with pytest.raises(InputError, match="it holds notes.txt"):
         _install_best(tiny_bundle, tmp_path / "model")
     assert (tmp_path / "model" / "notes.txt").read_text() == "mine"
+
+
+def test_a_failed_swap_puts_the_old_folder_back(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from kneeseg.writing import staging_folder, swap_into_place
+
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "card.json").write_text("old")
+    staging = staging_folder(tmp_path / "b")
+    (staging / "card.json").write_text("new")
+    rename = Path.rename
+
+    def failing(self, target):
+        if self == staging:
+            raise OSError("interrupted")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing)
+    with pytest.raises(OSError):
+        swap_into_place(staging, tmp_path / "b")
+    assert (tmp_path / "b" / "card.json").read_text() == "old"
+
+
+def test_round3_builds_its_fibula_cache_beside_the_bundle_not_in_the_work_folder(tmp_path, monkeypatch):
+    import kneeseg.synth.fibula as fibula
+    from conftest import load_script
+
+    recipe = load_script("train_default")
+    used = []
+    monkeypatch.setattr(recipe, "check_cache_holds_split", lambda *a: None)
+    monkeypatch.setattr(fibula, "add_fibulas", lambda cache, out, **k: (out.mkdir(parents=True), {"files": []})[1])
+    monkeypatch.setattr(recipe, "_fine_tune", lambda args, settings, name, cache=None: used.append(cache))
+    monkeypatch.setattr("sys.argv", ["train_default.py", "round3", "--out", str(tmp_path / "round3")])
+    recipe.main()
+    assert used == [tmp_path / "round3.labelmaps-fibula"] and not (tmp_path / "round3.work").exists()

@@ -191,6 +191,9 @@ def _jobs(source_dir: Path, sources, note) -> list:
     return jobs
 
 
+STAGING_PREFIX = ".staging-"  # write_staged's hidden folder inside the folder it fills
+
+
 def _check_cache_folder(cache_dir: Path, source_dir: Path):
     """A cache goes into a new or empty folder or replaces a cache (a manifest and .npz maps, nothing else), and
     never into its source or around it: the user's own files are not overwritten."""
@@ -199,8 +202,8 @@ def _check_cache_folder(cache_dir: Path, source_dir: Path):
         raise InputError("the cache folder and the folder of label maps overlap; write the cache elsewhere", cache_dir)
     if not cache_dir.is_dir() or not any(cache_dir.iterdir()):
         return
-    others = sorted(e.name for e in cache_dir.iterdir()
-                    if not (e.is_file() and (e.name == MANIFEST_NAME or e.suffix == ".npz")))
+    others = sorted(e.name for e in cache_dir.iterdir() if not e.name.startswith(STAGING_PREFIX)  # a killed run's
+                    and not (e.is_file() and (e.name == MANIFEST_NAME or e.suffix == ".npz")))
     if others or not (cache_dir / MANIFEST_NAME).is_file():
         held = ", ".join(others[:3]) if others else f"no {MANIFEST_NAME}"
         raise InputError(f"this folder holds files and is not a label-map cache ({held}): a cache goes into a new "
@@ -258,7 +261,7 @@ def write_staged(folder: Path, what: str, fill) -> list:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot make {what} ({exc.strerror or exc})", folder) from None
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder))
     try:
         entries = fill(staging)
         for entry in entries:

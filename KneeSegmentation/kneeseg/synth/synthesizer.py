@@ -1,6 +1,7 @@
 """The synthesizer: batches of synthetic training slices, and whole synthetic scans for evaluation."""
 
 import dataclasses
+import json
 import shutil
 import threading
 from pathlib import Path
@@ -228,16 +229,18 @@ def write_labelled_volumes(cache_dir, out_dir, n: int = 6, seed: int = 0, config
     import csv
 
     from ..io import write_image, write_labelmap
-    from ..writing import staging_folder
+    from ..writing import staging_folder, swap_into_place
     from .cache import load_manifest
 
     if n < 1:
         raise InputError("-n must be 1 or more")
     entries = load_manifest(cache_dir)["files"]
     out_dir = Path(out_dir)
-    if out_dir.is_symlink() or (out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir()))):
-        raise InputError("the synthetic scans go into a new or empty folder (they would mix with what this one "
-                         "holds, and be taken for real scans)", out_dir)
+    if out_dir.is_symlink() or (out_dir.exists() and (not out_dir.is_dir() or (
+            any(out_dir.iterdir()) and not _synthetic_scans_folder(out_dir)))):
+        raise InputError("the synthetic scans go into a new or empty folder, or replace an earlier 'kneeseg synth "
+                         "volumes' output (they would mix with what this one holds, and be taken for real scans)",
+                         out_dir)
     staging = staging_folder(out_dir)  # all scans or none
     try:
         rows = []
@@ -254,9 +257,18 @@ def write_labelled_volumes(cache_dir, out_dir, n: int = 6, seed: int = 0, config
             writer = csv.DictWriter(f, fieldnames=["image", "label", "subject"], lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
-        if out_dir.exists():
-            out_dir.rmdir()  # empty, checked above
-        staging.rename(out_dir)
+        (staging / SYNTHETIC_MARK).write_text(json.dumps({"made_by": "kneeseg synth volumes", "cache": str(cache_dir),
+                                                          "n": n, "seed": seed}) + "\n")
+        swap_into_place(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir / "pairs.csv"
+
+
+SYNTHETIC_MARK = "synthetic.json"  # what tells an earlier 'synth volumes' output from a user's scans
+
+
+def _synthetic_scans_folder(folder: Path) -> bool:
+    """Whether ``folder`` is an earlier output of :func:`write_labelled_volumes` and nothing else."""
+    return (folder / SYNTHETIC_MARK).is_file() and {e.name for e in folder.iterdir()} <= {
+        SYNTHETIC_MARK, "pairs.csv", "images", "labels"}

@@ -33,8 +33,8 @@ import numpy as np
 from ..bundle import load_bundle, refuse_to_replace_non_bundle, update_card
 from ..datasets import find_pairs
 from ..errors import InputError
-from ..train import check_work_folder
-from ..writing import staging_folder
+from ..train import check_work_folder, check_work_is_a_folder
+from ..writing import staging_folder, swap_into_place
 from ..io import write_json
 from ..progress import NO_PROGRESS
 from .evaluate import evaluate_pairs
@@ -62,8 +62,7 @@ def folds_of(subjects, k: int, seed: int = 0) -> list:
 
 def _check_folds_work(work: Path):
     """The cross-validation's work folder holds one training run's folder per fold (``fold_N``), nothing else."""
-    if work.is_symlink() or (work.exists() and not work.is_dir()):
-        raise InputError("the work folder (checkpoints, history) is a file or a link: name a folder", work)
+    check_work_is_a_folder(work)
     others = sorted(e.name for e in work.iterdir() if not re.fullmatch(r"fold_\d+", e.name)) if work.is_dir() else []
     if others:
         raise InputError(f"the work folder holds files no cross-validation wrote ({', '.join(others[:3])}, ...): "
@@ -96,7 +95,7 @@ def cross_validate(config, data, output, k: int, work=None, name="knee-bones", e
     output = Path(output)
     folds_dir = output.with_name(output.name + ".folds")
     work = Path(work) if work else output.with_name(output.name + ".work")
-    check_output_and_work(output, work, check_work=_check_folds_work)
+    check_output_and_work(output, work, config.recipe.init_from, check_work=_check_folds_work)
     pairs = find_pairs(data)
     folds = folds_of([p.subject for p in pairs], k, config.recipe.split_seed)
     folds_dir.mkdir(parents=True, exist_ok=True)
@@ -229,10 +228,9 @@ def _install_best(fold_bundle: Path, output: Path) -> None:
     refuse_to_replace_non_bundle(output, "the cross-validation's bundle", "choose another -o")  # checked again
     staging = staging_folder(output)
     try:
-        shutil.copytree(fold_bundle, staging / "bundle")
-        if output.exists():
-            output.rename(staging / "replaced")  # the old bundle goes only once the new one is in place
-        (staging / "bundle").rename(output)
+        for entry in Path(fold_bundle).iterdir():  # a bundle is flat: files only
+            shutil.copy2(entry, staging / entry.name)
+        swap_into_place(staging, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -9,11 +9,13 @@ in the configuration's frame (``TrainConfig.frame``), which the card hands on to
 """
 
 import dataclasses
+import hashlib
+import json
 from pathlib import Path
 
 from .. import synth
 from .. import train as training
-from ..bundle import load_bundle, refuse_to_replace_non_bundle, save_bundle, sha256_of, update_card
+from ..bundle import load_bundle, refuse_to_replace_non_bundle, save_bundle, update_card
 from ..datasets import PairedSlices, find_pairs, fixed_split, read_split, split_by_subject
 from ..errors import InputError
 from ..onnx_backend import export_onnx
@@ -119,7 +121,9 @@ def train_bundle(config, output, work, synthetic=None, data=None, name="knee-bon
         train_source, val_source, provenance = paired_sources(config, data, progress)
     inputs = {"synthetic": str(Path(synthetic).resolve())} if synthetic is not None else {"data": str(Path(data).resolve())}
     if config.recipe.split:  # its contents, not only its path: a run resumed with other subjects would be mislabelled
-        inputs["split_sha256"] = sha256_of(config.recipe.split)
+        subjects = read_split(config.recipe.split)  # which subjects, not how the file is laid out or its note
+        split = json.dumps({part: sorted(subjects[part]) for part in ("train", "validation", "test")})
+        inputs["split_sha256"] = hashlib.sha256(split.encode()).hexdigest()
     model, state = training.fit(config, labels, train_source, val_source, work, progress, inputs=inputs)
     work = Path(work)
     training.plot_history(work / "history.csv", work / "history.png")
@@ -150,14 +154,15 @@ def check_output_and_work(output, work, init_from=None, check_work=training.chec
         raise InputError("name the new bundle's own folder (not '.' or '..'): a bundle replaces the folder it is "
                          "saved as", output)
     refuse_to_replace_non_bundle(output, "the trained bundle", "choose another -o")
+    check_work(Path(work))
     output, work = Path(output).resolve(), Path(work).resolve()
     if work == output or output in work.parents:
         raise InputError("the work folder (checkpoints, history) is the output folder or inside it: the saved "
                          "bundle would replace it; give the work folder a place of its own", work)
-    if init_from and Path(init_from).resolve() == output:
-        raise InputError("the output is the bundle this training starts from (--init-from): choose another -o so "
-                         "that it stays as it is", output)
-    check_work(work)
+    start = Path(init_from).resolve() if init_from else None
+    if start is not None and (start == output or start in output.parents):
+        raise InputError("the output is (or lies inside) the bundle this training starts from (--init-from): choose "
+                         "another -o so that it stays as it is", output)
     writable_folder_above(output)
 
 
