@@ -130,6 +130,15 @@ def test_training_option_and_path_errors(fakeLogic, tmp_path):
     assert (tmp_path / "full" / "x").read_text() == "x" and (tmp_path / "notes.txt").read_text() == "mine"
 
 
+def test_overwrite_retrains_over_a_model_bundle(fakeLogic, tiny_bundle, tmp_path):
+    import shutil
+
+    shutil.copytree(tiny_bundle, tmp_path / "model")
+    run = fakeLogic.startTraining(tmp_path / "model", dataDir=_dataFolder(tmp_path), epochs=2, overwrite=True)
+    run.wait(60)
+    assert run.status == "succeeded", run.logText
+
+
 def test_failed_training_reports_and_keeps_the_plot_history(mrml, fakeLogic, tmp_path):
     fakeLogic.setMode("trainfail")
     with pytest.raises(KneeSegmentationError) as err:
