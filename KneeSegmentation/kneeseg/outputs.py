@@ -134,6 +134,12 @@ def check_outputs(inputs, outputs, input_folders=()):
         seen[ident] = out
 
 
+def existing_above(path) -> Path | None:
+    """The nearest folder above ``path`` that exists (or a file in its place), where ``path`` would be made."""
+    parent = Path(path).parent if str(Path(path).parent) else Path(".")
+    return next((p for p in (parent, *parent.parents) if p.exists()), None)
+
+
 def check_output_name(out: Output):
     """The suffix, and a place that can be written: not a folder, an existing folder above it that is writable."""
     path = Path(out.path)
@@ -141,8 +147,7 @@ def check_output_name(out: Output):
         raise InputError(f"{out.option} must end in {' or '.join(out.suffixes)}", path)
     if path.is_dir():
         raise InputError(f"{out.option} names an existing folder; it needs a file name", path)
-    parent = path.parent if str(path.parent) else Path(".")
-    existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    existing = existing_above(path)
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK):
         raise InputError(f"{out.option}: cannot write here (the folder is missing, is a file, or is not writable)",
                          path)

@@ -88,6 +88,12 @@ def test_cross_validation_refuses_its_start_bundle_as_output_before_any_fold(tin
         cross_validate(TrainConfig.from_flat(**TINY, init_from=str(tiny_bundle)), data, tiny_bundle, 2,
                        export_onnx=False)
     assert _contents(tiny_bundle) == before and not (tmp_path / "data.folds").exists()
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="holds files no cross-validation wrote \\(notes.txt\\)"):
+        cross_validate(TrainConfig.from_flat(**TINY), data, tmp_path / "model", 2, work=tmp_path / "work",
+                       export_onnx=False)
+    assert (tmp_path / "work" / "notes.txt").read_text() == "mine" and not (tmp_path / "model.folds").exists()
 
 
 @pytest.mark.slow

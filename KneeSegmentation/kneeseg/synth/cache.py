@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..datasets import volume_stem
-from ..errors import InputError
+from ..errors import InputError, listed
 from ..geometry import VoxelGrid
 from ..io import write_json
 from ..itk_messages import plain_reason
@@ -205,7 +205,7 @@ def _check_cache_folder(cache_dir: Path, source_dir: Path):
     others = sorted(e.name for e in cache_dir.iterdir() if not e.name.startswith(STAGING_PREFIX)  # a killed run's
                     and not (e.is_file() and (e.name == MANIFEST_NAME or e.suffix == ".npz")))
     if others or not (cache_dir / MANIFEST_NAME).is_file():
-        held = ", ".join(others[:3]) if others else f"no {MANIFEST_NAME}"
+        held = listed(others) if others else f"no {MANIFEST_NAME}"
         raise InputError(f"this folder holds files and is not a label-map cache ({held}): a cache goes into a new "
                          "or empty folder, or replaces a cache", cache_dir)
     load_manifest(cache_dir)  # a folder of .npz files with someone else's manifest is not ours to replace

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..bundle import load_bundle, refuse_to_replace_non_bundle, update_card
 from ..datasets import find_pairs
-from ..errors import InputError
+from ..errors import InputError, listed
 from ..train import check_work_folder, check_work_is_a_folder
 from ..writing import staging_folder, swap_into_place
 from ..io import write_json
@@ -63,11 +63,13 @@ def folds_of(subjects, k: int, seed: int = 0) -> list:
 def _check_folds_work(work: Path):
     """The cross-validation's work folder holds one training run's folder per fold (``fold_N``), nothing else."""
     check_work_is_a_folder(work)
-    others = sorted(e.name for e in work.iterdir() if not re.fullmatch(r"fold_\d+", e.name)) if work.is_dir() else []
+    if not work.is_dir():
+        return
+    others = sorted(e.name for e in work.iterdir() if not re.fullmatch(r"fold_\d+", e.name))
     if others:
-        raise InputError(f"the work folder holds files no cross-validation wrote ({', '.join(others[:3])}, ...): "
-                         "give a new or empty --work folder", work)
-    for fold in work.glob("fold_*") if work.is_dir() else ():
+        raise InputError(f"the work folder holds files no cross-validation wrote ({listed(others)}): give a new or "
+                         "empty --work folder", work)
+    for fold in work.iterdir():
         check_work_folder(fold)
 
 

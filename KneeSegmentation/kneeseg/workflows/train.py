@@ -19,6 +19,7 @@ from ..bundle import load_bundle, refuse_to_replace_non_bundle, save_bundle, upd
 from ..datasets import PairedSlices, find_pairs, fixed_split, read_split, split_by_subject
 from ..errors import InputError
 from ..onnx_backend import export_onnx
+from ..outputs import existing_above
 from ..progress import NO_PROGRESS
 from .evaluate import card_summary, evaluate_real2d, read_real2d
 
@@ -171,9 +172,7 @@ def writable_folder_above(path: Path):
     long run, not after it)."""
     import os
 
-    above = Path(path).parent
-    while not above.exists():
-        above = above.parent
+    above = existing_above(Path(path).resolve())
     if not above.is_dir():
         raise InputError("is a file, not a folder: the bundle's folder cannot be made inside it", above)
     if not os.access(above, os.W_OK | os.X_OK):
