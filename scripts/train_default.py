@@ -608,6 +608,22 @@ round36 = _plain_fine_tune("round36")
 round37 = _plain_fine_tune("round37")
 
 
+# Rounds 45-47: round 24's recipe with seeds 24, 34 and 35 (each paired with round 24, 34 or 35: the same images
+# but for the rim), the one change being no cortical rim drawn in 80 % of the images whose femoral marrow is dark
+# (``hidden_rim_probability`` 0.8). In fat-suppressed and DESS scans the dark marrow meets a dark cortex with no line
+# between them; the generator drew a dark rim around the bone in 90 % of its images, dark marrow or not. On the real
+# DESS volume a dark line drawn between the femur and the vastus halved what round 38's coronal plane called femur
+# in the muscle (docs/evaluation.md, probe 48): the network ends the femur at a dark line, and the DESS condyle
+# has none. Round 48 is their soup, compared with round 39 (the soup of rounds 24, 34 and 35).
+ROUND45 = {**ROUND24, "synthesis": {**ROUND24["synthesis"], "hidden_rim_probability": 0.8}}
+ROUND46 = {**ROUND45, "seed": 34}
+ROUND47 = {**ROUND45, "seed": 35}
+
+round45 = _plain_fine_tune("round45")
+round46 = _plain_fine_tune("round46")
+round47 = _plain_fine_tune("round47")
+
+
 # Rounds 38-40 and 44: weight soups (kneeseg.workflows.train.soup_bundles), no training of their own. Three runs of
 # round 24's recipe landed far apart on the DESS volume (rounds 24, 34, 35), so each run's weights carry a part that
 # is its path's, not its recipe's; averaging the weights of fine-tunes of one start cancels that part (Wortsman et
@@ -622,6 +638,7 @@ SOUPS = {
     "round39": (("round24", "round34", "round35"), None),
     "round40": (("shipped", "round38"), (0.5, 0.5)),
     "round44": (("round33", "round36", "round37"), None),
+    "round48": (("round45", "round46", "round47"), None),
 }
 
 
@@ -666,7 +683,8 @@ def _soup(name):
     return run
 
 
-round38, round39, round40, round44 = (_soup(name) for name in ("round38", "round39", "round40", "round44"))
+round38, round39, round40, round44, round48 = (_soup(name) for name in ("round38", "round39", "round40", "round44",
+                                                                       "round48"))
 
 
 def soup_parser(sub, name, help):
@@ -751,12 +769,19 @@ FINE_TUNES = {
                 {"init_from": True}),
     "round37": (round37, "round 37: round 33 with seed 35 (paired with round 35); rerun to continue",
                 {"init_from": True}),
+    "round45": (round45, "round 45: round 24 with no cortical rim in most images of dark marrow; rerun to continue",
+                {"init_from": True}),
+    "round46": (round46, "round 46: round 45 with seed 34 (paired with round 34); rerun to continue",
+                {"init_from": True}),
+    "round47": (round47, "round 47: round 45 with seed 35 (paired with round 35); rerun to continue",
+                {"init_from": True}),
 }
 SOUP_RECIPES = {
     "round38": (round38, "round 38: the mean of the weights of rounds 24, 34, 35, 36 and 37"),
     "round39": (round39, "round 39: the mean of the weights of rounds 24, 34 and 35"),
     "round40": (round40, "round 40: halfway between the shipped model's weights and round 38's"),
     "round44": (round44, "round 44: the mean of the weights of rounds 33, 36 and 37 (round 39's other arm)"),
+    "round48": (round48, "round 48: the mean of the weights of rounds 45, 46 and 47 (round 39 with hidden rims)"),
 }
 
 

@@ -608,6 +608,25 @@ def test_marrow_like_fat_ties_every_bone_to_the_fat_and_changes_no_other_draw(ph
     assert untied > 10  # without the tie the marrow is mostly not the fat's
 
 
+def test_a_hidden_rim_goes_only_with_a_dark_marrow_and_changes_no_other_draw(phantom_cache):
+    from kneeseg.synth.draws import HIDDEN_RIM_MARROW_MAX, draw_appearance
+    from kneeseg.synth.tissues import TISSUE_IDS
+
+    cache, _, _ = phantom_cache
+    synthesizer = make(cache)
+    hidden = {True: 0, False: 0}
+    for seed in range(40):
+        view, label_map, _, _ = synthesizer.draw(np.random.SeedSequence(seed), 2)
+        looks = [draw_appearance(np.random.default_rng(seed),
+                                 dataclasses.replace(synthesizer.config, hidden_rim_probability=p),
+                                 label_map, view, SIZE) for p in (0.0, 1.0)]
+        _assert_same_draws(looks, lambda name: name != "cortex_mm")
+        dark = bool(looks[0].means[TISSUE_IDS["femur"]] <= HIDDEN_RIM_MARROW_MAX)
+        assert looks[1].cortex_mm == (0.0 if dark else looks[0].cortex_mm)
+        hidden[dark] += looks[0].cortex_mm > 0
+    assert hidden[True] >= 3 and hidden[False] >= 10  # both kinds of marrow were drawn with a rim to hide
+
+
 def test_a_decoy_changes_no_other_draw_and_keeps_its_distance_from_the_bones_intensity(phantom_cache):
     from kneeseg.synth.draws import _draw_decoy, draw_appearance
     from kneeseg.synth.tissues import TISSUE_IDS

@@ -30,6 +30,9 @@ _BACKGROUND_KINDS = ("muscle", "fat", "fluid", "fibrous", "muscle", "fat")
 # A fibula-centred view's slices lie this close to the fibula's centre (its shaft is 10-25 mm across):
 # most of them cut it, in every plane.
 FIBULA_SLAB_HALF_MM = 15.0
+# A femoral marrow this dark or darker shows no contrast to a dark cortex (drawn in [0, 0.12]):
+# ``SynthesisConfig.hidden_rim_probability``.
+HIDDEN_RIM_MARROW_MAX = 0.2
 
 
 @dataclass(frozen=True)
@@ -250,6 +253,9 @@ def draw_appearance(rng, cfg: SynthesisConfig, label_map: CachedLabelMap, view: 
         look = dataclasses.replace(look, means=_marrow_like_fat(rng, cfg, look.means, kind_means["fat"]))
     if cfg.decoy_probability > 0 and rng.random() < cfg.decoy_probability:  # likewise, after the bones' means
         look = dataclasses.replace(look, decoy=_draw_decoy(rng, cfg, look.means, kind_means["fat"]))
+    if (cfg.hidden_rim_probability > 0 and look.means[TISSUE_IDS["femur"]] <= HIDDEN_RIM_MARROW_MAX
+            and rng.random() < cfg.hidden_rim_probability):  # likewise, after the bones' final means
+        look = dataclasses.replace(look, cortex_mm=0.0)
     return look
 
 
