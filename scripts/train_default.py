@@ -624,6 +624,21 @@ round46 = _plain_fine_tune("round46")
 round47 = _plain_fine_tune("round47")
 
 
+# Rounds 49-51: round 24's recipe with seeds 24, 34 and 35 (paired with rounds 24, 34, 35), the one change being
+# training slices out to +-80 mm from the view centre (``slab_half_mm`` 80, was 45), as far as inference cuts them:
+# a frame spans the whole scan along its slice axis. On the real DESS volume 27 of the 38 ml that round 38's axial
+# plane calls femur and its sagittal plane calls background lie more than 45 mm above the knee centre, in thigh
+# slices no training image showed (docs/evaluation.md, probe 49). Round 3 tried +-80 mm together with a fibula on
+# every map, on an older generator. Round 52 is their soup, against round 39.
+ROUND49 = {**ROUND24, "synthesis": {**ROUND24["synthesis"], "slab_half_mm": 80.0}}
+ROUND50 = {**ROUND49, "seed": 34}
+ROUND51 = {**ROUND49, "seed": 35}
+
+round49 = _plain_fine_tune("round49")
+round50 = _plain_fine_tune("round50")
+round51 = _plain_fine_tune("round51")
+
+
 # Rounds 38-40 and 44: weight soups (kneeseg.workflows.train.soup_bundles), no training of their own. Three runs of
 # round 24's recipe landed far apart on the DESS volume (rounds 24, 34, 35), so each run's weights carry a part that
 # is its path's, not its recipe's; averaging the weights of fine-tunes of one start cancels that part (Wortsman et
@@ -639,6 +654,7 @@ SOUPS = {
     "round40": (("shipped", "round38"), (0.5, 0.5)),
     "round44": (("round33", "round36", "round37"), None),
     "round48": (("round45", "round46", "round47"), None),
+    "round52": (("round49", "round50", "round51"), None),
 }
 
 
@@ -683,8 +699,8 @@ def _soup(name):
     return run
 
 
-round38, round39, round40, round44, round48 = (_soup(name) for name in ("round38", "round39", "round40", "round44",
-                                                                       "round48"))
+round38, round39, round40, round44, round48, round52 = (_soup(name) for name in ("round38", "round39", "round40",
+                                                                                "round44", "round48", "round52"))
 
 
 def soup_parser(sub, name, help):
@@ -775,6 +791,12 @@ FINE_TUNES = {
                 {"init_from": True}),
     "round47": (round47, "round 47: round 45 with seed 35 (paired with round 35); rerun to continue",
                 {"init_from": True}),
+    "round49": (round49, "round 49: round 24 with training slices out to +-80 mm; rerun to continue",
+                {"init_from": True}),
+    "round50": (round50, "round 50: round 49 with seed 34 (paired with round 34); rerun to continue",
+                {"init_from": True}),
+    "round51": (round51, "round 51: round 49 with seed 35 (paired with round 35); rerun to continue",
+                {"init_from": True}),
 }
 SOUP_RECIPES = {
     "round38": (round38, "round 38: the mean of the weights of rounds 24, 34, 35, 36 and 37"),
@@ -782,6 +804,7 @@ SOUP_RECIPES = {
     "round40": (round40, "round 40: halfway between the shipped model's weights and round 38's"),
     "round44": (round44, "round 44: the mean of the weights of rounds 33, 36 and 37 (round 39's other arm)"),
     "round48": (round48, "round 48: the mean of the weights of rounds 45, 46 and 47 (round 39 with hidden rims)"),
+    "round52": (round52, "round 52: the mean of the weights of rounds 49, 50 and 51 (round 39 with +-80 mm slices)"),
 }
 
 
