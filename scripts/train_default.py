@@ -20,7 +20,7 @@
     python scripts/train_default.py round21 --cache .cache/labelmaps --out build/round21 [--time-limit-min 7]  # a GPU
     python scripts/train_default.py round22 --cache .cache/labelmaps --out build/round22 [--time-limit-min 7]  # a GPU
     python scripts/train_default.py round15-chain --cache .cache/labelmaps [--out build/round15-chain] [--time-limit-min 150]
-    python scripts/train_default.py round38 [--members build] [--out build/round38]  # a weight soup: round39, 40, 44
+    python scripts/train_default.py round38 [--members build] [--out build/round38]  # a weight soup: 39, 40, 44, 48, 52
     python scripts/train_default.py finalize build/default/stage2 --stage1 build/default/stage1 \
         --cache .cache/labelmaps --real2d ../shared/data/real_2d/sagittal_slices_dev.npz [--install]
 
@@ -57,7 +57,8 @@ fibres drawn in the generator's soft tissue.
 ``round38``-``round40`` and ``round44`` train nothing: each is a weight soup
 (``kneeseg.workflows.train.soup_bundles``) of bundles other rounds made, read from ``--members`` (MEMBERS/roundN):
 round 38 the mean of rounds 24, 34, 35, 36 and 37, round 39 of rounds 24, 34 and 35, round 40 halfway between the
-shipped model and round 38, round 44 of rounds 33, 36 and 37.
+shipped model and round 38, round 44 of rounds 33, 36 and 37; round 48 of rounds 45-47 (round 24's recipe with no
+cortical rim where the marrow is dark), round 52 of rounds 49-51 (round 24's recipe with slices out to +-80 mm).
 
 ``train`` runs two stages with ``kneeseg train``: stage 1 from scratch (Adam 1e-3 -> 1e-4), stage 2 a
 fine-tune of stage 1 at a lower learning rate (3e-4 -> 3e-5). On a GPU machine the same stages run

@@ -381,6 +381,22 @@ def test_rounds_31_32_33_add_the_marrow_tied_to_the_fat_and_decoys_to_their_cont
         assert treated == {**recipe.ROUND33, "seed": replicate["seed"]}  # round 33's, paired by seed
     assert {"round36", "round37"} <= set(recipe.FINE_TUNES)
 
+def test_rounds_45_to_51_change_one_generator_setting_of_round24s_recipe_each_paired_by_seed_and_souped():
+    recipe = _recipe()
+    round24 = TrainConfig.from_flat(**recipe.ROUND24)
+    arms = {"hidden_rim_probability": (recipe.ROUND45, recipe.ROUND46, recipe.ROUND47, "round48", 0.8),
+            "slab_half_mm": (recipe.ROUND49, recipe.ROUND50, recipe.ROUND51, "round52", 80.0)}
+    for setting, (*runs, soup, value) in arms.items():
+        members = []
+        for run, control in zip(runs, (recipe.ROUND24, recipe.ROUND34, recipe.ROUND35)):
+            config, paired = TrainConfig.from_flat(**run), TrainConfig.from_flat(**control)
+            assert dataclasses.replace(config.recipe, synthesis=paired.recipe.synthesis) == paired.recipe  # same seed
+            assert config.network == round24.network and config.frame == round24.frame
+            assert _changed_synthesis(config, paired) == {setting} and config.recipe.synthesis[setting] == value
+            members.append(next(name for name in recipe.FINE_TUNES if getattr(recipe, name.upper(), None) is run))
+        assert recipe.SOUPS[soup] == (tuple(members), None) and soup in recipe.SOUP_RECIPES
+
+
 def test_the_round15_chain_is_rounds_8_9_11_12_15_with_12_and_15_cut_where_their_time_limit_cut_them():
     recipe = _recipe()
     assert [name for name, _ in recipe.ROUND15_CHAIN] == ["round8", "round9", "round11", "round12", "round15"]
