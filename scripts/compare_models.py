@@ -2,6 +2,7 @@
 """Two models on the same synthetic fibula volumes, paired: is one better, or did the sample decide?
 
     python scripts/compare_models.py BEFORE AFTER [--subjects S ...] [--seeds 4] [--out build/compare.json]
+        [--before-plane-reach auto|off] [--after-plane-reach auto|off]
 
 ``make eval`` scores the fibula on the held-out maps that have one, with two seeds per plane: on
 2026-12-04 that was two knees of one person, and the first two seeds were the hardest draws (round 6's
@@ -87,6 +88,7 @@ def json_safe(value):
 def compare(args):
     from kneeseg.bundle import load_bundle
     from kneeseg.errors import InputError
+    from kneeseg.infer import SegmentOptions
     from kneeseg.synth import EVALUATION_CONFIG_RIM_OUTSIDE
     from kneeseg.workflows.evaluate import compare_cases, evaluate_synthetic_fibula, named_fibula_entries
 
@@ -115,7 +117,9 @@ def compare(args):
     reports = {}
     for name, bundle in (("before", before), ("after", after)):
         print(f"scoring {name} ({len(subjects)} subject(s), {args.seeds} seed(s) per plane) ...", flush=True)
+        options = SegmentOptions(plane_reach=getattr(args, f"{name}_plane_reach"))
         reports[name] = evaluate_synthetic_fibula(bundle, args.cache, config=EVALUATION_CONFIG_RIM_OUTSIDE,
+                                                  options=options,
                                                   seeds=tuple(range(args.seeds)), subjects=subjects,
                                                   progress=lambda stage, fraction, message: print(f"  {message}",
                                                                                                   flush=True))
@@ -134,6 +138,8 @@ def compare(args):
 
 
 def main(argv=None):
+    from kneeseg.specs import PLANE_REACHES
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("before", help="bundle folder of the model to compare against (e.g. the shipped one)")
     parser.add_argument("after", help="bundle folder of the candidate")
@@ -144,6 +150,9 @@ def main(argv=None):
     parser.add_argument("--include-trained", action="store_true",
                         help="allow subjects a bundle trained on")
     parser.add_argument("--out", help="write the per-volume scores and the comparison as JSON")
+    for side in ("before", "after"):  # one bundle against itself: the fusion with and without the reach
+        parser.add_argument(f"--{side}-plane-reach", choices=PLANE_REACHES, default="auto",
+                            help=f"segment's --plane-reach for {side.upper()} (default %(default)s)")
     args = parser.parse_args(argv)
     from kneeseg.errors import InputError
 

@@ -233,7 +233,7 @@ def _segment_options(args):
                           n4_settings=_n4_settings(args),
                           centre=_parse_centre(args.centre), batch_size=args.batch_size,
                           postprocess=not args.no_postprocess, confidence=bool(args.confidence),
-                          backend=args.backend, fusion=args.fusion)
+                          backend=args.backend, fusion=args.fusion, plane_reach=args.plane_reach)
 
 
 def _n4_settings(args):

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from .errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK, Cancelled, InputError, MissingPackage
 from .geometry import PLANES
 from .progress import Progress
-from .specs import FUSIONS, NORMALISATION_MODES, OUTPUTS, SLICE_POSITIONS, TRAIN_LAYERS, setting_defaults
+from .specs import (FUSIONS, NORMALISATION_MODES, OUTPUTS, PLANE_REACHES, SLICE_POSITIONS, TRAIN_LAYERS,
+                    setting_defaults)
 
 __all__ = [
     "EXIT_OK", "EXIT_INTERNAL", "EXIT_BAD_INPUT", "EXIT_CANCELLED", "PROGRESS_MODES", "DEVICES", "PLANES",
@@ -217,6 +218,9 @@ SEGMENT_OPTIONS = (
     Option(("--fusion",), "fusion", "how the planes' probabilities are combined: weighted (per class, by the "
            "bundle's fitted plane weights; the plain mean when it has none) or mean", default="weighted",
            choices=FUSIONS),
+    Option(("--plane-reach",), "plane_reach", "auto: each plane votes only where its slices lie as near the knee "
+           "centre as the bundle's training slices did (the other planes decide beyond); off: every plane "
+           "everywhere", default="auto", choices=PLANE_REACHES),
     Option(("--centre",), "centre", "knee centre: auto (model, else image centre), model, intensity, image, or "
            "'x,y,z' in LPS mm", default="auto"),
     Option(("--backend",), "backend", "inference engine (auto: ONNX Runtime when the bundle has a graph and it is "

@@ -24,7 +24,7 @@ from .preprocess.centre import centre_by_intensity, image_centre, knee_centre
 from .preprocess.frame import (model_frame, pad_slices, physical_bounds, position_channels, resample_to_frame,
                                slice_positions_mm, subsample_slices, unpad_slices, upsample_slices, with_context)
 from .progress import NO_PROGRESS
-from .specs import FUSIONS
+from .specs import FUSIONS, PLANE_REACHES
 
 
 @dataclass
@@ -40,6 +40,8 @@ class SegmentOptions:
     quality: bool = True  # the quality score and flag (kneeseg.quality): measured on the way, little cost
     single_slice: bool = False  # accept a one-slice image (the evaluation of real 2D slices)
     fusion: str = "weighted"  # "weighted": the bundle's per-class plane weights if it has any; "mean": plain mean
+    plane_reach: str = "auto"  # "auto": a plane votes only where its slices lie as near the knee centre as its
+    #                            training slices did (plane_reach_mm); "off": every plane everywhere
 
 
 @dataclass
@@ -323,12 +325,13 @@ def segment(image, bundle, options: SegmentOptions = None, progress=None, cancel
     t0 = time.perf_counter()
     predictor = predictor or make_predictor(bundle, options.backend)
     timings["load_model"] = time.perf_counter() - t0
-    centre, frames = plane_predictions(image, bundle, predictor, options, planes, progress, cancel, timings)
+    centre, frames, known = plane_predictions(image, bundle, predictor, options, planes, progress, cancel, timings)
+    reach = fusion_reach(card, options, centre, known)
 
     progress("postprocess", 0.85, "fusing the planes, largest component per bone, hole filling")
     fusion_quality = {} if options.quality else None
     label_array, fused_max = fuse_frames(frames, image, confidence=options.confidence, timings=timings,
-                                         quality=fusion_quality, weights=weights)
+                                         quality=fusion_quality, weights=weights, reach=reach)
     del frames
     t = time.perf_counter()
     pieces = {}
@@ -357,8 +360,9 @@ def segment(image, bundle, options: SegmentOptions = None, progress=None, cancel
 def plane_predictions(image, bundle, predictor, options: SegmentOptions, planes, progress=NO_PROGRESS, cancel=None,
                       timings=None):
     """Everything :func:`segment` does before fusing: N4 when asked, the knee centre, and each of
-    ``planes`` predicted. Returns ``(centre, frames)``: one :class:`PlaneProbabilities` per plane,
-    ready to be sampled on ``image``'s grid (``fuse_frames``, or the fit of the fusion weights)."""
+    ``planes`` predicted. Returns ``(centre, frames, known)``: one :class:`PlaneProbabilities` per plane,
+    ready to be sampled on ``image``'s grid (``fuse_frames``, or the fit of the fusion weights); ``known``:
+    the centre is where femur and tibia meet, not a guess (``find_centre``)."""
     card = bundle.card
     timings = {} if timings is None else timings
     work = image
@@ -387,7 +391,34 @@ def plane_predictions(image, bundle, predictor, options: SegmentOptions, planes,
         del probs
         timings[f"network_{plane}"] = time.perf_counter() - t
         _check_cancel(cancel)
-    return centre, frames
+    return centre, frames, known
+
+
+def plane_reach_mm(card):
+    """How far from the knee centre (mm, along a plane's slice axis) the bundle's training slices lay: the
+    generator's slab (``slab_half_mm``) plus one standard deviation of its view centre's shift
+    (``centre_shift_mm``), as its card records them. None for a bundle not trained on synthetic slices
+    (real scans are sliced whole)."""
+    from .synth.config import SynthesisConfig
+
+    settings = (card.training.get("data") or {}).get("synthesis") if isinstance(card.training, dict) else None
+    if not isinstance(settings, dict):
+        return None
+    defaults = SynthesisConfig()
+    slab, shift = (settings.get(name, getattr(defaults, name)) for name in ("slab_half_mm", "centre_shift_mm"))
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in (slab, shift)):
+        return None
+    return float(slab) + float(shift)
+
+
+def fusion_reach(card, options: SegmentOptions, centre, known):
+    """``fuse_frames``' ``reach`` for a segmentation: ``(centre, mm)`` when ``options.plane_reach`` is "auto",
+    the centre is the model's (a guessed centre could put the knee out of every plane's reach) and the
+    bundle records how far its training slices lay; else None (every plane votes everywhere)."""
+    if options.plane_reach not in PLANE_REACHES:
+        raise InputError(f"unknown plane reach {options.plane_reach!r}; choose {', '.join(PLANE_REACHES)}")
+    mm = plane_reach_mm(card) if options.plane_reach == "auto" and known else None
+    return None if mm is None else (tuple(float(c) for c in centre), mm)
 
 
 def fusion_weights(card, planes, fusion="weighted"):

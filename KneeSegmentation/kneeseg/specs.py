@@ -147,6 +147,7 @@ POSITION_CHANNELS = 2  # the slice's distance from the knee centre, and whether 
 SLICE_POSITIONS = ("input", "bottleneck")  # where a network takes them (NetworkSpec.slice_position)
 TRAIN_LAYERS = ("position",)  # Recipe.train_layers: the layers a fine-tune may train alone
 FUSIONS = ("weighted", "mean")  # tri-planar fusion: the bundle's fitted per-class plane weights, or the plain mean
+PLANE_REACHES = ("auto", "off")  # segment: does each plane vote only as far out as its training slices lay
 
 
 @dataclass(frozen=True)

@@ -200,7 +200,59 @@ def _pairwise_confusions(winners, n_classes):
     return out
 
 
-def fuse_frames(planes, reference, confidence=False, slab_voxels=1 << 21, timings=None, quality=None, weights=None):
+def _slice_distance_mm(frame: Frame, reference, centre, lo, hi):
+    """|distance| (mm) from ``centre`` along ``frame``'s slice axis of the reference voxels in the index box
+    [lo, hi] (numpy k-j-i, inclusive), as an array broadcastable to the box: 1D along one axis when the
+    frame's slices are parallel to two of the reference's axes."""
+    ref_dir, ref_spacing, ref_origin, _ = _reference_geometry(reference)
+    normal = frame.direction[:, 2]
+    per_index = (ref_dir.T @ normal) * ref_spacing  # mm along the normal per step of reference i, j, k
+    distance = np.asarray((ref_origin - np.asarray(centre, np.float64)) @ normal)
+    for axis in range(3):  # numpy axis 0, 1, 2 = reference k, j, i
+        step = per_index[2 - axis]
+        if abs(step) > 1e-9:
+            shape = [1, 1, 1]
+            shape[axis] = -1
+            distance = distance + (np.arange(lo[axis], hi[axis] + 1) * step).reshape(shape)
+    return np.abs(distance).reshape([1] * (3 - np.ndim(distance)) + list(np.shape(distance)))
+
+
+def _votes_within_reach(samplers, reference, reach, lo, hi):
+    """Per plane, where it votes in the box [lo, hi] (float32 0/1, broadcastable): its slice through the
+    voxel lies within ``reach = (centre, mm)`` of the centre. Where no plane's does, every plane votes.
+    None when every plane votes everywhere in the box (the plain fusion)."""
+    if reach is None:
+        return None
+    centre, max_mm = reach
+    inside = [_slice_distance_mm(s.frame, reference, centre, lo, hi) <= max_mm for s in samplers]
+    if all(bool(np.all(m)) for m in inside):
+        return None
+    shape = tuple(int(h - l + 1) for l, h in zip(lo, hi))
+    nobody = ~np.logical_or.reduce([np.broadcast_to(m, shape) for m in inside])
+    return [(m | nobody).astype(np.float32) for m in inside]
+
+
+def _fuse_within_reach(samples, votes, weights):
+    """The weighted mean of the planes' class probabilities over the planes that vote at each voxel,
+    renormalised there: (bone channels, background)."""
+    n_planes, n_bones = len(samples), len(samples[0])
+    if weights is None:
+        weights = np.ones((n_planes, n_bones + 1), np.float32)
+    channels = []
+    for c in range(n_bones + 1):
+        total, weight = 0.0, 0.0
+        for p in range(n_planes):
+            if weights[p, c] == 0:
+                continue
+            value = (1.0 - sum(samples[p])) if c == 0 else samples[p][c - 1]
+            total = total + weights[p, c] * votes[p] * value
+            weight = weight + weights[p, c] * votes[p]
+        channels.append(np.asarray(total / np.maximum(weight, 1e-12), np.float32))
+    return channels[1:], channels[0]
+
+
+def fuse_frames(planes, reference, confidence=False, slab_voxels=1 << 21, timings=None, quality=None, weights=None,
+                reach=None):
     """Average the class probabilities of several planes on ``reference``'s grid and take the argmax.
 
     ``planes``: a list of ``(frame, probabilities)`` with probabilities (slices, rows, cols, classes),
@@ -224,6 +276,11 @@ def fuse_frames(planes, reference, confidence=False, slab_voxels=1 << 21, timing
     to 1 (:func:`class_plane_weights`): class c's fused probability is the weighted sum of the planes'
     probabilities of c (the background's of their backgrounds). Convex weights keep the foreground box
     exact: where every plane says background > 0.5, so does every weighted sum.
+
+    ``reach``: None, or ``(centre, mm)``: each plane votes only at the voxels whose slice of that plane lies
+    within ``mm`` of ``centre`` (LPS), the slices its network was trained on; the mean (weighted or plain) is
+    taken over the planes that vote there, and over every plane where none does. The foreground box stays
+    exact: the mean over fewer planes is still a convex combination of their probabilities.
 
     ``quality``: a dict to fill, on the way, with what the quality score needs (``kneeseg.quality``):
     ``"box"`` (lo, hi) and ``"box_confidence"`` (the winning fused probability on that box, where
@@ -261,6 +318,14 @@ def fuse_frames(planes, reference, confidence=False, slab_voxels=1 << 21, timing
         slab_lo, slab_hi = (k0, lo[1], lo[2]), (k1, hi[1], hi[2])
         plane_winners = []  # each plane's own argmax, for the quality score (uint8: small)
         fused, bone_share = None, None
+        votes = _votes_within_reach(samplers, reference, reach, slab_lo, slab_hi)
+        if votes is not None:
+            samples = [sampler.sample(slab_lo, slab_hi) for sampler in samplers]
+            if box_conf is not None and len(samplers) > 1:
+                plane_winners = [_argmax_with_background(sample)[0] for sample in samples]
+            fused, background = _fuse_within_reach(samples, votes, weights)
+            del samples
+            return store(k0, k1, fused, background, plane_winners)
         for p, sampler in enumerate(samplers):
             sample = sampler.sample(slab_lo, slab_hi)
             if box_conf is not None and len(samplers) > 1:
@@ -281,8 +346,10 @@ def fuse_frames(planes, reference, confidence=False, slab_voxels=1 << 21, timing
         if weights is None:
             for acc in fused:
                 acc /= len(samplers)
-        winner, best, background = _argmax_with_background(
-            fused, None if bone_share is None else 1.0 - bone_share)
+        return store(k0, k1, fused, None if bone_share is None else 1.0 - bone_share, plane_winners)
+
+    def store(k0, k1, fused, background, plane_winners):
+        winner, best, background = _argmax_with_background(fused, background)
         target = (slice(k0, k1 + 1), slice(int(lo[1]), int(hi[1]) + 1), slice(int(lo[2]), int(hi[2]) + 1))
         labels[target] = winner
         if conf is not None:

@@ -30,7 +30,7 @@ def plane_samples(bundle, image, truth, predictor):
     from ..infer import SegmentOptions, plane_predictions
     from ..postprocess.plane_weights import PlaneSamples
 
-    _, frames = plane_predictions(image, bundle, predictor, SegmentOptions(), bundle.card.frame.planes)
+    _, frames, _ = plane_predictions(image, bundle, predictor, SegmentOptions(), bundle.card.frame.planes)
     last = np.array(image.GetSize()[::-1]) - 1
     planes_bones = [np.stack(frame.sample(np.zeros(3, int), last), axis=-1) for frame in frames]
     return PlaneSamples.from_planes(planes_bones, sitk.GetArrayFromImage(truth), VOXEL_STRIDE)

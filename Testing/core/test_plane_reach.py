@@ -1,0 +1,138 @@
+"""A plane votes in the fusion only where its slices lie as near the knee centre as its training slices did."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from kneeseg.bundle import CARD_NAME, load_bundle
+from kneeseg.errors import InputError
+from kneeseg.infer import SegmentOptions, fusion_reach, plane_reach_mm, segment
+from kneeseg.postprocess import fusion
+from kneeseg.preprocess.centre import image_centre
+from kneeseg.preprocess.frame import model_frame, resample_from_frame
+from kneeseg.specs import FrameSpec
+from conftest import toy_knee
+from test_fast_paths import _smooth_probabilities
+
+PLANES = ("sagittal", "coronal", "axial")
+
+
+def _within_reach_reference(planes, reference, weights, centre, max_mm):
+    """Every plane resampled onto the grid; each voxel's mean (weighted per class) over the planes whose slice
+    through it lies within max_mm of centre, over all planes where none does."""
+    n = planes[0][1].shape[-1]
+    size = reference.GetSize()
+    index = np.stack(np.meshgrid(*[np.arange(s) for s in size[::-1]], indexing="ij"), -1)[..., ::-1]  # i, j, k
+    direction = np.array(reference.GetDirection()).reshape(3, 3)
+    points = np.array(reference.GetOrigin()) + (index * np.array(reference.GetSpacing())) @ direction.T
+    votes = np.stack([np.abs((points - centre) @ frame.direction[:, 2]) <= max_mm for frame, _ in planes])
+    votes[:, ~votes.any(axis=0)] = True
+    total = np.zeros(tuple(size[::-1]) + (n,))
+    weight = np.zeros_like(total)
+    for p, (frame, probs) in enumerate(planes):
+        resampled = resample_from_frame(probs, frame, reference, default_value=[1.0] + [0.0] * (n - 1))
+        total += weights[p] * votes[p][..., None] * resampled
+        weight += weights[p] * votes[p][..., None]
+    fused = total / np.maximum(weight, 1e-12)
+    return np.argmax(fused, axis=-1).astype(np.uint8), fused.max(axis=-1), votes
+
+
+@pytest.mark.parametrize("oblique", [False, True])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fusion_within_reach_equals_the_mean_over_the_planes_that_vote(oblique, weighted, oblique_direction):
+    direction = oblique_direction if oblique else np.array([[0, 0, -1], [1, 0, 0], [0, -1, 0]], float)
+    image, _ = toy_knee(seed=7, size=(50, 44, 20), spacing=(0.7, 0.7, 2.5), direction=direction)
+    rng = np.random.default_rng(4)
+    centre = np.array(image_centre(image)) + [3.0, -2.0, 4.0]
+    planes = []
+    for plane in PLANES:
+        frame = model_frame(image, plane, tuple(centre), FrameSpec(window_mm=40.0, size=32))
+        planes.append((frame, _smooth_probabilities((frame.n_slices, 32, 32, 5), rng)))
+    weights = rng.random((3, 5)).astype(np.float32) if weighted else None
+    if weighted:
+        weights /= weights.sum(axis=0)
+    reference_weights = weights if weighted else np.full((3, 5), 1 / 3, np.float32)
+    expected, expected_confidence, votes = _within_reach_reference(planes, image, reference_weights, centre, 9.0)
+    assert 0.2 < votes.mean() < 0.8 and not votes.all(axis=0).all()  # some voxels out of some planes' reach
+    plain = fusion.fuse_frames(planes, image, weights=weights)[0]
+    assert (expected != plain).mean() > 0.01  # the reach matters here
+    labels, confidence = fusion.fuse_frames(planes, image, confidence=True, slab_voxels=5000, weights=weights,
+                                            reach=(tuple(centre), 9.0))
+    np.testing.assert_array_equal(labels, expected)
+    np.testing.assert_allclose(confidence, expected_confidence, atol=1e-5)
+    lean = [fusion.PlaneProbabilities(frame, probs, image) for frame, probs in planes]  # only the foreground box
+    np.testing.assert_array_equal(fusion.fuse_frames(lean, image, weights=weights, reach=(tuple(centre), 9.0))[0],
+                                  expected)
+    far = fusion.fuse_frames(planes, image, weights=weights, reach=(tuple(centre), 1e4))[0]
+    np.testing.assert_array_equal(far, plain)  # every plane within reach everywhere: the usual fusion
+
+
+def test_a_bone_called_only_by_a_plane_out_of_reach_goes_to_the_planes_that_reach_it():
+    image, _ = toy_knee(seed=8, size=(40, 40, 40), spacing=(1.0, 1.0, 1.0))
+    centre = np.array(image_centre(image))
+    planes = []
+    for plane in PLANES:
+        frame = model_frame(image, plane, tuple(centre), FrameSpec(window_mm=40.0, size=40))
+        probs = np.zeros((frame.n_slices, 40, 40, 2), np.float32)
+        probs[..., 0] = 1.0
+        if plane == "axial":  # the axial plane calls every voxel bone, the others none
+            probs[..., 0], probs[..., 1] = 0.0, 1.0
+        planes.append((frame, probs))
+    everywhere = fusion.fuse_frames(planes, image, weights=np.array([[0.2] * 2, [0.2] * 2, [0.6] * 2], np.float32))[0]
+    assert everywhere.mean() > 0.9  # weighted 0.6, the axial plane outvotes the others everywhere
+    reached = fusion.fuse_frames(planes, image, weights=np.array([[0.2] * 2, [0.2] * 2, [0.6] * 2], np.float32),
+                                 reach=(tuple(centre), 10.0))[0]
+    axial_normal = planes[2][0].direction[:, 2]
+    size = image.GetSize()
+    index = np.stack(np.meshgrid(*[np.arange(s) for s in size[::-1]], indexing="ij"), -1)[..., ::-1]
+    points = np.array(image.GetOrigin()) + index * np.array(image.GetSpacing())
+    near = np.abs((points - centre) @ axial_normal) <= 10.0
+    others_near = (np.abs(points[..., 0] - centre[0]) <= 10.0) | (np.abs(points[..., 1] - centre[1]) <= 10.0)
+    assert reached[near].mean() == 1  # within its reach it still outvotes the others
+    assert reached[~near & others_near].mean() == 0  # out of its reach the others decide alone
+    assert reached[~near & ~others_near].mean() == 1  # no plane reaches: all vote, as without a reach
+
+
+def _card_with_synthesis(tiny_bundle, tmp_path, synthesis):
+    folder = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, folder)
+    card = json.loads((folder / CARD_NAME).read_text())
+    card.setdefault("training", {}).setdefault("data", {})
+    if synthesis is None:
+        card["training"]["data"].pop("synthesis", None)
+    else:
+        card["training"]["data"]["synthesis"] = synthesis
+    (folder / CARD_NAME).write_text(json.dumps(card))
+    return load_bundle(folder)
+
+
+def test_the_reach_is_the_training_slab_plus_the_centre_shift_and_only_with_a_known_centre(tiny_bundle, tmp_path):
+    bundle = _card_with_synthesis(tiny_bundle, tmp_path, {"slab_half_mm": 80.0, "centre_shift_mm": 10.0})
+    assert plane_reach_mm(bundle.card) == 90.0
+    assert fusion_reach(bundle.card, SegmentOptions(), (1.0, 2.0, 3.0), True) == ((1.0, 2.0, 3.0), 90.0)
+    assert fusion_reach(bundle.card, SegmentOptions(), (1.0, 2.0, 3.0), False) is None  # a guessed centre
+    assert fusion_reach(bundle.card, SegmentOptions(plane_reach="off"), (1.0, 2.0, 3.0), True) is None
+    with pytest.raises(InputError, match="plane reach 'near'"):
+        fusion_reach(bundle.card, SegmentOptions(plane_reach="near"), (1.0, 2.0, 3.0), True)
+    defaults = _card_with_synthesis(tiny_bundle, tmp_path / "2", {"rim_outside_probability": 1.0})
+    assert plane_reach_mm(defaults.card) == 60.0  # the generator's defaults, which older cards trained with
+    assert plane_reach_mm(_card_with_synthesis(tiny_bundle, tmp_path / "3", None).card) is None  # real scans
+    assert plane_reach_mm(_card_with_synthesis(tiny_bundle, tmp_path / "4", {"slab_half_mm": "far"}).card) is None
+
+
+def test_segment_with_and_without_the_reach_on_a_scan_longer_than_it(tiny_bundle, tmp_path):
+    """A long scan (the limb far beyond the slab): with the reach the result differs only out of it."""
+    bundle = _card_with_synthesis(tiny_bundle, tmp_path, {"slab_half_mm": 5.0, "centre_shift_mm": 0.0})
+    image, _ = toy_knee(seed=9, size=(48, 48, 40), spacing=(1.0, 1.0, 2.0))
+    centre = tuple(float(c) for c in image_centre(image))
+    off = segment(image, bundle, SegmentOptions(centre=centre, plane_reach="off", postprocess=False))
+    on = segment(image, bundle, SegmentOptions(centre=centre, postprocess=False))
+    a, b = (sitk.GetArrayFromImage(r.labelmap) for r in (off, on))
+    assert a.shape == b.shape and (a != b).any()
+    index = np.stack(np.meshgrid(*[np.arange(s) for s in image.GetSize()[::-1]], indexing="ij"), -1)[..., ::-1]
+    points = np.array(image.GetOrigin()) + index * np.array(image.GetSpacing())
+    every_plane_reaches = np.all(np.abs(points - np.array(centre)) <= 5.0, axis=-1)
+    np.testing.assert_array_equal(a[every_plane_reaches], b[every_plane_reaches])
