@@ -31,12 +31,14 @@ def _within_reach_reference(planes, reference, weights, centre, max_mm):
     votes = np.stack([np.abs((points - centre) @ frame.direction[:, 2]) <= max_mm for frame, _ in planes])
     votes[:, ~votes.any(axis=0)] = True
     total = np.zeros(tuple(size[::-1]) + (n,))
-    weight = np.zeros_like(total)
+    weight, plain, count = np.zeros_like(total), np.zeros_like(total), np.zeros_like(total)
     for p, (frame, probs) in enumerate(planes):
         resampled = resample_from_frame(probs, frame, reference, default_value=[1.0] + [0.0] * (n - 1))
         total += weights[p] * votes[p][..., None] * resampled
         weight += weights[p] * votes[p][..., None]
-    fused = total / np.maximum(weight, 1e-12)
+        plain += votes[p][..., None] * resampled
+        count += votes[p][..., None]
+    fused = np.where(weight > 0, total / np.maximum(weight, 1e-12), plain / count)  # no voter weighs it: plain
     return np.argmax(fused, axis=-1).astype(np.uint8), fused.max(axis=-1), votes
 
 
@@ -53,6 +55,7 @@ def test_fusion_within_reach_equals_the_mean_over_the_planes_that_vote(oblique, 
         planes.append((frame, _smooth_probabilities((frame.n_slices, 32, 32, 5), rng)))
     weights = rng.random((3, 5)).astype(np.float32) if weighted else None
     if weighted:
+        weights[1:, 0] = 0.0  # the background weighed by the sagittal plane alone: where it does not vote, plain
         weights /= weights.sum(axis=0)
     reference_weights = weights if weighted else np.full((3, 5), 1 / 3, np.float32)
     expected, expected_confidence, votes = _within_reach_reference(planes, image, reference_weights, centre, 9.0)

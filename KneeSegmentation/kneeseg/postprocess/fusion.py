@@ -234,20 +234,20 @@ def _votes_within_reach(samplers, reference, reach, lo, hi):
 
 def _fuse_within_reach(samples, votes, weights):
     """The weighted mean of the planes' class probabilities over the planes that vote at each voxel,
-    renormalised there: (bone channels, background)."""
+    renormalised there: (bone channels, background). Where no voting plane weighs a class, that class
+    takes the plain mean of the voting planes (a fitted weight of 0 means "the others decide", not "never")."""
     n_planes, n_bones = len(samples), len(samples[0])
-    if weights is None:
-        weights = np.ones((n_planes, n_bones + 1), np.float32)
+    backgrounds = [1.0 - sum(sample) for sample in samples]
     channels = []
     for c in range(n_bones + 1):
-        total, weight = 0.0, 0.0
-        for p in range(n_planes):
-            if weights[p, c] == 0:
-                continue
-            value = (1.0 - sum(samples[p])) if c == 0 else samples[p][c - 1]
-            total = total + weights[p, c] * votes[p] * value
-            weight = weight + weights[p, c] * votes[p]
-        channels.append(np.asarray(total / np.maximum(weight, 1e-12), np.float32))
+        values = [backgrounds[p] if c == 0 else samples[p][c - 1] for p in range(n_planes)]
+        plain = sum(votes[p] * values[p] for p in range(n_planes)) / sum(votes)
+        if weights is None:
+            channels.append(np.asarray(plain, np.float32))
+            continue
+        total = sum(weights[p, c] * votes[p] * values[p] for p in range(n_planes))
+        weight = sum(weights[p, c] * votes[p] for p in range(n_planes))
+        channels.append(np.asarray(np.where(weight > 0, total / np.maximum(weight, 1e-12), plain), np.float32))
     return channels[1:], channels[0]
 
 
