@@ -2,7 +2,7 @@
 """Two models on the same synthetic fibula volumes, paired: is one better, or did the sample decide?
 
     python scripts/compare_models.py BEFORE AFTER [--subjects S ...] [--seeds 4] [--out build/compare.json]
-        [--before-plane-reach auto|off] [--after-plane-reach auto|off]
+        [--before-plane-reach off|auto] [--after-plane-reach off|auto]
 
 ``make eval`` scores the fibula on the held-out maps that have one, with two seeds per plane: on
 2026-12-04 that was two knees of one person, and the first two seeds were the hardest draws (round 6's
@@ -151,7 +151,7 @@ def main(argv=None):
                         help="allow subjects a bundle trained on")
     parser.add_argument("--out", help="write the per-volume scores and the comparison as JSON")
     for side in ("before", "after"):  # one bundle against itself: the fusion with and without the reach
-        parser.add_argument(f"--{side}-plane-reach", choices=PLANE_REACHES, default="auto",
+        parser.add_argument(f"--{side}-plane-reach", choices=PLANE_REACHES, default="off",
                             help=f"segment's --plane-reach for {side.upper()} (default %(default)s)")
     args = parser.parse_args(argv)
     from kneeseg.errors import InputError

@@ -220,7 +220,7 @@ SEGMENT_OPTIONS = (
            choices=FUSIONS),
     Option(("--plane-reach",), "plane_reach", "auto: each plane votes only where its slices lie as near the knee "
            "centre as the bundle's training slices did (the other planes decide beyond); off: every plane "
-           "everywhere", default="auto", choices=PLANE_REACHES),
+           "everywhere", default="off", choices=PLANE_REACHES),
     Option(("--centre",), "centre", "knee centre: auto (model, else image centre), model, intensity, image, or "
            "'x,y,z' in LPS mm", default="auto"),
     Option(("--backend",), "backend", "inference engine (auto: ONNX Runtime when the bundle has a graph and it is "

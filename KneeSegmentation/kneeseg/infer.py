@@ -40,8 +40,10 @@ class SegmentOptions:
     quality: bool = True  # the quality score and flag (kneeseg.quality): measured on the way, little cost
     single_slice: bool = False  # accept a one-slice image (the evaluation of real 2D slices)
     fusion: str = "weighted"  # "weighted": the bundle's per-class plane weights if it has any; "mean": plain mean
-    plane_reach: str = "auto"  # "auto": a plane votes only where its slices lie as near the knee centre as its
-    #                            training slices did (plane_reach_mm); "off": every plane everywhere
+    plane_reach: str = "off"  # "auto": a plane votes only where its slices lie as near the knee centre as its
+    #                           training slices did (plane_reach_mm); "off": every plane everywhere. Off by
+    #                           default: it cost the shipped model's synthetic fibula 0.007 (docs/evaluation.md,
+    #                           probe 50)
 
 
 @dataclass

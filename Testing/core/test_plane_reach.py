@@ -115,11 +115,14 @@ def _card_with_synthesis(tiny_bundle, tmp_path, synthesis):
 def test_the_reach_is_the_training_slab_plus_the_centre_shift_and_only_with_a_known_centre(tiny_bundle, tmp_path):
     bundle = _card_with_synthesis(tiny_bundle, tmp_path, {"slab_half_mm": 80.0, "centre_shift_mm": 10.0})
     assert plane_reach_mm(bundle.card) == 90.0
-    assert fusion_reach(bundle.card, SegmentOptions(), (1.0, 2.0, 3.0), True) == ((1.0, 2.0, 3.0), 90.0)
-    assert fusion_reach(bundle.card, SegmentOptions(), (1.0, 2.0, 3.0), False) is None  # a guessed centre
-    assert fusion_reach(bundle.card, SegmentOptions(plane_reach="off"), (1.0, 2.0, 3.0), True) is None
+    auto = SegmentOptions(plane_reach="auto")
+    assert fusion_reach(bundle.card, auto, (1.0, 2.0, 3.0), True) == ((1.0, 2.0, 3.0), 90.0)
+    assert fusion_reach(bundle.card, auto, (1.0, 2.0, 3.0), False) is None  # a guessed centre
+    assert fusion_reach(bundle.card, SegmentOptions(), (1.0, 2.0, 3.0), True) is None  # off by default
     with pytest.raises(InputError, match="plane reach 'near'"):
         fusion_reach(bundle.card, SegmentOptions(plane_reach="near"), (1.0, 2.0, 3.0), True)
+    with pytest.raises(InputError, match="plane reach 'near'"):
+        fusion_reach(bundle.card, SegmentOptions(plane_reach="near"), (1.0, 2.0, 3.0), False)  # checked anyway
     defaults = _card_with_synthesis(tiny_bundle, tmp_path / "2", {"rim_outside_probability": 1.0})
     assert plane_reach_mm(defaults.card) == 60.0  # the generator's defaults, which older cards trained with
     assert plane_reach_mm(_card_with_synthesis(tiny_bundle, tmp_path / "3", None).card) is None  # real scans
@@ -132,10 +135,32 @@ def test_segment_with_and_without_the_reach_on_a_scan_longer_than_it(tiny_bundle
     image, _ = toy_knee(seed=9, size=(48, 48, 40), spacing=(1.0, 1.0, 2.0))
     centre = tuple(float(c) for c in image_centre(image))
     off = segment(image, bundle, SegmentOptions(centre=centre, plane_reach="off", postprocess=False))
-    on = segment(image, bundle, SegmentOptions(centre=centre, postprocess=False))
+    on = segment(image, bundle, SegmentOptions(centre=centre, plane_reach="auto", postprocess=False))
     a, b = (sitk.GetArrayFromImage(r.labelmap) for r in (off, on))
     assert a.shape == b.shape and (a != b).any()
     index = np.stack(np.meshgrid(*[np.arange(s) for s in image.GetSize()[::-1]], indexing="ij"), -1)[..., ::-1]
     points = np.array(image.GetOrigin()) + index * np.array(image.GetSpacing())
     every_plane_reaches = np.all(np.abs(points - np.array(centre)) <= 5.0, axis=-1)
     np.testing.assert_array_equal(a[every_plane_reaches], b[every_plane_reaches])
+
+
+def test_cli_segment_takes_the_plane_reach_and_refuses_an_unknown_one(tiny_bundle, tmp_path, capsys):
+    from kneeseg import cli
+    from kneeseg.contract import EXIT_OK
+
+    bundle = _card_with_synthesis(tiny_bundle, tmp_path, {"slab_half_mm": 5.0, "centre_shift_mm": 0.0})
+    image, _ = toy_knee(seed=9, size=(48, 48, 40), spacing=(1.0, 1.0, 2.0))
+    volume = tmp_path / "long.nrrd"
+    sitk.WriteImage(image, str(volume))
+    centre = ",".join(f"{c:.3f}" for c in image_centre(image))
+    outputs = {}
+    for reach in ("off", "auto"):
+        outputs[reach] = tmp_path / f"{reach}.nrrd"
+        code = cli.main(["segment", str(volume), "-o", str(outputs[reach]), "--model", str(bundle.folder), "--centre",
+                         centre, "--plane-reach", reach, "--no-postprocess", "--progress", "none"])
+        assert code == EXIT_OK
+    off, auto = (sitk.GetArrayFromImage(sitk.ReadImage(str(outputs[r]))) for r in ("off", "auto"))
+    assert (off != auto).any()
+    with pytest.raises(SystemExit):
+        cli.main(["segment", str(volume), "-o", str(tmp_path / "x.nrrd"), "--plane-reach", "near"])
+    assert "--plane-reach" in capsys.readouterr().err and not (tmp_path / "x.nrrd").exists()
