@@ -133,6 +133,8 @@ def compare(args):
                                                 for b in bones}} for c in report["cases"]]
                  for name, report in reports.items()}
         write_json(args.out, json_safe({"before": str(args.before), "after": str(args.after), "subjects": subjects,
+                                        "plane_reach": {"before": args.before_plane_reach,
+                                                        "after": args.after_plane_reach},
                                         "seeds": args.seeds, "comparison": comparison, "cases": cases}), indent=1)
         print(f"wrote {args.out}")
 

@@ -73,6 +73,7 @@ def build_parser():
     p.add_argument("--planes", help="fuse these planes instead of the bundle's (volumes: --pairs, --synthetic; "
                    "default: the bundle's)")
     contract.option("segment", "fusion").add_to(p)
+    contract.option("segment", "plane_reach").add_to(p)
     _add_device_and_progress(p)
 
     p = sub.add_parser("fit-fusion", help="fit a bundle's per-class plane weights for tri-planar fusion",
@@ -350,7 +351,8 @@ def cmd_evaluate(args, progress):
         results["real2d"] = evaluate_real2d(bundle, args.real2d, progress=progress)
     from .infer import SegmentOptions
 
-    options = SegmentOptions(planes=_planes(args.planes) if args.planes else None, fusion=args.fusion)
+    options = SegmentOptions(planes=_planes(args.planes) if args.planes else None, fusion=args.fusion,
+                             plane_reach=args.plane_reach)
     if args.pairs:
         results["pairs"] = evaluate_pairs(bundle, args.pairs, progress=progress, options=options)
     if args.synthetic:
@@ -364,7 +366,8 @@ def cmd_evaluate(args, progress):
             raise InputError("--update-card needs a bundle folder, not a zip", args.model)
         metrics = dict(bundle.card.metrics)
         suffix = (f" (planes {args.planes})" if args.planes else "") + (
-            f" (fusion {args.fusion})" if args.fusion != "weighted" else "")
+            f" (fusion {args.fusion})" if args.fusion != "weighted" else "") + (
+            f" (plane reach {args.plane_reach})" if args.plane_reach != "off" else "")
         metrics.update({name + suffix: card_summary(value) for name, value in summary.items()})
         update_card(bundle.folder, metrics=metrics)
     if progress.mode != "json":

@@ -8,6 +8,7 @@ keeps its largest component with holes filled.
 """
 
 import importlib.util
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -323,6 +324,7 @@ def segment(image, bundle, options: SegmentOptions = None, progress=None, cancel
     labels = bundle.labels
     planes = tuple(options.planes or card.frame.planes)
     weights = fusion_weights(card, planes, options.fusion)
+    fusion_reach(card, options, None, False)  # an unknown --plane-reach is named before the network runs
     timings = {}
     t0 = time.perf_counter()
     predictor = predictor or make_predictor(bundle, options.backend)
@@ -403,14 +405,19 @@ def plane_reach_mm(card):
     (real scans are sliced whole)."""
     from .synth.config import SynthesisConfig
 
-    settings = (card.training.get("data") or {}).get("synthesis") if isinstance(card.training, dict) else None
+    data = card.training.get("data") if isinstance(card.training, dict) else None
+    settings = data.get("synthesis") if isinstance(data, dict) else None
     if not isinstance(settings, dict):
         return None
     defaults = SynthesisConfig()
-    slab, shift = (settings.get(name, getattr(defaults, name)) for name in ("slab_half_mm", "centre_shift_mm"))
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in (slab, shift)):
+    try:  # provenance written by training, read here: a value that is no finite distance turns the reach off
+        slab, shift = (float(settings.get(name, getattr(defaults, name)))
+                       for name in ("slab_half_mm", "centre_shift_mm"))
+    except (TypeError, ValueError, OverflowError):
         return None
-    return float(slab) + float(shift)
+    if any(isinstance(settings.get(name), bool) for name in ("slab_half_mm", "centre_shift_mm")):
+        return None
+    return slab + shift if math.isfinite(slab + shift) and min(slab, shift) >= 0 else None
 
 
 def fusion_reach(card, options: SegmentOptions, centre, known):

@@ -126,7 +126,36 @@ def test_the_reach_is_the_training_slab_plus_the_centre_shift_and_only_with_a_kn
     defaults = _card_with_synthesis(tiny_bundle, tmp_path / "2", {"rim_outside_probability": 1.0})
     assert plane_reach_mm(defaults.card) == 60.0  # the generator's defaults, which older cards trained with
     assert plane_reach_mm(_card_with_synthesis(tiny_bundle, tmp_path / "3", None).card) is None  # real scans
-    assert plane_reach_mm(_card_with_synthesis(tiny_bundle, tmp_path / "4", {"slab_half_mm": "far"}).card) is None
+    for n, odd in enumerate(("far", True, 10 ** 400, float("nan"), -5.0, [45.0])):  # no finite distance: no reach
+        assert plane_reach_mm(_card_with_synthesis(tiny_bundle, tmp_path / f"odd{n}", {"slab_half_mm": odd}).card) \
+            is None, odd
+    card = json.loads((bundle.folder / CARD_NAME).read_text())
+    card["training"]["data"] = ["not", "a", "record"]
+    (bundle.folder / CARD_NAME).write_text(json.dumps(card))
+    assert plane_reach_mm(load_bundle(bundle.folder).card) is None
+
+
+def test_the_quality_counts_two_planes_against_each_other_only_where_both_vote():
+    image, _ = toy_knee(seed=6, size=(40, 40, 30), spacing=(1.0, 1.0, 1.5))
+    centre = tuple(float(c) for c in image_centre(image))
+    rng = np.random.default_rng(1)
+    planes = []
+    for plane in PLANES:
+        frame = model_frame(image, plane, centre, FrameSpec(window_mm=40.0, size=32))
+        planes.append((frame, _smooth_probabilities((frame.n_slices, 32, 32, 3), rng)))
+    counts = {}
+    for reach in (None, (centre, 8.0)):
+        quality = {}
+        fusion.fuse_frames(planes, image, quality=quality, reach=reach, slab_voxels=4000)
+        counts[reach is None] = [int(c.sum()) for c in quality["plane_confusions"]]
+        lo, hi = quality["box"]
+    box_voxels = int(np.prod(np.array(hi) - np.array(lo) + 1))
+    assert counts[True] == [box_voxels] * 3  # every plane everywhere: every voxel of the box, each pair
+    votes = fusion._votes_within_reach([fusion.PlaneProbabilities(f, p, image) for f, p in planes], image,
+                                       (centre, 8.0), lo, hi)
+    shape = tuple(np.array(hi) - np.array(lo) + 1)
+    both = [int(np.broadcast_to((votes[p] > 0) & (votes[q] > 0), shape).sum()) for p, q in ((0, 1), (0, 2), (1, 2))]
+    assert counts[False] == both and all(b < box_voxels for b in both)
 
 
 def test_segment_with_and_without_the_reach_on_a_scan_longer_than_it(tiny_bundle, tmp_path):

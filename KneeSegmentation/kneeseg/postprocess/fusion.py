@@ -190,12 +190,15 @@ def _argmax_with_background(channels, background=None):
     return winner, best, background
 
 
-def _pairwise_confusions(winners, n_classes):
-    """One (classes x classes) count matrix per pair of planes' labels (rows: the first plane)."""
+def _pairwise_confusions(winners, n_classes, votes=None):
+    """One (classes x classes) count matrix per pair of planes' labels (rows: the first plane); with
+    ``votes`` (``_votes_within_reach``), over the voxels where both planes vote only."""
     out = []
     for p in range(len(winners)):
         for q in range(p + 1, len(winners)):
             codes = winners[p].astype(np.intp) * n_classes + winners[q]
+            if votes is not None:
+                codes = codes[np.broadcast_to((votes[p] > 0) & (votes[q] > 0), codes.shape)]
             out.append(np.bincount(codes.ravel(), minlength=n_classes * n_classes).reshape(n_classes, n_classes))
     return out
 
@@ -285,7 +288,8 @@ def fuse_frames(planes, reference, confidence=False, slab_voxels=1 << 21, timing
     ``quality``: a dict to fill, on the way, with what the quality score needs (``kneeseg.quality``):
     ``"box"`` (lo, hi) and ``"box_confidence"`` (the winning fused probability on that box, where
     every bone lies), and ``"plane_confusions"``: per pair of planes, the counts of their own argmax
-    labels against each other (classes x classes), summed over the box.
+    labels against each other (classes x classes), summed over the box (with a ``reach``, over the voxels
+    where both planes vote).
     """
     t0 = time.perf_counter()
     size = tuple(reference.GetSize()[::-1])  # k, j, i
@@ -325,7 +329,7 @@ def fuse_frames(planes, reference, confidence=False, slab_voxels=1 << 21, timing
                 plane_winners = [_argmax_with_background(sample)[0] for sample in samples]
             fused, background = _fuse_within_reach(samples, votes, weights)
             del samples
-            return store(k0, k1, fused, background, plane_winners)
+            return store(k0, k1, fused, background, plane_winners, votes)
         for p, sampler in enumerate(samplers):
             sample = sampler.sample(slab_lo, slab_hi)
             if box_conf is not None and len(samplers) > 1:
@@ -348,7 +352,7 @@ def fuse_frames(planes, reference, confidence=False, slab_voxels=1 << 21, timing
                 acc /= len(samplers)
         return store(k0, k1, fused, None if bone_share is None else 1.0 - bone_share, plane_winners)
 
-    def store(k0, k1, fused, background, plane_winners):
+    def store(k0, k1, fused, background, plane_winners, votes=None):
         winner, best, background = _argmax_with_background(fused, background)
         target = (slice(k0, k1 + 1), slice(int(lo[1]), int(hi[1]) + 1), slice(int(lo[2]), int(hi[2]) + 1))
         labels[target] = winner
@@ -357,7 +361,7 @@ def fuse_frames(planes, reference, confidence=False, slab_voxels=1 << 21, timing
         if box_conf is None:
             return None
         box_conf[k0 - int(lo[0]):k1 - int(lo[0]) + 1] = np.maximum(best, background)
-        return _pairwise_confusions(plane_winners, n_classes) if plane_winners else None
+        return _pairwise_confusions(plane_winners, n_classes, votes) if plane_winners else None
 
     starts = range(int(lo[0]), int(hi[0]) + 1, step)
     workers = min(len(starts), available_cpus(), 4)

@@ -59,7 +59,8 @@ class SynthesisConfig:
       subcutaneous_fat_probability, fat_layer_mm: a fat layer under the skin.
       cortex_probability, cortex_mm: a cortical rim of that width at bone edges, dark (as in every
         MRI contrast) with dark_cortex_probability, of random intensity otherwise.
-      hidden_rim_probability: no rim is drawn when the femur's marrow is as dark as a cortex
+      hidden_rim_probability: no rim is drawn (around any bone: the rim is one setting for all) when the
+        femur's marrow is as dark as a cortex
         (``draws.HIDDEN_RIM_MARROW_MAX``), as in fat-suppressed and water-excitation (DESS) scans, where
         dark marrow meets a dark cortex with no line between them and the bone's edge is the step to
         the tissue around it. Elsewhere the rim separates bone from every neighbour, and a network that
