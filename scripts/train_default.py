@@ -640,6 +640,16 @@ round50 = _plain_fine_tune("round50")
 round51 = _plain_fine_tune("round51")
 
 
+# Round 53: does the slice's position tell round 49's axial plane the shafts apart? Round 49 (training slices out to
+# +-80 mm) calls less of the DESS thigh muscle femur in every plane, but its axial plane calls the tibia femur and
+# the femoral shaft tibia far from the joint, where an axial slice of either shaft looks the same. Round 49's network
+# with round 29's bottleneck position layers, only those trained (round 30's settings: 3e-3 for 2,400 slices), on
+# round 49's data: its features stay round 49's, so any change is what the position adds. A probe, not a candidate.
+ROUND53 = {**ROUND30, "seed": 24, "init_from": str(REPO / "build" / "round49"), "synthesis": ROUND49["synthesis"]}
+
+round53 = _plain_fine_tune("round53")
+
+
 # Rounds 38-40 and 44: weight soups (kneeseg.workflows.train.soup_bundles), no training of their own. Three runs of
 # round 24's recipe landed far apart on the DESS volume (rounds 24, 34, 35), so each run's weights carry a part that
 # is its path's, not its recipe's; averaging the weights of fine-tunes of one start cancels that part (Wortsman et
@@ -798,6 +808,8 @@ FINE_TUNES = {
                 {"init_from": True}),
     "round51": (round51, "round 51: round 49 with seed 35 (paired with round 35); rerun to continue",
                 {"init_from": True}),
+    "round53": (round53, "round 53: round 49 with round 29's position layers, only those trained; rerun to "
+                "continue", {"init_from": True}),
 }
 SOUP_RECIPES = {
     "round38": (round38, "round 38: the mean of the weights of rounds 24, 34, 35, 36 and 37"),
