@@ -395,6 +395,12 @@ def test_rounds_45_to_51_change_one_generator_setting_of_round24s_recipe_each_pa
             assert _changed_synthesis(config, paired) == {setting} and config.recipe.synthesis[setting] == value
             members.append(next(name for name in recipe.FINE_TUNES if getattr(recipe, name.upper(), None) is run))
         assert recipe.SOUPS[soup] == (tuple(members), None) and soup in recipe.SOUP_RECIPES
+    position = TrainConfig.from_flat(**recipe.ROUND53)  # round 49's network, the position layers alone trained
+    changed = {k for k in recipe.ROUND53 if recipe.ROUND53[k] != recipe.ROUND30.get(k)}
+    assert changed == {"seed", "init_from", "synthesis"}
+    assert position.recipe.init_from == str(recipe.REPO / "build" / "round49") and "round53" in recipe.FINE_TUNES
+    assert position.recipe.synthesis == TrainConfig.from_flat(**recipe.ROUND49).recipe.synthesis
+    assert position.recipe.train_layers == "position" and position.network.slice_position == "bottleneck"
 
 
 def test_the_round15_chain_is_rounds_8_9_11_12_15_with_12_and_15_cut_where_their_time_limit_cut_them():
