@@ -60,13 +60,11 @@ class SynthesisConfig:
       cortex_probability, cortex_mm: a cortical rim of that width at bone edges, dark (as in every
         MRI contrast) with dark_cortex_probability, of random intensity otherwise.
       hidden_rim_probability: no rim is drawn (around any bone: the rim is one setting for all) when the
-        femur's marrow is as dark as a cortex
-        (``draws.HIDDEN_RIM_MARROW_MAX``), as in fat-suppressed and water-excitation (DESS) scans, where
-        dark marrow meets a dark cortex with no line between them and the bone's edge is the step to
-        the tissue around it. Elsewhere the rim separates bone from every neighbour, and a network that
-        learnt to end the bone at a dark line carried the femur on into the bright vastus that touches
-        the dark condyle of a real DESS scan (docs/evaluation.md, probe 48: a dark line drawn there
-        halved what the coronal plane called femur in the muscle). 0 (the default): as before.
+        femur's marrow is as dark as a cortex (``draws.HIDDEN_RIM_MARROW_MAX``), as in fat-suppressed and
+        water-excitation (DESS) scans, where dark marrow meets a dark cortex with no line between them.
+        Meant to stop a network that ends the bone at a dark line from carrying the femur on into the
+        bright vastus beside a real DESS condyle (docs/evaluation.md, probe 48). Tried in rounds 45-46 and
+        not kept: it did not reduce that error. 0 (the default): as before.
       rim_outside_probability: that rim is drawn just OUTSIDE the bone label (over the neighbouring
         tissue) instead of inside it: the label edge is then the inner edge of the dark band, where
         annotators of real scans put the bone surface (docs: the dark band lies 0.35-2.15 mm outside
