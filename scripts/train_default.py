@@ -592,8 +592,13 @@ round33 = _plain_fine_tune("round33")
 # Rounds 34 and 35: round 24's recipe again with two other seeds, to measure how far runs of one recipe land apart
 # on DESS. Round 24 (clean on DESS) is the control of round 33 and the nearest any round came to shipping: is a clean
 # DESS what that recipe gives, or what one of its runs did? Replicates for the spread, not ship candidates.
-ROUND34 = {**ROUND24, "seed": 34}
-ROUND35 = {**ROUND24, "seed": 35}
+def _replicates(settings):
+    """``settings`` and the same run with seeds 34 and 35: three runs of one recipe, each paired by seed with the
+    run of another recipe made the same way (rounds 24, 34, 35 are round 24's)."""
+    return (settings, *({**settings, "seed": seed} for seed in (34, 35)))
+
+
+_, ROUND34, ROUND35 = _replicates(ROUND24)
 
 round34 = _plain_fine_tune("round34")
 round35 = _plain_fine_tune("round35")
@@ -602,8 +607,7 @@ round35 = _plain_fine_tune("round35")
 # Rounds 36 and 37: round 33 (round 24's recipe with the marrow tied to the fat and decoys) with seeds 34 and 35, each
 # paired with the replicate of the same seed (rounds 34, 35): three seeds per arm, the comparison one run per arm
 # could not make.
-ROUND36 = {**ROUND33, "seed": 34}
-ROUND37 = {**ROUND33, "seed": 35}
+_, ROUND36, ROUND37 = _replicates(ROUND33)
 
 round36 = _plain_fine_tune("round36")
 round37 = _plain_fine_tune("round37")
@@ -616,13 +620,10 @@ round37 = _plain_fine_tune("round37")
 # DESS volume a dark line drawn between the femur and the vastus halved what round 38's coronal plane called femur
 # in the muscle (docs/evaluation.md, probe 48): the network ends the femur at a dark line, and the DESS condyle
 # has none. Round 48 is their soup, compared with round 39 (the soup of rounds 24, 34 and 35).
-ROUND45 = {**ROUND24, "synthesis": {**ROUND24["synthesis"], "hidden_rim_probability": 0.8}}
-ROUND46 = {**ROUND45, "seed": 34}
-ROUND47 = {**ROUND45, "seed": 35}
+ROUND45, ROUND46, ROUND47 = _replicates({**ROUND24,
+                                         "synthesis": {**ROUND24["synthesis"], "hidden_rim_probability": 0.8}})
 
-round45 = _plain_fine_tune("round45")
-round46 = _plain_fine_tune("round46")
-round47 = _plain_fine_tune("round47")
+round45, round46, round47 = (_plain_fine_tune(name) for name in ("round45", "round46", "round47"))
 
 
 # Rounds 49-51: round 24's recipe with seeds 24, 34 and 35 (paired with rounds 24, 34, 35), the one change being
@@ -631,13 +632,9 @@ round47 = _plain_fine_tune("round47")
 # plane calls femur and its sagittal plane calls background lie more than 45 mm above the knee centre, in thigh
 # slices no training image showed (docs/evaluation.md, probe 49). Round 3 tried +-80 mm together with a fibula on
 # every map, on an older generator. Round 52 is their soup, against round 39.
-ROUND49 = {**ROUND24, "synthesis": {**ROUND24["synthesis"], "slab_half_mm": 80.0}}
-ROUND50 = {**ROUND49, "seed": 34}
-ROUND51 = {**ROUND49, "seed": 35}
+ROUND49, ROUND50, ROUND51 = _replicates({**ROUND24, "synthesis": {**ROUND24["synthesis"], "slab_half_mm": 80.0}})
 
-round49 = _plain_fine_tune("round49")
-round50 = _plain_fine_tune("round50")
-round51 = _plain_fine_tune("round51")
+round49, round50, round51 = (_plain_fine_tune(name) for name in ("round49", "round50", "round51"))
 
 
 # Round 53: does the slice's position tell round 49's axial plane the shafts apart? Round 49 (training slices out to
