@@ -244,13 +244,15 @@ def _fuse_within_reach(samples, votes, weights):
     channels = []
     for c in range(n_bones + 1):
         values = [backgrounds[p] if c == 0 else samples[p][c - 1] for p in range(n_planes)]
-        plain = sum(votes[p] * values[p] for p in range(n_planes)) / sum(votes)
+        unweighed = weights is None or not np.all(weights[:, c] > 0)  # only then can no voter weigh the class
+        plain = sum(votes[p] * values[p] for p in range(n_planes)) / sum(votes) if unweighed else None
         if weights is None:
             channels.append(np.asarray(plain, np.float32))
             continue
         total = sum(weights[p, c] * votes[p] * values[p] for p in range(n_planes))
         weight = sum(weights[p, c] * votes[p] for p in range(n_planes))
-        channels.append(np.asarray(np.where(weight > 0, total / np.maximum(weight, 1e-12), plain), np.float32))
+        mean = total / np.maximum(weight, 1e-12)
+        channels.append(np.asarray(np.where(weight > 0, mean, plain) if unweighed else mean, np.float32))
     return channels[1:], channels[0]
 
 
