@@ -2,7 +2,7 @@
 """Two models on the same synthetic fibula volumes, paired: is one better, or did the sample decide?
 
     python scripts/compare_models.py BEFORE AFTER [--subjects S ...] [--seeds 4] [--out build/compare.json]
-        [--before-plane-reach off|auto] [--after-plane-reach off|auto]
+        [--before-plane-reach off|auto] [--after-plane-reach off|auto]   (default: as each card says)
 
 ``make eval`` scores the fibula on the held-out maps that have one, with two seeds per plane: on
 2026-12-04 that was two knees of one person, and the first two seeds were the hardest draws (round 6's
@@ -133,8 +133,9 @@ def compare(args):
                                                 for b in bones}} for c in report["cases"]]
                  for name, report in reports.items()}
         write_json(args.out, json_safe({"before": str(args.before), "after": str(args.after), "subjects": subjects,
-                                        "plane_reach": {"before": args.before_plane_reach,
-                                                        "after": args.after_plane_reach},
+                                        "plane_reach": {name: getattr(args, f"{name}_plane_reach") or
+                                                        bundle.card.plane_reach
+                                                        for name, bundle in (("before", before), ("after", after))},
                                         "seeds": args.seeds, "comparison": comparison, "cases": cases}), indent=1)
         print(f"wrote {args.out}")
 
@@ -153,8 +154,8 @@ def main(argv=None):
                         help="allow subjects a bundle trained on")
     parser.add_argument("--out", help="write the per-volume scores and the comparison as JSON")
     for side in ("before", "after"):  # one bundle against itself: the fusion with and without the reach
-        parser.add_argument(f"--{side}-plane-reach", choices=PLANE_REACHES, default="off",
-                            help=f"segment's --plane-reach for {side.upper()} (default %(default)s)")
+        parser.add_argument(f"--{side}-plane-reach", choices=PLANE_REACHES,
+                            help=f"segment's --plane-reach for {side.upper()} (default: as its card says)")
     args = parser.parse_args(argv)
     from kneeseg.errors import InputError
 

@@ -859,7 +859,8 @@ def finalize(args):
     description = (f"{trained.card.network.kind} (thesis architecture, {trained.card.network.filters} filters, "
                    f"{model.count_params():,} parameters) trained only on images synthesised from real knee "
                    "label maps (domain randomisation); tri-planar fusion at inference")
-    card = dataclasses.replace(trained.card, training=training, description=description, metrics={})
+    card = dataclasses.replace(trained.card, training=training, description=description, metrics={},
+                               plane_reach=args.plane_reach)
     with tempfile.TemporaryDirectory(prefix=".finalize-onnx-", dir=staging.parent) as onnx_folder:
         onnx_path = export_onnx(model, Path(onnx_folder) / "model.onnx")
         save_bundle(staging, model, card, onnx_path=onnx_path, extra_files=extras)
@@ -944,6 +945,8 @@ def main():
     p.add_argument("--fine-tuned-from", default=str(INSTALLED),
                    help="the bundle it started from (a soup: its members' start), recorded in the card (default: the "
                         "shipped model)")
+    p.add_argument("--plane-reach", choices=("auto", "off"), default="off",
+                   help="the plane reach the card sets for segment (fusion.plane_reach; default %(default)s)")
     p.add_argument("--install", action="store_true", help="replace the shipped default model with the result")
     p.add_argument("--hardware", default="one NVIDIA H100 80GB (Keras 3.15.1 on JAX 0.11.2)")
     p.add_argument("--hardware-eval", default="2-core AVX-512 EPYC CPU, TensorFlow 2.21 CPU")

@@ -2,7 +2,7 @@
 
 ``card.json`` is read once into a :class:`Card`: the labels, the :class:`~kneeseg.specs.NetworkSpec`,
 the :class:`~kneeseg.specs.FrameSpec`, the N4 setting, the weight files and, when fitted, the planes'
-per-class fusion weights (``fusion``). Every field is checked
+per-class fusion weights and the plane reach segment uses by default (``fusion``). Every field is checked
 for its type and range when the card is read (:func:`parse_card`), so a broken or hostile card is
 refused with one line naming the field, before any of it is used. Provenance (``training``) and
 measurements (``metrics``) are kept as they are, for people to read.
@@ -19,8 +19,8 @@ from . import INTENDED_USE
 from .errors import BundleError
 from .labels import Label, labels_to_json
 from .geometry import PLANES
-from .specs import (FrameSpec, NetworkSpec, Normalisation, SpecError, check_bool, check_int, check_keys, check_number,
-                    check_planes)
+from .specs import (PLANE_REACHES, FrameSpec, NetworkSpec, Normalisation, SpecError, check_bool, check_int, check_keys,
+                    check_number, check_planes)
 
 FORMAT = "kneeseg-bundle"
 FORMAT_VERSION = 1
@@ -53,6 +53,7 @@ class Card:
     training: dict = field(default_factory=dict)  # provenance, as written by training
     metrics: dict = field(default_factory=dict)  # measured results
     fusion_weights: dict = None  # plane -> one weight per class (background first); None: plain mean
+    plane_reach: str = "off"  # segment's plane reach when the user names none ("auto" or "off"; fusion.plane_reach)
     raw: dict = field(default_factory=dict, repr=False, compare=False)  # the JSON as read
 
     @property
@@ -107,9 +108,15 @@ class Card:
         out.update(format=FORMAT, format_version=FORMAT_VERSION, name=self.name, description=self.description,
                    labels=labels_to_json(self.labels), model=model, preprocessing=preprocessing,
                    normalisation=self.frame.normalisation.to_json(), training=self.training, metrics=self.metrics)
+        fusion = {k: v for k, v in self.raw.get("fusion", {}).items() if k not in ("plane_weights", "plane_reach")}
         if self.fusion_weights:
-            out["fusion"] = {**self.raw.get("fusion", {}),
-                             "plane_weights": {plane: list(w) for plane, w in self.fusion_weights.items()}}
+            fusion["plane_weights"] = {plane: list(w) for plane, w in self.fusion_weights.items()}
+        if self.plane_reach != "off":
+            fusion["plane_reach"] = self.plane_reach
+        if "plane_weights" in fusion or "plane_reach" in fusion:
+            out["fusion"] = fusion
+        else:
+            out.pop("fusion", None)
         out["weights"] = {name: {"file": w.file, "sha256": w.sha256} for name, w in self.weights.items()}
         return out
 
@@ -133,7 +140,8 @@ def parse_card(data, source=None) -> Card:
         _within("model", network.check_input_size, size)
         _check_labels_fit(labels, network)
         weights = _within("weights", _weights, data["weights"])
-        fusion_weights = _within("fusion", _fusion, data["fusion"], len(labels) + 1) if "fusion" in data else None
+        fusion_weights, plane_reach = (_within("fusion", _fusion, data["fusion"], len(labels) + 1) if "fusion" in data
+                                       else (None, "off"))
         name = _text("name", data.get("name", ""))
         description = _text("description", data.get("description", ""), 20000)
         _text("intended_use", data.get("intended_use", ""), 2000)
@@ -144,7 +152,8 @@ def parse_card(data, source=None) -> Card:
         raise BundleError(str(exc), source) from None
     return Card(name=name, labels=labels, network=network, frame=frame, weights=weights, n4=n4,
                 n4_settings=n4_settings, description=description, training=data.get("training", {}),
-                metrics=data.get("metrics", {}), fusion_weights=fusion_weights, raw=data)
+                metrics=data.get("metrics", {}), fusion_weights=fusion_weights, plane_reach=plane_reach,
+                raw=data)
 
 
 def card_for(labels, network: NetworkSpec, frame: FrameSpec, name="knee-bones", description="", training=None,
@@ -219,11 +228,18 @@ def _preprocessing(pre, size, normalisation) -> tuple:
     return frame, n4, dict(n4_settings)
 
 
-def _fusion(section, n_classes) -> dict:
-    """plane -> one weight per class, for any of the three planes (a card whose planes were edited
-    keeps its weights: inference uses those of the planes it fuses), weights in [0, 1], every class
-    weighed by some plane."""
-    if not isinstance(section, dict) or not isinstance(section.get("plane_weights"), dict):
+def _fusion(section, n_classes) -> tuple:
+    """(plane -> one weight per class, or None for the plain mean; the plane reach). The weights: for any of
+    the three planes (a card whose planes were edited keeps its weights: inference uses those of the planes
+    it fuses), in [0, 1], every class weighed by some plane. A section may hold only the reach."""
+    if not isinstance(section, dict):
+        raise SpecError("fusion", "must be a JSON object")
+    reach = section.get("plane_reach", "off")
+    if reach not in PLANE_REACHES:
+        raise SpecError("fusion.plane_reach", f"must be one of {', '.join(PLANE_REACHES)}, not {reach!r}")
+    if "plane_weights" not in section and "plane_reach" in section:
+        return None, reach
+    if not isinstance(section.get("plane_weights"), dict):
         raise SpecError("fusion.plane_weights", "must be a JSON object: plane -> one weight per class")
     by_plane = section["plane_weights"]
     check_planes("fusion.plane_weights", list(by_plane))
@@ -237,7 +253,7 @@ def _fusion(section, n_classes) -> dict:
     for c in range(n_classes):
         if not any(weights[c] > 0 for weights in out.values()):
             raise SpecError("fusion.plane_weights", f"class {c} has weight 0 in every plane")
-    return out
+    return out, reach
 
 
 def _check_labels_fit(labels, network: NetworkSpec):

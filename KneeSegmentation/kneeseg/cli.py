@@ -367,7 +367,7 @@ def cmd_evaluate(args, progress):
         metrics = dict(bundle.card.metrics)
         suffix = (f" (planes {args.planes})" if args.planes else "") + (
             f" (fusion {args.fusion})" if args.fusion != "weighted" else "") + (
-            f" (plane reach {args.plane_reach})" if args.plane_reach != "off" else "")
+            f" (plane reach {args.plane_reach})" if args.plane_reach not in (None, bundle.card.plane_reach) else "")
         metrics.update({name + suffix: card_summary(value) for name, value in summary.items()})
         update_card(bundle.folder, metrics=metrics)
     if progress.mode != "json":

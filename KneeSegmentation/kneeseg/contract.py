@@ -221,7 +221,7 @@ SEGMENT_OPTIONS = (
     Option(("--plane-reach",), "plane_reach", "auto: each plane votes only where its slices lie as near the knee "
            "centre as the bundle's training slices did (the other planes decide beyond; all where none reaches); "
            "applies only with the model's own knee centre and a bundle trained on synthetic slices; off: every "
-           "plane everywhere", default="off", choices=PLANE_REACHES),
+           "plane everywhere (default: as the bundle's card says, off when it says nothing)", choices=PLANE_REACHES),
     Option(("--centre",), "centre", "knee centre: auto (model, else image centre), model, intensity, image, or "
            "'x,y,z' in LPS mm", default="auto"),
     Option(("--backend",), "backend", "inference engine (auto: ONNX Runtime when the bundle has a graph and it is "

@@ -41,10 +41,9 @@ class SegmentOptions:
     quality: bool = True  # the quality score and flag (kneeseg.quality): measured on the way, little cost
     single_slice: bool = False  # accept a one-slice image (the evaluation of real 2D slices)
     fusion: str = "weighted"  # "weighted": the bundle's per-class plane weights if it has any; "mean": plain mean
-    plane_reach: str = "off"  # "auto": a plane votes only where its slices lie as near the knee centre as its
-    #                           training slices did (plane_reach_mm); "off": every plane everywhere. Off by
-    #                           default: it cost the shipped model's synthetic fibula 0.007 (docs/evaluation.md,
-    #                           probe 50)
+    plane_reach: str = None  # "auto": a plane votes only where its slices lie as near the knee centre as its
+    #                          training slices did (plane_reach_mm); "off": every plane everywhere; None: the
+    #                          bundle's card.plane_reach (off unless its card's fusion section says auto)
 
 
 @dataclass
@@ -421,12 +420,14 @@ def plane_reach_mm(card):
 
 
 def fusion_reach(card, options: SegmentOptions, centre, known):
-    """``fuse_frames``' ``reach`` for a segmentation: ``(centre, mm)`` when ``options.plane_reach`` is "auto",
-    the centre is the model's (a guessed centre could put the knee out of every plane's reach) and the
-    bundle records how far its training slices lay; else None (every plane votes everywhere)."""
-    if options.plane_reach not in PLANE_REACHES:
-        raise InputError(f"unknown plane reach {options.plane_reach!r}; choose {', '.join(PLANE_REACHES)}")
-    mm = plane_reach_mm(card) if options.plane_reach == "auto" and known else None
+    """``fuse_frames``' ``reach`` for a segmentation: ``(centre, mm)`` when the plane reach (``options.plane_reach``,
+    else the card's) is "auto", the centre is the model's (a guessed centre could put the knee out of every
+    plane's reach) and the bundle records how far its training slices lay; else None (every plane votes
+    everywhere)."""
+    setting = card.plane_reach if options.plane_reach is None else options.plane_reach
+    if setting not in PLANE_REACHES:
+        raise InputError(f"unknown plane reach {setting!r}; choose {', '.join(PLANE_REACHES)}")
+    mm = plane_reach_mm(card) if setting == "auto" and known else None
     return None if mm is None else (tuple(float(c) for c in centre), mm)
 
 

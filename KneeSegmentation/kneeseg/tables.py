@@ -110,6 +110,12 @@ def card_table(card, location) -> str:
 
 
 def _fusion_line(card) -> str:
+    if card.plane_reach == "auto":
+        return _fusion_weights_line(card) + "; each plane votes only within its training reach of the knee centre"
+    return _fusion_weights_line(card)
+
+
+def _fusion_weights_line(card) -> str:
     if not card.fusion_weights:
         return "plain mean of the planes' probabilities"
     if class_plane_weights(card.fusion_weights, card.frame.planes) is None:  # as inference decides

@@ -212,7 +212,7 @@ def test_card_reads_writes_and_checks_the_fusion_section(tiny_bundle):
         with pytest.raises(BundleError, match=re.escape(message)) as raised:
             parse_card(_with_fusion(card, weights))
         assert "fusion.plane_weights" in str(raised.value)
-    with pytest.raises(BundleError, match="fusion.plane_weights"):
+    with pytest.raises(BundleError, match="fusion: must be a JSON object"):
         parse_card({**card, "fusion": [1, 2]})
 
 
@@ -313,6 +313,7 @@ def test_fit_fusion_fits_on_the_validation_subjects_and_writes_the_card(tiny_bun
     card = _card_json(tiny_bundle)
     card["training"].setdefault("data", {}).update(split={"validation": validation, "test": [held_out]},
                                                    synthesis={"noise_std": [0.0, 0.02]})
+    card["fusion"] = {"plane_reach": "auto"}  # set by finalize, not fitted: the fit keeps it
     (folder / CARD_NAME).write_text(json.dumps(card))
     before = (folder / CARD_NAME).read_text()
 
@@ -333,6 +334,7 @@ def test_fit_fusion_fits_on_the_validation_subjects_and_writes_the_card(tiny_bun
     assert set(bundle.card.fusion_weights) == set(planes)
     assert all(0.0 <= w <= 0.5 for weights in bundle.card.fusion_weights.values() for w in weights)
     assert bundle.card.raw["fusion"]["classes"] == ["background"] + [label.name for label in bundle.labels]
+    assert bundle.card.plane_reach == "auto"
     shutil.rmtree(tmp_path / "cache")
     with pytest.raises(InputError):  # no cache: a clear error, the card as it was
         fit_fusion(folder, tmp_path / "cache")

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from kneeseg.bundle import CARD_NAME, load_bundle
-from kneeseg.errors import InputError
+from kneeseg.bundle import CARD_NAME, load_bundle, save_bundle
+from kneeseg.card import parse_card
+from kneeseg.errors import BundleError, InputError
 from kneeseg.infer import SegmentOptions, fusion_reach, plane_reach_mm, segment
 from kneeseg.postprocess import fusion
 from kneeseg.preprocess.centre import image_centre
@@ -193,3 +194,58 @@ def test_cli_segment_takes_the_plane_reach_and_refuses_an_unknown_one(tiny_bundl
     with pytest.raises(SystemExit):
         cli.main(["segment", str(volume), "-o", str(tmp_path / "x.nrrd"), "--plane-reach", "near"])
     assert "--plane-reach" in capsys.readouterr().err and not (tmp_path / "x.nrrd").exists()
+
+
+def _with_card_fusion(bundle, fusion_section):
+    card = json.loads((bundle.folder / CARD_NAME).read_text())
+    card["fusion"] = fusion_section
+    (bundle.folder / CARD_NAME).write_text(json.dumps(card))
+    return load_bundle(bundle.folder)
+
+
+def test_the_card_sets_the_reach_segment_uses_unless_told_otherwise(tiny_bundle, tmp_path):
+    bundle = _card_with_synthesis(tiny_bundle, tmp_path, {"slab_half_mm": 5.0, "centre_shift_mm": 0.0})
+    assert bundle.card.plane_reach == "off"  # a card that says nothing
+    auto = _with_card_fusion(bundle, {"plane_reach": "auto"})  # the reach alone, no fitted weights
+    assert auto.card.plane_reach == "auto" and auto.card.fusion_weights is None
+    centre = (1.0, 2.0, 3.0)
+    assert fusion_reach(auto.card, SegmentOptions(), centre, True) == (centre, 5.0)
+    assert fusion_reach(auto.card, SegmentOptions(plane_reach="off"), centre, True) is None  # the user decides
+    assert fusion_reach(auto.card, SegmentOptions(), centre, False) is None  # still only with the model's centre
+    assert parse_card(auto.card.to_json()).plane_reach == "auto"
+    from kneeseg.tables import card_table
+
+    assert "within its training reach" in card_table(auto.card, auto.folder)  # kneeseg info says so
+    assert "training reach" not in card_table(bundle.card, bundle.folder)
+    assert "fusion" not in bundle.card.to_json()  # "off" and no weights: no section written
+    n = len(bundle.labels) + 1
+    weights = {plane: [0.5] * n for plane in bundle.card.frame.planes}
+    both = _with_card_fusion(bundle, {"plane_weights": weights, "plane_reach": "auto", "classes": ["background"]})
+    assert both.card.plane_reach == "auto" and set(both.card.fusion_weights) == set(weights)
+    save_bundle(tmp_path / "saved", both.load_keras_model(), both.card)  # written back as read
+    assert load_bundle(tmp_path / "saved").card.plane_reach == "auto"
+    assert load_bundle(tmp_path / "saved").card.raw["fusion"]["classes"] == ["background"]
+    for odd in ("near", True, ["auto"], None, 60):
+        with pytest.raises(BundleError, match="fusion.plane_reach"):
+            _with_card_fusion(bundle, {"plane_reach": odd})
+    with pytest.raises(BundleError, match="fusion.plane_weights"):
+        _with_card_fusion(bundle, {"classes": ["background"]})  # neither weights nor a reach
+
+
+def test_cli_segment_follows_the_cards_reach_by_default(tiny_bundle, tmp_path):
+    from kneeseg import cli
+
+    bundle = _card_with_synthesis(tiny_bundle, tmp_path, {"slab_half_mm": 5.0, "centre_shift_mm": 0.0})
+    auto = _with_card_fusion(bundle, {"plane_reach": "auto"})
+    image, _ = toy_knee(seed=9, size=(48, 48, 40), spacing=(1.0, 1.0, 2.0))
+    volume = tmp_path / "long.nrrd"
+    sitk.WriteImage(image, str(volume))
+    centre = ",".join(f"{c:.3f}" for c in image_centre(image))
+    outputs = {}
+    for reach in (None, "off", "auto"):
+        outputs[reach] = tmp_path / f"{reach}.nrrd"
+        cli.main(["segment", str(volume), "-o", str(outputs[reach]), "--model", str(auto.folder), "--centre", centre,
+                  "--no-postprocess", "--progress", "none"] + (["--plane-reach", reach] if reach else []))
+    default, off, on = (sitk.GetArrayFromImage(sitk.ReadImage(str(outputs[r]))) for r in (None, "off", "auto"))
+    np.testing.assert_array_equal(default, on)
+    assert (default != off).any()

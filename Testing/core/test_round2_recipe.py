@@ -214,7 +214,7 @@ def test_finalize_leaves_the_synthetic_volumes_to_make_eval_only_when_asked(tiny
     monkeypatch.setattr(evaluate, "evaluate_synthetic", lambda *a, **k: scored.append("volumes") or {"n_cases": 0})
     monkeypatch.setattr(evaluate, "evaluate_synthetic_fibula", lambda *a, **k: scored.append("fibula") or {})
     argv = ["train_default.py", "finalize", str(bundle), "--recipe", "round16", "--cache", str(tmp_path / "cache"),
-            "--hardware", "test"] + (["--no-synthetic"] if no_synthetic else [])
+            "--hardware", "test"] + (["--no-synthetic", "--plane-reach", "auto"] if no_synthetic else [])
     monkeypatch.setattr("sys.argv", argv)
     recipe.main()
     metrics = load_bundle(tmp_path / "round16.final").card.metrics
@@ -222,6 +222,7 @@ def test_finalize_leaves_the_synthetic_volumes_to_make_eval_only_when_asked(tiny
     assert ("synthetic" in metrics) is not no_synthetic and metrics["measured_on"]
     assert (recipe.INSTALLED / "card.json").read_text() == shipped  # measured, not installed
     assert "description" in load_bundle(tmp_path / "round16.final").card.training["fine_tuned_from"]
+    assert load_bundle(tmp_path / "round16.final").card.plane_reach == ("auto" if no_synthetic else "off")
 
 
 def test_finalize_refuses_no_synthetic_without_the_cache_it_fits_the_fusion_on(tmp_path, monkeypatch, capsys):

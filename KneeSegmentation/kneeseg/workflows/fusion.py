@@ -82,6 +82,8 @@ def fit_fusion(bundle_path, cache, step=0.1, write=True, progress=None) -> dict:
                    "note": "per-class plane weights fitted on synthetic scans of the validation subjects "
                            "(coordinate ascent on mean Dice before clean-up, no plane above the other two "
                            "together); test subjects never used"}}
+    if card.plane_reach != "off":  # the plane reach the card already sets stays: it is not fitted here
+        section["plane_reach"] = card.plane_reach
     if write:
         update_card(bundle_path, fusion=section)
     return section
