@@ -666,16 +666,19 @@ SOUPS = {
 }
 
 
-def _soup_member(member, members_folder, name) -> Path:
-    """The bundle of one soup member: the shipped model, or the bundle its round's command made."""
+def _soup_member(member, members_folder, name, shipped=None) -> Path:
+    """The bundle of one soup member: the shipped model (``shipped``, default the installed one), or the bundle
+    its round's command made."""
     from kneeseg.errors import InputError
 
     if member == "shipped":
-        if _made_by(INSTALLED, name):
-            raise InputError(f"the shipped model is already the output of {name}: name the bundle it was made from "
-                             f"in place of the shipped one (docs/training.md, round {name.removeprefix('round')})",
-                             INSTALLED)
-        return INSTALLED
+        shipped = Path(shipped) if shipped else INSTALLED
+        if not (shipped / "card.json").exists():
+            raise InputError(f"{name} averages the shipped model's bundle, which is not there", shipped)
+        if _made_by(shipped, name):
+            raise InputError(f"this model is already the output of {name}: name the bundle it was made from with "
+                             f"--shipped (docs/training.md, round {name.removeprefix('round')})", shipped)
+        return shipped
     path = Path(members_folder) / member
     if not (path / "card.json").exists():
         raise InputError(f"{name} averages {member}'s bundle, which is not there: make it first "
@@ -691,7 +694,7 @@ def _soup(name):
     def run(args):
         from kneeseg.workflows.train import soup_bundles
 
-        paths = [_soup_member(member, args.members, name) for member in members]
+        paths = [_soup_member(member, args.members, name, args.shipped) for member in members]
         soup = soup_bundles(paths, args.out, mix=mix, name="knee-bones-default")
         print(json.dumps(soup, indent=2))
         starts = {member["init_from"] for member in soup["members"]}
@@ -718,6 +721,8 @@ def soup_parser(sub, name, help):
     p.add_argument("--out", default=f"build/{name}", help="the soup's bundle (default: %(default)s)")
     p.add_argument("--cache", default=".cache/labelmaps", help="named in the next step's command (default: "
                    "%(default)s)")
+    p.add_argument("--shipped", default=None, help="the bundle a soup names as the shipped model (default: the "
+                   "installed one)")
     return p
 
 

@@ -1,6 +1,7 @@
 """Weight soups (kneeseg.workflows.train.soup_bundles): one bundle whose weights are the members' mean."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -183,3 +184,35 @@ def test_finalize_records_a_soup_as_one_and_keeps_its_members(tiny_bundle, tmp_p
     assert training["config"]["init_from"] == "training.soup" and training["hardware"] == "two cores"
     assert [m["bundle"] for m in training["soup"]["members"]] == ["round24", "round34", "round35"]
     assert not (tmp_path / "installed").exists()
+
+
+def test_round40_takes_the_shipped_model_or_the_bundle_named_for_it_and_refuses_its_own_output(tmp_path, monkeypatch,
+                                                                                              capsys):
+    recipe = load_script("train_default")
+    members = tmp_path / "members"
+    _, shipped_weights = _member(tmp_path / "installed", 1)
+    _, other_weights = _member(tmp_path / "round6", 2)
+    _, round38_weights = _member(members / "round38", 3)
+    monkeypatch.setattr(recipe, "INSTALLED", tmp_path / "installed")
+    for shipped, weights in ((None, shipped_weights), (tmp_path / "round6", other_weights)):
+        out = tmp_path / f"soup-{weights is other_weights}"
+        monkeypatch.setattr("sys.argv", ["train_default.py", "round40", "--members", str(members), "--out", str(out)]
+                            + (["--shipped", str(shipped)] if shipped else []))
+        recipe.main()
+        got = load_bundle(out).load_keras_model().get_weights()
+        for g, a, b in zip(got, weights, round38_weights, strict=True):
+            np.testing.assert_allclose(g, (a + b) / 2, rtol=1e-6, atol=1e-6)
+    card = json.loads((tmp_path / "installed" / "card.json").read_text())  # round 40 installed: its recipe's output
+    card["training"]["recipe"] = "scripts/train_default.py round40 (a weight soup of the bundles in training.soup)"
+    (tmp_path / "installed" / "card.json").write_text(json.dumps(card))
+    monkeypatch.setattr("sys.argv", ["train_default.py", "round40", "--members", str(members), "--out",
+                                     str(tmp_path / "again")])
+    with pytest.raises(SystemExit, match="2"):
+        recipe.main()
+    assert "already the output of round40: name the bundle it was made from with --shipped" in capsys.readouterr().err
+    assert not (tmp_path / "again").exists()
+    monkeypatch.setattr("sys.argv", ["train_default.py", "round40", "--members", str(members), "--out",
+                                     str(tmp_path / "again"), "--shipped", str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit, match="2"):
+        recipe.main()
+    assert "the shipped model's bundle, which is not there" in capsys.readouterr().err
