@@ -21,7 +21,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "KneeSegmentation"))
@@ -42,12 +41,6 @@ def default_subjects(bundle, cache) -> list:
                    if e.get("has_fibula") and e["subject"] in held_out})
 
 
-def subject_weighted(comparison, bone, side) -> float:
-    """The mean over subjects of each subject's mean: every person weighs the same."""
-    values = [bones[bone][side] for bones in comparison["subjects"].values() if bone in bones]
-    return float(np.mean(values)) if values else float("nan")
-
-
 def print_comparison(comparison, before, after):
     print(f"mean Dice, BEFORE = {before}, AFTER = {after}; better/worse: volumes that rose/fell by > 0.01")
     print(f"{'subjects':22s} {'bone':8s} {'n':>3s} {'before':>7s} {'after':>7s} {'diff':>7s} "
@@ -57,9 +50,10 @@ def print_comparison(comparison, before, after):
         for bone, row in bones.items():
             print(f"{group:22s} {bone:8s} {row['n']:3d} {row['before']:7.3f} {row['after']:7.3f} "
                   f"{row['difference']:+7.3f} {row['after_better']:6d} {row['after_worse']:6d}")
-    for bone in comparison["all"]:
-        print(f"subjects weighed equally, {bone}: before {subject_weighted(comparison, bone, 'before'):.3f}, "
-              f"after {subject_weighted(comparison, bone, 'after'):.3f}")
+    for bone, row in comparison["subjects_weighed_equally"].items():
+        low, high = row["interval_95"]
+        print(f"subjects weighed equally, {bone}: before {row['before']:.3f}, after {row['after']:.3f}, "
+              f"difference {row['difference']:+.3f} (95 % bootstrap interval {low:+.3f} to {high:+.3f})")
 
 
 def common_bones(before, after) -> list:

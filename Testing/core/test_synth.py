@@ -914,6 +914,12 @@ def test_paired_comparison_matches_cases_by_id_and_counts_each_subject():
     assert list(result["subjects"]) == ["A", "all"] and result["subjects"]["A"]["Fibula"]["n"] == 2
     assert result["subjects"]["all"]["Fibula"]["after"] == pytest.approx(0.605)
     assert result["all"]["Femur"]["n"] == 2 and "Femur" not in result["subjects"]["all"]  # its truth has no femur
+    equal = result["subjects_weighed_equally"]["Fibula"]  # A's two cases count as much as "all"'s one
+    assert equal["subjects"] == 2 and equal["before"] == pytest.approx((0.35 + 0.6) / 2)
+    assert equal["after"] == pytest.approx((0.45 + 0.605) / 2) and equal["difference"] == pytest.approx(0.0525)
+    # resampled within each person: A's mean difference is +0.4, +0.1 or -0.2, "all"'s always +0.005
+    assert equal["interval_95"] == pytest.approx([(-0.2 + 0.005) / 2, (0.4 + 0.005) / 2])
+    assert result["subjects_weighed_equally"]["Femur"]["subjects"] == 1
     with pytest.raises(InputError, match="same cases: 1 case ids differ, e.g. A:a.npz:sagittal#0"):
         compare_cases(before, after[:2], ["Fibula"])
     with pytest.raises(InputError, match="first model has case A:a.npz:axial#0 twice"):
@@ -941,7 +947,8 @@ def test_the_model_comparison_script_scores_both_bundles_on_the_same_volumes(pha
     cache, _, _ = phantom_cache
     model = _PerfectModel(monkeypatch)
     bundles = {name: SimpleNamespace(labels=SEPARATE_BONES, card=SimpleNamespace(
-        test_subjects=["P-knee"], validation_subjects=["P-other"], network=SimpleNamespace(output="separate")))
+        test_subjects=["P-knee"], validation_subjects=["P-other"], network=SimpleNamespace(output="separate"),
+        plane_reach="off"))
         for name in ("before", "after")}
     monkeypatch.setattr(kneeseg.bundle, "load_bundle", lambda path: bundles[Path(path).name])
 
@@ -963,7 +970,9 @@ def test_the_model_comparison_script_scores_both_bundles_on_the_same_volumes(pha
     assert (fibula["before"], fibula["after"]) == (0.0, 1.0)
     assert (fibula["after_better"], fibula["after_worse"]) == (fibula["n"], 0)
     printed = capsys.readouterr().out
-    assert "subjects weighed equally, Fibula: before 0.000, after 1.000" in printed
+    assert ("subjects weighed equally, Fibula: before 0.000, after 1.000, difference +1.000 (95 % bootstrap interval "
+            "+1.000 to +1.000)") in printed
+    assert result["plane_reach"] == {"before": "off", "after": "off"}  # as the cards say
     assert printed.count("synthetic fibula case 6/6") == 2  # progress of a long run, per model
 
     bundles["before"].labels = MERGED_BONES

@@ -221,6 +221,8 @@ def evaluate_synthetic_fibula(bundle, cache, progress=None, options=None, config
 
 
 BETTER_BY = 0.01  # a paired case counts as better (worse) when its Dice rose (fell) by more than this
+BOOTSTRAP_DRAWS = 20000  # resamples of the paired differences for the subjects-weighed-equally interval
+BOOTSTRAP_SEED = 0
 
 
 def _cases_by_id(cases, side):
@@ -246,8 +248,9 @@ def compare_cases(before, after, bone_names) -> dict:
     """Paired Dice of two models on the same cases (matched by their ``case`` id): per bone over all
     cases (``all``) and per subject (``subjects``; the id's part before the first ``:``), the mean of
     each model, the mean difference (after - before) and how many cases rose or fell by more than
-    ``BETTER_BY``. A case counts for a bone where its truth has the bone; both models' truths must
-    agree (the same volumes, the same label values)."""
+    ``BETTER_BY``; and per bone with every subject weighed the same (``subjects_weighed_equally``, with a
+    bootstrap interval of the difference). A case counts for a bone where its truth has the bone; both models'
+    truths must agree (the same volumes, the same label values)."""
     before, after = _cases_by_id(before, "first"), _cases_by_id(after, "second")
     unmatched = sorted(set(before) ^ set(after))
     if unmatched:
@@ -269,7 +272,31 @@ def compare_cases(before, after, bone_names) -> dict:
     for subject, ids in sorted(subjects.items()):
         out["subjects"][subject] = {bone: row for bone in bone_names
                                     if (row := _paired_scores(before, after, ids, bone))}
+    out["subjects_weighed_equally"] = {bone: row for bone in bone_names
+                                       if (row := _subject_weighted_scores(before, after, subjects, bone))}
     return out
+
+
+def _subject_weighted_scores(before, after, subjects, bone) -> dict:
+    """Each model's mean of its subjects' means (every person weighs the same, however many cases they have),
+    their difference, and its 95 % interval from a paired bootstrap that resamples the cases within each
+    subject (the people are the pool's; the interval says how far its volumes alone move the difference)."""
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    means, draws = [], []
+    for ids in subjects.values():
+        scored = [i for i in ids if before[i][bone]["truth_voxels"] > 0]
+        if not scored:
+            continue
+        a = np.array([before[i][bone]["dice"] for i in scored])
+        b = np.array([after[i][bone]["dice"] for i in scored])
+        means.append((a.mean(), b.mean()))
+        draws.append((b - a)[rng.integers(0, len(scored), (BOOTSTRAP_DRAWS, len(scored)))].mean(axis=1))
+    if not means:
+        return None
+    before_mean, after_mean = (float(np.mean(side)) for side in zip(*means))
+    low, high = np.percentile(np.mean(draws, axis=0), [2.5, 97.5])
+    return {"subjects": len(means), "before": before_mean, "after": after_mean,
+            "difference": after_mean - before_mean, "interval_95": [float(low), float(high)]}
 
 
 def slice_as_volume(slice_2d: np.ndarray, pixel_mm=REAL2D_PIXEL_MM):
