@@ -19,8 +19,8 @@ from . import INTENDED_USE
 from .errors import BundleError
 from .labels import Label, labels_to_json
 from .geometry import PLANES
-from .specs import (PLANE_REACHES, FrameSpec, NetworkSpec, Normalisation, SpecError, check_bool, check_int, check_keys,
-                    check_number, check_planes)
+from .specs import (PLANE_REACHES, FrameSpec, NetworkSpec, Normalisation, SpecError, check_bool, check_choice, check_int,
+                    check_keys, check_number, check_planes)
 
 FORMAT = "kneeseg-bundle"
 FORMAT_VERSION = 1
@@ -234,9 +234,7 @@ def _fusion(section, n_classes) -> tuple:
     it fuses), in [0, 1], every class weighed by some plane. A section may hold only the reach."""
     if not isinstance(section, dict):
         raise SpecError("fusion", "must be a JSON object")
-    reach = section.get("plane_reach", "off")
-    if reach not in PLANE_REACHES:
-        raise SpecError("fusion.plane_reach", f"must be one of {', '.join(PLANE_REACHES)}, not {reach!r}")
+    reach = check_choice("fusion.plane_reach", section.get("plane_reach", "off"), PLANE_REACHES)
     if "plane_weights" not in section and "plane_reach" in section:
         return None, reach
     if not isinstance(section.get("plane_weights"), dict):

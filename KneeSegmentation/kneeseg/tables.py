@@ -110,9 +110,16 @@ def card_table(card, location) -> str:
 
 
 def _fusion_line(card) -> str:
-    if card.plane_reach == "auto":
-        return _fusion_weights_line(card) + "; each plane votes only within its training reach of the knee centre"
-    return _fusion_weights_line(card)
+    if card.plane_reach != "auto":
+        return _fusion_weights_line(card)
+    from .infer import plane_reach_mm
+
+    mm = plane_reach_mm(card)
+    if mm is None:
+        return _fusion_weights_line(card) + ("; the card asks each plane to vote only within its training reach, "
+                                             "but records no training slices: every plane votes everywhere")
+    return _fusion_weights_line(card) + (f"; each plane votes only within its training reach of the knee centre "
+                                         f"({mm:g} mm)")
 
 
 def _fusion_weights_line(card) -> str:

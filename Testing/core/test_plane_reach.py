@@ -215,7 +215,9 @@ def test_the_card_sets_the_reach_segment_uses_unless_told_otherwise(tiny_bundle,
     assert parse_card(auto.card.to_json()).plane_reach == "auto"
     from kneeseg.tables import card_table
 
-    assert "within its training reach" in card_table(auto.card, auto.folder)  # kneeseg info says so
+    assert "within its training reach of the knee centre (5 mm)" in card_table(auto.card, auto.folder)  # info says
+    real_scans = _with_card_fusion(_card_with_synthesis(tiny_bundle, tmp_path / "real", None), {"plane_reach": "auto"})
+    assert "records no training slices: every plane votes everywhere" in card_table(real_scans.card, real_scans.folder)
     assert "training reach" not in card_table(bundle.card, bundle.folder)
     assert "fusion" not in bundle.card.to_json()  # "off" and no weights: no section written
     n = len(bundle.labels) + 1
