@@ -53,7 +53,8 @@ def print_comparison(comparison, before, after):
     for bone, row in comparison["subjects_weighed_equally"].items():
         low, high = row["interval_95"]
         print(f"subjects weighed equally, {bone}: before {row['before']:.3f}, after {row['after']:.3f}, "
-              f"difference {row['difference']:+.3f} (95 % bootstrap interval {low:+.3f} to {high:+.3f})")
+              f"difference {row['difference']:+.3f} (95 % interval {low:+.3f} to {high:+.3f}: the volumes resampled "
+              "within each person, the people fixed)")
 
 
 def common_bones(before, after) -> list:

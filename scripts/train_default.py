@@ -694,7 +694,7 @@ def _soup(name):
     def run(args):
         from kneeseg.workflows.train import soup_bundles
 
-        paths = [_soup_member(member, args.members, name, args.shipped) for member in members]
+        paths = [_soup_member(member, args.members, name, getattr(args, "shipped", None)) for member in members]
         soup = soup_bundles(paths, args.out, mix=mix, name="knee-bones-default")
         print(json.dumps(soup, indent=2))
         starts = {member["init_from"] for member in soup["members"]}
@@ -721,8 +721,9 @@ def soup_parser(sub, name, help):
     p.add_argument("--out", default=f"build/{name}", help="the soup's bundle (default: %(default)s)")
     p.add_argument("--cache", default=".cache/labelmaps", help="named in the next step's command (default: "
                    "%(default)s)")
-    p.add_argument("--shipped", default=None, help="the bundle a soup names as the shipped model (default: the "
-                   "installed one)")
+    if "shipped" in SOUPS[name][0]:
+        p.add_argument("--shipped", default=None, help="the bundle this soup takes as the shipped model (default: "
+                       "the installed one)")
     return p
 
 
@@ -835,6 +836,14 @@ def finalize(args):
 
         raise InputError("--no-synthetic fits the fusion on the label-map cache: name it with --cache", args.bundle)
     trained = load_bundle(args.bundle)
+    if args.plane_reach == "auto":
+        from kneeseg.errors import InputError
+        from kneeseg.infer import plane_reach_mm
+
+        if plane_reach_mm(trained.card) is None:
+            raise InputError("--plane-reach auto needs a bundle whose card records the synthetic training slices' "
+                             "reach (training.data.synthesis); this one records none, so the reach would never "
+                             "apply", args.bundle)
     staging = Path(args.bundle).with_name(Path(args.bundle).name + ".final")
     refuse_to_replace_non_bundle(staging, "the finalized bundle", "move it away")
     if args.real2d:
@@ -925,6 +934,8 @@ def fine_tune_parser(sub, name, help, work="checkpoints (default: OUT.work); the
 
 
 def main():
+    from kneeseg.specs import PLANE_REACHES
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train")
@@ -950,7 +961,7 @@ def main():
     p.add_argument("--fine-tuned-from", default=str(INSTALLED),
                    help="the bundle it started from (a soup: its members' start), recorded in the card (default: the "
                         "shipped model)")
-    p.add_argument("--plane-reach", choices=("auto", "off"), default="off",
+    p.add_argument("--plane-reach", choices=PLANE_REACHES, default="off",
                    help="the plane reach the card sets for segment (fusion.plane_reach; default %(default)s)")
     p.add_argument("--install", action="store_true", help="replace the shipped default model with the result")
     p.add_argument("--hardware", default="one NVIDIA H100 80GB (Keras 3.15.1 on JAX 0.11.2)")

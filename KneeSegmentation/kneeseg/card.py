@@ -19,8 +19,8 @@ from . import INTENDED_USE
 from .errors import BundleError
 from .labels import Label, labels_to_json
 from .geometry import PLANES
-from .specs import (PLANE_REACHES, FrameSpec, NetworkSpec, Normalisation, SpecError, check_bool, check_choice, check_int,
-                    check_keys, check_number, check_planes)
+from .specs import (PLANE_REACHES, FrameSpec, NetworkSpec, Normalisation, SpecError, check_bool, check_choice,
+                    check_int, check_keys, check_number, check_planes)
 
 FORMAT = "kneeseg-bundle"
 FORMAT_VERSION = 1
@@ -108,8 +108,9 @@ class Card:
         out.update(format=FORMAT, format_version=FORMAT_VERSION, name=self.name, description=self.description,
                    labels=labels_to_json(self.labels), model=model, preprocessing=preprocessing,
                    normalisation=self.frame.normalisation.to_json(), training=self.training, metrics=self.metrics)
-        fusion = {k: v for k, v in self.raw.get("fusion", {}).items() if k not in ("plane_weights", "plane_reach")}
-        if self.fusion_weights:
+        fusion = {}
+        if self.fusion_weights:  # with the notes on how they were fitted (classes, fitted), kept as read
+            fusion = {k: v for k, v in self.raw.get("fusion", {}).items() if k not in ("plane_weights", "plane_reach")}
             fusion["plane_weights"] = {plane: list(w) for plane, w in self.fusion_weights.items()}
         if self.plane_reach != "off":
             fusion["plane_reach"] = self.plane_reach

@@ -118,8 +118,8 @@ def _fusion_line(card) -> str:
     if mm is None:
         return _fusion_weights_line(card) + ("; the card asks each plane to vote only within its training reach, "
                                              "but records no training slices: every plane votes everywhere")
-    return _fusion_weights_line(card) + (f"; each plane votes only within its training reach of the knee centre "
-                                         f"({mm:g} mm)")
+    return _fusion_weights_line(card) + (f"; each plane votes only within its training reach ({mm:g} mm) of the "
+                                         "model's knee centre")
 
 
 def _fusion_weights_line(card) -> str:

@@ -215,7 +215,7 @@ def test_the_card_sets_the_reach_segment_uses_unless_told_otherwise(tiny_bundle,
     assert parse_card(auto.card.to_json()).plane_reach == "auto"
     from kneeseg.tables import card_table
 
-    assert "within its training reach of the knee centre (5 mm)" in card_table(auto.card, auto.folder)  # info says
+    assert "within its training reach (5 mm) of the model's knee centre" in card_table(auto.card, auto.folder)
     real_scans = _with_card_fusion(_card_with_synthesis(tiny_bundle, tmp_path / "real", None), {"plane_reach": "auto"})
     assert "records no training slices: every plane votes everywhere" in card_table(real_scans.card, real_scans.folder)
     assert "training reach" not in card_table(bundle.card, bundle.folder)

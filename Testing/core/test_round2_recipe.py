@@ -198,7 +198,7 @@ def test_the_round16_settings_are_round15_in_one_fine_tune_of_the_shipped_model(
 
 @pytest.mark.parametrize("no_synthetic", [False, True])
 def test_finalize_leaves_the_synthetic_volumes_to_make_eval_only_when_asked(tiny_bundle, tmp_path, monkeypatch,
-                                                                             no_synthetic):
+                                                                             no_synthetic, capsys):
     import shutil
 
     import kneeseg.workflows.evaluate as evaluate
@@ -216,6 +216,14 @@ def test_finalize_leaves_the_synthetic_volumes_to_make_eval_only_when_asked(tiny
     argv = ["train_default.py", "finalize", str(bundle), "--recipe", "round16", "--cache", str(tmp_path / "cache"),
             "--hardware", "test"] + (["--no-synthetic", "--plane-reach", "auto"] if no_synthetic else [])
     monkeypatch.setattr("sys.argv", argv)
+    if no_synthetic:  # the reach asked of a bundle trained on real scans would never apply: refused
+        with pytest.raises(SystemExit):
+            recipe.main()
+        assert "records none, so the reach would never apply" in capsys.readouterr().err
+        assert not (tmp_path / "round16.final").exists()
+        card = json.loads((bundle / "card.json").read_text())
+        card["training"]["data"] = {**card["training"].get("data", {}), "synthesis": {"slab_half_mm": 45.0}}
+        (bundle / "card.json").write_text(json.dumps(card))
     recipe.main()
     metrics = load_bundle(tmp_path / "round16.final").card.metrics
     assert scored == ([] if no_synthetic else ["volumes", "volumes", "fibula"])

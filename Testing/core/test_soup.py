@@ -48,7 +48,8 @@ def test_the_soup_holds_the_weighted_mean_of_every_members_weight_and_computes_w
     image = np.random.default_rng(9).normal(size=(2, 32, 32, 1)).astype(np.float32)
     np.testing.assert_allclose(model.predict(image, verbose=0), reference.predict(image, verbose=0), atol=1e-5)
     assert soup.card.name == "soup-test"
-    assert soup.card.fusion_weights is None and soup.card.plane_reach == "off" and soup.card.metrics == {}  # the members' own: measured again
+    # the members' own: measured again
+    assert soup.card.fusion_weights is None and soup.card.plane_reach == "off" and soup.card.metrics == {}
     # what one member's run and making recorded is not the soup's; the shared settings are
     assert not {"best_epoch", "epochs_run", "recipe", "hardware"} & set(soup.card.training)
     assert soup.card.training["config"] == {"epochs": 6} and "weighted mean" in soup.card.description
@@ -216,3 +217,7 @@ def test_round40_takes_the_shipped_model_or_the_bundle_named_for_it_and_refuses_
     with pytest.raises(SystemExit, match="2"):
         recipe.main()
     assert "the shipped model's bundle, which is not there" in capsys.readouterr().err
+    monkeypatch.setattr("sys.argv", ["train_default.py", "round39", "--members", str(members), "--shipped", "x"])
+    with pytest.raises(SystemExit, match="2"):  # a soup without the shipped model takes no --shipped
+        recipe.main()
+    assert "unrecognized arguments: --shipped" in capsys.readouterr().err

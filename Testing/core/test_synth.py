@@ -948,7 +948,7 @@ def test_the_model_comparison_script_scores_both_bundles_on_the_same_volumes(pha
     model = _PerfectModel(monkeypatch)
     bundles = {name: SimpleNamespace(labels=SEPARATE_BONES, card=SimpleNamespace(
         test_subjects=["P-knee"], validation_subjects=["P-other"], network=SimpleNamespace(output="separate"),
-        plane_reach="off"))
+        plane_reach="auto" if name == "after" else "off"))
         for name in ("before", "after")}
     monkeypatch.setattr(kneeseg.bundle, "load_bundle", lambda path: bundles[Path(path).name])
 
@@ -970,9 +970,13 @@ def test_the_model_comparison_script_scores_both_bundles_on_the_same_volumes(pha
     assert (fibula["before"], fibula["after"]) == (0.0, 1.0)
     assert (fibula["after_better"], fibula["after_worse"]) == (fibula["n"], 0)
     printed = capsys.readouterr().out
-    assert ("subjects weighed equally, Fibula: before 0.000, after 1.000, difference +1.000 (95 % bootstrap interval "
-            "+1.000 to +1.000)") in printed
-    assert result["plane_reach"] == {"before": "off", "after": "off"}  # as the cards say
+    assert ("subjects weighed equally, Fibula: before 0.000, after 1.000, difference +1.000 (95 % interval "
+            "+1.000 to +1.000: the volumes resampled within each person, the people fixed)") in printed
+    assert result["plane_reach"] == {"before": "off", "after": "auto"}  # as the cards say
+    script.main([str(tmp_path / "before"), str(tmp_path / "after"), "--cache", str(cache), "--seeds", "1",
+                 "--out", str(out), "--after-plane-reach", "off", "--before-plane-reach", "auto"])
+    assert json.loads(out.read_text())["plane_reach"] == {"before": "auto", "after": "off"}  # the flags win
+    capsys.readouterr()
     assert printed.count("synthetic fibula case 6/6") == 2  # progress of a long run, per model
 
     bundles["before"].labels = MERGED_BONES
