@@ -41,9 +41,10 @@ class SegmentOptions:
     quality: bool = True  # the quality score and flag (kneeseg.quality): measured on the way, little cost
     single_slice: bool = False  # accept a one-slice image (the evaluation of real 2D slices)
     fusion: str = "weighted"  # "weighted": the bundle's per-class plane weights if it has any; "mean": plain mean
-    plane_reach: str | None = None  # "auto": a plane votes only where its slices lie as near the knee centre as its
-    #                          training slices did (plane_reach_mm); "off": every plane everywhere; None: the
-    #                          bundle's card.plane_reach (off unless its card's fusion section says auto)
+    # "auto": a plane votes only where its slices lie as near the knee centre as its training slices did
+    # (plane_reach_mm); "off": every plane everywhere; None: the bundle's card.plane_reach (off unless its card's
+    # fusion section says auto)
+    plane_reach: str | None = None
 
 
 @dataclass
