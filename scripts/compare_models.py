@@ -83,7 +83,7 @@ def json_safe(value):
 def compare(args):
     from kneeseg.bundle import load_bundle
     from kneeseg.errors import InputError
-    from kneeseg.infer import SegmentOptions
+    from kneeseg.infer import SegmentOptions, plane_reach_setting
     from kneeseg.synth import EVALUATION_CONFIG_RIM_OUTSIDE
     from kneeseg.workflows.evaluate import compare_cases, evaluate_synthetic_fibula, named_fibula_entries
 
@@ -109,10 +109,11 @@ def compare(args):
         seen = trained_on(bundle.card, subjects)
         if seen and not args.include_trained:
             raise InputError(f"{path} was trained on {', '.join(seen)}: leave them out or pass --include-trained")
-    reports = {}
+    reports, reaches = {}, {}
     for name, bundle in (("before", before), ("after", after)):
         print(f"scoring {name} ({len(subjects)} subject(s), {args.seeds} seed(s) per plane) ...", flush=True)
         options = SegmentOptions(plane_reach=getattr(args, f"{name}_plane_reach"))
+        reaches[name] = plane_reach_setting(bundle.card, options)
         reports[name] = evaluate_synthetic_fibula(bundle, args.cache, config=EVALUATION_CONFIG_RIM_OUTSIDE,
                                                   options=options,
                                                   seeds=tuple(range(args.seeds)), subjects=subjects,
@@ -128,9 +129,7 @@ def compare(args):
                                                 for b in bones}} for c in report["cases"]]
                  for name, report in reports.items()}
         write_json(args.out, json_safe({"before": str(args.before), "after": str(args.after), "subjects": subjects,
-                                        "plane_reach": {name: getattr(args, f"{name}_plane_reach") or
-                                                        bundle.card.plane_reach
-                                                        for name, bundle in (("before", before), ("after", after))},
+                                        "plane_reach": reaches,
                                         "seeds": args.seeds, "comparison": comparison, "cases": cases}), indent=1)
         print(f"wrote {args.out}")
 

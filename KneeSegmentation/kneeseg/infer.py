@@ -324,7 +324,7 @@ def segment(image, bundle, options: SegmentOptions = None, progress=None, cancel
     labels = bundle.labels
     planes = tuple(options.planes or card.frame.planes)
     weights = fusion_weights(card, planes, options.fusion)
-    fusion_reach(card, options, None, False)  # an unknown --plane-reach is named before the network runs
+    plane_reach_setting(card, options)  # an unknown --plane-reach is named before the network runs
     timings = {}
     t0 = time.perf_counter()
     predictor = predictor or make_predictor(bundle, options.backend)
@@ -420,15 +420,21 @@ def plane_reach_mm(card):
     return slab + shift if math.isfinite(slab + shift) and min(slab, shift) >= 0 else None
 
 
-def fusion_reach(card, options: SegmentOptions, centre, known):
-    """``fuse_frames``' ``reach`` for a segmentation: ``(centre, mm)`` when the plane reach (``options.plane_reach``,
-    else the card's) is "auto", the centre is the model's (a guessed centre could put the knee out of every
-    plane's reach) and the bundle records how far its training slices lay; else None (every plane votes
-    everywhere)."""
+def plane_reach_setting(card, options: SegmentOptions) -> str:
+    """The plane reach a segmentation asks for: ``options.plane_reach``, else the card's; an unknown one is
+    refused by name."""
     setting = card.plane_reach if options.plane_reach is None else options.plane_reach
     if setting not in PLANE_REACHES:
         raise InputError(f"unknown plane reach {setting!r}; choose {', '.join(PLANE_REACHES)}")
-    mm = plane_reach_mm(card) if setting == "auto" and known else None
+    return setting
+
+
+def fusion_reach(card, options: SegmentOptions, centre, known):
+    """``fuse_frames``' ``reach`` for a segmentation: ``(centre, mm)`` when the plane reach
+    (:func:`plane_reach_setting`) is "auto", the centre is the model's (a guessed centre could put the knee out
+    of every plane's reach) and the bundle records how far its training slices lay; else None (every plane votes
+    everywhere)."""
+    mm = plane_reach_mm(card) if plane_reach_setting(card, options) == "auto" and known else None
     return None if mm is None else (tuple(float(c) for c in centre), mm)
 
 

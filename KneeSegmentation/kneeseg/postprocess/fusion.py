@@ -241,11 +241,12 @@ def _fuse_within_reach(samples, votes, weights):
     takes the plain mean of the voting planes (a fitted weight of 0 means "the others decide", not "never")."""
     n_planes, n_bones = len(samples), len(samples[0])
     backgrounds = [1.0 - sum(sample) for sample in samples]
+    voters = sum(votes)
     channels = []
     for c in range(n_bones + 1):
         values = [backgrounds[p] if c == 0 else samples[p][c - 1] for p in range(n_planes)]
         unweighed = weights is None or not np.all(weights[:, c] > 0)  # only then can no voter weigh the class
-        plain = sum(votes[p] * values[p] for p in range(n_planes)) / sum(votes) if unweighed else None
+        plain = sum(votes[p] * values[p] for p in range(n_planes)) / voters if unweighed else None
         if weights is None:
             channels.append(np.asarray(plain, np.float32))
             continue
