@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Two models on the same synthetic fibula volumes, paired: is one better, or did the sample decide?
 
-    python scripts/compare_models.py BEFORE AFTER [--subjects S ...] [--seeds 4] [--out build/compare.json]
+    python scripts/compare_models.py BEFORE AFTER [--subjects S ...] [--seeds 4] [--first-seed 0]
+        [--out build/compare.json]
         [--before-plane-reach off|auto] [--after-plane-reach off|auto]   (default: as each card says)
 
 ``make eval`` scores the fibula on the held-out maps that have one, with two seeds per plane: on
 2026-12-04 that was two knees of one person, and the first two seeds were the hardest draws (round 6's
 fibula on that person 0.22 with them, 0.68 with seeds 2-3). This script scores both bundles on the
 same volumes (rim outside the label, each bundle's own fusion and the CLI defaults, planes sagittal,
-coronal and axial, seeds 0..N-1 as ``make eval`` numbers them) and prints per bone and per subject
+coronal and axial, seeds 0..N-1 as ``make eval`` numbers them; ``--first-seed K`` draws seeds K..K+N-1 instead,
+volumes no earlier comparison has seen) and prints per bone and per subject
 each model's mean Dice, the paired difference and how many volumes rose or fell by more than 0.01. A
 person counts once in the "subjects weighed equally" line however many knees and seeds they have.
 
@@ -89,6 +91,8 @@ def compare(args):
 
     if args.seeds < 1:
         raise InputError(f"--seeds must be at least 1, not {args.seeds}")
+    if args.first_seed < 0:
+        raise InputError(f"--first-seed must be 0 or more, not {args.first_seed}")
     if not Path(args.cache).is_dir():
         raise InputError("the label-map cache does not exist (make synth-cache)", args.cache)
     if args.out:  # before half an hour of scoring, not after it; never into the bundles or the cache
@@ -110,13 +114,14 @@ def compare(args):
         if seen and not args.include_trained:
             raise InputError(f"{path} was trained on {', '.join(seen)}: leave them out or pass --include-trained")
     reports, reaches = {}, {}
+    seeds = tuple(range(args.first_seed, args.first_seed + args.seeds))
     for name, bundle in (("before", before), ("after", after)):
-        print(f"scoring {name} ({len(subjects)} subject(s), {args.seeds} seed(s) per plane) ...", flush=True)
+        print(f"scoring {name} ({len(subjects)} subject(s), seeds {seeds[0]}..{seeds[-1]} per plane) ...", flush=True)
         options = SegmentOptions(plane_reach=getattr(args, f"{name}_plane_reach"))
         reaches[name] = plane_reach_setting(bundle.card, options)
         reports[name] = evaluate_synthetic_fibula(bundle, args.cache, config=EVALUATION_CONFIG_RIM_OUTSIDE,
                                                   options=options,
-                                                  seeds=tuple(range(args.seeds)), subjects=subjects,
+                                                  seeds=seeds, subjects=subjects,
                                                   progress=lambda stage, fraction, message: print(f"  {message}",
                                                                                                   flush=True))
     comparison = compare_cases(reports["before"]["cases"], reports["after"]["cases"], bones)
@@ -130,7 +135,7 @@ def compare(args):
                  for name, report in reports.items()}
         write_json(args.out, json_safe({"before": str(args.before), "after": str(args.after), "subjects": subjects,
                                         "plane_reach": reaches,
-                                        "seeds": args.seeds, "comparison": comparison, "cases": cases}), indent=1)
+                                        "seeds": list(seeds), "comparison": comparison, "cases": cases}), indent=1)
         print(f"wrote {args.out}")
 
 
@@ -144,6 +149,8 @@ def main(argv=None):
     parser.add_argument("--subjects", nargs="+", help="subjects whose fibula maps to score (default: AFTER's "
                         "held-out ones)")
     parser.add_argument("--seeds", type=int, default=4, help="volumes per plane and map (default %(default)s)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="number of the first seed: seeds FIRST..FIRST+SEEDS-1 (default %(default)s)")
     parser.add_argument("--include-trained", action="store_true",
                         help="allow subjects a bundle trained on")
     parser.add_argument("--out", help="write the per-volume scores and the comparison as JSON")

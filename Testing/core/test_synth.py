@@ -976,6 +976,12 @@ def test_the_model_comparison_script_scores_both_bundles_on_the_same_volumes(pha
     script.main([str(tmp_path / "before"), str(tmp_path / "after"), "--cache", str(cache), "--seeds", "1",
                  "--out", str(out), "--after-plane-reach", "off", "--before-plane-reach", "auto"])
     assert json.loads(out.read_text())["plane_reach"] == {"before": "auto", "after": "off"}  # the flags win
+    script.main([str(tmp_path / "before"), str(tmp_path / "after"), "--cache", str(cache), "--seeds", "2",
+                 "--first-seed", "4", "--out", str(out)])
+    fresh = json.loads(out.read_text())
+    assert fresh["seeds"] == [4, 5]
+    assert sorted({c["case"].rsplit("#", 1)[1] for c in fresh["cases"]["after"]}) == ["4", "5"]
+    assert {kwargs["seed"] for _, kwargs in model.calls[-12:]} == {2004, 2005}  # both models, only the fresh seeds
     capsys.readouterr()
     assert printed.count("synthetic fibula case 6/6") == 2  # progress of a long run, per model
 
@@ -997,7 +1003,8 @@ def test_the_model_comparison_script_scores_both_bundles_on_the_same_volumes(pha
         script.main([str(tmp_path / "before"), str(tmp_path / "after"), "--cache", str(cache)])
     assert refused.value.code == 2 and "before was trained on P-knee" in capsys.readouterr().err
     (tmp_path / "a-file").write_text("")
-    for bad, message in ((["--seeds", "0"], "at least 1"), (["--cache", str(tmp_path / "none")], "does not exist"),
+    for bad, message in ((["--seeds", "0"], "at least 1"), (["--first-seed", "-1"], "0 or more, not -1"),
+                         (["--cache", str(tmp_path / "none")], "does not exist"),
                          (["--cache", str(cache), "--subjects", "P-nobody"], "has no map with a fibula for P-nobody"),
                          (["--cache", str(cache), "--out", str(tmp_path / "a-file" / "c.json")],
                           "--out: cannot write here"),
