@@ -844,6 +844,12 @@ def finalize(args):
             raise InputError("--plane-reach auto needs a bundle whose card records the synthetic training slices' "
                              "reach (training.data.synthesis); this one records none, so the reach would never "
                              "apply", args.bundle)
+    if (not args.stage1 and Path(args.fine_tuned_from).resolve() == INSTALLED.resolve()
+            and _made_by(INSTALLED, args.recipe)):  # the card would name the model as its own start
+        from kneeseg.errors import InputError
+
+        raise InputError(f"the shipped model is already the output of {args.recipe}: name the bundle {args.recipe} "
+                         "started from with --fine-tuned-from (docs/training.md)", INSTALLED)
     staging = Path(args.bundle).with_name(Path(args.bundle).name + ".final")
     refuse_to_replace_non_bundle(staging, "the finalized bundle", "move it away")
     if args.real2d:

@@ -212,6 +212,13 @@ def test_round40_takes_the_shipped_model_or_the_bundle_named_for_it_and_refuses_
         recipe.main()
     assert "already the output of round40: name the bundle it was made from with --shipped" in capsys.readouterr().err
     assert not (tmp_path / "again").exists()
+    monkeypatch.setattr("sys.argv", ["train_default.py", "finalize", str(tmp_path / "soup-True"), "--recipe",
+                                     "round40", "--hardware", "two cores"])  # started from: the installed round 40
+    with pytest.raises(SystemExit, match="2"):
+        recipe.main()
+    assert ("already the output of round40: name the bundle round40 started from with --fine-tuned-from"
+            in capsys.readouterr().err)
+    assert not (tmp_path / "soup-True.final").exists()
     monkeypatch.setattr("sys.argv", ["train_default.py", "round40", "--members", str(members), "--out",
                                      str(tmp_path / "again"), "--shipped", str(tmp_path / "nowhere")])
     with pytest.raises(SystemExit, match="2"):
