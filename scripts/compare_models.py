@@ -10,7 +10,7 @@
 fibula on that person 0.22 with them, 0.68 with seeds 2-3). This script scores both bundles on the
 same volumes (rim outside the label, each bundle's own fusion and the CLI defaults, planes sagittal,
 coronal and axial, seeds 0..N-1 as ``make eval`` numbers them; ``--first-seed K`` draws seeds K..K+N-1 instead,
-volumes no earlier comparison has seen) and prints per bone and per subject
+e.g. volumes no earlier comparison has seen) and prints per bone and per subject
 each model's mean Dice, the paired difference and how many volumes rose or fell by more than 0.01. A
 person counts once in the "subjects weighed equally" line however many knees and seeds they have.
 
