@@ -200,12 +200,15 @@ def write_report(path, results, bundle_path):
                         "/".join(str(v) for v in r["pieces"].values()),
                         f"[png]({r['overlay']})" if r.get("overlay") else "-"] for r in real]),
                 "\nTri-planar fusion is the default because it is visibly better on the DESS volume: with the "
-                "sagittal plane alone, thigh muscle above the femur and around the patella is labelled femur on "
-                "many slices. Fusing the coronal and axial predictions with the plane weights the bundle "
-                "carries (`kneeseg info`) removes it from the sheet's slices; with the plain mean "
-                "(`--fusion mean`) a grid of that muscle stays labelled femur (round 5 below). The three planes "
-                "cost about 3x the network time of one ([benchmarks.md](benchmarks.md)). The coronal-only and "
-                "axial-only rows (no sheet) show which plane an error of the fused result comes from.\n"]
+                "sagittal plane alone, thigh muscle above the femur is labelled femur on some slices and fat in "
+                "front of the knee patella. Fusing the coronal and axial predictions with the plane weights and "
+                "the plane reach the bundle's card sets (`kneeseg info`) removes them from the sheet's slices. "
+                "Each of the two is needed: without the reach (`--plane-reach off`) the round-40 model's "
+                "coronal and axial planes carry the vastus into the femur (159 ml; probe 52 below), and with "
+                "the plain mean (`--fusion mean`) round 6 left a grid of that muscle labelled femur (round 5 "
+                "below). The three planes cost about 3x the network time of one ([benchmarks.md](benchmarks.md)). "
+                "The coronal-only and axial-only rows (no sheet) show which plane an error of the fused result "
+                "comes from.\n"]
     if centres:
         out += ["## Knee centre without labels\n",
                 "Distance from each method's centre to the femur-tibia junction of the labels, on the real "

@@ -654,8 +654,9 @@ round53 = _plain_fine_tune("round53")
 # (round 24's recipe with seeds 24/34/35, round 33's with 34/35); round 39 of round 24's recipe's three seeds only;
 # round 40 halfway between the shipped model and round 38 (WiSE-FT: a model and its fine-tune interpolated); round
 # 44 of round 33's settings' three seeds, so that the two arms of rounds 33-37 compare as soups (39 against 44). Each
-# member is the bundle its round's command made: MEMBERS/roundN (default build/roundN). Measured 2026-12-05, not
-# shipped (docs/evaluation.md, "Rounds 38-44").
+# member is the bundle its round's command made: MEMBERS/roundN (default build/roundN). Measured 2026-12-05
+# (docs/evaluation.md, "Rounds 38-44"); round 40, finalized with the plane reach, is shipped since 2026-12-05
+# (rounds 55-56): rerun it with --shipped naming round 6 (docs/training.md, "Round 40").
 SOUPS = {
     "round38": (("round24", "round34", "round35", "round36", "round37"), None),
     "round39": (("round24", "round34", "round35"), None),

@@ -219,6 +219,13 @@ def test_round40_takes_the_shipped_model_or_the_bundle_named_for_it_and_refuses_
     assert ("already the output of round40: name the bundle round40 started from with --fine-tuned-from"
             in capsys.readouterr().err)
     assert not (tmp_path / "soup-True.final").exists()
+    monkeypatch.setattr("sys.argv", ["train_default.py", "finalize", str(tmp_path / "soup-True"), "--recipe",
+                                     "round40", "--fine-tuned-from", str(tmp_path / "round6"),
+                                     "--hardware", "two cores"])
+    recipe.main()  # named: the card records round 6 as the start, the installed model stays as it was
+    start = load_bundle(tmp_path / "soup-True.final").card.training["fine_tuned_from"]
+    assert start["training"] == load_bundle(tmp_path / "round6").card.training
+    assert json.loads((tmp_path / "installed" / "card.json").read_text()) == card
     monkeypatch.setattr("sys.argv", ["train_default.py", "round40", "--members", str(members), "--out",
                                      str(tmp_path / "again"), "--shipped", str(tmp_path / "nowhere")])
     with pytest.raises(SystemExit, match="2"):
