@@ -829,16 +829,14 @@ def finalize(args):
     import tempfile
 
     from kneeseg.bundle import load_bundle, refuse_to_replace_non_bundle, save_bundle
+    from kneeseg.errors import InputError
     from kneeseg.onnx_backend import export_onnx
     from kneeseg.workflows.evaluate import card_summary, evaluate_real2d, evaluate_synthetic, read_real2d
 
     if args.no_synthetic and not args.cache:
-        from kneeseg.errors import InputError
-
         raise InputError("--no-synthetic fits the fusion on the label-map cache: name it with --cache", args.bundle)
     trained = load_bundle(args.bundle)
     if args.plane_reach == "auto":
-        from kneeseg.errors import InputError
         from kneeseg.infer import plane_reach_mm
 
         if plane_reach_mm(trained.card) is None:
@@ -847,8 +845,6 @@ def finalize(args):
                              "apply", args.bundle)
     if (not args.stage1 and Path(args.fine_tuned_from).resolve() == INSTALLED.resolve()
             and _made_by(INSTALLED, args.recipe)):  # the card would name the model as its own start
-        from kneeseg.errors import InputError
-
         raise InputError(f"the shipped model is already the output of {args.recipe}: name the bundle {args.recipe} "
                          "started from with --fine-tuned-from (docs/training.md)", INSTALLED)
     staging = Path(args.bundle).with_name(Path(args.bundle).name + ".final")
@@ -886,7 +882,6 @@ def finalize(args):
         onnx_path = export_onnx(model, Path(onnx_folder) / "model.onnx")
         save_bundle(staging, model, card, onnx_path=onnx_path, extra_files=extras)
     if args.cache and len(card.frame.planes) > 1:  # the fusion's plane weights, on the validation subjects
-        from kneeseg.errors import InputError
         from kneeseg.workflows.fusion import fit_fusion
 
         try:

@@ -114,7 +114,7 @@ class Card:
             fusion["plane_weights"] = {plane: list(w) for plane, w in self.fusion_weights.items()}
         if self.plane_reach != "off":
             fusion["plane_reach"] = self.plane_reach
-        if "plane_weights" in fusion or "plane_reach" in fusion:
+        if fusion:
             out["fusion"] = fusion
         else:
             out.pop("fusion", None)

@@ -234,13 +234,21 @@ def _cases_by_id(cases, side):
     return by_id
 
 
-def _paired_scores(before, after, ids, bone) -> dict:
+def _paired_dice(before, after, ids, bone):
+    """The two models' Dice of ``bone`` on the cases of ``ids`` whose truth has it, as two arrays (None: no case
+    has it)."""
     scored = [i for i in ids if before[i][bone]["truth_voxels"] > 0]
     if not scored:
         return None
-    a = np.array([before[i][bone]["dice"] for i in scored])
-    b = np.array([after[i][bone]["dice"] for i in scored])
-    return {"n": len(scored), "before": float(a.mean()), "after": float(b.mean()), "difference": float((b - a).mean()),
+    return (np.array([before[i][bone]["dice"] for i in scored]), np.array([after[i][bone]["dice"] for i in scored]))
+
+
+def _paired_scores(before, after, ids, bone) -> dict:
+    paired = _paired_dice(before, after, ids, bone)
+    if paired is None:
+        return None
+    a, b = paired
+    return {"n": len(a), "before": float(a.mean()), "after": float(b.mean()), "difference": float((b - a).mean()),
             "after_better": int((b - a > BETTER_BY).sum()), "after_worse": int((a - b > BETTER_BY).sum())}
 
 
@@ -284,13 +292,12 @@ def _subject_weighted_scores(before, after, subjects, bone) -> dict:
     rng = np.random.default_rng(BOOTSTRAP_SEED)
     means, draws = [], []
     for ids in subjects.values():
-        scored = [i for i in ids if before[i][bone]["truth_voxels"] > 0]
-        if not scored:
+        paired = _paired_dice(before, after, ids, bone)
+        if paired is None:
             continue
-        a = np.array([before[i][bone]["dice"] for i in scored])
-        b = np.array([after[i][bone]["dice"] for i in scored])
+        a, b = paired
         means.append((a.mean(), b.mean()))
-        draws.append((b - a)[rng.integers(0, len(scored), (BOOTSTRAP_DRAWS, len(scored)))].mean(axis=1))
+        draws.append((b - a)[rng.integers(0, len(a), (BOOTSTRAP_DRAWS, len(a)))].mean(axis=1))
     if not means:
         return None
     before_mean, after_mean = (float(np.mean(side)) for side in zip(*means))
