@@ -219,7 +219,7 @@ def write_report(path, results, bundle_path):
                 "\nThe model's first pass is the default (closest to the junction in the median); when it finds no "
                 "femur and tibia, the centre of the field of view is used (the better of the two label-free "
                 "fallbacks here: the body centroid is pulled towards the thigh).\n"]
-    out += quality_section(results)
+    out += quality_section(results, model_threshold(bundle_path, results))
     Path(path).write_text("\n".join(out) + hand_written_part(path))
 
 
@@ -229,16 +229,31 @@ QUALITY_ROWS = (("real2d", "real dev slices (one plane: sure voxels, one piece)"
                 ("synthetic_fibula", "held-out fibula volumes"))
 
 
-def quality_section(results) -> list:
-    """The "Quality score" section: how well each case's score ranks its true mean Dice."""
-    from kneeseg.quality import FLAG_BELOW, THRESHOLD_RULE
+def model_threshold(bundle_path, results) -> tuple:
+    """(flag threshold, where it comes from) of the bundle at ``bundle_path``, as segment uses it (its card
+    may have moved since the run: the report counts by it); the run's own where the bundle is not here."""
+    from kneeseg.bundle import load_bundle
+    from kneeseg.errors import BundleError
+    from kneeseg.quality import FLAG_BELOW, flag_threshold
 
+    try:
+        return flag_threshold(load_bundle(bundle_path).card)
+    except BundleError:
+        return tuple(results.get("flag_threshold") or (FLAG_BELOW, "default"))
+
+
+def quality_section(results, threshold) -> list:
+    """The "Quality score" section: how well each case's score ranks its true mean Dice, flagged below
+    ``threshold`` ((value, "card" or "default"): the model's, :func:`model_threshold`)."""
+    from kneeseg.quality import THRESHOLD_RULE
+
+    flag_below, source = threshold
     rows = []
     for key, name in QUALITY_ROWS:
         summary = (results.get(key) or {}).get("quality")
         if not summary or "spearman" not in summary:
             continue
-        q = flags_at(summary, FLAG_BELOW)
+        q = flags_at(summary, flag_below)
         rows.append([name, summary["n"], "-" if summary["spearman"] is None else f"{summary['spearman']:.2f}",
                      "-" if q is None else q["n_flagged"],
                      "-" if q is None else f"{q['n_flagged_in_worst_quartile']} of {q['n_worst_quartile']} (Dice <= "
@@ -247,17 +262,20 @@ def quality_section(results) -> list:
                      "-" if q is None or q["mean_dice_unflagged"] is None else f"{q['mean_dice_unflagged']:.2f}"])
     if not rows:
         return []
-    return ["## Quality score\n",
-            "Every segmentation carries a quality score in [0, 1] and a flag (`kneeseg/quality.py`): per bone the "
-            "weakest of its components (the planes' own labels agree; with one plane instead, the share of the "
-            "bone's voxels the network is sure of; the share in its largest piece before the clean-up; the volume "
-            "against the range of the cached label maps, whole scans only), averaged over the bones. Does it rank the cases as their true quality does? "
-            "Spearman's rank correlation between the score and the case's mean Dice (over the bones in the truth "
-            "or the prediction; a false or missed bone counts 0), and the flagged cases (score below "
-            f"{FLAG_BELOW}) against the worst quartile of mean Dice:\n",
-            table(["data", "cases", "Spearman", "flagged", "flagged in the worst quartile", "mean Dice flagged",
-                   "mean Dice not flagged"], rows),
-            f"\nThreshold {FLAG_BELOW}: {THRESHOLD_RULE}.\n"] + threshold_sweep(results, FLAG_BELOW)
+    return (["## Quality score\n",
+             "Every segmentation carries a quality score in [0, 1] and a flag (`kneeseg/quality.py`): per bone the "
+             "weakest of its components (the planes' own labels agree; with one plane instead, the share of the "
+             "bone's voxels the network is sure of; the share in its largest piece before the clean-up; the volume "
+             "against the range of the cached label maps, whole scans only), averaged over the bones. Does it rank the cases as their true quality does? "
+             "Spearman's rank correlation between the score and the case's mean Dice (over the bones in the truth "
+             "or the prediction; a false or missed bone counts 0), and the flagged cases (score below "
+             f"{flag_below}) against the worst quartile of mean Dice:\n",
+             table(["data", "cases", "Spearman", "flagged", "flagged in the worst quartile", "mean Dice flagged",
+                    "mean Dice not flagged"], rows),
+             f"\nThreshold {flag_below} ("
+             + ("the model card's `quality.flag_below`" if source == "card" else
+                "kneeseg's default: the model card sets none") + f"): {THRESHOLD_RULE}.\n"]
+             + threshold_sweep(results, flag_below))
 
 
 def flags_at(quality, threshold):
@@ -303,6 +321,25 @@ def threshold_sweep(results, shipped) -> list:
 HAND_WRITTEN = "<!-- Below: written by hand, kept by make eval -->"
 
 
+def adopt_threshold(model, results):
+    """Write the flag threshold :data:`kneeseg.quality.THRESHOLD_RULE` picks on ``results`` into the card of
+    the bundle at ``model`` (``quality.flag_below``, with how it was chosen); exits naming why it cannot."""
+    from kneeseg.bundle import load_bundle, update_card
+    from kneeseg.workflows.evaluate import threshold_by_rule
+
+    real, synthetic = ((results.get(key) or {}).get("quality") or {} for key in ("real2d", "synthetic"))
+    picked = threshold_by_rule(real, synthetic)
+    if picked is None:
+        sys.exit("eval: the threshold rule picks no threshold on this run (or it has no sweep of the real slices "
+                 "and the synthetic volumes): the card is left as it is")
+    load_bundle(model)  # a bundle, its weights verified, before its card is touched
+    chosen_by = (f"kneeseg.quality.THRESHOLD_RULE on make eval's run of {results['date']} ({real['n']} real "
+                 f"development slices, {synthetic['n']} held-out synthetic volumes): the highest threshold, in steps "
+                 "of 0.05, at which on both at least half of the flagged cases lie in the worst quartile of mean Dice")
+    update_card(model, quality={"flag_below": picked, "chosen_by": chosen_by})
+    print(f"set {model}'s quality flag threshold to {picked:.2f}")
+
+
 def hand_written_part(path) -> str:
     """The hand-written end of the report (diagnoses, experiments), from its marker on: kept as it is."""
     old = Path(path).read_text() if Path(path).exists() else ""
@@ -320,11 +357,14 @@ def main():
     parser.add_argument("--report-only", action="store_true",
                         help="write the report again from the numbers of the last run (docs/evaluation.json), "
                              "measuring nothing: e.g. after the quality threshold moved")
+    parser.add_argument("--adopt-threshold", action="store_true",
+                        help="set the model card's quality flag threshold to the one the rule picks on the last "
+                             "run (docs/evaluation.json), then write the report again, measuring nothing")
     args = parser.parse_args()
     from kneeseg.bundle import default_bundle_path, load_bundle
     from kneeseg.workflows.evaluate import evaluate_real2d, evaluate_synthetic
 
-    if args.report_only:
+    if args.report_only or args.adopt_threshold:
         measured = Path(args.out).parent / "evaluation.json"
         if not measured.exists():
             sys.exit(f"eval: {measured} is absent: run make eval first")
@@ -334,6 +374,8 @@ def main():
             sys.exit(f"eval: {measured} lacks {', '.join(missing)}: it is not a make eval run; run make eval")
         # --model from the working folder; the run's own model relative to the repository, where it lay in it
         model = Path(args.model).resolve() if args.model else REPO / (results.get("model") or default_bundle_path())
+        if args.adopt_threshold:
+            adopt_threshold(model, results)
         write_report(args.out, results, model)
         print(f"wrote {args.out} from {measured}")
         return
@@ -343,7 +385,10 @@ def main():
     bundle_path = Path(args.model) if args.model else default_bundle_path()
     bundle = load_bundle(bundle_path)
     docs = Path(args.out).parent
-    results = {"date": datetime.date.today().isoformat(), "machine": machine(), "model": shown_path(bundle_path)}
+    from kneeseg.quality import flag_threshold
+
+    results = {"date": datetime.date.today().isoformat(), "machine": machine(), "model": shown_path(bundle_path),
+               "flag_threshold": list(flag_threshold(bundle.card))}
     npz = data / "real_2d" / "sagittal_slices_dev.npz"
     results["real2d"] = {k: v for k, v in evaluate_real2d(bundle, npz).items() if k != "cases"}
     results["centres"] = centre_errors(bundle, npz)

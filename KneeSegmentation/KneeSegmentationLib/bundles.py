@@ -107,6 +107,12 @@ def describeCard(card: dict, path=None) -> str:
     metrics = card.get("metrics")
     if metrics:
         lines.append(f"Measured metrics: {esc(_fmt(metrics))}")
+    quality = card.get("quality")
+    flag_below = quality.get("flag_below") if isinstance(quality, dict) else None
+    if isinstance(flag_below, (int, float)) and not isinstance(flag_below, bool):
+        lines.append(f"Quality flag: a result scoring below {flag_below:.2f} is flagged (chosen for this model)")
+    else:
+        lines.append("Quality flag: this card sets no threshold; results are flagged by the shipped model's")
     if card.get("created"):
         lines.append(f"Created: {esc(_fmt(card['created']))}")
     if path:

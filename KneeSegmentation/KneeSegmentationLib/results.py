@@ -49,5 +49,7 @@ def qualityWarning(quality) -> str:
             text += f", below {threshold:.2f}"
     else:
         text += " is low"
+    if quality.get("threshold_from") == "default":
+        text += " (a threshold chosen for the shipped model: this model's card sets none)"
     reasons = [str(r) for r in quality.get("reasons") or []]
     return text + (". " + "; ".join(reasons) + "." if reasons else ".")

@@ -2,7 +2,8 @@
 
 ``card.json`` is read once into a :class:`Card`: the labels, the :class:`~kneeseg.specs.NetworkSpec`,
 the :class:`~kneeseg.specs.FrameSpec`, the N4 setting, the weight files and, when fitted, the planes'
-per-class fusion weights and the plane reach segment uses by default (``fusion``). Every field is checked
+per-class fusion weights and the plane reach segment uses by default (``fusion``), and the quality score
+below which a result of this model is flagged when it was chosen for it (``quality.flag_below``). Every field is checked
 for its type and range when the card is read (:func:`parse_card`), so a broken or hostile card is
 refused with one line naming the field, before any of it is used. Provenance (``training``) and
 measurements (``metrics``) are kept as they are, for people to read.
@@ -54,6 +55,9 @@ class Card:
     metrics: dict = field(default_factory=dict)  # measured results
     fusion_weights: dict = None  # plane -> one weight per class (background first); None: plain mean
     plane_reach: str = "off"  # segment's plane reach when the user names none ("auto" or "off"; fusion.plane_reach)
+    # the quality score below which a result is flagged, chosen for this model (quality.flag_below); None: the
+    # card sets none and kneeseg.quality.FLAG_BELOW (chosen for the shipped model) is used
+    quality_flag_below: float | None = None
     raw: dict = field(default_factory=dict, repr=False, compare=False)  # the JSON as read
 
     @property
@@ -118,8 +122,19 @@ class Card:
             out["fusion"] = fusion
         else:
             out.pop("fusion", None)
+        if self.quality_flag_below is not None:  # with the note on how it was chosen, kept as read
+            out["quality"] = {**self.raw.get("quality", {}), "flag_below": self.quality_flag_below}
+        else:
+            out.pop("quality", None)
         out["weights"] = {name: {"file": w.file, "sha256": w.sha256} for name, w in self.weights.items()}
         return out
+
+    def for_new_weights(self, **changes) -> "Card":
+        """This card for a model with other weights (a soup, an ensemble): the settings chosen for these
+        weights (fusion weights, plane reach, quality threshold) and their measurements dropped."""
+        raw = {k: v for k, v in self.raw.items() if k not in ("fusion", "quality")}
+        return replace(self, **{"metrics": {}, "fusion_weights": None, "plane_reach": "off",
+                                "quality_flag_below": None, "raw": raw, **changes})
 
 
 def parse_card(data, source=None) -> Card:
@@ -143,6 +158,7 @@ def parse_card(data, source=None) -> Card:
         weights = _within("weights", _weights, data["weights"])
         fusion_weights, plane_reach = (_within("fusion", _fusion, data["fusion"], len(labels) + 1) if "fusion" in data
                                        else (None, "off"))
+        flag_below = _within("quality", _quality, data["quality"]) if "quality" in data else None
         name = _text("name", data.get("name", ""))
         description = _text("description", data.get("description", ""), 20000)
         _text("intended_use", data.get("intended_use", ""), 2000)
@@ -154,7 +170,7 @@ def parse_card(data, source=None) -> Card:
     return Card(name=name, labels=labels, network=network, frame=frame, weights=weights, n4=n4,
                 n4_settings=n4_settings, description=description, training=data.get("training", {}),
                 metrics=data.get("metrics", {}), fusion_weights=fusion_weights, plane_reach=plane_reach,
-                raw=data)
+                quality_flag_below=flag_below, raw=data)
 
 
 def card_for(labels, network: NetworkSpec, frame: FrameSpec, name="knee-bones", description="", training=None,
@@ -253,6 +269,17 @@ def _fusion(section, n_classes) -> tuple:
         if not any(weights[c] > 0 for weights in out.values()):
             raise SpecError("fusion.plane_weights", f"class {c} has weight 0 in every plane")
     return out, reach
+
+
+def _quality(section) -> float:
+    """The flag threshold in [0, 1]; a note on how it was chosen (``chosen_by``) may stand beside it."""
+    if not isinstance(section, dict):
+        raise SpecError("quality", "must be a JSON object")
+    if "flag_below" not in section:
+        raise SpecError("quality.flag_below", "is missing (the quality score below which a result is flagged)")
+    if "chosen_by" in section:
+        _text("quality.chosen_by", section["chosen_by"], 2000)
+    return check_number("quality.flag_below", section["flag_below"], 0.0, 1.0)
 
 
 def _check_labels_fit(labels, network: NetworkSpec):

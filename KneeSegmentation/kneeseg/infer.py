@@ -355,7 +355,7 @@ def segment(image, bundle, options: SegmentOptions = None, progress=None, cancel
     result_quality = None
     if options.quality:
         t = time.perf_counter()
-        result_quality = case_quality(label_array, fusion_quality, pieces, volumes, labels, image)
+        result_quality = case_quality(label_array, fusion_quality, pieces, volumes, labels, image, card)
         timings["quality"] = time.perf_counter() - t
     progress("segmented", 0.9, "segmentation finished")
     return SegmentationResult(labelmap, labels, volumes, tuple(centre), confidence, timings, result_quality)
@@ -446,9 +446,10 @@ def fusion_weights(card, planes, fusion="weighted"):
     return class_plane_weights(card.fusion_weights, planes) if fusion == "weighted" else None
 
 
-def case_quality(label_array, fusion_quality, pieces, volumes, labels, image):
-    """The :class:`~kneeseg.quality.Quality` of one segmentation; bone volumes are judged only on a
-    whole scan (a single slice has none)."""
+def case_quality(label_array, fusion_quality, pieces, volumes, labels, image, card=None):
+    """The :class:`~kneeseg.quality.Quality` of one segmentation, flagged below the threshold ``card`` sets
+    (else the default); bone volumes are judged only on a whole scan (a single slice has none)."""
     measures = quality.segmentation_measures(label_array, fusion_quality, pieces, volumes, labels)
     whole_scan = min(image.GetSize()) > 1
-    return quality.score_case(measures, quality.load_volume_ranges() if whole_scan else None)
+    return quality.score_case(measures, quality.load_volume_ranges() if whole_scan else None,
+                              quality.flag_threshold(card))

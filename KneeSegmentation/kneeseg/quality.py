@@ -19,8 +19,10 @@ Measures per bone, each made a component in [0, 1] (1 = no sign of trouble):
 
 The case's score is the mean over its bones of each bone's weakest component (like a case's mean
 Dice: a missing or a false bone weighs as much as a good one); the case is flagged when the score is
-below :data:`FLAG_BELOW` (chosen on the evaluation data by :data:`THRESHOLD_RULE`; docs/evaluation.md,
-"Quality score"). The reasons name every component below :data:`REASON_BELOW`, in plain words.
+below the threshold chosen for the model, which its card records (``quality.flag_below``; for the shipped
+model by :data:`THRESHOLD_RULE` on the evaluation data, docs/evaluation.md, "Quality score"). A card that
+sets none (a model trained by its user) gets :data:`FLAG_BELOW`, the shipped model's, and the result says so
+(``threshold_from``). The reasons name every component below :data:`REASON_BELOW`, in plain words.
 """
 
 import json
@@ -31,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 VOLUME_RANGES_FILE = Path(__file__).with_name("bone_volumes.json")
-FLAG_BELOW = 0.45
+FLAG_BELOW = 0.45  # for a card that sets no threshold of its own: the shipped model's (its card sets the same)
 THRESHOLD_RULE = (
     "the highest threshold (in steps of 0.05) at which, on the real development slices and on the held-out "
     "synthetic volumes alike, at least half of the flagged cases lie in the worst quartile of mean Dice; "
@@ -61,10 +63,19 @@ class Quality:
     reasons: list = field(default_factory=list)
     components: dict = field(default_factory=dict)
     measures: dict = field(default_factory=dict)
+    threshold: float = FLAG_BELOW  # flagged below this score
+    threshold_from: str = "default"  # "card": chosen for this model; "default": FLAG_BELOW, the shipped model's
 
     def as_dict(self) -> dict:
-        return {"score": self.score, "flag": self.flag, "reasons": list(self.reasons),
-                "threshold": FLAG_BELOW, "components": self.components, "measures": self.measures}
+        return {"score": self.score, "flag": self.flag, "reasons": list(self.reasons), "threshold": self.threshold,
+                "threshold_from": self.threshold_from, "components": self.components, "measures": self.measures}
+
+
+def flag_threshold(card) -> tuple:
+    """(the threshold, where it comes from) for a model's results: its card's ``quality.flag_below``
+    ("card"), else :data:`FLAG_BELOW` ("default")."""
+    chosen = getattr(card, "quality_flag_below", None)
+    return (FLAG_BELOW, "default") if chosen is None else (float(chosen), "card")
 
 
 # --- measures (numpy in, numbers out) ------------------------------------------------------------
@@ -133,24 +144,26 @@ def bone_components(measures, volume_range=None) -> dict:
     return {k: round(float(v), 4) for k, v in out.items()}
 
 
-def score_case(measures: dict, volume_ranges: dict = None) -> Quality:
+def score_case(measures: dict, volume_ranges: dict = None, threshold: tuple = (FLAG_BELOW, "default")) -> Quality:
     """The :class:`Quality` of a case from its per-bone measures (bone name -> measures).
 
     ``volume_ranges`` (bone name -> range, see :func:`load_volume_ranges`): None for a single slice.
+    ``threshold``: (flag below, where it comes from), as :func:`flag_threshold` gives it.
     A bone with no component (absent, and not expected) does not count."""
+    flag_below, threshold_from = threshold
     components = {bone: bone_components(m, (volume_ranges or {}).get(bone)) for bone, m in measures.items()}
     components = {bone: c for bone, c in components.items() if c}
     if not components:
-        return Quality(0.0, True, ["no bone was found"], {}, measures)
+        return Quality(0.0, True, ["no bone was found"], {}, measures, flag_below, threshold_from)
     score = float(np.mean([min(c.values()) for c in components.values()]))
     reasons = [f"{bone}: {COMPONENT_WORDS[name]} ({value:.2f})" for bone, c in components.items()
                for name, value in c.items() if value < REASON_BELOW]
     score = round(score, 4)
-    flag = score < FLAG_BELOW
+    flag = score < flag_below
     if flag and not reasons:
         weakest = min(((v, bone, name) for bone, c in components.items() for name, v in c.items()))
         reasons = [f"{weakest[1]}: {COMPONENT_WORDS[weakest[2]]} ({weakest[0]:.2f})"]
-    return Quality(score, flag, reasons, components, measures)
+    return Quality(score, flag, reasons, components, measures, flag_below, threshold_from)
 
 
 # --- the measures of one segmentation ------------------------------------------------------------

@@ -105,8 +105,19 @@ def card_table(card, location) -> str:
         lines.append(f"    trained on {dataset}: {licence}")
     lines.append(f"  intended use: {card.intended_use}")
     lines += _measured_dice(card.metrics)
+    lines.append("  quality flag: " + _quality_line(card))
     lines.append(f"  weights: {', '.join(card.weights)} (sha256 verified)")
     return "\n".join(lines)
+
+
+def _quality_line(card) -> str:
+    from .quality import flag_threshold
+
+    flag_below, source = flag_threshold(card)
+    if source == "card":
+        return f"a result scoring below {flag_below:g} is flagged (chosen for this model)"
+    return (f"a result scoring below {flag_below:g} is flagged (kneeseg's default, chosen for the shipped model: "
+            "this card sets none)")
 
 
 def _fusion_line(card) -> str:

@@ -24,6 +24,18 @@ def test_the_shipped_card_reads_typed_and_writes_back_unchanged(shipped):
     assert card.frame.pixel_mm == pytest.approx(160.0 / 224)
     assert card.label_values == {"Femur": 1, "Tibia": 2, "Fibula": 3, "Patella": 4}
     assert card.to_json() == shipped
+    assert card.quality_flag_below == shipped["quality"]["flag_below"]
+
+
+def test_settings_chosen_for_a_models_weights_are_dropped_for_new_weights(shipped):
+    card = parse_card(shipped)
+    assert card.fusion_weights and card.plane_reach == "auto" and card.quality_flag_below is not None
+    soup = card.for_new_weights(name="soup", training={"soup": {}})
+    assert (soup.name, soup.training, soup.metrics) == ("soup", {"soup": {}}, {})
+    assert soup.fusion_weights is None and soup.plane_reach == "off" and soup.quality_flag_below is None
+    written = soup.to_json()
+    assert "quality" not in written and "fusion" not in written and written["model"] == shipped["model"]
+    assert parse_card(written).quality_flag_below is None
 
 
 def _set(card, path, value):
@@ -90,6 +102,12 @@ BAD_FIELDS = [
     (("training",), [], "training"),
     (("metrics",), "good", "metrics"),
     (("name",), 5, "name"),
+    (("quality",), 0.45, "quality"),
+    (("quality",), {}, "quality.flag_below"),
+    (("quality", "flag_below"), 1.5, "quality.flag_below"),
+    (("quality", "flag_below"), True, "quality.flag_below"),
+    (("quality", "flag_below"), "0.45", "quality.flag_below"),
+    (("quality", "chosen_by"), ["rule"], "quality.chosen_by"),
 ]
 
 

@@ -11,6 +11,7 @@ import SimpleITK as sitk
 
 from kneeseg import cli
 from kneeseg.errors import EXIT_BAD_INPUT, EXIT_INTERNAL
+from kneeseg.quality import FLAG_BELOW
 from conftest import REPO, toy_knee
 
 COMMANDS = ["segment", "train", "evaluate", "info", "synth", "overlay"]
@@ -57,6 +58,7 @@ def test_segment_writes_every_output_and_reports_json_progress(tiny_bundle, toy_
     assert volumes_json == {"volumes_ml": result["volumes_ml"], "quality": result["quality"]}
     quality = result["quality"]
     assert 0.0 <= quality["score"] <= 1.0 and quality["flag"] is (quality["score"] < quality["threshold"])
+    assert quality["threshold_from"] == "default" and quality["threshold"] == FLAG_BELOW  # the tiny card sets none
     assert isinstance(quality["reasons"], list) and set(quality["components"]) <= set(result["volumes_ml"])
     assert (out / "overlay.png").read_bytes()[:4] == b"\x89PNG"
     assert sitk.ReadImage(str(out / "bones.seg.nrrd")).GetMetaData("Segment1_Name") == "Tibia"
@@ -111,6 +113,8 @@ def test_info_prints_the_cards_essentials_and_the_whole_card_with_json(tiny_bund
     assert text.startswith("tiny-test-model") and "bones: Femur=1" in text and "planes: " in text
     assert "intended use: For research use only" in text and "verified" in text
     assert "measured Dice" in text and "{" not in text and len(text.splitlines()) < 25
+    assert (f"quality flag: a result scoring below {FLAG_BELOW:g} is flagged (kneeseg's default, chosen for the "
+            "shipped model: this card sets none)") in text
 
 
 def test_info_of_the_shipped_model_shows_training_data_and_measured_dice():
@@ -118,6 +122,7 @@ def test_info_of_the_shipped_model_shows_training_data_and_measured_dice():
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
     assert "training data: synthetic images from real label maps" in text and "OAI_AKOA" in text
+    assert "quality flag: a result scoring below 0.45 is flagged (chosen for this model)" in text
     from kneeseg.bundle import default_bundle_path
 
     measured = json.loads((default_bundle_path() / "card.json").read_text())["metrics"]["synthetic"]

@@ -1,5 +1,7 @@
 """Inference end to end with a model trained by the real training path on toy knees."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -168,6 +170,12 @@ def test_every_result_carries_a_quality_score_measured_on_the_way(bundle):
         assert (measures["sure_fraction"] is not None) == present
         assert measures["n_pieces"] >= int(present)
     assert "quality" in result.timings
+    # The card's own threshold flags the result: one above any score flags it, and the result says whose it is.
+    strict = dataclasses.replace(bundle, card=dataclasses.replace(bundle.card, quality_flag_below=1.0))
+    flagged = segment(image, strict).quality
+    assert flagged.score == quality.score and flagged.flag and flagged.reasons
+    assert flagged.as_dict()["threshold"] == 1.0 and flagged.as_dict()["threshold_from"] == "card"
+    assert quality.as_dict()["threshold_from"] == ("default" if bundle.card.quality_flag_below is None else "card")
     assert segment(image, bundle, SegmentOptions(quality=False)).quality is None
     one_plane = segment(image, bundle, SegmentOptions(planes=("sagittal",))).quality
     assert all(m["plane_dice"] is None for m in one_plane.measures.values())

@@ -1,6 +1,7 @@
 """The quality score: each component on small arrays, the measures fusion and clean-up collect on the
 way, the score and flag, and the check that the score ranks cases by their Dice."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -99,6 +100,24 @@ def test_score_is_the_mean_over_bones_of_each_bones_weakest_component_and_flags_
     nothing = quality.score_case({"Femur": {"pieces": []}})
     assert nothing.score == 0.0 and nothing.flag and nothing.reasons == ["no bone was found"]
     assert json.loads(json.dumps(q.as_dict()))["threshold"] == quality.FLAG_BELOW
+    assert q.as_dict()["threshold_from"] == "default"
+
+
+def test_a_model_card_sets_its_own_flag_threshold_and_a_card_without_one_gets_the_default():
+    from kneeseg.bundle import load_bundle
+
+    card = load_bundle().card  # the shipped model's card sets the threshold chosen for it
+    assert quality.flag_threshold(card) == (card.quality_flag_below, "card")
+    assert quality.flag_threshold(dataclasses.replace(card, quality_flag_below=None)) == (quality.FLAG_BELOW,
+                                                                                         "default")
+    assert quality.flag_threshold(None) == (quality.FLAG_BELOW, "default")
+    measures = {"Femur": {"plane_dice": 0.8, "pieces": [1000]}}
+    strict = quality.score_case(measures, threshold=(0.9, "card"))
+    assert strict.flag and strict.threshold == 0.9 and strict.as_dict()["threshold_from"] == "card"
+    assert strict.reasons == ["Femur: the planes' predictions disagree (0.80)"]  # the weakest, though above 0.5
+    assert not quality.score_case(measures, threshold=(0.7, "card")).flag
+    nothing = quality.score_case({"Femur": {"pieces": []}}, threshold=(0.2, "card"))
+    assert nothing.flag and nothing.threshold == 0.2
 
 
 def _smooth_probabilities(shape, rng):
@@ -207,11 +226,15 @@ def test_make_eval_writes_the_quality_section_for_each_data_set_that_has_one(tmp
          "mean_dice_unflagged": 0.71}
     results = {"date": "2026-12-02", "machine": "test", "real2d": {"dice": {}, "quality": q},
                "synthetic": {"quality": dict(q, n=10, spearman=0.81)}, "synthetic_fibula": {"quality": {"n": 0}}}
-    text = "\n".join(evaluate_default.quality_section(results))
+    text = "\n".join(evaluate_default.quality_section(results, (quality.FLAG_BELOW, "card")))
     assert "## Quality score" in text and quality.THRESHOLD_RULE in text
+    assert f"Threshold {quality.FLAG_BELOW} (the model card's `quality.flag_below`)" in text
     assert "| real dev slices (one plane: sure voxels, one piece) | 102 | 0.62 | 24 | 18 of 26 (Dice <= 0.43) |" in text
     assert "| 10 | 0.81 |" in text and "fibula" not in text.split("|---|")[-1]
-    assert evaluate_default.quality_section({"real2d": {}}) == []
+    assert evaluate_default.quality_section({"real2d": {}}, (0.5, "default")) == []
+    # A model whose card sets no threshold: counted by the default, and the report says so.
+    text = "\n".join(evaluate_default.quality_section(results, (0.3, "default")))
+    assert "Threshold 0.3 (kneeseg's default: the model card sets none)" in text
 
 
 def test_kneeseg_evaluate_prints_how_well_the_score_ranks_the_cases():
@@ -263,7 +286,8 @@ def test_the_sweep_counts_flags_at_each_threshold_and_the_rule_picks_the_highest
     assert "sweep" in result["quality"] and card_summary(None) is None and card_summary({"n": 1}) == {"n": 1}
 
 
-def test_the_report_counts_flags_by_the_current_threshold_and_can_be_written_again_without_measuring(tmp_path):
+def test_the_report_counts_flags_by_the_current_threshold_and_can_be_written_again_without_measuring(tmp_path,
+                                                                                                       tiny_bundle):
     import json
     import subprocess
     import sys
@@ -278,7 +302,7 @@ def test_the_report_counts_flags_by_the_current_threshold_and_can_be_written_aga
     q = quality_vs_dice([{"quality_score": d, "quality_flag": True, "mean_dice": d} for d in dice])
     results = {"date": "2026-12-03", "machine": "test", "real2d": {"dice": {}, "quality": q},
                "synthetic": {"quality": q}}
-    text = "\n".join(evaluate_default.quality_section(results))
+    text = "\n".join(evaluate_default.quality_section(results, (quality.FLAG_BELOW, "card")))
     expected = sum(d < quality.FLAG_BELOW for d in dice)
     assert f"| real dev slices (one plane: sure voxels, one piece) | 8 | 1.00 | {expected} |" in text
     assert "picks **0.70**; the shipped threshold is" in text and "| 0.70 | 2 of 4 | 2 of 4 |" in text
@@ -295,6 +319,26 @@ def test_the_report_counts_flags_by_the_current_threshold_and_can_be_written_aga
     written = out.read_text()
     assert "## Quality score" in written and "kept by hand" in written and not written.startswith("old")
     assert f"Model: `{tmp_path / 'elsewhere'}`" in written
+    # --adopt-threshold: the rule's pick (0.70 on these cases) goes into the model's card, and the report counts by it.
+    import shutil
+
+    from kneeseg.bundle import load_bundle
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_bundle, model)
+    run = subprocess.run([sys.executable, str(script), "--adopt-threshold", "--out", str(out), "--model", str(model)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    card = load_bundle(model).card
+    assert card.quality_flag_below == 0.7 and "make eval's run of" in card.raw["quality"]["chosen_by"]
+    assert "Threshold 0.7 (the model card's `quality.flag_below`)" in out.read_text()
+    measured["synthetic"]["quality"] = quality_vs_dice([{"quality_score": 0.3, "quality_flag": False, "mean_dice": d}
+                                                         for d in dice])  # a score that says nothing: no pick
+    (tmp_path / "evaluation.json").write_text(json.dumps(measured))
+    run = subprocess.run([sys.executable, str(script), "--adopt-threshold", "--out", str(out), "--model", str(model)],
+                         capture_output=True, text=True)
+    assert run.returncode != 0 and "picks no threshold" in run.stderr
+    assert load_bundle(model).card.quality_flag_below == 0.7  # left as it was
     (tmp_path / "evaluation.json").write_text(json.dumps({"date": "2026-12-03"}))
     run = subprocess.run([sys.executable, str(script), "--report-only", "--out", str(out)],
                          capture_output=True, text=True)

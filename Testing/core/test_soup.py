@@ -31,7 +31,7 @@ def _member(folder, seed, spec=SPEC, size=32, labels=SEPARATE_BONES, fusion=True
     if fusion:  # a member's own fitted plane weights and metrics, which a soup must not inherit
         n = len(labels) + 1
         card = dataclasses.replace(card, fusion_weights={p: [1.0 / 3] * n for p in ("sagittal", "coronal", "axial")},
-                                   plane_reach="auto", metrics={"real2d": {"femur": 0.9}})
+                                   plane_reach="auto", metrics={"real2d": {"femur": 0.9}}, quality_flag_below=0.4)
     save_bundle(folder, model, card)
     return folder, weights
 
@@ -50,6 +50,7 @@ def test_the_soup_holds_the_weighted_mean_of_every_members_weight_and_computes_w
     assert soup.card.name == "soup-test"
     # the members' own: measured again
     assert soup.card.fusion_weights is None and soup.card.plane_reach == "off" and soup.card.metrics == {}
+    assert soup.card.quality_flag_below is None
     # what one member's run and making recorded is not the soup's; the shared settings are
     assert not {"best_epoch", "epochs_run", "recipe", "hardware"} & set(soup.card.training)
     assert soup.card.training["config"] == {"epochs": 6} and "weighted mean" in soup.card.description

@@ -58,6 +58,9 @@ def test_card_description_shows_labels_metrics_and_provenance(tmp_path):
     for words in ("knee-bones", "Femur (1, SCT 71341001)", "Patella (4", "#f1d691", "Measured metrics", "0.93",
                   "synthetic &lt;images&gt;"):
         assert words in text
+    assert "this card sets no threshold; results are flagged by the shipped model's" in text
+    text = bundles.describeCard(dict(card, quality={"flag_below": 0.45, "chosen_by": "a rule"}), tmp_path)
+    assert "a result scoring below 0.45 is flagged (chosen for this model)" in text
 
 
 def test_card_errors_become_input_errors(tmp_path):

@@ -372,6 +372,11 @@ def test_the_result_keeps_its_quality_and_a_flagged_one_is_worded_as_a_warning(k
     assert results.qualityWarning({"score": 0.9, "flag": False, "reasons": []}) == ""
     assert results.qualityWarning(None) == "" and results.qualityFromNode(None) is None
     assert results.qualityWarning({"flag": True}) == "Check this result before you use it: its quality score is low."
+    # A model whose card sets no threshold of its own is judged by the shipped model's, and the warning says so.
+    own_model = dict(run.quality, threshold_from="default")
+    assert results.qualityWarning(own_model) == (
+        "Check this result before you use it: its quality score is 0.31, below 0.50 (a threshold chosen for the "
+        "shipped model: this model's card sets none). Patella: the planes' predictions disagree (0.31).")
 
 
 def test_export_meshes_writes_closed_surfaces_where_the_segments_are(mrml, knee, bundle, fakeLogic, tmp_path):

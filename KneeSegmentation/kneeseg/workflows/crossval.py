@@ -199,9 +199,8 @@ def ensemble_model(models):
 
 def _save_ensemble(fold_bundles, output: Path, folds, name, export_onnx, progress) -> None:
     """The ensemble of the fold bundles as a bundle at ``output``: the first fold's card (network, frame,
-    labels, normalisation are the same for all) naming every subject as training data."""
-    import dataclasses as dc
-
+    labels, normalisation are the same for all) naming every subject as training data, without what was
+    measured or chosen for fold 0's weights alone."""
     from ..bundle import save_bundle
     from .train import _try_export_onnx, without_run_record
 
@@ -215,7 +214,7 @@ def _save_ensemble(fold_bundles, output: Path, folds, name, export_onnx, progres
                 split_source=f"{len(folds)}-fold cross-validation: every subject trained some member",
                 folds=folds)
     training["data"] = data
-    card = dc.replace(card, name=f"{name}-ensemble", training=training)
+    card = card.for_new_weights(name=f"{name}-ensemble", training=training)
     output.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}-onnx-", dir=output.parent))
     try:

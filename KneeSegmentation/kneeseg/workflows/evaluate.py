@@ -66,8 +66,8 @@ def _with_quality(case, result, labels):
     """``case`` with the segmentation's quality score, flag and reasons, and its mean Dice beside them."""
     if getattr(result, "quality", None) is not None:
         case.update(quality_score=result.quality.score, quality_flag=result.quality.flag,
-                    quality_reasons=result.quality.reasons, quality_components=result.quality.components,
-                    quality_measures=result.quality.measures)
+                    quality_threshold=result.quality.threshold, quality_reasons=result.quality.reasons,
+                    quality_components=result.quality.components, quality_measures=result.quality.measures)
     case["mean_dice"] = case_mean_dice(case, labels)
     return case
 
@@ -76,11 +76,13 @@ def quality_vs_dice(cases) -> dict:
     """How well the quality score predicts quality over ``cases`` (each with ``quality_score``,
     ``quality_flag`` and ``mean_dice``): the Spearman rank correlation between score and mean Dice, and
     how many flagged cases lie in the worst quartile of mean Dice (the quartile: the cases at or below
-    its 25th percentile). Cases without a score or a Dice are left out."""
+    its 25th percentile). Cases without a score or a Dice are left out. ``threshold``: the one the cases
+    were flagged by (their ``quality_threshold``, else the default)."""
     from scipy.stats import spearmanr
 
     scored = [c for c in cases if c.get("quality_score") is not None and c.get("mean_dice") is not None]
-    out = {"n": len(scored), "threshold": quality.FLAG_BELOW}
+    thresholds = {c["quality_threshold"] for c in scored if c.get("quality_threshold") is not None}
+    out = {"n": len(scored), "threshold": thresholds.pop() if len(thresholds) == 1 else quality.FLAG_BELOW}
     if len(scored) < 3:
         return out
     score = np.array([c["quality_score"] for c in scored], dtype=float)

@@ -250,11 +250,10 @@ def soup_bundles(members, output, mix=None, name=None) -> dict:
                         zip(members, bundles, mix)]}
     training = {k: v for k, v in without_run_record(first.training).items() if k not in MEMBER_RECORD}
     config = {k: v for k, v in (training.get("config") or {}).items() if k not in ("seed", "init_from")}
-    card = dataclasses.replace(first, name=name or first.name, metrics={}, fusion_weights=None, plane_reach="off",
-                               description=f"the weighted mean of the weights of {len(members)} bundles of one "
-                                           "architecture (training.soup)",
-                               training={**training, "config": config, "soup": soup},
-                               raw={k: v for k, v in first.raw.items() if k != "fusion"})
+    card = first.for_new_weights(name=name or first.name,
+                                 description=f"the weighted mean of the weights of {len(members)} bundles of one "
+                                             "architecture (training.soup)",
+                                 training={**training, "config": config, "soup": soup})
     save_bundle(output, model, card)
     return soup
 
