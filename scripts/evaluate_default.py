@@ -229,25 +229,39 @@ QUALITY_ROWS = (("real2d", "real dev slices (one plane: sure voxels, one piece)"
                 ("synthetic_fibula", "held-out fibula volumes"))
 
 
-def model_threshold(bundle_path, results) -> tuple:
-    """(flag threshold, where it comes from) of the bundle at ``bundle_path``, as segment uses it (its card
-    may have moved since the run: the report counts by it); the run's own where the bundle is not here."""
+def threshold_record(card) -> dict:
+    """The flag threshold segment uses with ``card``: its value, where it comes from ("card" or "default")
+    and, from the card, how it was chosen."""
+    from kneeseg.quality import flag_threshold
+
+    flag_below, source = flag_threshold(card)
+    return {"flag_below": flag_below, "from": source, "chosen_by": card.raw.get("quality", {}).get("chosen_by")}
+
+
+def model_threshold(bundle_path, results) -> dict:
+    """:func:`threshold_record` of the bundle at ``bundle_path`` (its card may have moved since the run: the
+    report counts by it); the run's own where the bundle is not here."""
     from kneeseg.bundle import load_bundle
     from kneeseg.errors import BundleError
-    from kneeseg.quality import FLAG_BELOW, flag_threshold
+    from kneeseg.quality import FLAG_BELOW
 
     try:
-        return flag_threshold(load_bundle(bundle_path).card)
+        return threshold_record(load_bundle(bundle_path).card)
     except BundleError:
-        return tuple(results.get("flag_threshold") or (FLAG_BELOW, "default"))
+        return results.get("flag_threshold") or {"flag_below": FLAG_BELOW, "from": "default", "chosen_by": None}
 
 
 def quality_section(results, threshold) -> list:
     """The "Quality score" section: how well each case's score ranks its true mean Dice, flagged below
-    ``threshold`` ((value, "card" or "default"): the model's, :func:`model_threshold`)."""
+    ``threshold`` (the model's, :func:`model_threshold`)."""
     from kneeseg.quality import THRESHOLD_RULE
 
-    flag_below, source = threshold
+    flag_below = threshold["flag_below"]
+    if threshold["from"] == "card":
+        how = f"the model card's `quality.flag_below`, chosen by {threshold.get('chosen_by') or 'an unnamed rule'}"
+    else:
+        how = ("kneeseg's default: the model card sets none. The rule a model's threshold is chosen by: "
+               + THRESHOLD_RULE)
     rows = []
     for key, name in QUALITY_ROWS:
         summary = (results.get(key) or {}).get("quality")
@@ -272,10 +286,8 @@ def quality_section(results, threshold) -> list:
              f"{flag_below}) against the worst quartile of mean Dice:\n",
              table(["data", "cases", "Spearman", "flagged", "flagged in the worst quartile", "mean Dice flagged",
                     "mean Dice not flagged"], rows),
-             f"\nThreshold {flag_below} ("
-             + ("the model card's `quality.flag_below`" if source == "card" else
-                "kneeseg's default: the model card sets none") + f"): {THRESHOLD_RULE}.\n"]
-             + threshold_sweep(results, flag_below))
+             f"\nThreshold {flag_below}: {how}.\n"]
+            + threshold_sweep(results, flag_below))
 
 
 def flags_at(quality, threshold):
@@ -290,7 +302,7 @@ def flags_at(quality, threshold):
     return quality if abs(quality.get("threshold", -1) - threshold) < 1e-9 else None
 
 
-def threshold_sweep(results, shipped) -> list:
+def threshold_sweep(results, model_threshold) -> list:
     """The rule's data, threshold by threshold: the real slices and the held-out synthetic volumes."""
     from kneeseg.quality import THRESHOLD_STEPS
     from kneeseg.workflows.evaluate import sweep_rows, threshold_by_rule
@@ -314,7 +326,7 @@ def threshold_sweep(results, shipped) -> list:
     picked = threshold_by_rule(real, synthetic)
     return ["The rule on this run's cases (flagged cases in the worst quartile of mean Dice, of those flagged, "
             f"at each threshold) picks " + (f"**{picked:.2f}**" if picked is not None else "**no threshold**")
-            + f"; the shipped threshold is {shipped}.\n",
+            + f"; the model's threshold is {model_threshold}.\n",
             table(["threshold", "real dev slices", "held-out synthetic volumes"], rows)]
 
 
@@ -325,8 +337,15 @@ def adopt_threshold(model, results):
     """Write the flag threshold :data:`kneeseg.quality.THRESHOLD_RULE` picks on ``results`` into the card of
     the bundle at ``model`` (``quality.flag_below``, with how it was chosen); exits naming why it cannot."""
     from kneeseg.bundle import load_bundle, update_card
+    from kneeseg.quality import THRESHOLD_RULE
     from kneeseg.workflows.evaluate import threshold_by_rule
 
+    measured = REPO / results["model"] if results.get("model") else None
+    if measured is None or measured.resolve() != Path(model).resolve():
+        sys.exit(f"eval: the last run measured {results.get('model') or 'no named model'}, not {model}: a threshold "
+                 "is adopted only for the model it was picked on (run make eval with --model first)")
+    if not Path(model).is_dir():
+        sys.exit(f"eval: {model} is not a bundle folder: a threshold is written into an unpacked bundle's card")
     real, synthetic = ((results.get(key) or {}).get("quality") or {} for key in ("real2d", "synthetic"))
     picked = threshold_by_rule(real, synthetic)
     if picked is None:
@@ -334,8 +353,7 @@ def adopt_threshold(model, results):
                  "and the synthetic volumes): the card is left as it is")
     load_bundle(model)  # a bundle, its weights verified, before its card is touched
     chosen_by = (f"kneeseg.quality.THRESHOLD_RULE on make eval's run of {results['date']} ({real['n']} real "
-                 f"development slices, {synthetic['n']} held-out synthetic volumes): the highest threshold, in steps "
-                 "of 0.05, at which on both at least half of the flagged cases lie in the worst quartile of mean Dice")
+                 f"development slices, {synthetic['n']} held-out synthetic volumes): {THRESHOLD_RULE}")
     update_card(model, quality={"flag_below": picked, "chosen_by": chosen_by})
     print(f"set {model}'s quality flag threshold to {picked:.2f}")
 
@@ -356,7 +374,7 @@ def main():
     parser.add_argument("--no-card", action="store_true", help="do not store the numbers in the bundle card")
     parser.add_argument("--report-only", action="store_true",
                         help="write the report again from the numbers of the last run (docs/evaluation.json), "
-                             "measuring nothing: e.g. after the quality threshold moved")
+                             "measuring nothing: e.g. after the hand-written part or the model's card changed")
     parser.add_argument("--adopt-threshold", action="store_true",
                         help="set the model card's quality flag threshold to the one the rule picks on the last "
                              "run (docs/evaluation.json), then write the report again, measuring nothing")
@@ -385,10 +403,8 @@ def main():
     bundle_path = Path(args.model) if args.model else default_bundle_path()
     bundle = load_bundle(bundle_path)
     docs = Path(args.out).parent
-    from kneeseg.quality import flag_threshold
-
     results = {"date": datetime.date.today().isoformat(), "machine": machine(), "model": shown_path(bundle_path),
-               "flag_threshold": list(flag_threshold(bundle.card))}
+               "flag_threshold": threshold_record(bundle.card)}
     npz = data / "real_2d" / "sagittal_slices_dev.npz"
     results["real2d"] = {k: v for k, v in evaluate_real2d(bundle, npz).items() if k != "cases"}
     results["centres"] = centre_errors(bundle, npz)

@@ -914,6 +914,8 @@ def finalize(args):
     print(f"installed {INSTALLED}")
     if args.no_synthetic:
         print("its card has no synthetic numbers yet (--no-synthetic): run make eval before you commit it")
+    print("its card sets no quality flag threshold yet: after make eval, run scripts/evaluate_default.py "
+          "--adopt-threshold")
 
 
 def fine_tune_parser(sub, name, help, work="checkpoints (default: OUT.work); the same folder resumes",

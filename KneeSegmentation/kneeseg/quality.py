@@ -34,12 +34,9 @@ import numpy as np
 
 VOLUME_RANGES_FILE = Path(__file__).with_name("bone_volumes.json")
 FLAG_BELOW = 0.45  # for a card that sets no threshold of its own: the shipped model's (its card sets the same)
-THRESHOLD_RULE = (
+THRESHOLD_RULE = (  # a model's threshold: make eval prints its pick, evaluate_default.py --adopt-threshold sets it
     "the highest threshold (in steps of 0.05) at which, on the real development slices and on the held-out "
-    "synthetic volumes alike, at least half of the flagged cases lie in the worst quartile of mean Dice; "
-    "re-chosen on 2026-12-05 by make eval's sweep with the shipped round-40 model on the 102 slices and 14 "
-    "synthetic volumes (0.45: 92 % and 57 % of the flagged cases in the worst quartile; 0.50: 72 % and 36 %; "
-    "0.35, chosen on 2026-12-03 with the round-6 model, now 90 % and 100 %)")
+    "synthetic volumes alike, at least half of the flagged cases lie in the worst quartile of mean Dice")
 THRESHOLD_STEPS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # the rule's candidates, 0.05 to 0.95
 REASON_BELOW = 0.5
 SURE_PROBABILITY = 0.9

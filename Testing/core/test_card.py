@@ -9,6 +9,7 @@ from kneeseg.bundle import default_bundle_path
 from kneeseg.card import card_for, parse_card
 from kneeseg.errors import BundleError
 from kneeseg.labels import SEPARATE_BONES
+from kneeseg.quality import FLAG_BELOW
 from kneeseg.specs import FrameSpec, NetworkSpec, Normalisation, SpecError
 
 
@@ -25,6 +26,8 @@ def test_the_shipped_card_reads_typed_and_writes_back_unchanged(shipped):
     assert card.label_values == {"Femur": 1, "Tibia": 2, "Fibula": 3, "Patella": 4}
     assert card.to_json() == shipped
     assert card.quality_flag_below == shipped["quality"]["flag_below"]
+    # the default for cards without a threshold is the shipped model's: the two move together
+    assert card.quality_flag_below == FLAG_BELOW, "set kneeseg.quality.FLAG_BELOW to the shipped card's threshold"
 
 
 def test_settings_chosen_for_a_models_weights_are_dropped_for_new_weights(shipped):

@@ -226,15 +226,17 @@ def test_make_eval_writes_the_quality_section_for_each_data_set_that_has_one(tmp
          "mean_dice_unflagged": 0.71}
     results = {"date": "2026-12-02", "machine": "test", "real2d": {"dice": {}, "quality": q},
                "synthetic": {"quality": dict(q, n=10, spearman=0.81)}, "synthetic_fibula": {"quality": {"n": 0}}}
-    text = "\n".join(evaluate_default.quality_section(results, (quality.FLAG_BELOW, "card")))
-    assert "## Quality score" in text and quality.THRESHOLD_RULE in text
-    assert f"Threshold {quality.FLAG_BELOW} (the model card's `quality.flag_below`)" in text
+    card = {"flag_below": quality.FLAG_BELOW, "from": "card", "chosen_by": "a rule on a run"}
+    text = "\n".join(evaluate_default.quality_section(results, card))
+    assert "## Quality score" in text
+    assert f"Threshold {quality.FLAG_BELOW}: the model card's `quality.flag_below`, chosen by a rule on a run." in text
     assert "| real dev slices (one plane: sure voxels, one piece) | 102 | 0.62 | 24 | 18 of 26 (Dice <= 0.43) |" in text
     assert "| 10 | 0.81 |" in text and "fibula" not in text.split("|---|")[-1]
-    assert evaluate_default.quality_section({"real2d": {}}, (0.5, "default")) == []
-    # A model whose card sets no threshold: counted by the default, and the report says so.
-    text = "\n".join(evaluate_default.quality_section(results, (0.3, "default")))
-    assert "Threshold 0.3 (kneeseg's default: the model card sets none)" in text
+    assert evaluate_default.quality_section({"real2d": {}}, card) == []
+    # A model whose card sets no threshold: counted by the default, and the report says so and gives the rule.
+    text = "\n".join(evaluate_default.quality_section(results, {"flag_below": 0.3, "from": "default"}))
+    assert f"Threshold 0.3: kneeseg's default: the model card sets none. The rule a model's threshold is chosen by: " \
+           f"{quality.THRESHOLD_RULE}." in text
 
 
 def test_kneeseg_evaluate_prints_how_well_the_score_ranks_the_cases():
@@ -262,6 +264,13 @@ def test_the_sweep_counts_flags_at_each_threshold_and_the_rule_picks_the_highest
     assert rows[0.15]["n_flagged"] == 1 and rows[0.25]["n_flagged"] == 2 and rows[0.55]["n_flagged"] == 3
     assert rows[0.25]["n_flagged_in_worst_quartile"] == 2 and rows[0.25]["mean_dice_flagged"] == pytest.approx(0.15)
     assert real["n_flagged"] == 0  # the headline counts are the pipeline's own flags, not the sweep's
+    assert real["threshold"] == quality.FLAG_BELOW  # the cases name no threshold: the default
+    own = quality_vs_dice([{"quality_score": d, "quality_flag": d < 0.3, "mean_dice": d, "quality_threshold": 0.3}
+                           for d in dice])
+    assert own["threshold"] == 0.3 and own["n_flagged"] == 2  # the one the cases were flagged by
+    mixed = quality_vs_dice([{"quality_score": d, "quality_flag": False, "mean_dice": d, "quality_threshold": d}
+                             for d in dice])
+    assert mixed["threshold"] is None  # flagged by different thresholds: no one threshold to name
     # Scores that rank perfectly: the rule holds up to 0.7, which flags 4 (2 of them the worst); 0.75 flags 5.
     assert threshold_by_rule(real) == 0.7
     # A second set whose score says nothing (all equal) flags everything or nothing: 2 of 8 is not half.
@@ -302,10 +311,11 @@ def test_the_report_counts_flags_by_the_current_threshold_and_can_be_written_aga
     q = quality_vs_dice([{"quality_score": d, "quality_flag": True, "mean_dice": d} for d in dice])
     results = {"date": "2026-12-03", "machine": "test", "real2d": {"dice": {}, "quality": q},
                "synthetic": {"quality": q}}
-    text = "\n".join(evaluate_default.quality_section(results, (quality.FLAG_BELOW, "card")))
+    text = "\n".join(evaluate_default.quality_section(results, {"flag_below": quality.FLAG_BELOW, "from": "card"}))
     expected = sum(d < quality.FLAG_BELOW for d in dice)
     assert f"| real dev slices (one plane: sure voxels, one piece) | 8 | 1.00 | {expected} |" in text
-    assert "picks **0.70**; the shipped threshold is" in text and "| 0.70 | 2 of 4 | 2 of 4 |" in text
+    assert f"picks **0.70**; the model's threshold is {quality.FLAG_BELOW}." in text
+    assert "| 0.70 | 2 of 4 | 2 of 4 |" in text
     # --report-only: the report again from evaluation.json, nothing measured (no data folder needed).
     measured = json.loads((script.parents[1] / "docs" / "evaluation.json").read_text())  # a whole run's numbers
     measured["real2d"]["quality"] = measured["synthetic"]["quality"] = q
@@ -326,17 +336,24 @@ def test_the_report_counts_flags_by_the_current_threshold_and_can_be_written_aga
 
     model = tmp_path / "model"
     shutil.copytree(tiny_bundle, model)
-    run = subprocess.run([sys.executable, str(script), "--adopt-threshold", "--out", str(out), "--model", str(model)],
-                         capture_output=True, text=True)
+    adopt = [sys.executable, str(script), "--adopt-threshold", "--out", str(out), "--model", str(model)]
+    run = subprocess.run(adopt, capture_output=True, text=True)  # the run measured "elsewhere", not this model
+    assert run.returncode != 0 and "not " + str(model) in run.stderr
+    assert load_bundle(model).card.quality_flag_below is None
+    measured["model"] = str(model)
+    (tmp_path / "evaluation.json").write_text(json.dumps(measured))
+    run = subprocess.run(adopt, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     card = load_bundle(model).card
-    assert card.quality_flag_below == 0.7 and "make eval's run of" in card.raw["quality"]["chosen_by"]
-    assert "Threshold 0.7 (the model card's `quality.flag_below`)" in out.read_text()
+    assert card.quality_flag_below == 0.7
+    assert f"make eval's run of {measured['date']}" in card.raw["quality"]["chosen_by"]
+    assert quality.THRESHOLD_RULE in card.raw["quality"]["chosen_by"]
+    assert "Threshold 0.7: the model card's `quality.flag_below`, chosen by kneeseg.quality.THRESHOLD_RULE" in \
+        out.read_text()
     measured["synthetic"]["quality"] = quality_vs_dice([{"quality_score": 0.3, "quality_flag": False, "mean_dice": d}
                                                          for d in dice])  # a score that says nothing: no pick
     (tmp_path / "evaluation.json").write_text(json.dumps(measured))
-    run = subprocess.run([sys.executable, str(script), "--adopt-threshold", "--out", str(out), "--model", str(model)],
-                         capture_output=True, text=True)
+    run = subprocess.run(adopt, capture_output=True, text=True)
     assert run.returncode != 0 and "picks no threshold" in run.stderr
     assert load_bundle(model).card.quality_flag_below == 0.7  # left as it was
     (tmp_path / "evaluation.json").write_text(json.dumps({"date": "2026-12-03"}))

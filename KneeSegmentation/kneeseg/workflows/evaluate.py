@@ -77,12 +77,13 @@ def quality_vs_dice(cases) -> dict:
     ``quality_flag`` and ``mean_dice``): the Spearman rank correlation between score and mean Dice, and
     how many flagged cases lie in the worst quartile of mean Dice (the quartile: the cases at or below
     its 25th percentile). Cases without a score or a Dice are left out. ``threshold``: the one the cases
-    were flagged by (their ``quality_threshold``, else the default)."""
+    were flagged by (their ``quality_threshold``; the default where they name none; None where they differ)."""
     from scipy.stats import spearmanr
 
     scored = [c for c in cases if c.get("quality_score") is not None and c.get("mean_dice") is not None]
     thresholds = {c["quality_threshold"] for c in scored if c.get("quality_threshold") is not None}
-    out = {"n": len(scored), "threshold": thresholds.pop() if len(thresholds) == 1 else quality.FLAG_BELOW}
+    out = {"n": len(scored), "threshold": (thresholds.pop() if len(thresholds) == 1 else
+                                           None if thresholds else quality.FLAG_BELOW)}
     if len(scored) < 3:
         return out
     score = np.array([c["quality_score"] for c in scored], dtype=float)

@@ -209,8 +209,9 @@ def soup_bundles(members, output, mix=None, name=None) -> dict:
     networks trained apart it gives noise, so it is for members the caller knows to be related (the
     card records each member's start). Members must share network, frame, labels and preprocessing.
     ``mix``: one weight per member, each >= 0, summing to 1 (default: equal). The card is the first
-    member's settings without what belongs to that member alone (its run, recipe, seed, metrics and
-    fusion weights; ``finalize`` measures the soup's fusion weights and metrics again)."""
+    member's settings without what belongs to that member's weights alone (its run, recipe, seed, metrics,
+    fusion weights, plane reach and quality flag threshold: ``Card.for_new_weights``; ``finalize`` measures
+    the soup's fusion weights and metrics again, ``evaluate_default.py --adopt-threshold`` sets a threshold)."""
     import numpy as np
 
     members = [Path(m) for m in members]

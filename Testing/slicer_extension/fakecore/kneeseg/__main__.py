@@ -67,7 +67,7 @@ def segment(args):
     names = {1: "Femur", 2: "Tibia", 3: "Fibula", 4: "Patella"}
     volumes = {name: float(np.count_nonzero(labels == v)) * voxel_ml for v, name in names.items()}
     flagged = MODE == "flagged"
-    quality = {"score": 0.31 if flagged else 0.87, "flag": flagged, "threshold": 0.5,
+    quality = {"score": 0.31 if flagged else 0.87, "flag": flagged, "threshold": 0.5, "threshold_from": "card",
                "reasons": ["Patella: the planes' predictions disagree (0.31)"] if flagged else [],
                "components": {}}
     if args.volumes_json:
