@@ -647,6 +647,18 @@ ROUND53 = {**ROUND30, "seed": 24, "init_from": str(REPO / "build" / "round49"), 
 round53 = _plain_fine_tune("round53")
 
 
+# Round 57: the slice's position trained together with the rest of the network, at +-80 mm. Round 53's position
+# layers, trained alone on round 49's features, doubled the DESS axial tibia but could shift each slice's decision
+# only as a whole; rounds 27-29 had left the layers near zero when they started there at round 24's learning rate.
+# Round 57 starts from round 53 (its position layers already in use) and trains every layer with round 49's
+# settings and seed (round 24's rate and length, +-80 mm slices: the same images as round 49): whether the axial
+# plane then tells the shafts apart without calling more of the thigh muscle femur. A probe on two cores; a lent GPU
+# would run it longer, with three seeds and a soup.
+ROUND57 = {**ROUND49, "init_from": str(REPO / "build" / "round53"), "slice_position": "bottleneck"}
+
+round57 = _plain_fine_tune("round57")
+
+
 # Rounds 38-40 and 44: weight soups (kneeseg.workflows.train.soup_bundles), no training of their own. Three runs of
 # round 24's recipe landed far apart on the DESS volume (rounds 24, 34, 35), so each run's weights carry a part that
 # is its path's, not its recipe's; averaging the weights of fine-tunes of one start cancels that part (Wortsman et
@@ -814,6 +826,8 @@ FINE_TUNES = {
                 {"init_from": True}),
     "round53": (round53, "round 53: round 49 with round 29's position layers, only those trained; rerun to "
                 "continue", {"init_from": True}),
+    "round57": (round57, "round 57: round 53 with every layer trained (the position with the rest, +-80 mm); rerun "
+                "to continue", {"init_from": True}),
 }
 SOUP_RECIPES = {
     "round38": (round38, "round 38: the mean of the weights of rounds 24, 34, 35, 36 and 37"),

@@ -410,6 +410,10 @@ def test_rounds_45_to_51_change_one_generator_setting_of_round24s_recipe_each_pa
     assert position.recipe.init_from == str(recipe.REPO / "build" / "round49") and "round53" in recipe.FINE_TUNES
     assert position.recipe.synthesis == TrainConfig.from_flat(**recipe.ROUND49).recipe.synthesis
     assert position.recipe.train_layers == "position" and position.network.slice_position == "bottleneck"
+    joint = TrainConfig.from_flat(**recipe.ROUND57)  # round 53 continued, every layer trained, round 49's images
+    assert {k for k in recipe.ROUND57 if recipe.ROUND57[k] != recipe.ROUND49.get(k)} == {"init_from", "slice_position"}
+    assert joint.recipe.init_from == str(recipe.REPO / "build" / "round53") and "round57" in recipe.FINE_TUNES
+    assert joint.network.slice_position == "bottleneck" and joint.recipe.train_layers != "position"
 
 
 def test_the_round15_chain_is_rounds_8_9_11_12_15_with_12_and_15_cut_where_their_time_limit_cut_them():
